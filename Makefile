@@ -1,0 +1,46 @@
+# aubench: `make demo` runs the main job on an embedded default, `make test` runs the tests.
+# Both create .venv and install the project into it when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: venv install build demo test test-all bench bench-summary clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+# torch first (the extension builds against the installed torch), then the project.
+$(VENV)/.installed: $(PY) pyproject.toml setup.py
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q ninja pybind11
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+install: $(VENV)/.installed
+
+# Rebuild the extension in place after editing csrc/ (AUBENCH_CUDA=0 for a fast CPU-only build).
+build: $(VENV)/.installed
+	$(PY) setup.py build_ext --inplace
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/aubench demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-json=benchmarks/results/latest.json
+
+bench-summary: $(VENV)/.installed
+	$(PY) benchmarks/summary.py
+
+clean:
+	rm -rf build aubench/_C*.so *.egg-info

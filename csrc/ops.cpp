@@ -1,0 +1,32 @@
+// Every aubench op schema, declared once. Kernels register their CPU and CUDA
+// implementations with TORCH_LIBRARY_IMPL in csrc/<op>/; Python wrappers, fake
+// (meta) kernels and autograd formulas live in aubench/ops/<op>.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// Makes `import aubench._C` load this library (and so run the registrations).
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+#ifdef AUBENCH_WITH_CUDA
+  PyModule_AddIntConstant(module, "WITH_CUDA", 1);
+#else
+  PyModule_AddIntConstant(module, "WITH_CUDA", 0);
+#endif
+  return module;
+}
+}
+
+TORCH_LIBRARY(aubench, m) {
+  // ---- batched log-domain Sinkhorn (csrc/sinkhorn) ----------------------------------------
+  // SINKHORN_SCHEMAS
+
+
+  // ---- temporal-shuffle classifier features (csrc/temporal_shuffle) -----------------------
+  // TEMPORAL_SHUFFLE_SCHEMAS
+
+
+  // ---- masked-token gather / restore (csrc/token_gather) ----------------------------------
+  // TOKEN_GATHER_SCHEMAS
+}
