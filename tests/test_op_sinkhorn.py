@@ -218,12 +218,13 @@ def test_no_history_kept_without_grad():
 @needs_extension
 def test_opcheck():
     sinkhorn_module._register_once()
-    samples = []
-    for seed, (batch, k) in enumerate([(3, 4), (1, 1), (2, 6)]):
-        cost, a, b = make_problem(batch, k, seed=seed)
-        samples.append((cost, a, b, 0.1, 8, 1e-6, False))
-        grad_inputs = [t.clone().requires_grad_() for t in (cost[:1], a, b)]
-        samples.append((*grad_inputs, 0.1, 8, 0.0, True))
+    cost, a, b = make_problem(3, 4, seed=0)
+    grad_inputs = [t.clone().requires_grad_() for t in (cost[:1], a, b)]  # shared cost
+    samples = [
+        (cost, a, b, 0.1, 8, 1e-6, False),
+        (*grad_inputs, 0.1, 8, 0.0, True),
+        (*make_problem(1, 1, seed=1), 0.1, 8, 1e-6, False),
+    ]
     for args in samples:
         torch.library.opcheck(torch.ops.aubench.sinkhorn.default, args)
     cost, a, b = make_problem(3, 5, seed=12)

@@ -9,9 +9,9 @@
 // aubench/ops/reference.py; the CPU kernel (sinkhorn_cpu.cpp) computes the same values.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cuda_runtime.h>
@@ -308,8 +308,11 @@ template <typename Kernel>
 bool prepare_shared(Kernel kernel, int64_t k, size_t bytes) {
   if (k > kSharedMaxK) return false;
   if (bytes <= 48 * 1024) return true;
-  const auto* props = at::cuda::getCurrentDeviceProperties();
-  if (bytes > props->sharedMemPerBlockOptin) return false;
+  int device = 0, optin_bytes = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (bytes > static_cast<size_t>(optin_bytes)) return false;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bytes)));
   return true;
@@ -330,7 +333,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& c
   if (batch == 0) return {plan, history, num_iter};
   const at::Tensor cost_c = cost.contiguous(), a_c = a.contiguous(), b_c = b.contiguous();
   const int64_t cost_stride = cost.size(0) == 1 ? 0 : k * k;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sinkhorn_cuda", [&] {
     auto kernel = sinkhorn_forward_kernel<scalar_t>;
     const size_t bytes = (k * padded_ld(k) + kForwardVectors * k) * sizeof(scalar_t);
@@ -367,7 +370,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_backward_cuda(
   const at::Tensor cost_c = cost.contiguous(), a_c = a.contiguous(), b_c = b.contiguous();
   const at::Tensor history_c = g_history.contiguous(), num_iter_c = num_iter.contiguous();
   const int64_t cost_stride = cost.size(0) == 1 ? 0 : k * k;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sinkhorn_backward_cuda", [&] {
     auto kernel = sinkhorn_backward_kernel<scalar_t>;
     const size_t bytes = (2 * k * padded_ld(k) + kBackwardVectors * k) * sizeof(scalar_t);
