@@ -31,7 +31,7 @@ def make_inputs(batch, k, device="cpu", requires_grad=False):
 
 def rounds_for(batch, k):
     """Fewer rounds for the huge cases, so the whole file stays within minutes."""
-    return max(1, min(10, 2_000_000 // (batch * k * k)))
+    return max(1, min(5, 1_000_000 // (batch * k * k)))
 
 
 def solve_pot(cost, a, b):
@@ -76,7 +76,7 @@ def test_sinkhorn_forward_backward_cpu(benchmark, impl):
     def step():
         return torch.autograd.grad((solve(cost, a, b) * weight).sum(), (cost, a, b))
 
-    grads = run(benchmark, step, 10)
+    grads = run(benchmark, step, 5)
     assert all(torch.isfinite(g).all() for g in grads)
 
 
