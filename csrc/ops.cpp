@@ -21,6 +21,15 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(aubench, m) {
   // ---- batched log-domain Sinkhorn (csrc/sinkhorn) ----------------------------------------
   // SINKHORN_SCHEMAS
+  // plan (B,K,K), g_history (B, max_iter if keep_history else 0, K), num_iter int64 (B,).
+  m.def(
+      "sinkhorn(Tensor cost, Tensor a, Tensor b, float eps, int max_iter, float tol, "
+      "bool keep_history) -> (Tensor plan, Tensor g_history, Tensor num_iter)");
+  // Exact adjoint of the iterations the forward ran: (grad_cost (B,K,K), grad_a, grad_b).
+  m.def(
+      "sinkhorn_backward(Tensor grad_plan, Tensor plan, Tensor cost, Tensor a, Tensor b, "
+      "Tensor g_history, Tensor num_iter, float eps) -> (Tensor grad_cost, Tensor grad_a, "
+      "Tensor grad_b)");
 
 
   // ---- temporal-shuffle classifier features (csrc/temporal_shuffle) -----------------------

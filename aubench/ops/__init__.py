@@ -4,5 +4,6 @@ Each op module exposes a public function that validates its inputs, then dispatc
 compiled kernel (torch.ops.aubench.*) or, when the extension is not built, to the reference.
 """
 from aubench.ops._extension import have_cuda_kernels, have_extension
+from aubench.ops.sinkhorn import sinkhorn
 
-__all__ = ["have_extension", "have_cuda_kernels"]
+__all__ = ["have_extension", "have_cuda_kernels", "sinkhorn"]
