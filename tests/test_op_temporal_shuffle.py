@@ -14,6 +14,11 @@ from aubench.ops.reference import temporal_shuffle_features_reference
 
 needs_extension = pytest.mark.skipif(not have_extension(), reason="aubench._C is not built")
 
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
 # (B, N, C): N = 2, B = 1, C = 1, long clips.
 SHAPES = [(1, 2, 1), (2, 2, 3), (3, 5, 8), (1, 64, 4), (4, 7, 33), (6, 3, 16)]
 
@@ -103,6 +108,12 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(compiled(features), loss(features))
     torch.testing.assert_close(torch.autograd.grad(compiled(features), features),
                                torch.autograd.grad(loss(features), features))
+
+    def unchecked(features):  # no validation sync: one graph
+        return temporal_shuffle_features(features, perm, validate=False)[0].sum()
+
+    whole = torch.compile(unchecked, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(whole(features), temporal_shuffle_features(features, perm)[0].sum())
 
 
 def test_reference_fallback(monkeypatch):
