@@ -40,5 +40,6 @@ TORCH_LIBRARY(aubench, m) {
   // x_vis (B, K, D), ids_restore (B, L), mask_token (D) -> (B, L, D)
   m.def("restore_tokens(Tensor x_vis, Tensor ids_restore, Tensor mask_token) -> Tensor");
   // grad (B, L, D), ids_restore (B, L), K -> (grad_x_vis (B, K, D), grad_mask_token (D))
-  m.def("restore_tokens_backward(Tensor grad, Tensor ids_restore, int num_keep) -> (Tensor, Tensor)");
+  m.def(
+      "restore_tokens_backward(Tensor grad, Tensor ids_restore, int num_keep) -> (Tensor, Tensor)");
 }

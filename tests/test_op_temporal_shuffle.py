@@ -164,7 +164,8 @@ def test_bad_inputs_raise_clear_errors(case, batch, frames, channels, data):
     if case == "features_ndim":
         features, name = features[0], "features"
     elif case == "features_dtype":
-        features, name = features.to(data.draw(st.sampled_from([torch.int32, torch.bool]))), "features"
+        wrong = data.draw(st.sampled_from([torch.int32, torch.bool]))
+        features, name = features.to(wrong), "features"
     elif case == "perm_dtype":
         perm = perm.to(data.draw(st.sampled_from([torch.float32, torch.int16, torch.uint8])))
     elif case == "perm_shape":

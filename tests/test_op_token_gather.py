@@ -198,7 +198,8 @@ def largest_masked_rectangle(grid: torch.Tensor) -> int:
                     area = (bottom - top) * (right - left)
                     if area <= best:
                         continue
-                    count = sums[bottom, right] - sums[top, right] - sums[bottom, left] + sums[top, left]
+                    count = (sums[bottom, right] - sums[top, right]
+                             - sums[bottom, left] + sums[top, left])
                     if count == area:
                         best = area
     return best
