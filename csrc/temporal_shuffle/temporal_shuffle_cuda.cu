@@ -1,0 +1,163 @@
+// Temporal-shuffle classifier features, CUDA. Same semantics as temporal_shuffle_cpu.cpp:
+// one block per frame row, arithmetic in the op-math type (float for half / bfloat16),
+// and the backward written as the forward's adjoint so every gradient element is written once.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+namespace aubench {
+namespace {
+
+constexpr int kThreads = 256;
+
+// One block per frame row (grid-stride over rows), its threads across the channels: the
+// permutation is read once per row, with no per-element division. Enough blocks to fill every
+// SM, no more. (c10's CUDA headers only: ATen/cuda/CUDAContext.h needs cuSPARSE's headers.)
+int64_t blocks_for_rows(int64_t rows) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  return std::max<int64_t>(1, std::min<int64_t>(rows, int64_t{sms} * 32));
+}
+
+int threads_for_width(int64_t width) {
+  const int64_t warps = std::max<int64_t>(1, (width + 31) / 32);
+  return static_cast<int>(std::min<int64_t>(kThreads, warps * 32));
+}
+
+void check_perm(const at::Tensor& perm, int64_t batch, int64_t frames, const at::Device& device) {
+  TORCH_CHECK(perm.dim() == 2 && perm.size(0) == batch && perm.size(1) == frames,
+              "perm must have shape (", batch, ", ", frames, "), got ", perm.sizes());
+  TORCH_CHECK(perm.scalar_type() == at::kLong || perm.scalar_type() == at::kInt,
+              "perm must be int64 or int32, got ", perm.scalar_type());
+  TORCH_CHECK(perm.device() == device, "perm is on ", perm.device(), " but the features are on ",
+              device);
+}
+
+template <typename index_t>
+__device__ __forceinline__ int64_t frame_at(const index_t* perm, int64_t b, int64_t t,
+                                            int64_t frames) {
+  const int64_t f = static_cast<int64_t>(perm[b * frames + t]);
+  CUDA_KERNEL_ASSERT(f >= 0 && f < frames);
+  return f;
+}
+
+// out (2B, N, 2C): block row (r, t) writes [d, d - d_before] for clip r's frame t.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void shuffle_forward_kernel(const scalar_t* __restrict__ features,
+                                       const index_t* __restrict__ perm,
+                                       scalar_t* __restrict__ out, int64_t batch, int64_t frames,
+                                       int64_t channels) {
+  const int64_t rows = 2 * batch * frames;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t r = row / frames, t = row - r * frames;
+    const bool shuffled = r >= batch;
+    const int64_t b = shuffled ? r - batch : r;
+    const int64_t f = shuffled ? frame_at(perm, b, t, frames) : t;
+    const int64_t before = t == 0 ? f : (shuffled ? frame_at(perm, b, t - 1, frames) : t - 1);
+    const scalar_t* now = features + (b * frames + f) * channels;
+    const scalar_t* previous = features + (b * frames + before) * channels;
+    scalar_t* target = out + row * 2 * channels;
+    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
+      const scalar_t value = now[c];
+      target[c] = value;
+      target[channels + c] =
+          static_cast<scalar_t>(static_cast<acc_t>(value) - static_cast<acc_t>(previous[c]));
+    }
+  }
+}
+
+// grad_features (B, N, C): block row (b, t) writes frame perm[b, t], which the real clip holds
+// at position perm[b, t] and the shuffled clip at position t.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void shuffle_backward_kernel(const scalar_t* __restrict__ grad,
+                                        const index_t* __restrict__ perm,
+                                        scalar_t* __restrict__ out, int64_t batch, int64_t frames,
+                                        int64_t channels) {
+  const int64_t rows = batch * frames, width = 2 * channels;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t b = row / frames, t = row - b * frames;
+    const int64_t f = frame_at(perm, b, t, frames);
+    const scalar_t* real_now = grad + (b * frames + f) * width;
+    const scalar_t* shuf_now = grad + ((batch + b) * frames + t) * width;
+    const bool real_has_next = f + 1 < frames, shuf_has_next = t + 1 < frames;
+    scalar_t* target = out + (b * frames + f) * channels;
+    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
+      acc_t from_real = static_cast<acc_t>(real_now[c]);
+      if (f > 0) from_real += static_cast<acc_t>(real_now[channels + c]);
+      if (real_has_next) from_real -= static_cast<acc_t>(real_now[width + channels + c]);
+      acc_t from_shuf = static_cast<acc_t>(shuf_now[c]);
+      if (t > 0) from_shuf += static_cast<acc_t>(shuf_now[channels + c]);
+      if (shuf_has_next) from_shuf -= static_cast<acc_t>(shuf_now[width + channels + c]);
+      target[c] = static_cast<scalar_t>(from_real + from_shuf);
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor temporal_shuffle_features_cuda(const at::Tensor& features, const at::Tensor& perm) {
+  TORCH_CHECK(features.dim() == 3, "features must be 3-D (B, N, C), got ", features.sizes());
+  TORCH_CHECK(at::isFloatingType(features.scalar_type()), "features must be floating, got ",
+              features.scalar_type());
+  const int64_t batch = features.size(0), frames = features.size(1), channels = features.size(2);
+  check_perm(perm, batch, frames, features.device());
+  const c10::cuda::CUDAGuard guard(features.device());
+  const at::Tensor d = features.contiguous();
+  const at::Tensor p = perm.contiguous();
+  at::Tensor out = at::empty({2 * batch, frames, 2 * channels}, d.options());
+  if (out.numel() == 0) return out;
+  const int64_t rows = 2 * batch * frames;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(),
+                                  "temporal_shuffle_features_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    AT_DISPATCH_INDEX_TYPES(p.scalar_type(), "temporal_shuffle_features_cuda", [&] {
+      shuffle_forward_kernel<scalar_t, acc_t, index_t>
+          <<<blocks_for_rows(rows), threads_for_width(channels), 0,
+             c10::cuda::getCurrentCUDAStream()>>>(
+              d.data_ptr<scalar_t>(), p.data_ptr<index_t>(), out.data_ptr<scalar_t>(), batch,
+              frames, channels);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+at::Tensor temporal_shuffle_features_backward_cuda(const at::Tensor& grad, const at::Tensor& perm) {
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) % 2 == 0 && grad.size(2) % 2 == 0,
+              "grad must have shape (2B, N, 2C), got ", grad.sizes());
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must be floating, got ",
+              grad.scalar_type());
+  const int64_t batch = grad.size(0) / 2, frames = grad.size(1), channels = grad.size(2) / 2;
+  check_perm(perm, batch, frames, grad.device());
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor g = grad.contiguous();
+  const at::Tensor p = perm.contiguous();
+  at::Tensor out = at::empty({batch, frames, channels}, g.options());
+  if (out.numel() == 0) return out;
+  const int64_t rows = batch * frames;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
+                                  "temporal_shuffle_features_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    AT_DISPATCH_INDEX_TYPES(p.scalar_type(), "temporal_shuffle_features_backward_cuda", [&] {
+      shuffle_backward_kernel<scalar_t, acc_t, index_t>
+          <<<blocks_for_rows(rows), threads_for_width(channels), 0,
+             c10::cuda::getCurrentCUDAStream()>>>(
+              g.data_ptr<scalar_t>(), p.data_ptr<index_t>(), out.data_ptr<scalar_t>(), batch,
+              frames, channels);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(aubench, CUDA, m) {
+  m.impl("temporal_shuffle_features", &temporal_shuffle_features_cuda);
+  m.impl("temporal_shuffle_features_backward", &temporal_shuffle_features_backward_cuda);
+}
+
+}  // namespace aubench
