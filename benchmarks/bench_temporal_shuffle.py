@@ -6,7 +6,7 @@ import torch
 
 from aubench.ops import make_shuffle_permutations, temporal_shuffle_features
 from aubench.ops._extension import have_cuda_kernels
-from aubench.ops.reference import temporal_shuffle_features
+from aubench.ops import reference
 
 BATCH, CHANNELS = 64, 512
 DEVICES = ["cpu", pytest.param("cuda", marks=[
@@ -24,7 +24,7 @@ def test_temporal_shuffle_features(benchmark, device, frames, impl):
     perm = make_shuffle_permutations(BATCH, frames, generator=generator)
     features = torch.randn(BATCH, frames, CHANNELS, device=device, requires_grad=True)
     grad = torch.randn(2 * BATCH, frames, 2 * CHANNELS, device=device)
-    build = temporal_shuffle_features if impl == "aubench" else temporal_shuffle_features
+    build = temporal_shuffle_features if impl == "aubench" else reference.temporal_shuffle_features
     benchmark.group = f"temporal_shuffle fwd+bwd B{BATCH} N{frames} C{CHANNELS} {device}"
     benchmark.extra_info["impl"] = impl
 

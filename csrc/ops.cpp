@@ -19,9 +19,6 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(aubench, m) {
-  // Fake (meta) kernels and autograd formulas are registered from Python: point torch there.
-  m.set_python_module("aubench.ops");
-
   // ---- batched log-domain Sinkhorn (csrc/sinkhorn) ----------------------------------------
   // plan (B,K,K), g_history (B, max_iter if keep_history else 0, K), num_iter int64 (B,).
   m.def(
