@@ -50,7 +50,7 @@ def test_clip_augmentation_is_clip_consistent(constant_file):
     ds = ClipDataset(constant_file, fold=1, split="train", clip_len=4, augment=True, seed=1)
     plain = ClipDataset(constant_file, fold=1, split="train", clip_len=4)
     changed = 0
-    for i in range(len(ds)):
+    for i in range(0, len(ds), 4):
         rows = plain.clip_rows(i)[0]
         images = ds[i]["image"]
         # identical input frames + one parameter draw per clip -> identical output frames
@@ -58,7 +58,7 @@ def test_clip_augmentation_is_clip_consistent(constant_file):
             torch.testing.assert_close(images[t], images[0], rtol=0, atol=0)
         np.testing.assert_array_equal(ds[i]["index"].numpy(), rows)
         changed += not torch.allclose(images, plain[i]["image"], atol=1e-3)
-    assert changed == len(ds)
+    assert changed == len(range(0, len(ds), 4))
 
 
 def test_unseeded_augmentation_varies_between_draws(constant_file):
@@ -70,7 +70,7 @@ def test_unseeded_augmentation_varies_between_draws(constant_file):
 
 
 def test_seed_makes_items_deterministic_across_workers(constant_file):
-    kwargs = dict(fold=1, split="all", augment=True, occlusion=("block", 0.3), seed=7)
+    kwargs = dict(fold=1, split="test", augment=True, occlusion=("block", 0.3), seed=7)
     ds = FrameDataset(constant_file, **kwargs)
     first = [ds[i] for i in range(len(ds))]
     torch.manual_seed(123)  # the default generator does not matter when seeded
@@ -104,7 +104,7 @@ def test_patch_mask_area(size, ratio):
 def test_block_mask_area_and_shape(size, ratio):
     g = torch.Generator().manual_seed(2)
     h, w = size
-    for _ in range(20):
+    for _ in range(10):
         mask = block_mask(h, w, ratio, generator=g)
         area = mask.sum().item()
         assert abs(area - ratio * h * w) <= 0.03 * h * w + 2 * max(h, w)
