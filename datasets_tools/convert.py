@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import bp4d, bp4d_plus, disfa
 from .errors import DatasetError, Report, Skip
-from .faces import CROPS, DEFAULT_MARGIN, crop_face
+from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
 from .folds import choose_folds
 from .hdf5_writer import CONVERTER_VERSION, FrameWriter
 from .raw import DatasetPlan, SequencePlan, attach_landmarks
@@ -186,6 +186,8 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(READERS)}")
     if options.crop not in CROPS:
         raise DatasetError(f"--crop {options.crop!r}: choose one of {', '.join(CROPS)}")
+    if options.crop == "haar" and haar_unavailable_reason():
+        raise DatasetError(haar_unavailable_reason())
     if options.image_format not in ("jpeg", "raw"):
         raise DatasetError(f"--image-format {options.image_format!r}: choose jpeg or raw")
     if not 8 <= options.image_size <= 4096:

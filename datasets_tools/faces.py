@@ -3,6 +3,8 @@ padding where it leaves the frame, resize, and map landmarks into the stored ima
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
@@ -14,11 +16,26 @@ HAAR_WORK_SIZE = 320           # detect on a copy whose longer side is at most t
 _detector = None
 
 
-def haar_detector() -> cv2.CascadeClassifier:
+def haar_unavailable_reason() -> str | None:
+    """Why ``--crop haar`` cannot run here, or None. OpenCV 5 dropped CascadeClassifier and the
+    bundled cascades (cv2.data.haarcascades); they ship with OpenCV 4.x."""
+    if not hasattr(cv2, "CascadeClassifier"):
+        return (f"--crop haar needs OpenCV's Haar cascade detector, which OpenCV {cv2.__version__} does not "
+                "have (removed in OpenCV 5); install opencv-python-headless<5 or use --crop center/landmarks")
+    path = os.path.join(getattr(getattr(cv2, "data", None), "haarcascades", ""), HAAR_CASCADE)
+    if not os.path.isfile(path):
+        return f"--crop haar: OpenCV's bundled cascade {path} is missing (reinstall opencv-python-headless<5)"
+    return None
+
+
+def haar_detector():
     """OpenCV's bundled frontal-face cascade (cv2.data.haarcascades; nothing is downloaded)."""
     global _detector
     if _detector is None:
-        path = cv2.data.haarcascades + HAAR_CASCADE
+        reason = haar_unavailable_reason()
+        if reason:
+            raise RuntimeError(reason)
+        path = os.path.join(cv2.data.haarcascades, HAAR_CASCADE)
         _detector = cv2.CascadeClassifier(path)
         if _detector.empty():
             raise RuntimeError(f"cannot load the Haar cascade {path}")

@@ -102,9 +102,11 @@ class FrameWriter:
         for ds in frames.values():
             ds.resize(stop, axis=0)
         if self.image_format == "jpeg":
-            block = np.empty(n, dtype=object)
-            block[:] = images
-            frames["image"][start:stop] = block
+            # write_direct: Dataset.__setitem__ turns equal-length byte arrays into a 2-D block.
+            block = np.empty(n, dtype=frames["image"].dtype)
+            for i, image in enumerate(images):
+                block[i] = image
+            frames["image"].write_direct(block, dest_sel=np.s_[start:stop])
         else:
             frames["image"][start:stop] = np.stack(images)
         frames["label"][start:stop] = label

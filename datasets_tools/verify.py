@@ -117,14 +117,15 @@ def verify(path: Path, workers: int = 1, progress: bool = True, check_images: bo
         expected_start = np.concatenate([[0], np.cumsum(length)[:-1]])
         if not np.array_equal(start, expected_start):
             problems.append("sequences/start is not the running sum of lengths (sequences not contiguous)")
+        out_of_range = []
         if ((seq_subject < 0) | (seq_subject >= len(subjects))).any():
-            problems.append("sequences/subject out of range")
+            out_of_range.append("sequences/subject out of range")
         if ((frame_subject < 0) | (frame_subject >= len(subjects))).any():
-            problems.append("frames/subject out of range")
+            out_of_range.append("frames/subject out of range")
         if ((frame_sequence < 0) | (frame_sequence >= s)).any():
-            problems.append("frames/sequence out of range")
-        if problems:
-            return problems
+            out_of_range.append("frames/sequence out of range")
+        if out_of_range or int(length.sum()) != n:
+            return problems + out_of_range
         if not np.array_equal(frame_sequence, np.repeat(np.arange(s), length)):
             problems.append("frames/sequence does not match the sequence row ranges")
         elif not np.array_equal(frame_subject, seq_subject[frame_sequence]):
