@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import warnings
@@ -158,13 +159,20 @@ def _jobs(plan: DatasetPlan, start_sequence: int, options: FrameOptions):
             yield index, start, stop, (seq.source_kind, seq.container, seq.members[start:stop], landmarks, options)
 
 
+def _worker_setup() -> None:
+    cv2.setNumThreads(1)  # the pool provides the parallelism
+
+
 def _results(jobs, workers: int):
     """(index, start, stop, results) in job order; at most 2 x workers chunks in flight."""
     if workers <= 1:
         for index, start, stop, job in jobs:
             yield index, start, stop, process_chunk(job)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # forkserver, not fork: a forked child can inherit OpenCV / FFmpeg thread locks held by the
+    # parent and hang.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_setup) as pool:
         pending: deque = deque()
         for index, start, stop, job in jobs:
             pending.append((index, start, stop, pool.submit(process_chunk, job)))

@@ -8,6 +8,7 @@ from the labels match the stored ones.
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -183,7 +184,7 @@ def _check_all_images(path: str, n: int, height: int, width: int, workers: int, 
             problems += _check_images(path, a, b, height, width)
             bar.update(b - a)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             futures = [pool.submit(_check_images, path, a, b, height, width) for a, b in ranges]
             for (a, b), future in zip(ranges, futures):
                 problems += future.result()
