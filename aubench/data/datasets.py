@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 from .h5file import AUFile
 from .occlusion import occlusion_mask, parse_occlusion
 from .samplers import check_label_ratio, sparse_label_mask
-from .transforms import ClipAugment, normalize, parse_image_size, resize_images, to_float_tensor
+from .transforms import (ClipAugment, normalize, parse_image_size, resize_images, to_float_tensor,
+                         to_normalized_tensor)
 
 
 class _AUDatasetBase(Dataset):
@@ -67,11 +68,11 @@ class _AUDatasetBase(Dataset):
         """Normalised float (len(rows), 3, H, W) images, augmented and occluded as configured,
         with one random draw for all of them; and the occlusion mask (or None)."""
         frames = resize_images(self.file.read_images(rows), self.image_size)
-        images = to_float_tensor(frames)
         generator = self._generator(index)
         if self.augment is not None:
-            images = self.augment(images, generator=generator)
-        images = normalize(images)
+            images = normalize(self.augment(to_float_tensor(frames), generator=generator))
+        else:
+            images = to_normalized_tensor(frames)
         mask = None
         if self.occlusion is not None:
             mask = occlusion_mask(*self.occlusion, *self.image_size, generator=generator)
