@@ -100,7 +100,15 @@ def _add_synth(sub) -> None:
         p.set_defaults(func=lambda args: _fail("the synthetic generator (datasets_tools.synth) is not installed"))
         return
     synth.add_arguments(p)
-    p.set_defaults(func=lambda args: synth.run(args) or 0)
+
+    def run_synth(args) -> int:
+        try:
+            synth.run(args)
+        except (ValueError, FileNotFoundError) as e:  # the generator's user errors
+            raise DatasetError(str(e)) from None
+        return 0
+
+    p.set_defaults(func=run_synth)
 
 
 def _fail(message: str) -> int:

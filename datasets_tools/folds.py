@@ -44,7 +44,7 @@ BP4D_PLUS_TEST_FOLDS = (
 STANDARD_SPLITS = {
     "BP4D": (BP4D_TEST_FOLDS, "standard BP4D 3-fold split (JAA-Net / ME-GraphAU)"),
     "DISFA": (DISFA_TEST_FOLDS, "standard DISFA 3-fold split (JAA-Net / ME-GraphAU)"),
-    "BP4D+": (BP4D_PLUS_TEST_FOLDS, "public BP4D+ 3-fold split (BigSmall SplitK_Test_Subjects)"),
+    "BP4D+": (BP4D_PLUS_TEST_FOLDS, "standard BP4D+ 3-fold split (the public BigSmall SplitK_Test_Subjects)"),
 }
 
 
