@@ -332,6 +332,7 @@ def _finalize(writer: FrameWriter, plan: DatasetPlan, options: FrameOptions, rep
     attrs.update(plan.extras)
     skips = list(planning_skips) + [Skip(*s) for s in writer.saved_skips]
     notes = dict(writer.saved_notes)
+    notes.update(report.notes)  # planning notes (e.g. a video longer than its labels)
     for name in emptied:
         notes[f"{name}: every frame skipped, sequence not stored"] = 1
     attrs["skipped_frames"] = len(skips)
