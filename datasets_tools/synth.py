@@ -425,8 +425,8 @@ def _plan_occurrence_sequence(layout, subject, task, seed, frames, real, margin)
         n = frames if frames is not None else int(rng.integers(lo, hi + 1))
         start = int(rng.integers(1, 1500))
         coded = start + np.arange(n)
-    before = min(int(rng.integers(2, 8)), int(coded[0]))
-    after = int(rng.integers(2, 8)) + (40 if layout.name != "bp4d" else 0)
+    before = min(int(rng.integers(1, 4)), int(coded[0]))
+    after = int(rng.integers(1, 4)) + (20 if layout.name != "bp4d" else 0)
     image_frames = np.arange(coded[0] - before, coded[-1] + after + 1)
     n_img = len(image_frames)
     render = simulate_intensities(rng, n_img, layout.name, task)
@@ -858,7 +858,9 @@ def _run_jobs(jobs, workers, progress) -> dict:
             for job in jobs:
                 collect(job, _render_job(job))
         else:
-            ctx = multiprocessing.get_context("spawn")
+            # fork starts workers at once and works from any __main__; the jobs never touch torch.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
             with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 pending = {pool.submit(_render_job, job): job for job in jobs}
                 for fut in futures.as_completed(pending):
