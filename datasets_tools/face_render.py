@@ -6,8 +6,8 @@ and per-AU amounts (0..1) into curves and landmark points in that frame; ``FaceR
 them into a picture with a per-frame head pose and draws them with OpenCV (anti-aliased,
 sub-pixel polygons), then applies the identity's lighting and sensor noise.
 
-Landmarks: ``LANDMARK_NAMES`` (P = 49 points) in this order: 5 points per brow (inner to
-outer, right brow of the image first... see the list), 6 per eye, 5 nose points, 18 mouth
+Landmarks: ``LANDMARK_NAMES`` (P = 54 points) in this order: 5 points per brow (inner to
+outer; image-left brow first), 6 per eye, 5 nose points, 18 mouth
 points and 9 jaw points from the left ear level over the chin to the right ear level.
 """
 
@@ -90,7 +90,7 @@ class Identity:
     clothes: tuple
     background: tuple
     background2: tuple
-    face_scale: float      # face height as a fraction of the frame height
+    face_scale: float      # head height as a fraction of the frame's shorter side
     center: tuple          # face centre as fractions of (width, height)
     light_dir: float       # radians
     light_strength: float
@@ -201,9 +201,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
         g[f"{side}_iris"] = (cx + gaze[0] * idn.eye_w * 0.35, cy + gaze[1] * 0.015 + 0.004)
         g[f"{side}_crease"] = upper[2:-2] - [0, 0.03 + 0.25 * open_u]
         g[f"{side}_under"] = lower[3:-3] + [0, 0.03 + 0.2 * idn.eye_lo]
-        ci, cu, co, cl = upper[0], upper[4], upper[-1], lower[4]
-        lm.append(np.stack([ci, upper[4], upper[10], co, lower[10], lower[4]]))
-        del ci, cu, co, cl
+        lm.append(np.stack([upper[0], upper[4], upper[10], upper[-1], lower[10], lower[4]]))
         g[f"{side}_crow"] = [((upper[-1][0] + sgn * 0.025, upper[-1][1] + k * 0.02),
                               (upper[-1][0] + sgn * 0.1, upper[-1][1] + k * 0.045)) for k in (-1, 0, 1)]
         g[f"{side}_cheek"] = ((sgn * (idn.eye_x + 0.03), idn.eye_y + 0.27 - 0.07 * a[6] - 0.03 * a[12]
@@ -357,7 +355,9 @@ class FaceRenderer:
             n = rng.normal(0, identity.noise_sigma, (height, width, 1)).astype(np.float32)
             self.noise.append((np.clip(n, 0, 255).astype(np.uint8).repeat(3, 2),
                                np.clip(-n, 0, 255).astype(np.uint8).repeat(3, 2)))
-        self.base_scale = identity.face_scale * height / 2
+        # Head height (2 canonical units) = face_scale of the frame's shorter side, so portrait
+        # BP4D frames (1040x1392) and landscape DISFA frames (1024x768) frame the face alike.
+        self.base_scale = identity.face_scale * min(width, 0.9 * height) / 2
         # Keep the whole head inside a landscape frame too.
         self.base_scale = min(self.base_scale, 0.5 * width / (identity.face_w * 1.35))
 

@@ -410,7 +410,7 @@ def _quantise(render: np.ndarray, columns: tuple) -> np.ndarray:
     return np.clip(np.rint(render[:, [AU_INDEX[a] for a in columns]]), 0, 5).astype(np.int8)
 
 
-def _plan_occurrence_sequence(layout, subject, task, seed, frames, real, margin) -> SequencePlan:
+def _plan_occurrence_sequence(layout, subject, task, seed, frames, real) -> SequencePlan:
     """BP4D / BP4D+ / MME sequence: coded range plus uncoded image margins."""
     name = f"{subject}/{task}"
     rng = np.random.default_rng(_seed(seed, layout.name, name))
@@ -781,7 +781,7 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
                 if real is not None and (s, t) not in real:
                     continue
                 plans.append(_plan_occurrence_sequence(lay, s, t, seed, frames,
-                                                       real[(s, t)] if real else None, 0))
+                                                       real[(s, t)] if real else None))
 
     jobs = _make_jobs(lay, root, plans, size, seed, images, zip_images, jpeg_quality, uncoded_frames)
     boxes = _run_jobs(jobs, workers, progress)

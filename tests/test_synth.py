@@ -114,7 +114,7 @@ def test_temporal_model_rates_and_cooccurrence():
     labels = []
     for subject in lay.subjects[:6]:
         for task in lay.tasks:
-            labels.append(synth._plan_occurrence_sequence(lay, subject, task, 0, None, None, 0).labels)
+            labels.append(synth._plan_occurrence_sequence(lay, subject, task, 0, None, None).labels)
     lab = np.concatenate(labels).astype(float)
     lab[lab < 0] = np.nan
     col = {a: lay.coded_aus.index(a) for a in lay.coded_aus}
