@@ -277,21 +277,17 @@ def read_real_bp4d(labels_from) -> dict:
     if folder is None:
         raise FileNotFoundError(f"{labels_from}: no bp4d/ label folder (BP4D_test_*_foldK.txt.gz)")
     paths, labels = _read_list_pairs(folder, "BP4D", len(BP4D_BENCHMARK_AUS))
-    keys, frames = [], np.empty(len(paths), np.int64)
-    for i, p in enumerate(paths):
-        parts = p.split("/")
-        if len(parts) != 3:
-            raise ValueError(f"{folder}: image path {p!r} is not subject/task/frame.jpg")
-        keys.append((parts[0], parts[1]))
-        frames[i] = int(parts[2].split(".")[0])
-    out, order = {}, {}
-    for i, k in enumerate(keys):
-        order.setdefault(k, []).append(i)
-    for k, rows in order.items():
-        rows = np.array(rows)
-        srt = np.argsort(frames[rows], kind="stable")
-        out[k] = (frames[rows][srt], labels[rows][srt].astype(np.int8))
-    return out
+    try:
+        parts = [p.split("/") for p in paths]
+        keys = np.array([f"{q[0]}/{q[1]}" for q in parts])
+        frames = np.array([int(q[2].split(".")[0]) for q in parts], np.int64)
+    except (IndexError, ValueError):
+        raise ValueError(f"{folder}: image paths must look like F001/T1/643.jpg") from None
+    order = np.lexsort((frames, keys))
+    keys, frames, labels = keys[order], frames[order], labels[order].astype(np.int8)
+    names, starts = np.unique(keys, return_index=True)
+    ends = np.append(starts[1:], len(keys))
+    return {tuple(str(n).split("/")): (frames[a:b], labels[a:b]) for n, a, b in zip(names, starts, ends)}
 
 
 def read_real_disfa(labels_from) -> dict:
