@@ -24,7 +24,7 @@ from .errors import DatasetError, Report, Skip
 from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
 from .folds import choose_folds
 from .hdf5_writer import CONVERTER_VERSION, FrameWriter
-from .raw import DatasetPlan, SequencePlan, attach_landmarks
+from .raw import DatasetPlan, SequencePlan, attach_landmarks, child
 
 READERS = {"bp4d": bp4d.plan, "disfa": disfa.plan, "bp4d-plus": bp4d_plus.plan, "mme": bp4d_plus.plan_mme}
 JPEG_QUALITY = 95
@@ -212,7 +212,16 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
     report = Report(skip_bad=skip_bad)
     settings = {"camera": camera, "threshold": threshold}
     plan = READERS[dataset](root, _Settings(**settings), report)
-    attach_landmarks(plan, landmarks_dir, root)
+    if landmarks_dir is None and dataset == "disfa" and camera == "right":
+        # the right camera's landmarks live in Landmarks/RightCamera/ (when provided)
+        default = child(root, "Landmarks")
+        right = child(default, "RightCamera") if default is not None else None
+        landmarks_dir = right if right is not None and right.is_dir() else None
+        if landmarks_dir is None and default is not None:
+            print("note: DISFA right camera: no Landmarks/RightCamera/ folder, landmarks not stored", file=sys.stderr)
+            landmarks_dir = False
+    if landmarks_dir is not False:
+        attach_landmarks(plan, landmarks_dir, root)
     has_landmarks = plan.sequences[0].landmarks is not None
     if options.crop == "landmarks" and not has_landmarks:
         raise DatasetError("--crop landmarks needs landmark files (<root>/Landmarks/<sequence>.csv or --landmarks DIR)",

@@ -74,3 +74,19 @@ def test_synth_subcommand_then_convert(tmp_path, capsys):
     assert "wrote 12 frames (3 sequences, 3 subjects)" in capsys.readouterr().out
     assert main(["synth", "--layout", "bp4d", str(raw), "--frame-size", "3x3"]) == 1
     assert "frame size 3x3" in capsys.readouterr().err
+
+
+def test_disfa_right_camera_uses_its_own_landmarks(tmp_path):
+    truth = synth.generate("disfa", tmp_path / "raw", subjects=["SN003", "SN006", "SN001"], frames=4,
+                           frame_size="48x64", seed=2, progress=False)
+    left, right = tmp_path / "left.h5", tmp_path / "right.h5"
+    for camera, out in (("left", left), ("right", right)):
+        convert("disfa", tmp_path / "raw", out, FrameOptions(image_size=24, crop="landmarks"), camera=camera,
+                progress=False)
+        assert verify(out, progress=False) == []
+    with h5py.File(left, "r") as a, h5py.File(right, "r") as b:
+        assert b.attrs["camera"] == "right"
+        np.testing.assert_array_equal(a["frames/label"][:], b["frames/label"][:])
+        assert np.isfinite(b["frames/landmarks"][:]).all()
+        assert b["frames/landmarks"][:].min() >= 0 and b["frames/landmarks"][:].max() <= 24
+    assert len(truth.sequences) == 3
