@@ -5,7 +5,8 @@ The same 2000 frames (256 x 256, smooth face-like colour fields with fine textur
 the .jpg files), and a folder of .jpg files read by the usual `cv2.imread` Dataset. Every
 loader decodes to RGB with the same OpenCV build, normalises with the same function and returns
 the same item dict, so the groups compare storage only. One round = one full epoch through a
-DataLoader (batch 64, shuffled, fixed order), with 0 and 2 worker processes.
+DataLoader (batch 64, shuffled, fixed order), with 0 and 2 worker processes. The "frame read"
+groups time the storage alone (uint8 RGB frames, no normalisation, no DataLoader).
 
     python -m pytest benchmarks/bench_loader.py --benchmark-enable
     AUBENCH_BENCH_FRAMES=500 ... for a quicker run
@@ -102,15 +103,56 @@ def run_epoch(dataset: Dataset, workers: int) -> int:
     return frames
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Load in the main process with one torch thread, as DataLoader workers do: on a machine
+    whose cores are busy, a multi-threaded collate (same for both loaders) swamps the timings."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("mode", ["raw", "jpeg"])
 @pytest.mark.parametrize("impl", ["aubench", "jpeg-folder"])
-def test_loader_throughput(benchmark, stores, mode, workers, impl):
+def test_loader_throughput(benchmark, stores, one_torch_thread, mode, workers, impl):
     dataset = (FrameDataset(stores[mode], fold=None, split="all") if impl == "aubench"
                else stores["folder"])
     benchmark.group = f"loader {mode} {NUM_FRAMES}x{SIZE}px batch{BATCH} workers{workers}"
     benchmark.extra_info["impl"] = impl
     frames = benchmark.pedantic(run_epoch, args=(dataset, workers), rounds=ROUNDS,
                                 iterations=1)
+    assert frames == NUM_FRAMES
+    benchmark.extra_info["frames_per_s"] = NUM_FRAMES / benchmark.stats.stats.median
+
+
+def read_folder_frames(paths: list[str], order: np.ndarray) -> int:
+    for i in order:
+        image = cv2.imread(paths[i], _IMREAD_RGB) if _IMREAD_RGB is not None else \
+            cv2.cvtColor(cv2.imread(paths[i]), cv2.COLOR_BGR2RGB)
+        assert image is not None
+    return len(order)
+
+
+def read_h5_frames(dataset: FrameDataset, order: np.ndarray) -> int:
+    for start in range(0, len(order), BATCH):
+        dataset.file.read_images(dataset.rows[order[start:start + BATCH]])
+    return len(order)
+
+
+@pytest.mark.parametrize("mode", ["raw", "jpeg"])
+@pytest.mark.parametrize("impl", ["aubench", "jpeg-folder"])
+def test_frame_read_uint8(benchmark, stores, mode, impl):
+    """Storage alone: RGB uint8 frames in shuffled batches, no normalisation, no DataLoader."""
+    order = np.random.default_rng(0).permutation(NUM_FRAMES)
+    benchmark.group = f"frame read uint8 {mode} {NUM_FRAMES}x{SIZE}px"
+    benchmark.extra_info["impl"] = impl
+    if impl == "aubench":
+        dataset = FrameDataset(stores[mode], fold=None, split="all")
+        frames = benchmark.pedantic(read_h5_frames, args=(dataset, order), rounds=ROUNDS)
+    else:
+        frames = benchmark.pedantic(read_folder_frames, args=(stores["folder"].paths, order),
+                                    rounds=ROUNDS)
     assert frames == NUM_FRAMES
     benchmark.extra_info["frames_per_s"] = NUM_FRAMES / benchmark.stats.stats.median

@@ -123,7 +123,9 @@ def write_au_h5(path, *, image_format: str = "raw", num_subjects: int = 6,
             for r in range(n):
                 image[r] = rgb_of(r)
         else:
-            image = frames.create_dataset("image", (n,), dtype=h5py.vlen_dtype(np.uint8))
+            # the converter's layout: resizable, chunks of 256 rows
+            image = frames.create_dataset("image", (n,), maxshape=(None,), chunks=(256,),
+                                          dtype=h5py.vlen_dtype(np.uint8))
             for r in range(n):
                 image[r] = encode_jpeg(rgb_of(r), jpeg_quality)
         frames.create_dataset("label", data=labels)
