@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .errors import DatasetError, Report
 from .raw import (DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, parse_int,
@@ -212,7 +214,7 @@ def index_zip(path: Path, subject: str, report: Report) -> dict[str, dict[int, s
 
 
 def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers=BP4D_AUS,
-                            subject_filter=None) -> DatasetPlan:
+                            subject_filter=None, progress: bool = False) -> DatasetPlan:
     """Parse every occurrence-code file and locate its images (BP4D, BP4D+ and MME)."""
     label_dir = find_label_dir(root)
     label_files = sorted((p for p in label_dir.iterdir() if p.is_file() and SEQUENCE_FILE.match(p.name)),
@@ -237,7 +239,8 @@ def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers
     intensity_files = find_intensity_files(root)
     zip_index: dict[str, dict[str, dict[int, str]]] = {}
     sequences = []
-    for (subject, task), path in sorted(keyed.items()):
+    for (subject, task), path in tqdm(sorted(keyed.items()), desc="read labels", unit="sequence",
+                                      disable=not progress, file=sys.stderr):
         name = f"{subject}/{task}"
         frame_no, label = read_occurrence_csv(path, name, au_numbers, report)
         if len(frame_no) == 0:
@@ -290,4 +293,4 @@ def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers
 
 
 def plan(root: Path, options, report: Report) -> DatasetPlan:
-    return plan_occurrence_dataset(root, "BP4D", report)
+    return plan_occurrence_dataset(root, "BP4D", report, progress=getattr(options, "progress", False))

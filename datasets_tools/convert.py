@@ -211,7 +211,7 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
 
     report = Report(skip_bad=skip_bad)
     settings = {"camera": camera, "threshold": threshold}
-    plan = READERS[dataset](root, _Settings(**settings), report)
+    plan = READERS[dataset](root, _Settings(progress=progress, **settings), report)
     if landmarks_dir is None and dataset == "disfa" and camera == "right":
         # the right camera's landmarks live in Landmarks/RightCamera/ (when provided)
         default = child(root, "Landmarks")

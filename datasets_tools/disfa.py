@@ -18,10 +18,12 @@ columns with ``au_names``; the other four coded AUs are not used by the benchmar
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .errors import DatasetError, Report
 from .raw import DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, read_csv
@@ -132,7 +134,8 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
         raise DatasetError(f"no {camera}-camera videos (Videos_{camera.title()}Camera/"
                            f"{camera.title()}VideoSN001_comp.avi) and no extracted image folders found", str(root))
     sequences = []
-    for subject_dir in subject_dirs:
+    for subject_dir in tqdm(subject_dirs, desc="read labels", unit="subject",
+                            disable=not getattr(options, "progress", False), file=sys.stderr):
         subject = subject_dir.name.upper()
         files = {}
         for path in subject_dir.iterdir():

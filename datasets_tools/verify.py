@@ -78,7 +78,8 @@ def verify(path: Path, workers: int = 1, progress: bool = True, check_images: bo
                 problems.append(f"frames/image must be vlen uint8 (N,) in jpeg mode, got {image.dtype} {image.shape}")
         elif image_format == "raw":
             if image.shape != (n, height, width, 3) or image.dtype != np.uint8:
-                problems.append(f"frames/image shape {image.shape} {image.dtype}, expected {(n, height, width, 3)} uint8")
+                problems.append(f"frames/image shape {image.shape} {image.dtype}, "
+                                f"expected {(n, height, width, 3)} uint8")
         else:
             problems.append(f"image_format {image_format!r} is not jpeg or raw")
         label = f["frames/label"][:]
@@ -87,7 +88,8 @@ def verify(path: Path, workers: int = 1, progress: bool = True, check_images: bo
         if "frames/intensity" in f:
             intensity = f["frames/intensity"]
             if intensity.shape != (n, num_aus) or intensity.dtype != np.int8:
-                problems.append(f"frames/intensity shape {intensity.shape} {intensity.dtype}, expected {(n, num_aus)} int8")
+                problems.append(f"frames/intensity shape {intensity.shape} {intensity.dtype}, "
+                                f"expected {(n, num_aus)} int8")
             elif not ((intensity[:] >= -1) & (intensity[:] <= 5)).all():
                 problems.append("frames/intensity holds values outside -1..5")
         if "frames/landmarks" in f:

@@ -9,6 +9,7 @@ from convert_helpers import fold_subjects, read_back
 from datasets_tools import synth
 from datasets_tools.cli import main
 from datasets_tools.convert import FrameOptions, convert
+from datasets_tools.faces import haar_unavailable_reason
 from datasets_tools.verify import verify
 
 CASES = {
@@ -90,3 +91,16 @@ def test_disfa_right_camera_uses_its_own_landmarks(tmp_path):
         assert np.isfinite(b["frames/landmarks"][:]).all()
         assert b["frames/landmarks"][:].min() >= 0 and b["frames/landmarks"][:].max() <= 24
     assert len(truth.sequences) == 3
+
+
+@pytest.mark.skipif(haar_unavailable_reason() is not None, reason="this OpenCV has no Haar cascades (OpenCV 5)")
+def test_haar_crop_detects_or_counts_fallbacks(tmp_path):
+    synth.generate("bp4d", tmp_path / "raw", subjects=["F004", "F003", "F001"], tasks=["T1"], frames=3,
+                   frame_size="260x348", seed=0, progress=False)
+    out = tmp_path / "haar.h5"
+    result = convert("bp4d", tmp_path / "raw", out, FrameOptions(image_size=32, crop="haar"), progress=False)
+    fallbacks = sum(n for note, n in result.notes.items() if note.startswith("haar: no face found"))
+    assert fallbacks < result.frames == 9  # most rendered faces are found; misses are counted
+    with h5py.File(out, "r") as f:
+        assert f.attrs["crop"] == "haar"
+    assert verify(out, progress=False) == []

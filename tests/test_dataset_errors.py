@@ -48,7 +48,8 @@ def test_missing_image(tree, tmp_path):
     root, truth = tree
     path, frame = image_path(root, truth)
     path.unlink()
-    with pytest.raises(DatasetError, match=rf"F001[/\\]T1.*1 labelled frame\(s\) of F001/T1 have no image.*frame {frame}"):
+    message = rf"F001[/\\]T1.*1 labelled frame\(s\) of F001/T1 have no image.*frame {frame}"
+    with pytest.raises(DatasetError, match=message):
         run(root, tmp_path)
     result = run(root, tmp_path, skip_bad=True)
     assert result.frames == 19 and len(result.skips) == 1
