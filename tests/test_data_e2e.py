@@ -70,7 +70,7 @@ def test_clip_datasets_on_converted_file(converted):
     rows = f.rows(1, "train")
     assert len(train) == mask[rows].sum()
     sampler = KeyPositionBatchSampler(RandomSampler(train), batch_size=5, clip_len=4)
-    for number, batch in enumerate(DataLoader(train, batch_sampler=sampler, num_workers=2)):
+    for batch in DataLoader(train, batch_sampler=sampler, num_workers=2):
         assert batch["image"].shape[1:] == (4, 3, 32, 32)
         index = batch["index"]
         assert torch.equal(batch["labeled"], torch.from_numpy(mask[index.numpy()]))

@@ -14,7 +14,6 @@ loads it (for evaluation under occlusion).
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
