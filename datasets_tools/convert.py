@@ -71,6 +71,13 @@ def _read_video_frame(container: str, index: int):
     capture = state["capture"]
     if state["next"] != index:
         capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        if int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != index:
+            # inexact seek (some codecs): reopen and step forward frame by frame
+            capture.release()
+            capture = state["capture"] = cv2.VideoCapture(container)
+            for _ in range(index):
+                if not capture.grab():
+                    break
     ok, frame = capture.read()
     state["next"] = index + 1 if ok else -1
     return frame if ok else None
