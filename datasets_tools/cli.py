@@ -182,6 +182,9 @@ def main(argv=None) -> int:
     except DatasetError as e:
         print(f"datasets_tools {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"datasets_tools {args.command}: interrupted" + (
             "; rerun the same command to resume" if args.command == "convert" else ""), file=sys.stderr)
