@@ -45,9 +45,21 @@ def test_distinct_combinations_ignores_rows_with_unknowns():
 
 def test_standard_splits_are_disjoint_and_sized():
     for folds, sizes in ((BP4D_TEST_FOLDS, (13, 14, 14)), (DISFA_TEST_FOLDS, (9, 9, 9)),
-                         (BP4D_PLUS_TEST_FOLDS, (46, 46, 47))):
+                         (BP4D_PLUS_TEST_FOLDS, (47, 46, 47))):
         assert tuple(len(f) for f in folds) == sizes
         assert len(set().union(*folds)) == sum(sizes)
+
+
+def test_bp4d_plus_split_is_the_public_one_plus_f082(shared_data):
+    for k, fold in enumerate(BP4D_PLUS_TEST_FOLDS, start=1):
+        lines = (shared_data / "bp4d_plus_splits" / f"Split{k}_Test_Subjects.csv").read_text().split()
+        public = {line.split(",")[1] for line in lines[1:]}
+        assert set(fold) - public == ({"F082"} if k == 1 else set())
+        assert public <= set(fold)
+    counts = {s: 10 for fold in BP4D_PLUS_TEST_FOLDS for s in fold}
+    assert len(counts) == 140
+    folds, source = choose_folds("BP4D+", counts, seed=0)
+    assert source.startswith("standard BP4D+") and [set(f) for f in folds] == [set(f) for f in BP4D_PLUS_TEST_FOLDS]
 
 
 def test_balanced_split_is_deterministic_balanced_and_covering():
