@@ -50,17 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aubench.models.backbones import create_backbone
 from aubench.models.base import AUMethod, Preset, TrainState, register_method
-
-try:  # the shared backbone factory (local weight files only); plain timm until it lands
-    from aubench.models.backbones import create_backbone
-except ImportError:  # pragma: no cover - removed once the engine branch is merged
-    import timm
-
-    def create_backbone(name: str, pretrained_path=None, **kwargs: Any) -> nn.Module:
-        if pretrained_path is not None:
-            raise ValueError("pretrained_path needs aubench.models.backbones")
-        return timm.create_model(name, pretrained=False, **kwargs)
 
 try:
     from aubench.ops import make_shuffle_permutations, temporal_shuffle_features
