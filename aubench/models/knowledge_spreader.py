@@ -253,7 +253,7 @@ def _tiny_preset() -> Preset:
     model = dict(_DEFAULTS, backbone_kwargs={"channels": (16, 32, 64, 128), "stem_width": 16},
                  temporal_feedforward=256, student_hidden=64, perturb_hidden=64, ramp_sigma=2.0,
                  augment=False)
-    return Preset(name="tiny", image_size=48, epochs=4, batch_size=16, optimizer="sgd", lr=0.05,
+    return Preset(name="tiny", image_size=48, epochs=8, batch_size=8, optimizer="sgd", lr=0.05,
                   momentum=0.9, weight_decay=5e-4, schedule="cosine", clip_len=5, model=model)
 
 
