@@ -1,0 +1,217 @@
+"""Frame and clip datasets over one aubench HDF5 file.
+
+Items follow INTERFACES.md:
+- `FrameDataset`: {"image": float32 (3,H,W), "label": float32 (U,), "index": int64}
+- `ClipDataset`:  {"image": float32 (n,3,H,W), "label": float32 (n,U), "labeled": bool (n,),
+                   "key_position": int64, "index": int64 (n,)}
+plus "occlusion": bool (H,W) when an occlusion spec is given. Labels are 1 / 0 with -1 for
+unknown, and also -1 where the sparse-label protocol hides a label.
+
+Randomness (augmentation, occlusion) comes from torch's default generator, which DataLoader
+seeds differently in every worker; with `seed` set, each item uses its own generator seeded
+from (seed, index) instead, so the same index always gives the same item, whatever worker
+loads it (for evaluation under occlusion).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .h5file import AUFile
+from .occlusion import occlusion_mask, parse_occlusion
+from .samplers import check_label_ratio, sparse_label_mask
+from .transforms import ClipAugment, normalize, parse_image_size, resize_images, to_float_tensor
+
+
+class _AUDatasetBase(Dataset):
+    """What frame and clip datasets share: the file, fold rows, labels, image pipeline."""
+
+    def __init__(self, path, fold, split, image_size, augment, occlusion, label_ratio, seed):
+        self.file = path if isinstance(path, AUFile) else AUFile(path)
+        self.fold = fold
+        self.split = split
+        self.rows = self.file.rows(fold, split)
+        self.label_ratio = check_label_ratio(label_ratio)
+        self.image_size = parse_image_size(image_size) or self.file.image_size
+        self.augment = ClipAugment() if augment is True else (augment or None)
+        if self.augment is not None and not callable(getattr(self.augment, "draw", None)):
+            raise ValueError(f"augment must be a bool or a ClipAugment, got {augment!r}")
+        self.occlusion = parse_occlusion(occlusion)
+        self.seed = None if seed is None else int(seed)
+        # labels the protocol keeps (all of them at label_ratio = 1)
+        self.labeled_mask = sparse_label_mask(self.file, self.label_ratio)
+
+    @property
+    def au_names(self) -> list[str]:
+        return self.file.au_names
+
+    @property
+    def num_aus(self) -> int:
+        return self.file.num_aus
+
+    def _generator(self, index: int) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        state = np.random.SeedSequence([self.seed, int(index)]).generate_state(2)
+        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+    def _labels(self, rows: np.ndarray) -> torch.Tensor:
+        labels = self.file.labels[rows].astype(np.float32)
+        labels[~self.labeled_mask[rows]] = -1.0
+        return torch.from_numpy(labels)
+
+    def _images(self, rows: np.ndarray, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised float (len(rows), 3, H, W) images, augmented and occluded as configured,
+        with one random draw for all of them; and the occlusion mask (or None)."""
+        frames = resize_images(self.file.read_images(rows), self.image_size)
+        images = to_float_tensor(frames)
+        generator = self._generator(index)
+        if self.augment is not None:
+            images = self.augment(images, generator=generator)
+        images = normalize(images)
+        mask = None
+        if self.occlusion is not None:
+            mask = occlusion_mask(*self.occlusion, *self.image_size, generator=generator)
+            images = images.masked_fill(mask, 0.0)
+        return images, mask
+
+    def close(self) -> None:
+        """Close the h5py handle of this process (it reopens on the next read)."""
+        self.file.close()
+
+
+class FrameDataset(_AUDatasetBase):
+    """Single frames of one fold and split.
+
+    Args:
+        path: aubench HDF5 file (or an open `AUFile`).
+        fold: 1-based fold number.
+        split: "train" | "test" | "all".
+        image_size: output size, int or (H, W); None keeps the stored size.
+        augment: True (default `ClipAugment`), False, or a `ClipAugment`.
+        occlusion: None, ("patches", ratio) or ("block", ratio).
+        label_ratio: sparse-label protocol ratio in (0, 1]; hidden labels read -1.
+        labeled_only: keep only the frames whose labels the protocol keeps.
+        seed: makes augmentation and occlusion a function of (seed, index).
+    """
+
+    def __init__(self, path, fold: int | None = 1, split: str = "train", image_size=None,
+                 augment=False, occlusion=None, label_ratio: float = 1.0,
+                 labeled_only: bool = False, seed: int | None = None):
+        super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed)
+        self.labeled_only = bool(labeled_only)
+        if self.labeled_only:
+            self.rows = self.rows[self.labeled_mask[self.rows]]
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} frames")
+        row = int(self.rows[index])
+        rows = np.array([row])
+        images, mask = self._images(rows, index % len(self))
+        item = {
+            "image": images[0],
+            "label": self._labels(rows)[0],
+            "index": torch.tensor(row, dtype=torch.int64),
+        }
+        if mask is not None:
+            item["occlusion"] = mask
+        return item
+
+
+class ClipDataset(_AUDatasetBase):
+    """Clips of `clip_len` consecutive frames of one sequence.
+
+    Train split: one sample per labeled key frame (sparse-label protocol); the clip has the key
+    frame at position m, shifted to stay inside the sequence (a sequence shorter than n repeats
+    its last frame). `ds[i]` uses m = n // 2, `ds[(i, m)]` sets m (see KeyPositionBatchSampler);
+    "key_position" is where the key frame ended up.
+    Test / "all" split: clips tile every sequence with stride n, the last one ending at the
+    sequence end, so every frame is predicted (some twice); "key_position" is n // 2.
+
+    Args: as `FrameDataset`, plus clip_len (n >= 1).
+    """
+
+    def __init__(self, path, fold: int | None = 1, split: str = "train", clip_len: int = 5,
+                 label_ratio: float = 1.0, image_size=None, augment=False, occlusion=None,
+                 seed: int | None = None):
+        if isinstance(clip_len, bool) or int(clip_len) != clip_len or clip_len < 1:
+            raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
+        super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed)
+        self.clip_len = int(clip_len)
+        seq = self.file.sequences
+        frame_seq = self.file.frame_sequence
+        if split == "train":
+            self.key_rows = self.rows[self.labeled_mask[self.rows]]
+            s = frame_seq[self.key_rows]
+            self._clip_seq_start = seq["start"][s]
+            self._clip_seq_length = seq["length"][s]
+            self._clip_first = None
+        else:
+            # tile the sequences that have frames in this split
+            wanted = np.unique(frame_seq[self.rows])
+            starts, lengths, firsts = [], [], []
+            n = self.clip_len
+            for s in wanted:
+                start, length = int(seq["start"][s]), int(seq["length"][s])
+                offsets = list(range(0, max(length - n, 0) + 1, n))
+                if offsets[-1] + n < length:
+                    offsets.append(length - n)
+                starts += [start] * len(offsets)
+                lengths += [length] * len(offsets)
+                firsts += offsets
+            self.key_rows = None
+            self._clip_seq_start = np.asarray(starts, dtype=np.int64)
+            self._clip_seq_length = np.asarray(lengths, dtype=np.int64)
+            self._clip_first = np.asarray(firsts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._clip_seq_start.size)
+
+    def clip_rows(self, index: int, key_position: int | None = None) -> tuple[np.ndarray, int]:
+        """(frame rows (n,), key position) of clip `index`, key frame asked at `key_position`."""
+        n = self.clip_len
+        start = int(self._clip_seq_start[index])
+        length = int(self._clip_seq_length[index])
+        if self._clip_first is None:
+            m = n // 2 if key_position is None else int(key_position)
+            if not 0 <= m < n:
+                raise ValueError(f"key position {m} out of range 0..{n - 1}")
+            pos = int(self.key_rows[index]) - start
+            first = min(max(pos - m, 0), max(length - n, 0))
+            key = pos - first
+        else:
+            if key_position is not None:
+                raise ValueError(f"split {self.split!r} tiles sequences into fixed clips; "
+                                 "a key position can only be chosen for the train split")
+            first = int(self._clip_first[index])
+            key = n // 2
+        offsets = np.minimum(first + np.arange(n), length - 1)
+        return start + offsets, key
+
+    def __getitem__(self, index) -> dict:
+        key_position = None
+        if isinstance(index, tuple):
+            index, key_position = index
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        index %= len(self)
+        rows, key = self.clip_rows(index, key_position)
+        images, mask = self._images(rows, index)
+        item = {
+            "image": images,
+            "label": self._labels(rows),
+            "labeled": torch.from_numpy(self.labeled_mask[rows].copy()),
+            "key_position": torch.tensor(key, dtype=torch.int64),
+            "index": torch.from_numpy(rows.astype(np.int64)),
+        }
+        if mask is not None:
+            item["occlusion"] = mask
+        return item

@@ -1,0 +1,113 @@
+"""Image transforms: resize, ImageNet normalisation and clip-consistent augmentation.
+
+Images travel as RGB uint8 (..., H, W, 3) numpy arrays until `to_normalized_tensor` turns them
+into float32 (..., 3, H, W) tensors. Augmentation works on those tensors with
+torchvision.transforms.v2 functional ops; its parameters are drawn once per sample, so every
+frame of a clip gets the same rotation, flip and colour change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def parse_image_size(image_size) -> tuple[int, int] | None:
+    """None, an int (square) or (H, W) -> None or (H, W); raises ValueError otherwise."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, (int, np.integer)):
+        size = (int(image_size), int(image_size))
+    else:
+        size = tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be a positive int or (H, W), got {image_size!r}")
+    return size
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize RGB uint8 (H, W, 3) or (n, H, W, 3) images to size (H, W) with OpenCV.
+
+    INTER_AREA when shrinking (no aliasing), bilinear when enlarging.
+    """
+    h, w = size
+    if images.shape[-3:-1] == (h, w):
+        return images
+    shrink = h * w < images.shape[-3] * images.shape[-2]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    if images.ndim == 3:
+        return cv2.resize(images, (w, h), interpolation=interp)
+    return np.stack([cv2.resize(im, (w, h), interpolation=interp) for im in images])
+
+
+def to_float_tensor(images: np.ndarray) -> torch.Tensor:
+    """RGB uint8 (..., H, W, 3) numpy -> float32 (..., 3, H, W) tensor in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    return t.movedim(-1, -3).to(torch.float32).div_(255.0)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Float (..., 3, H, W) in [0, 1] -> ImageNet-normalised, in place where possible."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype).view(3, 1, 1)
+    return images.sub_(mean).div_(std)
+
+
+def to_normalized_tensor(images: np.ndarray) -> torch.Tensor:
+    """RGB uint8 (..., H, W, 3) -> ImageNet-normalised float32 (..., 3, H, W)."""
+    return normalize(to_float_tensor(images))
+
+
+@dataclass(frozen=True)
+class ClipAugment:
+    """Random rotation, horizontal flip and colour jitter, drawn once per sample.
+
+    Args:
+        degrees: rotation angle drawn uniformly from [-degrees, degrees].
+        flip_p: probability of a horizontal flip.
+        brightness, contrast, saturation: jitter strength s; each factor is drawn uniformly
+            from [1 - s, 1 + s] (the AU literature uses 0.2-0.4).
+    """
+
+    degrees: float = 10.0
+    flip_p: float = 0.5
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+
+    def draw(self, generator: torch.Generator | None = None) -> dict:
+        """Draw one set of parameters (from torch's default generator when None)."""
+        u = torch.rand(5, generator=generator).tolist()
+        return {
+            "angle": (2 * u[0] - 1) * self.degrees,
+            "flip": u[1] < self.flip_p,
+            "brightness": 1 + (2 * u[2] - 1) * self.brightness,
+            "contrast": 1 + (2 * u[3] - 1) * self.contrast,
+            "saturation": 1 + (2 * u[4] - 1) * self.saturation,
+        }
+
+    @staticmethod
+    def apply(images: torch.Tensor, params: dict) -> torch.Tensor:
+        """Apply drawn parameters to float (..., 3, H, W) images in [0, 1] (every frame alike)."""
+        out = images
+        if params["flip"]:
+            out = TF.horizontal_flip(out)
+        if params["angle"] != 0:
+            out = TF.rotate(out, params["angle"], interpolation=InterpolationMode.BILINEAR,
+                            fill=0.0)
+        out = TF.adjust_brightness(out, params["brightness"])
+        out = TF.adjust_contrast(out, params["contrast"])
+        out = TF.adjust_saturation(out, params["saturation"])
+        return out
+
+    def __call__(self, images: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment float (..., 3, H, W) images in [0, 1] with one draw for all of them."""
+        return self.apply(images, self.draw(generator))
