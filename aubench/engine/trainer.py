@@ -50,6 +50,7 @@ class RunConfig:
     label_ratio: float = 1.0
     epochs: int | None = None          # None = the preset's
     batch_size: int | None = None      # global batch; None = the preset's
+    image_size: int | None = None      # None = the preset's
     out: str = "runs/train"
     resume: bool = False
     pretrained: str | None = None
@@ -62,7 +63,7 @@ class RunConfig:
     augment: bool = True
     progress: bool = True
     deterministic: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's model settings
 
 
 def seed_everything(seed: int) -> None:
@@ -174,9 +175,10 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device)
         self.data: RunData = open_run_data(config.data, config.fold)
         base = self.method_cls.presets[config.preset]
-        self.preset = Preset(**{**base.__dict__,
+        self.preset = Preset(**{**base.__dict__, "model": {**base.model, **config.model},
                                 "epochs": config.epochs if config.epochs is not None else base.epochs,
-                                "batch_size": config.batch_size if config.batch_size is not None else base.batch_size})
+                                "batch_size": config.batch_size if config.batch_size is not None else base.batch_size,
+                                "image_size": config.image_size if config.image_size is not None else base.image_size})
         if self.preset.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.preset.epochs}")
         if self.device.type == "cpu" and config.deterministic:
@@ -203,7 +205,7 @@ class Trainer:
                 overrides["pretrained"] = str(path)  # backbone weights; the method passes them to create_backbone
         class_weights = torch.as_tensor(self.data.class_weight, dtype=torch.float32)
         method = create_method(cfg.method, self.data.num_aus, self.method_cls.presets[cfg.preset], class_weights,
-                               **overrides)
+                               **cfg.model, **overrides)
         method.preset = self.preset
         if full_checkpoint is not None:
             self._check_compatible(full_checkpoint, cfg.pretrained, same_run=False)
@@ -223,7 +225,8 @@ class Trainer:
         if same_run:
             mine = self.checkpoint_config()
             diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {mine[k]!r}" for k in
-                     ("preset", "fold", "label_ratio", "seed", "epochs", "batch_size", "fingerprint", "world_size")
+                     ("preset", "fold", "label_ratio", "seed", "epochs", "batch_size", "image_size", "fingerprint",
+                      "world_size", "model")
                      if saved.get(k) != mine[k]]
             if diffs:
                 raise UserError(f"--resume: {path} belongs to a different run ({'; '.join(diffs)})")
@@ -231,7 +234,8 @@ class Trainer:
     def checkpoint_config(self) -> dict[str, Any]:
         return {"method": self.config.method, "preset": self.config.preset, "fold": self.config.fold,
                 "label_ratio": self.config.label_ratio, "seed": self.config.seed, "epochs": self.preset.epochs,
-                "batch_size": self.preset.batch_size, "fingerprint": self.data.fingerprint,
+                "batch_size": self.preset.batch_size, "image_size": self.preset.image_size, "model": dict(self.config.model),
+                "fingerprint": self.data.fingerprint,
                 "au_names": list(self.data.au_names), "world_size": self.env.world_size,
                 "dataset": self.data.dataset}
 
