@@ -1,0 +1,272 @@
+"""BP4D reader (also the occurrence-code reader BP4D+ and MME share).
+
+Layout, as the dataset ships (names matched ignoring case):
+- occurrence codes ``AUCoding/AU_OCC/F001_T1.csv`` (or ``AUCoding/*.csv``,
+  ``AUCoding/AUCoding/*.csv``): a header row of AU numbers (``0`` = the frame-number column),
+  values 1 / 0 and 9 = unknown (stored as -1). Columns are found by header name, never position.
+- images ``<subject>/<task>/<frame>.jpg`` somewhere under the root (``2D+``,
+  ``BP4D-training``, ...); zero padding varies, so frames match by integer frame number.
+- optional intensities ``AU Intensity Codes3.0/AU06/F001_T1_AU06.csv``: ``frame,intensity``
+  rows, no header, 9 = unknown.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError, Report
+from .raw import (DatasetPlan, SequencePlan, au_name, find_dirs, index_image_dir, parse_int,
+                  read_csv)
+
+BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
+OCCURRENCE_RULE = "occurrence codes, 9 = unknown"
+
+SEQUENCE_FILE = re.compile(r"^([A-Za-z]+\d+)_([A-Za-z]*\d+)\.csv$")
+SUBJECT_DIR = re.compile(r"^[A-Za-z]+\d+$")
+INTENSITY_FILE = re.compile(r"^([A-Za-z]+\d+)_([A-Za-z]*\d+)_AU(\d+)\.csv$", re.IGNORECASE)
+
+
+def _is_label_dir(path: Path) -> bool:
+    return path.name.lower() in ("au_occ", "aucoding") and any(
+        SEQUENCE_FILE.match(p.name) for p in path.iterdir() if p.is_file())
+
+
+def find_label_dir(root: Path) -> Path:
+    found = find_dirs(root, _is_label_dir, max_depth=3)
+    if not found:
+        raise DatasetError("no occurrence-code folder found (expected AUCoding/AU_OCC/F001_T1.csv "
+                           "style files under the dataset root); is this the right folder?", str(root))
+    return found[0]
+
+
+def read_occurrence_csv(path: Path, sequence: str, au_numbers, report: Report):
+    """-> (frame_no int32 (n,), label int8 (n, U)) from one occurrence-code file."""
+    rows = read_csv(path)
+    if not rows:
+        raise DatasetError("empty occurrence-code file", str(path))
+    header_line, header = rows[0]
+    columns: dict[int, int] = {}
+    for position, cell in enumerate(header):
+        try:
+            number = int(cell)
+        except ValueError:
+            raise DatasetError(f"unknown AU column {cell!r} (header cell {position + 1}): header cells "
+                               "must be AU numbers, 0 for the frame number", str(path), header_line) from None
+        if number in columns:
+            raise DatasetError(f"AU column {number} appears twice in the header", str(path), header_line)
+        columns[number] = position
+    if 0 not in columns:
+        raise DatasetError("no frame-number column (header cell '0')", str(path), header_line)
+    missing = [au_name(a) for a in au_numbers if a not in columns]
+    if missing:
+        raise DatasetError(f"missing AU column(s) {', '.join(missing)}", str(path), header_line)
+    wanted = [columns[0]] + [columns[a] for a in au_numbers]
+    width = max(wanted) + 1
+    frames, labels, seen = [], [], set()
+    for line, cells in rows[1:]:
+        if len(cells) < width:
+            report.problem(f"truncated row: {len(cells)} values, header has {len(header)}",
+                           sequence=sequence, path=str(path), line=line, kind="bad label row")
+            continue
+        try:
+            values = [int(cells[c]) for c in wanted]
+        except ValueError:
+            bad = next(cells[c] for c in wanted if not cells[c].lstrip("-").isdigit())
+            report.problem(f"non-numeric value {bad!r}", sequence=sequence, path=str(path), line=line,
+                           kind="bad label row")
+            continue
+        frame, codes = values[0], values[1:]
+        if any(c not in (0, 1, 9) for c in codes):
+            bad = next(c for c in codes if c not in (0, 1, 9))
+            report.problem(f"occurrence code {bad} is not 0, 1 or 9", sequence=sequence, frame_no=frame,
+                           path=str(path), line=line, kind="bad label row")
+            continue
+        if frame in seen:
+            report.problem(f"duplicate frame {frame}", sequence=sequence, frame_no=frame, path=str(path),
+                           line=line, kind="duplicate frame")
+            continue
+        seen.add(frame)
+        frames.append(frame)
+        labels.append(codes)
+    frame_no = np.asarray(frames, dtype=np.int32)
+    label = np.asarray(labels, dtype=np.int8).reshape(len(frames), len(au_numbers))
+    label[label == 9] = -1
+    order = np.argsort(frame_no, kind="stable")
+    return frame_no[order], label[order]
+
+
+def find_intensity_files(root: Path) -> dict[tuple[str, int], Path]:
+    """(sequence file stem in lower case, AU number) -> intensity file, over every intensity
+    folder (``AU Intensity Codes3.0``, ``AU_INT``, ...) found under the root."""
+    def is_intensity_dir(p: Path) -> bool:
+        name = p.name.lower().replace(" ", "_")
+        return name.startswith("au_int") or "intensity" in name
+
+    files: dict[tuple[str, int], Path] = {}
+    for directory in find_dirs(root, is_intensity_dir, max_depth=3):
+        for path in sorted(directory.rglob("*")):
+            match = INTENSITY_FILE.match(path.name)
+            if match and path.is_file():
+                key = (f"{match.group(1)}_{match.group(2)}".lower(), int(match.group(3)))
+                files.setdefault(key, path)
+    return files
+
+
+def read_intensity_csv(path: Path, frame_no: np.ndarray, sequence: str, report: Report) -> np.ndarray:
+    """``frame,intensity`` rows -> int8 (n,) aligned with ``frame_no`` (-1 unknown or absent)."""
+    out = np.full(len(frame_no), -1, dtype=np.int8)
+    position = {int(f): i for i, f in enumerate(frame_no)}
+    seen = set()
+    for line, cells in read_csv(path):
+        if len(cells) < 2:
+            report.problem("truncated row (expected frame,intensity)", sequence=sequence, path=str(path),
+                           line=line, kind="bad intensity row")
+            continue
+        frame = parse_int(cells[0], path, line, "frame number")
+        value = parse_int(cells[1], path, line, "intensity")
+        if frame in seen:
+            report.problem(f"duplicate frame {frame}", sequence=sequence, frame_no=frame, path=str(path),
+                           line=line, kind="duplicate frame")
+            continue
+        seen.add(frame)
+        if value == 9:
+            value = -1
+        elif not 0 <= value <= 5:
+            report.problem(f"intensity {value} is not 0..5 or 9", sequence=sequence, frame_no=frame,
+                           path=str(path), line=line, kind="bad intensity row")
+            continue
+        if frame in position:
+            out[position[frame]] = value
+    return out
+
+
+def find_image_folders(root: Path, subjects: set[str]) -> dict[tuple[str, str], tuple]:
+    """(SUBJECT, TASK) -> ("files", folder) for extracted trees ``<subject>/<task>/*.jpg``, or
+    ("zip", zip path) for ``<subject>.zip`` archives (BP4D+'s ``2D+3D``). First found wins."""
+    found: dict[tuple[str, str], tuple] = {}
+
+    def visit(directory: Path) -> bool:
+        for entry in sorted(directory.iterdir()):
+            name = entry.name.upper()
+            if entry.is_dir() and name in subjects:
+                for task in sorted(entry.iterdir()):
+                    if task.is_dir():
+                        found.setdefault((name, task.name.upper()), ("files", task))
+            elif entry.is_file() and entry.suffix.lower() == ".zip" and entry.stem.upper() in subjects:
+                found.setdefault((entry.stem.upper(), "*"), ("zip", entry))
+        return False
+
+    find_dirs(root, visit, max_depth=3)
+    return found
+
+
+def index_zip(path: Path, subject: str, report: Report) -> dict[str, dict[int, str]]:
+    """TASK -> {frame number -> member} for members ``<...>/<task>/<frame>.jpg`` of a zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DatasetError(f"cannot open zip archive ({e})", str(path)) from None
+    tasks: dict[str, dict[int, str]] = {}
+    for member in names:
+        parts = member.rstrip("/").split("/")
+        if len(parts) < 2:
+            continue
+        stem, dot, suffix = parts[-1].rpartition(".")
+        if not dot or f".{suffix.lower()}" not in (".jpg", ".jpeg", ".png") or not stem.isdigit():
+            continue
+        frames = tasks.setdefault(parts[-2].upper(), {})
+        number = int(stem)
+        if number in frames:
+            report.problem(f"duplicate frame {number}: {frames[number]} and {member}",
+                           sequence=f"{subject}/{parts[-2]}", frame_no=number, path=str(path),
+                           kind="duplicate image")
+            continue
+        frames[number] = member
+    return tasks
+
+
+def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers=BP4D_AUS,
+                            subject_filter=None) -> DatasetPlan:
+    """Parse every occurrence-code file and locate its images (BP4D, BP4D+ and MME)."""
+    label_dir = find_label_dir(root)
+    label_files = sorted((p for p in label_dir.iterdir() if p.is_file() and SEQUENCE_FILE.match(p.name)),
+                         key=lambda p: p.name.upper())
+    keyed = {}
+    for path in label_files:
+        match = SEQUENCE_FILE.match(path.name)
+        subject, task = match.group(1).upper(), match.group(2).upper()
+        if subject_filter is not None and not subject_filter(subject):
+            continue
+        if (subject, task) in keyed:
+            raise DatasetError(f"two label files for {subject}/{task}: {keyed[(subject, task)].name} and "
+                               f"{path.name}", str(label_dir))
+        keyed[(subject, task)] = path
+    if not keyed:
+        raise DatasetError("no occurrence-code files for this dataset's subjects", str(label_dir))
+    subjects = {s for s, _ in keyed}
+    images = find_image_folders(root, subjects)
+    if not images:
+        raise DatasetError(f"no image folders found (expected <subject>/<task>/<frame>.jpg, e.g. "
+                           f"{min(subjects)}/T1/..., or <subject>.zip archives)", str(root))
+    intensity_files = find_intensity_files(root)
+    zip_index: dict[str, dict[str, dict[int, str]]] = {}
+    sequences = []
+    for (subject, task), path in sorted(keyed.items()):
+        name = f"{subject}/{task}"
+        frame_no, label = read_occurrence_csv(path, name, au_numbers, report)
+        if len(frame_no) == 0:
+            report.problem("label file has no frame rows", sequence=name, path=str(path), kind="empty sequence")
+            continue
+        intensity = None
+        stem = f"{subject}_{task}".lower()
+        if intensity_files:
+            intensity = np.full(label.shape, -1, dtype=np.int8)
+            for column, au in enumerate(au_numbers):
+                intensity_path = intensity_files.get((stem, au))
+                if intensity_path is not None:
+                    intensity[:, column] = read_intensity_csv(intensity_path, frame_no, name, report)
+        source = images.get((subject, task))
+        if source is None and (subject, "*") in images:
+            zip_path = images[(subject, "*")][1]
+            if subject not in zip_index:
+                zip_index[subject] = index_zip(zip_path, subject, report)
+            frames = zip_index[subject].get(task)
+            kind, container = "zip", str(zip_path)
+            if frames is None:
+                frames = {}
+                report.problem(f"no {task}/ images in {zip_path.name}", sequence=name, path=str(zip_path),
+                               kind="missing images")
+        elif source is not None:
+            kind, container = "files", None
+            frames = index_image_dir(source[1], name, report)
+        else:
+            report.problem(f"no image folder {subject}/{task}/ found under {root}", sequence=name,
+                           path=str(path), kind="missing images")
+            continue
+        members = [frames.get(int(f)) for f in frame_no]
+        present = np.array([m is not None for m in members], dtype=bool)
+        if not present.all():
+            where = container or str(source[1])
+            missing = frame_no[~present]
+            if not report.skip_bad:
+                raise DatasetError(f"{len(missing)} labelled frame(s) of {name} have no image, first: frame "
+                                   f"{missing[0]} (use --skip-bad to skip such frames)", where)
+            for f in missing:
+                report.problem("missing image", sequence=name, frame_no=int(f), path=where, kind="missing image")
+        plan = SequencePlan(subject, name, frame_no, label, intensity, kind, container, members, str(path))
+        if not present.all():
+            plan.keep(present)
+        if len(plan):
+            sequences.append(plan)
+    if not sequences:
+        raise DatasetError("no frame could be planned (every sequence was skipped)", str(root))
+    return DatasetPlan(dataset, [au_name(a) for a in au_numbers], OCCURRENCE_RULE, str(root), sequences)
+
+
+def plan(root: Path, options, report: Report) -> DatasetPlan:
+    return plan_occurrence_dataset(root, "BP4D", report)

@@ -1,0 +1,180 @@
+"""``datasets_tools`` command line: convert, synth, verify, stats, info.
+
+User errors (bad arguments, bad input files) print one line naming the file, line or argument
+and exit with status 1 (argparse's own usage errors exit with 2); no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from .convert import READERS, FrameOptions, convert
+from .errors import DatasetError
+from .faces import CROPS
+
+MAX_REPORTED_SKIPS = 20
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert a raw dataset tree into one HDF5 file",
+                       description="Convert a raw BP4D / DISFA / BP4D+ / MME tree into one HDF5 file "
+                                   "(schema version 1) with the standard folds and statistics.")
+    p.add_argument("dataset", choices=sorted(READERS), help="raw layout to read")
+    p.add_argument("raw_root", type=Path, help="the dataset's root folder, as shipped")
+    p.add_argument("out", type=Path, help="output .h5 file (written as OUT.partial, renamed when complete)")
+    p.add_argument("--image-size", type=_positive_int, default=256, help="stored square side in pixels (256)")
+    p.add_argument("--image-format", choices=("jpeg", "raw"), default="jpeg",
+                   help="jpeg: JPEG bytes per frame (default); raw: uint8 HxWx3 arrays")
+    p.add_argument("--crop", choices=CROPS, default="center",
+                   help="face crop: none (resize whole frame), center (default), haar (OpenCV cascade, centre "
+                        "fallback), landmarks (box from landmark files)")
+    p.add_argument("--landmarks", type=Path, default=None,
+                   help="landmark folder (<sequence>.csv); default <root>/Landmarks when present")
+    p.add_argument("--camera", choices=("left", "right"), default="left", help="DISFA camera (left)")
+    p.add_argument("--threshold", type=_positive_int, default=2, help="DISFA occurrence = intensity >= this (2)")
+    p.add_argument("--workers", type=_positive_int, default=_default_workers(),
+                   help="processes decoding frames (default: CPU count, at most 8)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip bad frames (missing/corrupt image, bad label row, ...) and list them in the "
+                        "report instead of stopping at the first one")
+    p.add_argument("--folds-seed", type=int, default=0, help="seed of the balanced split when one is used (0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    options = FrameOptions(image_size=args.image_size, image_format=args.image_format, crop=args.crop)
+    result = convert(args.dataset, args.raw_root, args.out, options, landmarks_dir=args.landmarks,
+                     camera=args.camera, threshold=args.threshold, workers=args.workers,
+                     skip_bad=args.skip_bad, folds_seed=args.folds_seed, progress=not args.quiet)
+    if result.resumed_sequences:
+        print(f"resumed after {result.resumed_sequences} finished sequence(s) of an interrupted run")
+    print(f"wrote {result.frames} frames ({result.sequences} sequences, {result.subjects} subjects) to {args.out}")
+    print(f"folds: {result.split_source}")
+    print(f"skipped {len(result.skips)} frame(s)" + (":" if result.skips else ""))
+    if result.skips:
+        counts: dict[str, int] = {}
+        for skip in result.skips:
+            counts[skip.kind] = counts.get(skip.kind, 0) + 1
+        for kind, count in sorted(counts.items()):
+            print(f"  {count:8d}  {kind}")
+        listing = args.out.with_name(args.out.name + ".skipped.txt")
+        listing.write_text("".join(f"{s}\n" for s in result.skips))
+        for skip in result.skips[:MAX_REPORTED_SKIPS]:
+            print(f"  {skip}")
+        if len(result.skips) > MAX_REPORTED_SKIPS:
+            print(f"  ... {len(result.skips) - MAX_REPORTED_SKIPS} more")
+        print(f"  every skipped frame is listed in {listing}")
+    for note, count in sorted(result.notes.items()):
+        print(f"note: {note} ({count} frame(s))")
+    return 0
+
+
+def _add_synth(sub) -> None:
+    try:
+        synth = importlib.import_module(f"{__package__}.synth")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.synth":
+            raise
+        synth = None
+    p = sub.add_parser("synth", help="write a synthetic raw dataset tree (BP4D / DISFA / BP4D+ / MME layout)")
+    if synth is None:
+        p.set_defaults(func=lambda args: _fail("the synthetic generator (datasets_tools.synth) is not installed"))
+        return
+    synth.add_arguments(p)
+    p.set_defaults(func=lambda args: synth.run(args) or 0)
+
+
+def _fail(message: str) -> int:
+    raise DatasetError(message)
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="check a converted file (schema, counts, folds, images, statistics)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--workers", type=_positive_int, default=_default_workers(), help="processes decoding images")
+    p.add_argument("--no-images", action="store_true", help="skip decoding every image")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_verify)
+
+
+def _run_verify(args) -> int:
+    from .verify import verify
+    problems = verify(args.file, workers=args.workers, progress=not args.quiet, check_images=not args.no_images)
+    if problems:
+        print(f"{args.file}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems[:50]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(problems) > 50:
+            print(f"  ... {len(problems) - 50} more", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK")
+    return 0
+
+
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="per-AU rates, AU combinations, subjects, sequences, frames, per fold")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_stats)
+
+
+def _run_stats(args) -> int:
+    from .stats import compute_stats, format_stats, stats_json
+    stats = compute_stats(args.file)
+    print(stats_json(stats) if args.json else format_stats(stats))
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="attributes, datasets and folds of a converted file")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args) -> int:
+    from .stats import format_info
+    print(format_info(args.file))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="datasets_tools", description="AU dataset converter and tools")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_convert(sub)
+    _add_synth(sub)
+    _add_verify(sub)
+    _add_stats(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DatasetError as e:
+        print(f"datasets_tools {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"datasets_tools {args.command}: interrupted" + (
+            "; rerun the same command to resume" if args.command == "convert" else ""), file=sys.stderr)
+        return 130

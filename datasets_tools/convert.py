@@ -1,0 +1,334 @@
+"""The conversion driver: plan (parse labels, locate images) -> decode, crop, resize, encode in
+chunks (optionally in a process pool) -> append to the HDF5 writer -> folds and statistics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import warnings
+import zipfile
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from . import bp4d, bp4d_plus, disfa
+from .errors import DatasetError, Report, Skip
+from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
+from .folds import choose_folds
+from .hdf5_writer import CONVERTER_VERSION, FrameWriter
+from .raw import DatasetPlan, SequencePlan, attach_landmarks
+
+READERS = {"bp4d": bp4d.plan, "disfa": disfa.plan, "bp4d-plus": bp4d_plus.plan, "mme": bp4d_plus.plan_mme}
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class FrameOptions:
+    image_size: int = 256
+    image_format: str = "jpeg"
+    crop: str = "center"
+    margin: float = DEFAULT_MARGIN
+
+
+@dataclass
+class ConvertResult:
+    frames: int
+    sequences: int
+    subjects: int
+    skips: list
+    notes: dict
+    resumed_sequences: int
+    split_source: str
+
+
+# ---- frame processing (runs in worker processes; each keeps its open zip / video) ----------
+
+_open_zip: dict[str, zipfile.ZipFile] = {}
+_open_video: dict = {"path": None, "capture": None, "next": 0}
+
+
+def _read_zip(container: str, member: str) -> bytes:
+    archive = _open_zip.get(container)
+    if archive is None:
+        archive = _open_zip[container] = zipfile.ZipFile(container)
+    return archive.read(member)
+
+
+def _read_video_frame(container: str, index: int):
+    state = _open_video
+    if state["path"] != container:
+        if state["capture"] is not None:
+            state["capture"].release()
+        state.update(path=container, capture=cv2.VideoCapture(container), next=0)
+    capture = state["capture"]
+    if state["next"] != index:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, frame = capture.read()
+    state["next"] = index + 1 if ok else -1
+    return frame if ok else None
+
+
+def decode(kind: str, container: str | None, member):
+    """-> (BGR image, None) or (None, error text)."""
+    try:
+        if kind == "video":
+            image = _read_video_frame(container, member)
+            return (image, None) if image is not None else (None, f"cannot read video frame {member}")
+        data = _read_zip(container, member) if kind == "zip" else np.fromfile(member, dtype=np.uint8)
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        return None, f"cannot read image ({e})"
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if len(data) else None
+    if image is None:
+        return None, "corrupt image (cannot decode)"
+    return image, None
+
+
+def encode(bgr: np.ndarray, image_format: str) -> np.ndarray:
+    if image_format == "raw":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return data.reshape(-1)
+
+
+def process_chunk(job):
+    """One chunk of one sequence -> list of (stored image, landmarks, note, error) per frame."""
+    kind, container, members, landmarks, options = job
+    out = []
+    for i, member in enumerate(members):
+        image, error = decode(kind, container, member)
+        if image is None:
+            out.append((None, None, None, error))
+            continue
+        points = None if landmarks is None else landmarks[i]
+        face, mapped, note = crop_face(image, options.crop, options.image_size, points, options.margin)
+        out.append((encode(face, options.image_format), mapped, note, None))
+    return out
+
+
+# ---- driver --------------------------------------------------------------------------------
+
+def fingerprint(plan: DatasetPlan, options: FrameOptions, extras: dict) -> str:
+    """Hash of everything the output depends on: options, labels, frame lists and image sources
+    (paths with size and modification time), so a resume only happens on unchanged inputs."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([CONVERTER_VERSION, plan.dataset, plan.au_names, plan.label_rule,
+                              options.__dict__, extras], sort_keys=True, default=str).encode())
+
+    def stamp(path):
+        try:
+            st = os.stat(path)
+            return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            return f"{path}:missing"
+
+    for seq in plan.sequences:
+        digest.update(f"{seq.subject}|{seq.name}|{seq.source_kind}".encode())
+        if seq.container:
+            digest.update(stamp(seq.container).encode())
+        for array in (seq.frame_no, seq.label, seq.intensity, seq.landmarks):
+            if array is not None:
+                digest.update(np.ascontiguousarray(array).tobytes())
+        if seq.source_kind == "files":
+            digest.update("\n".join(stamp(m) for m in seq.members).encode())
+        else:
+            digest.update("\n".join(map(str, seq.members)).encode())
+    return digest.hexdigest()
+
+
+def chunk_size(options: FrameOptions) -> int:
+    return 64 if options.image_format == "raw" else 256
+
+
+def _jobs(plan: DatasetPlan, start_sequence: int, options: FrameOptions):
+    size = chunk_size(options)
+    for index in range(start_sequence, len(plan.sequences)):
+        seq = plan.sequences[index]
+        for start in range(0, len(seq), size):
+            stop = min(start + size, len(seq))
+            landmarks = None if seq.landmarks is None else seq.landmarks[start:stop]
+            yield index, start, stop, (seq.source_kind, seq.container, seq.members[start:stop], landmarks, options)
+
+
+def _results(jobs, workers: int):
+    """(index, start, stop, results) in job order; at most 2 x workers chunks in flight."""
+    if workers <= 1:
+        for index, start, stop, job in jobs:
+            yield index, start, stop, process_chunk(job)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for index, start, stop, job in jobs:
+            pending.append((index, start, stop, pool.submit(process_chunk, job)))
+            if len(pending) >= 2 * workers:
+                i, a, b, future = pending.popleft()
+                yield i, a, b, future.result()
+        while pending:
+            i, a, b, future = pending.popleft()
+            yield i, a, b, future.result()
+
+
+def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir: Path | None = None,
+            camera: str = "left", threshold: int = 2, workers: int = 1, skip_bad: bool = False,
+            folds_seed: int = 0, progress: bool = True, fail_after_sequences: int | None = None) -> ConvertResult:
+    """Convert a raw dataset tree into one HDF5 file. ``fail_after_sequences`` raises after that
+    many sequences were written in this run (tests use it to simulate a killed conversion)."""
+    root, out = Path(root), Path(out)
+    if dataset not in READERS:
+        raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(READERS)}")
+    if options.crop not in CROPS:
+        raise DatasetError(f"--crop {options.crop!r}: choose one of {', '.join(CROPS)}")
+    if options.crop == "haar" and haar_unavailable_reason():
+        raise DatasetError(haar_unavailable_reason())
+    if options.image_format not in ("jpeg", "raw"):
+        raise DatasetError(f"--image-format {options.image_format!r}: choose jpeg or raw")
+    if not 8 <= options.image_size <= 4096:
+        raise DatasetError(f"--image-size {options.image_size} must be within 8..4096")
+    if camera not in ("left", "right"):
+        raise DatasetError(f"--camera {camera!r}: choose left or right")
+    if not root.is_dir():
+        raise DatasetError("raw dataset folder not found (RAW_ROOT)", str(root))
+    if not out.parent.is_dir():
+        raise DatasetError("output folder does not exist", str(out.parent))
+    if workers < 1:
+        raise DatasetError(f"--workers {workers} must be at least 1")
+
+    report = Report(skip_bad=skip_bad)
+    settings = {"camera": camera, "threshold": threshold}
+    plan = READERS[dataset](root, _Settings(**settings), report)
+    attach_landmarks(plan, landmarks_dir, root)
+    has_landmarks = plan.sequences[0].landmarks is not None
+    if options.crop == "landmarks" and not has_landmarks:
+        raise DatasetError("--crop landmarks needs landmark files (<root>/Landmarks/<sequence>.csv or --landmarks DIR)",
+                           str(root))
+    planning_skips = list(report.skips)
+    report.skips.clear()
+
+    key = fingerprint(plan, options, settings if dataset == "disfa" else {})
+    writer = FrameWriter(out, key, len(plan.au_names), options.image_size, options.image_format,
+                         plan.sequences[0].intensity is not None,
+                         plan.sequences[0].landmarks.shape[1] if has_landmarks else None)
+    try:
+        resumed = len(writer.done)
+        start_sequence = writer.done[-1][0] + 1 if writer.done else 0
+        total = sum(len(s) for s in plan.sequences[start_sequence:])
+        bar = tqdm(total=total, desc=f"convert {plan.dataset}", unit="frame", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        buffer = _SequenceBuffer()
+        written_this_run = 0
+        for index, start, stop, results in _results(_jobs(plan, start_sequence, options), workers):
+            seq = plan.sequences[index]
+            buffer.add(seq, start, stop, results, report)
+            bar.update(stop - start)
+            if stop == len(seq):
+                writer.append(len(writer.done), *buffer.frames())
+                skips, notes = buffer.take_problems()
+                writer.finish_sequence(index, buffer.kept, skips, notes)
+                buffer = _SequenceBuffer()
+                written_this_run += 1
+                if fail_after_sequences is not None and written_this_run >= fail_after_sequences:
+                    raise RuntimeError(f"injected failure after {written_this_run} sequence(s)")
+        bar.close()
+        return _finalize(writer, plan, options, report, planning_skips, folds_seed, resumed)
+    finally:
+        writer.close()
+
+
+class _Settings:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class _SequenceBuffer:
+    """Frames of the sequence being converted, until it is complete and can be appended."""
+
+    def __init__(self):
+        self.parts = []
+        self.skips: list = []
+        self.notes: Counter = Counter()
+        self.kept = 0
+
+    def add(self, seq: SequencePlan, start: int, stop: int, results, report: Report) -> None:
+        images, points, keep = [], [], np.zeros(stop - start, dtype=bool)
+        for i, (image, mapped, note, error) in enumerate(results):
+            if error is not None:
+                member = seq.members[start + i]
+                where = seq.container if seq.source_kind != "files" else member
+                if seq.source_kind == "zip":
+                    where = f"{seq.container}:{member}"
+                before = len(report.skips)
+                report.problem(error, sequence=seq.name, frame_no=int(seq.frame_no[start + i]), path=where,
+                               kind="bad image")
+                self.skips.extend(s.to_list() for s in report.skips[before:])
+                continue
+            if note:
+                self.notes[note] += 1
+            keep[i] = True
+            images.append(image)
+            points.append(mapped)
+        rows = slice(start, stop)
+        self.parts.append((seq.frame_no[rows][keep], seq.label[rows][keep],
+                           None if seq.intensity is None else seq.intensity[rows][keep], images,
+                           None if seq.landmarks is None else np.asarray(points, np.float32).reshape(
+                               -1, *seq.landmarks.shape[1:])))
+        self.kept += int(keep.sum())
+
+    def frames(self):
+        frame_no = np.concatenate([p[0] for p in self.parts])
+        label = np.concatenate([p[1] for p in self.parts])
+        intensity = None if self.parts[0][2] is None else np.concatenate([p[2] for p in self.parts])
+        images = [image for p in self.parts for image in p[3]]
+        landmarks = None if self.parts[0][4] is None else np.concatenate([p[4] for p in self.parts])
+        return frame_no, label, intensity, images, landmarks
+
+    def take_problems(self):
+        return self.skips, dict(self.notes)
+
+
+def _finalize(writer: FrameWriter, plan: DatasetPlan, options: FrameOptions, report: Report,
+              planning_skips: list, folds_seed: int, resumed: int) -> ConvertResult:
+    kept = [(plan.sequences[i], length) for i, length in writer.done if length > 0]
+    emptied = [plan.sequences[i].name for i, length in writer.done if length == 0]
+    if not kept:
+        raise DatasetError("every frame was skipped; nothing to write", plan.source_root)
+    subjects = sorted({seq.subject for seq, _ in kept})
+    subject_row = {s: i for i, s in enumerate(subjects)}
+    counts = Counter()
+    for seq, length in kept:
+        counts[seq.subject] += length
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            test_folds, split_source = choose_folds(plan.dataset, dict(counts), folds_seed)
+        except ValueError as e:
+            raise DatasetError(str(e), plan.source_root) from None
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    # Sequences that lost every frame are not stored: renumber frames/sequence to stored rows.
+    if emptied:
+        stored = np.cumsum([length > 0 for _, length in writer.done]) - 1
+        ds = writer.file["frames/sequence"]
+        ds[...] = stored[ds[:]]
+    attrs = {"dataset": plan.dataset, "au_names": list(plan.au_names), "label_rule": plan.label_rule,
+             "image_size": np.array([options.image_size, options.image_size], dtype=np.int64),
+             "image_format": options.image_format, "crop": options.crop, "source_root": plan.source_root,
+             "split_seed": folds_seed}
+    attrs.update(plan.extras)
+    skips = list(planning_skips) + [Skip(*s) for s in writer.saved_skips]
+    notes = dict(writer.saved_notes)
+    for name in emptied:
+        notes[f"{name}: every frame skipped, sequence not stored"] = 1
+    attrs["skipped_frames"] = len(skips)
+    attrs["skip_reasons"] = json.dumps(dict(Counter(s.kind for s in skips)))
+    writer.finalize(attrs, [seq.name for seq, _ in kept], [subject_row[seq.subject] for seq, _ in kept],
+                    subjects, [length for _, length in kept], test_folds, split_source)
+    return ConvertResult(frames=sum(length for _, length in kept), sequences=len(kept), subjects=len(subjects),
+                         skips=skips, notes=notes, resumed_sequences=resumed, split_source=split_source)

@@ -1,0 +1,187 @@
+"""The HDF5 writer (schema version 1, INTERFACES.md).
+
+Frames are appended sequence by sequence into ``<out>.partial`` in the output folder. After each
+finished sequence a progress marker (fingerprint of the inputs and options, rows written,
+sequences done) is flushed into the file, so a rerun with unchanged inputs continues after the
+last finished sequence; anything else restarts cleanly. Only the final step renames the file
+to its real name, so a killed conversion never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .folds import fold_statistics
+
+SCHEMA_VERSION = 1
+CONVERTER_VERSION = "1.0"
+STRING = h5py.string_dtype()
+PROGRESS = "_progress"
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def string_array(values) -> np.ndarray:
+    return np.array(list(values), dtype=object)
+
+
+class FrameWriter:
+    def __init__(self, out: Path, fingerprint: str, num_aus: int, image_size: int, image_format: str,
+                 has_intensity: bool, num_points: int | None):
+        self.out = Path(out)
+        self.path = partial_path(self.out)
+        self.fingerprint = fingerprint
+        self.image_format = image_format
+        self.file = self._resume() if self.path.exists() else None
+        self.resumed = self.file is not None
+        if self.file is None:
+            self._create(num_aus, image_size, image_format, has_intensity, num_points)
+        progress = self.file[PROGRESS].attrs
+        self.rows = int(progress["rows"])
+        self.done = json.loads(progress["done"])          # [[plan index, length], ...]
+        self.saved_skips = json.loads(progress["skips"])  # decode-time skips of finished sequences
+        self.saved_notes = json.loads(progress["notes"])
+        self._truncate(self.rows)
+
+    def _resume(self):
+        try:
+            f = h5py.File(self.path, "r+")
+        except OSError:  # damaged by the kill: start over
+            self.path.unlink()
+            return None
+        if PROGRESS in f and f[PROGRESS].attrs.get("fingerprint") == self.fingerprint:
+            return f
+        f.close()
+        self.path.unlink()
+        return None
+
+    def _create(self, num_aus, image_size, image_format, has_intensity, num_points):
+        f = self.file = h5py.File(self.path, "w")
+        frames = f.create_group("frames")
+        if image_format == "jpeg":
+            frames.create_dataset("image", (0,), maxshape=(None,), dtype=h5py.vlen_dtype(np.uint8),
+                                  chunks=(256,))
+        else:
+            frames.create_dataset("image", (0, image_size, image_size, 3), maxshape=(None, image_size, image_size, 3),
+                                  dtype=np.uint8, chunks=(1, image_size, image_size, 3))
+        chunk = 4096
+        frames.create_dataset("label", (0, num_aus), maxshape=(None, num_aus), dtype=np.int8, chunks=(chunk, num_aus))
+        if has_intensity:
+            frames.create_dataset("intensity", (0, num_aus), maxshape=(None, num_aus), dtype=np.int8,
+                                  chunks=(chunk, num_aus))
+        for name in ("sequence", "frame_no"):
+            frames.create_dataset(name, (0,), maxshape=(None,), dtype=np.int32, chunks=(chunk,))
+        if num_points:
+            frames.create_dataset("landmarks", (0, num_points, 2), maxshape=(None, num_points, 2),
+                                  dtype=np.float32, chunks=(256, num_points, 2))
+        progress = f.create_group(PROGRESS)
+        progress.attrs.update({"fingerprint": self.fingerprint, "rows": 0, "done": "[]", "skips": "[]",
+                               "notes": "{}"})
+        f.flush()
+
+    def _truncate(self, rows: int):
+        for ds in self.file["frames"].values():
+            if ds.shape[0] != rows:
+                ds.resize(rows, axis=0)
+
+    def append(self, sequence_row: int, frame_no, label, intensity, images: list, landmarks) -> None:
+        """Append one block of frames (all of one sequence, in frame order)."""
+        n = len(frame_no)
+        if n == 0:
+            return
+        start, stop = self.rows, self.rows + n
+        frames = self.file["frames"]
+        for ds in frames.values():
+            ds.resize(stop, axis=0)
+        if self.image_format == "jpeg":
+            # write_direct: Dataset.__setitem__ turns equal-length byte arrays into a 2-D block.
+            block = np.empty(n, dtype=frames["image"].dtype)
+            for i, image in enumerate(images):
+                block[i] = image
+            frames["image"].write_direct(block, dest_sel=np.s_[start:stop])
+        else:
+            frames["image"][start:stop] = np.stack(images)
+        frames["label"][start:stop] = label
+        if "intensity" in frames:
+            frames["intensity"][start:stop] = intensity
+        frames["sequence"][start:stop] = sequence_row
+        frames["frame_no"][start:stop] = frame_no
+        if "landmarks" in frames:
+            frames["landmarks"][start:stop] = landmarks
+        self.rows = stop
+
+    def finish_sequence(self, plan_index: int, length: int, skips: list, notes: dict) -> None:
+        """Record a finished sequence (the resume point) and flush to disk."""
+        self.done.append([plan_index, length])
+        self.saved_skips.extend(skips)
+        for key, count in notes.items():
+            self.saved_notes[key] = self.saved_notes.get(key, 0) + count
+        progress = self.file[PROGRESS].attrs
+        progress["rows"] = self.rows
+        progress["done"] = json.dumps(self.done)
+        progress["skips"] = json.dumps(self.saved_skips)
+        progress["notes"] = json.dumps(self.saved_notes)
+        self.file.flush()
+
+    def finalize(self, attrs: dict, sequence_names, sequence_subjects, subject_names, lengths,
+                 folds: list[list[str]], split_source: str) -> None:
+        """Write sequences, subjects, folds with statistics and root attributes; rename."""
+        f = self.file
+        lengths = np.asarray(lengths, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        seq_subject = np.asarray(sequence_subjects, dtype=np.int32)
+        frame_sequence = f["frames/sequence"][:]
+        f["frames"].create_dataset("subject", data=seq_subject[frame_sequence], dtype=np.int32)
+        sequences = f.create_group("sequences")
+        sequences.create_dataset("name", data=string_array(sequence_names), dtype=STRING)
+        sequences.create_dataset("subject", data=seq_subject)
+        sequences.create_dataset("start", data=starts)
+        sequences.create_dataset("length", data=lengths)
+        f.create_group("subjects").create_dataset("name", data=string_array(subject_names), dtype=STRING)
+        write_folds(f, folds, split_source)
+        for key, value in attrs.items():
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+                f.attrs.create(key, data=string_array(value), dtype=STRING)
+            else:
+                f.attrs[key] = value
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["converter_version"] = CONVERTER_VERSION
+        f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        del f[PROGRESS]
+        f.close()
+        os.replace(self.path, self.out)
+
+    def close(self) -> None:
+        if self.file is not None and self.file.id.valid:
+            self.file.close()
+
+
+def write_folds(f: h5py.File, test_folds: list[list[str]], split_source: str) -> None:
+    """folds/foldK with train/test subjects and training-frame statistics (INTERFACES.md)."""
+    subjects = [s.decode() if isinstance(s, bytes) else s for s in f["subjects/name"][:]]
+    frame_subject = f["frames/subject"][:]
+    label = f["frames/label"][:]
+    folds = f.create_group("folds")
+    folds.attrs["num_folds"] = len(test_folds)
+    folds.attrs["split_source"] = split_source
+    for k, test in enumerate(test_folds, start=1):
+        test_set = set(test)
+        train = [s for s in subjects if s not in test_set]
+        train_ids = np.array([i for i, s in enumerate(subjects) if s not in test_set], dtype=np.int32)
+        train_rows = np.isin(frame_subject, train_ids)
+        group = folds.create_group(f"fold{k}")
+        group.create_dataset("train_subjects", data=string_array(train), dtype=STRING)
+        group.create_dataset("test_subjects", data=string_array(sorted(test)), dtype=STRING)
+        stats = fold_statistics(label[train_rows])
+        group.create_dataset("au_rate", data=stats["au_rate"].astype(np.float64))
+        group.create_dataset("class_weight", data=stats["class_weight"].astype(np.float32))
+        group.create_dataset("cooccurrence", data=stats["cooccurrence"].astype(np.float64))
+        group.attrs["num_train_frames"] = int(train_rows.sum())
