@@ -25,8 +25,20 @@ TORCH_LIBRARY(aubench, m) {
 
   // ---- temporal-shuffle classifier features (csrc/temporal_shuffle) -----------------------
   // TEMPORAL_SHUFFLE_SCHEMAS
+  // features (B, N, C), perm (B, N) int64/int32 -> classifier inputs (2B, N, 2C)
+  m.def("temporal_shuffle_features(Tensor features, Tensor perm) -> Tensor");
+  // grad (2B, N, 2C), perm (B, N) -> grad_features (B, N, C)
+  m.def("temporal_shuffle_features_backward(Tensor grad, Tensor perm) -> Tensor");
 
 
   // ---- masked-token gather / restore (csrc/token_gather) ----------------------------------
   // TOKEN_GATHER_SCHEMAS
+  // x (B, L, D), ids_keep (B, K) -> x[b, ids_keep[b, k]] (B, K, D)
+  m.def("gather_tokens(Tensor x, Tensor ids_keep) -> Tensor");
+  // grad (B, K, D), ids_keep (B, K), length L -> grad_x (B, L, D), zero where not kept
+  m.def("gather_tokens_backward(Tensor grad, Tensor ids_keep, int length) -> Tensor");
+  // x_vis (B, K, D), ids_restore (B, L), mask_token (D) -> (B, L, D)
+  m.def("restore_tokens(Tensor x_vis, Tensor ids_restore, Tensor mask_token) -> Tensor");
+  // grad (B, L, D), ids_restore (B, L), K -> (grad_x_vis (B, K, D), grad_mask_token (D))
+  m.def("restore_tokens_backward(Tensor grad, Tensor ids_restore, int num_keep) -> (Tensor, Tensor)");
 }

@@ -1,0 +1,101 @@
+"""Temporal-shuffle classifier features (Knowledge-Spreader's perturbation-aware
+pseudo-labelling).
+
+A small classifier learns whether a clip's frames are in their real order. Its input, built here
+in one fused pass for the real clips and one shuffled copy of each, is per frame the frame
+feature and its temporal difference: [d_t, d_t - d_{t-1}] with d_{-1} := d_0.
+`make_shuffle_permutations` draws the shuffles (never the identity, so every shuffled clip really
+is out of order) from a torch.Generator, outside the kernel.
+"""
+import torch
+
+from aubench.ops import reference
+from aubench.ops._checks import check_distinct_in_range, check_features, check_index, use_kernels
+from aubench.ops._extension import have_extension
+
+
+def temporal_shuffle_features(
+    features: torch.Tensor, perm: torch.Tensor, validate: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier inputs for the real and the shuffled clips, and their labels.
+
+    features: (B, N, C) float16/bfloat16/float32/float64 clip features. perm: (B, N) int64 (or
+    int32), each row a permutation of 0..N-1 (frame t of shuffled clip b is features[b, perm[b,
+    t]]); use `make_shuffle_permutations`, whose rows are never the identity.
+    Returns inputs (2B, N, 2C) (rows 0..B-1 real clips, B..2B-1 shuffled) and labels (2B,) in
+    features' dtype (1 = real order, 0 = shuffled). Differentiable with respect to features.
+    validate=False skips the permutation check (one sort and one device sync); use it only in a
+    hot loop whose perm comes from `make_shuffle_permutations`.
+    """
+    check_features(features, "features", 3)
+    batch, frames, _ = features.shape
+    check_index(perm, "perm", (batch, frames), features.device)
+    if validate:
+        check_distinct_in_range(perm, "perm", frames)
+    if not use_kernels(features):
+        return reference.temporal_shuffle_features_reference(features, perm)
+    inputs = torch.ops.aubench.temporal_shuffle_features(features, perm)
+    labels = torch.cat([features.new_ones(batch), features.new_zeros(batch)])
+    return inputs, labels
+
+
+def make_shuffle_permutations(
+    batch: int, n: int, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """(batch, n) int64: each row a permutation of 0..n-1 drawn uniformly among the n! - 1
+    that are not the identity (rejection sampling: identity rows are redrawn).
+
+    Drawn on the generator's device (or `device` without a generator), returned on `device`.
+    """
+    if not isinstance(batch, int) or batch < 0:
+        raise ValueError(f"batch must be a non-negative int, got {batch!r}")
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2 (one frame cannot be shuffled), got {n!r}")
+    draw_device = generator.device if generator is not None else device
+    identity = torch.arange(n, device=draw_device)
+    perm = torch.rand(batch, n, generator=generator, device=draw_device).argsort(dim=1)
+    redraw = (perm == identity).all(dim=1)
+    while bool(redraw.any()):
+        rows = redraw.nonzero().squeeze(1)
+        fresh = torch.rand(len(rows), n, generator=generator, device=draw_device).argsort(dim=1)
+        perm[rows] = fresh
+        redraw[rows] = (fresh == identity).all(dim=1)
+    return perm.to(device) if device is not None else perm
+
+
+def _register() -> None:
+    """Fake kernels and autograd formulas for torch.ops.aubench's temporal-shuffle ops."""
+    ops = torch.ops.aubench
+
+    @torch.library.register_fake("aubench::temporal_shuffle_features")
+    def _(features, perm):
+        torch._check(features.dim() == 3 and perm.shape == features.shape[:2])
+        batch, frames, channels = features.shape
+        return features.new_empty(2 * batch, frames, 2 * channels)
+
+    @torch.library.register_fake("aubench::temporal_shuffle_features_backward")
+    def _(grad, perm):
+        torch._check(grad.dim() == 3 and grad.shape[0] == 2 * perm.shape[0])
+        return grad.new_empty(grad.shape[0] // 2, grad.shape[1], grad.shape[2] // 2)
+
+    def save_perm(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    # The op is linear in features and its backward is its adjoint, so each is the other's
+    # backward (double backward for free).
+    def backward(ctx, grad):
+        (perm,) = ctx.saved_tensors
+        return ops.temporal_shuffle_features_backward(grad, perm), None
+
+    def backward_backward(ctx, grad):
+        (perm,) = ctx.saved_tensors
+        return ops.temporal_shuffle_features(grad, perm), None
+
+    torch.library.register_autograd("aubench::temporal_shuffle_features", backward,
+                                    setup_context=save_perm)
+    torch.library.register_autograd("aubench::temporal_shuffle_features_backward",
+                                    backward_backward, setup_context=save_perm)
+
+
+if have_extension():
+    _register()

@@ -1,0 +1,135 @@
+// Temporal-shuffle classifier features (Knowledge-Spreader's perturbation-aware
+// pseudo-labelling), CPU.
+//
+// From clip features D (B, N, C) and one permutation per clip (B, N), one pass writes the
+// classifier input for the real clip (rows 0..B-1) and the shuffled clip (rows B..2B-1):
+// frame t of clip r holds [d_t, d_t - d_{t-1}] with d_{-1} := d_0, where the shuffled clip's
+// frame t is D[b, perm[b, t]]. The backward pass is its exact adjoint; because perm is a
+// permutation every feature row receives its gradient from exactly one shuffled position, so
+// each gradient row is written once (no accumulation buffers).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+namespace aubench {
+namespace {
+
+void check_perm(const at::Tensor& perm, int64_t batch, int64_t frames, const at::Device& device) {
+  TORCH_CHECK(perm.dim() == 2 && perm.size(0) == batch && perm.size(1) == frames,
+              "perm must have shape (", batch, ", ", frames, "), got ", perm.sizes());
+  TORCH_CHECK(perm.scalar_type() == at::kLong || perm.scalar_type() == at::kInt,
+              "perm must be int64 or int32, got ", perm.scalar_type());
+  TORCH_CHECK(perm.device() == device, "perm is on ", perm.device(), " but the features are on ",
+              device);
+}
+
+template <typename index_t>
+int64_t frame_at(const index_t* perm_row, int64_t t, int64_t frames) {
+  const int64_t f = static_cast<int64_t>(perm_row[t]);
+  TORCH_CHECK(f >= 0 && f < frames, "perm holds ", f, ", outside [0, ", frames, ")");
+  return f;
+}
+
+}  // namespace
+
+at::Tensor temporal_shuffle_features_cpu(const at::Tensor& features, const at::Tensor& perm) {
+  TORCH_CHECK(features.dim() == 3, "features must be 3-D (B, N, C), got ", features.sizes());
+  TORCH_CHECK(at::isFloatingType(features.scalar_type()), "features must be floating, got ",
+              features.scalar_type());
+  const int64_t batch = features.size(0), frames = features.size(1), channels = features.size(2);
+  check_perm(perm, batch, frames, features.device());
+  const at::Tensor d = features.contiguous();
+  const at::Tensor p = perm.contiguous();
+  at::Tensor out = at::empty({2 * batch, frames, 2 * channels}, d.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(),
+                                  "temporal_shuffle_features_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* src = d.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    AT_DISPATCH_INDEX_TYPES(p.scalar_type(), "temporal_shuffle_features_cpu", [&] {
+      const index_t* order = p.data_ptr<index_t>();
+      // One task per output clip: rows r < B are real clips, r >= B shuffled copies.
+      at::parallel_for(0, 2 * batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const bool shuffled = r >= batch;
+          const int64_t b = shuffled ? r - batch : r;
+          const index_t* perm_row = order + b * frames;
+          const scalar_t* clip = src + b * frames * channels;
+          int64_t previous = 0;
+          for (int64_t t = 0; t < frames; ++t) {
+            const int64_t f = shuffled ? frame_at(perm_row, t, frames) : t;
+            if (t == 0) previous = f;
+            const scalar_t* now = clip + f * channels;
+            const scalar_t* before = clip + previous * channels;
+            scalar_t* row = dst + (r * frames + t) * 2 * channels;
+            for (int64_t c = 0; c < channels; ++c) {
+              row[c] = now[c];
+              row[channels + c] =
+                  static_cast<scalar_t>(static_cast<acc_t>(now[c]) - static_cast<acc_t>(before[c]));
+            }
+            previous = f;
+          }
+        }
+      });
+    });
+  });
+  return out;
+}
+
+at::Tensor temporal_shuffle_features_backward_cpu(const at::Tensor& grad, const at::Tensor& perm) {
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) % 2 == 0 && grad.size(2) % 2 == 0,
+              "grad must have shape (2B, N, 2C), got ", grad.sizes());
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must be floating, got ",
+              grad.scalar_type());
+  const int64_t batch = grad.size(0) / 2, frames = grad.size(1), channels = grad.size(2) / 2;
+  check_perm(perm, batch, frames, grad.device());
+  const at::Tensor g = grad.contiguous();
+  const at::Tensor p = perm.contiguous();
+  at::Tensor out = at::empty({batch, frames, channels}, g.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
+                                  "temporal_shuffle_features_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* src = g.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    AT_DISPATCH_INDEX_TYPES(p.scalar_type(), "temporal_shuffle_features_backward_cpu", [&] {
+      const index_t* order = p.data_ptr<index_t>();
+      const int64_t row = 2 * channels;  // width of one frame of grad
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const scalar_t* real = src + b * frames * row;
+          const scalar_t* shuf = src + (batch + b) * frames * row;
+          const index_t* perm_row = order + b * frames;
+          // Frame f of the real clip sits at position f, frame perm[t] of the shuffled clip
+          // at position t; d_t feeds its own slot, its difference, and the next difference.
+          for (int64_t t = 0; t < frames; ++t) {
+            const int64_t f = frame_at(perm_row, t, frames);
+            const scalar_t* real_now = real + f * row;
+            const scalar_t* real_next = f + 1 < frames ? real + (f + 1) * row : nullptr;
+            const scalar_t* shuf_now = shuf + t * row;
+            const scalar_t* shuf_next = t + 1 < frames ? shuf + (t + 1) * row : nullptr;
+            scalar_t* target = dst + (b * frames + f) * channels;
+            for (int64_t c = 0; c < channels; ++c) {
+              acc_t from_real = static_cast<acc_t>(real_now[c]);
+              if (f > 0) from_real += static_cast<acc_t>(real_now[channels + c]);
+              if (real_next) from_real -= static_cast<acc_t>(real_next[channels + c]);
+              acc_t from_shuf = static_cast<acc_t>(shuf_now[c]);
+              if (t > 0) from_shuf += static_cast<acc_t>(shuf_now[channels + c]);
+              if (shuf_next) from_shuf -= static_cast<acc_t>(shuf_next[channels + c]);
+              target[c] = static_cast<scalar_t>(from_real + from_shuf);
+            }
+          }
+        }
+      });
+    });
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(aubench, CPU, m) {
+  m.impl("temporal_shuffle_features", &temporal_shuffle_features_cpu);
+  m.impl("temporal_shuffle_features_backward", &temporal_shuffle_features_backward_cpu);
+}
+
+}  // namespace aubench
