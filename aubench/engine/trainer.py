@@ -202,7 +202,7 @@ class Trainer:
             if is_aubench_checkpoint(path):
                 full_checkpoint = load_checkpoint(path)
             else:
-                overrides["pretrained"] = str(path)  # backbone weights; the method passes them to create_backbone
+                overrides["pretrained_path"] = str(path)  # backbone weights; the method passes them to create_backbone
         class_weights = torch.as_tensor(self.data.class_weight, dtype=torch.float32)
         method = create_method(cfg.method, self.data.num_aus, self.method_cls.presets[cfg.preset], class_weights,
                                **cfg.model, **overrides)
@@ -244,8 +244,10 @@ class Trainer:
         return max(1, self.preset.batch_size // self.env.world_size)
 
     def train_dataset(self):
+        # A preset may turn augmentation off (model setting "augment"); --no-augment always does.
+        augment = self.config.augment and bool(self.preset.model.get("augment", True))
         return self.data.train_dataset(self.method_cls.input_kind, self.preset, self.config.label_ratio,
-                                       augment=self.config.augment)
+                                       augment=augment)
 
     def train_loader(self, dataset, sampler: DistributedSampler, skip_batches: int) -> DataLoader:
         batch_size = self.per_rank_batch_size()
