@@ -14,10 +14,10 @@ from pathlib import Path
 
 from aubench.errors import UserError
 
-# Six subjects, two tasks each, 48 coded frames per sequence: 576 frames, 2 subjects per test fold.
+# Six subjects, two tasks each, 32 coded frames per sequence: 384 frames in all.
 DEMO_SUBJECTS = 6
 DEMO_TASKS = ("T1", "T2")
-DEMO_FRAMES = 48
+DEMO_FRAMES = 32
 DEMO_FRAME_SIZE = (160, 200)   # (W, H) of the synthetic camera frames
 DEMO_IMAGE_SIZE = 64           # stored face crops
 

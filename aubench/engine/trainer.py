@@ -137,6 +137,30 @@ class SkipBatches:
         return max(0, len(self.batch_sampler) - self.skip)
 
 
+class SharedKeyPosition:
+    """Keeps, in each batch of KeyPositionBatchSampler, the clips whose key frame really sits at
+    the batch's position m.
+
+    ClipDataset clamps a clip into its sequence, so a key frame near a sequence end cannot sit at
+    every position; such a clip would carry another key position than the rest of its batch,
+    while clip methods (Knowledge-Spreader's active student) need one position per batch. The
+    clip is left out of that batch; with the per-epoch shuffle it is trained in the epochs where
+    it lands in a batch whose position fits.
+    """
+
+    def __init__(self, batch_sampler, dataset):
+        self.batch_sampler = batch_sampler
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator:
+        for batch in self.batch_sampler:
+            kept = [(i, m) for i, m in batch if self.dataset.clip_rows(i, m)[1] == m]
+            yield kept or batch[:1]
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
 class _StepModule(nn.Module):
     """Lets DDP wrap a method: forward is the method's training step."""
 
@@ -255,7 +279,8 @@ class Trainer:
         if self.method_cls.input_kind == "clip":
             from aubench.data import KeyPositionBatchSampler
 
-            batches = KeyPositionBatchSampler(sampler, batch_size, self.preset.clip_len, drop_last=drop_last)
+            batches = SharedKeyPosition(
+                KeyPositionBatchSampler(sampler, batch_size, self.preset.clip_len, drop_last=drop_last), dataset)
         else:
             batches = BatchSampler(sampler, batch_size, drop_last=drop_last)
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + sampler.epoch)
