@@ -49,7 +49,7 @@ class ResNetBaseline(AUMethod):
                         model={"backbone": "resnet50"}),
         # The ResNet-18 layout at a quarter of the width (the backbone of Knowledge-Spreader's tiny
         # preset), 64 px, AdamW: small enough for a CPU in a minute.
-        "tiny": Preset(name="tiny", image_size=64, epochs=4, batch_size=16, optimizer="adamw", lr=2e-3,
+        "tiny": Preset(name="tiny", image_size=64, epochs=8, batch_size=16, optimizer="adamw", lr=2e-3,
                        weight_decay=1e-4, schedule="cosine", warmup_epochs=0,
                        model={"backbone": "resnet18",
                               "backbone_kwargs": {"channels": (16, 32, 64, 128), "stem_width": 16}}),
