@@ -202,3 +202,13 @@ def test_parameter_counts_of_the_presets():
     assert net.spatial.width == 16                           # smallest multiple of 8 >= 12 AUs
     tiny = create_method("ks", 12, "tiny")
     assert count(tiny) < 1_500_000
+
+
+@pytest.mark.cuda
+def test_training_step_and_predict_on_cuda():
+    model = tiny_ks().cuda()
+    batch = {k: v.cuda() for k, v in clip_batch().items()}
+    out = model.training_step(batch, TrainState(epoch=3))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert model.predict(batch).device.type == "cuda"

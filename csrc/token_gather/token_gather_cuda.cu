@@ -1,0 +1,234 @@
+// Masked-token gather / restore, CUDA. Same semantics as token_gather_cpu.cpp.
+//
+// gather, restore and gather's backward are one kernel: out[b, r] = src[b, index[b, r]] when
+// index < src_rows, else a fill row (the mask token, or zeros). Rows are copied as raw bytes in
+// the widest aligned vector (16, 8, 4 or 2 bytes), so no dtype dispatch is needed. restore's
+// backward also sums the masked rows into the mask-token gradient: each thread owns one channel
+// of one sample and one chunk of positions, and the per-chunk partial sums are added at the end.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+namespace aubench {
+namespace {
+
+constexpr int kThreads = 256;
+
+void check_features(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 3, name, " must be 3-D (B, rows, D), got ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), name, " must be a floating tensor, got ",
+              x.scalar_type());
+}
+
+void check_index(const at::Tensor& ids, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(ids.dim() == 2, name, " must be 2-D (B, rows), got ", ids.sizes());
+  TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, name,
+              " must be int64 or int32, got ", ids.scalar_type());
+  TORCH_CHECK(ids.size(0) == x.size(0), name, " has batch ", ids.size(0), " but features have ",
+              x.size(0));
+  TORCH_CHECK(ids.device() == x.device(), name, " is on ", ids.device(), " but features are on ",
+              x.device());
+}
+
+// Grid-stride launches: enough blocks to fill every SM, no more.
+// (c10's CUDA headers only: ATen/cuda/CUDAContext.h would need the cuSPARSE/cuBLAS headers.)
+int64_t blocks_for(int64_t work) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  const int64_t most = int64_t{sms} * 32;
+  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, most));
+}
+
+template <typename vec_t, typename index_t>
+__global__ void copy_rows_kernel(const vec_t* __restrict__ src, const index_t* __restrict__ index,
+                                 const vec_t* __restrict__ fill, vec_t* __restrict__ out,
+                                 int64_t out_rows, int64_t src_rows, int64_t index_limit,
+                                 int64_t width, int64_t total) {
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t row = e / width, w = e - row * width;
+    const int64_t i = static_cast<int64_t>(index[row]);
+    CUDA_KERNEL_ASSERT(i >= 0 && i < index_limit);
+    const int64_t b = row / out_rows;
+    out[e] = i < src_rows ? src[(b * src_rows + i) * width + w] : fill[w];
+  }
+}
+
+bool aligned(const void* p, int64_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+template <typename vec_t, typename index_t>
+void launch_copy_rows(const at::Tensor& src, const index_t* index, int64_t index_limit,
+                      const void* fill, at::Tensor& out) {
+  const int64_t width = out.size(2) * out.element_size() / sizeof(vec_t);
+  const int64_t total = out.size(0) * out.size(1) * width;
+  if (total == 0) return;
+  copy_rows_kernel<vec_t, index_t>
+      <<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          static_cast<const vec_t*>(src.data_ptr()), index, static_cast<const vec_t*>(fill),
+          static_cast<vec_t*>(out.data_ptr()), out.size(1), src.size(1), index_limit, width,
+          total);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// out[b, r] = src[b, index[b, r]] (index < src rows) or fill; picks the widest aligned vector.
+void copy_rows(const at::Tensor& src, const at::Tensor& index, int64_t index_limit,
+               const at::Tensor& fill, at::Tensor& out) {
+  const int64_t row_bytes = out.size(2) * out.element_size();
+  const void* fill_ptr = fill.defined() ? fill.data_ptr() : src.data_ptr();
+  auto fits = [&](int64_t bytes) {
+    return row_bytes % bytes == 0 && aligned(src.data_ptr(), bytes) &&
+           aligned(out.data_ptr(), bytes) && aligned(fill_ptr, bytes);
+  };
+  AT_DISPATCH_INDEX_TYPES(index.scalar_type(), "copy_rows_cuda", [&] {
+    const index_t* ids = index.data_ptr<index_t>();
+    if (fits(16)) {
+      launch_copy_rows<uint4, index_t>(src, ids, index_limit, fill_ptr, out);
+    } else if (fits(8)) {
+      launch_copy_rows<uint2, index_t>(src, ids, index_limit, fill_ptr, out);
+    } else if (fits(4)) {
+      launch_copy_rows<uint32_t, index_t>(src, ids, index_limit, fill_ptr, out);
+    } else {
+      launch_copy_rows<uint16_t, index_t>(src, ids, index_limit, fill_ptr, out);
+    }
+  });
+}
+
+// Thread (b, d, chunk): copies visible rows of one channel back to x_vis and sums the masked
+// ones into partial[b, chunk, d].
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void restore_backward_kernel(const scalar_t* __restrict__ grad,
+                                        const index_t* __restrict__ index,
+                                        scalar_t* __restrict__ grad_x_vis,
+                                        acc_t* __restrict__ partial, int64_t batch,
+                                        int64_t length,
+                                        int64_t num_keep, int64_t dim, int64_t chunk) {
+  const int64_t d = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t part = blockIdx.y;
+  if (d >= dim) return;
+  const int64_t first = part * chunk, last = min(length, first + chunk);
+  for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
+    acc_t sum = 0;
+    for (int64_t l = first; l < last; ++l) {
+      const int64_t i = static_cast<int64_t>(index[b * length + l]);
+      CUDA_KERNEL_ASSERT(i >= 0 && i < length);
+      const scalar_t g = grad[(b * length + l) * dim + d];
+      if (i < num_keep) {
+        grad_x_vis[(b * num_keep + i) * dim + d] = g;
+      } else {
+        sum += static_cast<acc_t>(g);
+      }
+    }
+    partial[(b * gridDim.y + part) * dim + d] = sum;
+  }
+}
+
+}  // namespace
+
+at::Tensor gather_tokens_cuda(const at::Tensor& x, const at::Tensor& ids_keep) {
+  check_features(x, "x");
+  check_index(ids_keep, x, "ids_keep");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor src = x.contiguous();
+  const at::Tensor ids = ids_keep.contiguous();
+  at::Tensor out = at::empty({x.size(0), ids.size(1), x.size(2)}, src.options());
+  copy_rows(src, ids, src.size(1), at::Tensor(), out);
+  return out;
+}
+
+at::Tensor gather_tokens_backward_cuda(const at::Tensor& grad, const at::Tensor& ids_keep,
+                                       int64_t length) {
+  check_features(grad, "grad");
+  check_index(ids_keep, grad, "ids_keep");
+  TORCH_CHECK(ids_keep.size(1) == grad.size(1), "ids_keep has ", ids_keep.size(1),
+              " columns but grad has ", grad.size(1), " rows");
+  TORCH_CHECK(length >= grad.size(1), "length ", length, " is below the kept count ",
+              grad.size(1));
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor src = grad.contiguous();
+  const int64_t batch = grad.size(0), num_keep = grad.size(1);
+  // Inverse map: source row of every output position, num_keep (= the zero row) where none.
+  // ids_keep was validated on the host; scatter_ itself also refuses out-of-range indices.
+  at::Tensor source = at::full({batch, length}, num_keep, ids_keep.options().dtype(at::kLong));
+  source.scatter_(1, ids_keep.to(at::kLong),
+                  at::arange(num_keep, source.options()).expand({batch, num_keep}));
+  const at::Tensor zero_row = at::zeros({grad.size(2)}, src.options());
+  at::Tensor out = at::empty({batch, length, grad.size(2)}, src.options());
+  copy_rows(src, source, num_keep + 1, zero_row, out);
+  return out;
+}
+
+at::Tensor restore_tokens_cuda(const at::Tensor& x_vis, const at::Tensor& ids_restore,
+                               const at::Tensor& mask_token) {
+  check_features(x_vis, "x_vis");
+  check_index(ids_restore, x_vis, "ids_restore");
+  TORCH_CHECK(mask_token.dim() == 1 && mask_token.size(0) == x_vis.size(2),
+              "mask_token must have shape (", x_vis.size(2), "), got ", mask_token.sizes());
+  TORCH_CHECK(mask_token.scalar_type() == x_vis.scalar_type(), "mask_token is ",
+              mask_token.scalar_type(), " but x_vis is ", x_vis.scalar_type());
+  TORCH_CHECK(mask_token.device() == x_vis.device(), "mask_token is on ", mask_token.device(),
+              " but x_vis is on ", x_vis.device());
+  TORCH_CHECK(x_vis.size(1) <= ids_restore.size(1), "x_vis has ", x_vis.size(1),
+              " tokens, more than the ", ids_restore.size(1), " positions of ids_restore");
+  const c10::cuda::CUDAGuard guard(x_vis.device());
+  const at::Tensor src = x_vis.contiguous();
+  const at::Tensor ids = ids_restore.contiguous();
+  at::Tensor out = at::empty({x_vis.size(0), ids.size(1), x_vis.size(2)}, src.options());
+  copy_rows(src, ids, ids.size(1), mask_token.contiguous(), out);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> restore_tokens_backward_cuda(const at::Tensor& grad,
+                                                                const at::Tensor& ids_restore,
+                                                                int64_t num_keep) {
+  check_features(grad, "grad");
+  check_index(ids_restore, grad, "ids_restore");
+  TORCH_CHECK(ids_restore.size(1) == grad.size(1), "ids_restore has ", ids_restore.size(1),
+              " columns but grad has ", grad.size(1), " rows");
+  TORCH_CHECK(num_keep >= 0 && num_keep <= grad.size(1), "num_keep ", num_keep,
+              " is outside [0, ", grad.size(1), "]");
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor src = grad.contiguous();
+  const at::Tensor ids = ids_restore.contiguous();
+  const int64_t batch = grad.size(0), length = grad.size(1), dim = grad.size(2);
+  at::Tensor grad_x_vis = at::empty({batch, num_keep, dim}, src.options());
+  // Positions per thread: enough chunks that short batches still fill the GPU.
+  const int64_t chunk = std::max<int64_t>(32, (length + 65534) / 65535);
+  const int64_t parts = std::max<int64_t>(1, (length + chunk - 1) / chunk);
+  const auto acc_type = at::toOpMathType(grad.scalar_type());
+  at::Tensor partial = at::zeros({batch, parts, dim}, src.options().dtype(acc_type));
+  if (batch > 0 && length > 0 && dim > 0) {
+    const dim3 blocks((dim + kThreads - 1) / kThreads, parts, std::min<int64_t>(batch, 65535));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                    "restore_tokens_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "restore_tokens_backward_cuda", [&] {
+        restore_backward_kernel<scalar_t, acc_t, index_t>
+            <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+                src.data_ptr<scalar_t>(), ids.data_ptr<index_t>(),
+                grad_x_vis.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), batch, length,
+                num_keep,
+                dim, chunk);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+  return {grad_x_vis, partial.sum({0, 1}).to(grad.scalar_type())};
+}
+
+TORCH_LIBRARY_IMPL(aubench, CUDA, m) {
+  m.impl("gather_tokens", &gather_tokens_cuda);
+  m.impl("gather_tokens_backward", &gather_tokens_backward_cuda);
+  m.impl("restore_tokens", &restore_tokens_cuda);
+  m.impl("restore_tokens_backward", &restore_tokens_backward_cuda);
+}
+
+}  // namespace aubench
