@@ -20,19 +20,23 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(aubench, m) {
   // ---- batched log-domain Sinkhorn (csrc/sinkhorn) ----------------------------------------
-  // SINKHORN_SCHEMAS
-
+  // plan (B,K,K), g_history (B, max_iter if keep_history else 0, K), num_iter int64 (B,).
+  m.def(
+      "sinkhorn(Tensor cost, Tensor a, Tensor b, float eps, int max_iter, float tol, "
+      "bool keep_history) -> (Tensor plan, Tensor g_history, Tensor num_iter)");
+  // Exact adjoint of the iterations the forward ran: (grad_cost (B,K,K), grad_a, grad_b).
+  m.def(
+      "sinkhorn_backward(Tensor grad_plan, Tensor plan, Tensor cost, Tensor a, Tensor b, "
+      "Tensor g_history, Tensor num_iter, float eps) -> (Tensor grad_cost, Tensor grad_a, "
+      "Tensor grad_b)");
 
   // ---- temporal-shuffle classifier features (csrc/temporal_shuffle) -----------------------
-  // TEMPORAL_SHUFFLE_SCHEMAS
   // features (B, N, C), perm (B, N) int64/int32 -> classifier inputs (2B, N, 2C)
   m.def("temporal_shuffle_features(Tensor features, Tensor perm) -> Tensor");
   // grad (2B, N, 2C), perm (B, N) -> grad_features (B, N, C)
   m.def("temporal_shuffle_features_backward(Tensor grad, Tensor perm) -> Tensor");
 
-
   // ---- masked-token gather / restore (csrc/token_gather) ----------------------------------
-  // TOKEN_GATHER_SCHEMAS
   // x (B, L, D), ids_keep (B, K) -> x[b, ids_keep[b, k]] (B, K, D)
   m.def("gather_tokens(Tensor x, Tensor ids_keep) -> Tensor");
   // grad (B, K, D), ids_keep (B, K), length L -> grad_x (B, L, D), zero where not kept
@@ -40,5 +44,6 @@ TORCH_LIBRARY(aubench, m) {
   // x_vis (B, K, D), ids_restore (B, L), mask_token (D) -> (B, L, D)
   m.def("restore_tokens(Tensor x_vis, Tensor ids_restore, Tensor mask_token) -> Tensor");
   // grad (B, L, D), ids_restore (B, L), K -> (grad_x_vis (B, K, D), grad_mask_token (D))
-  m.def("restore_tokens_backward(Tensor grad, Tensor ids_restore, int num_keep) -> (Tensor, Tensor)");
+  m.def(
+      "restore_tokens_backward(Tensor grad, Tensor ids_restore, int num_keep) -> (Tensor, Tensor)");
 }

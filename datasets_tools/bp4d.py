@@ -12,14 +12,17 @@ Layout, as the dataset ships (names matched ignoring case):
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .errors import DatasetError, Report
-from .raw import (DatasetPlan, SequencePlan, au_name, find_dirs, index_image_dir, parse_int,
+from .raw import (DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, parse_int,
                   read_csv)
 
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
@@ -66,6 +69,15 @@ def read_occurrence_csv(path: Path, sequence: str, au_numbers, report: Report):
         raise DatasetError(f"missing AU column(s) {', '.join(missing)}", str(path), header_line)
     wanted = [columns[0]] + [columns[a] for a in au_numbers]
     width = max(wanted) + 1
+    table = fast_table(path, header=True)
+    if table is not None and len(table[0]) == len(header):
+        values = table[1][:, wanted]
+        if np.isin(values[:, 1:], (0, 1, 9)).all() and len(np.unique(values[:, 0])) == len(values) \
+                and np.array_equal(values[:, 0], np.round(values[:, 0])):
+            order = np.argsort(values[:, 0], kind="stable")
+            label = values[order, 1:].astype(np.int8)
+            label[label == 9] = -1
+            return values[order, 0].astype(np.int32), label
     frames, labels, seen = [], [], set()
     for line, cells in rows[1:]:
         if len(cells) < width:
@@ -119,6 +131,13 @@ def find_intensity_files(root: Path) -> dict[tuple[str, int], Path]:
 def read_intensity_csv(path: Path, frame_no: np.ndarray, sequence: str, report: Report) -> np.ndarray:
     """``frame,intensity`` rows -> int8 (n,) aligned with ``frame_no`` (-1 unknown or absent)."""
     out = np.full(len(frame_no), -1, dtype=np.int8)
+    table = fast_table(path, header=False)
+    if table is not None and table[1].shape[1] == 2:
+        frames, values = table[1][:, 0], table[1][:, 1]
+        valid = np.isin(values, (0, 1, 2, 3, 4, 5, 9)).all() and len(np.unique(frames)) == len(frames)
+        if valid and np.array_equal(frames, np.round(frames)):
+            lookup = dict(zip(frames.astype(np.int64).tolist(), np.where(values == 9, -1, values).astype(int).tolist()))
+            return np.array([lookup.get(int(f), -1) for f in frame_no], dtype=np.int8)
     position = {int(f): i for i, f in enumerate(frame_no)}
     seen = set()
     for line, cells in read_csv(path):
@@ -149,18 +168,22 @@ def find_image_folders(root: Path, subjects: set[str]) -> dict[tuple[str, str], 
     ("zip", zip path) for ``<subject>.zip`` archives (BP4D+'s ``2D+3D``). First found wins."""
     found: dict[tuple[str, str], tuple] = {}
 
-    def visit(directory: Path) -> bool:
-        for entry in sorted(directory.iterdir()):
+    def visit(directory: Path, depth: int) -> None:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in entries:
             name = entry.name.upper()
             if entry.is_dir() and name in subjects:
-                for task in sorted(entry.iterdir()):
-                    if task.is_dir():
-                        found.setdefault((name, task.name.upper()), ("files", task))
-            elif entry.is_file() and entry.suffix.lower() == ".zip" and entry.stem.upper() in subjects:
-                found.setdefault((entry.stem.upper(), "*"), ("zip", entry))
-        return False
+                with os.scandir(entry.path) as tasks:
+                    for task in sorted(tasks, key=lambda e: e.name):
+                        if task.is_dir():
+                            found.setdefault((name, task.name.upper()), ("files", Path(task.path)))
+            elif entry.is_file() and name.endswith(".ZIP") and name[:-4] in subjects:
+                found.setdefault((name[:-4], "*"), ("zip", Path(entry.path)))
+            elif entry.is_dir() and depth < 3:  # subject folders are never searched into
+                visit(Path(entry.path), depth + 1)
 
-    find_dirs(root, visit, max_depth=3)
+    visit(root, 0)
     return found
 
 
@@ -191,7 +214,7 @@ def index_zip(path: Path, subject: str, report: Report) -> dict[str, dict[int, s
 
 
 def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers=BP4D_AUS,
-                            subject_filter=None) -> DatasetPlan:
+                            subject_filter=None, progress: bool = False) -> DatasetPlan:
     """Parse every occurrence-code file and locate its images (BP4D, BP4D+ and MME)."""
     label_dir = find_label_dir(root)
     label_files = sorted((p for p in label_dir.iterdir() if p.is_file() and SEQUENCE_FILE.match(p.name)),
@@ -216,7 +239,8 @@ def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers
     intensity_files = find_intensity_files(root)
     zip_index: dict[str, dict[str, dict[int, str]]] = {}
     sequences = []
-    for (subject, task), path in sorted(keyed.items()):
+    for (subject, task), path in tqdm(sorted(keyed.items()), desc="read labels", unit="sequence",
+                                      disable=not progress, file=sys.stderr):
         name = f"{subject}/{task}"
         frame_no, label = read_occurrence_csv(path, name, au_numbers, report)
         if len(frame_no) == 0:
@@ -269,4 +293,4 @@ def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers
 
 
 def plan(root: Path, options, report: Report) -> DatasetPlan:
-    return plan_occurrence_dataset(root, "BP4D", report)
+    return plan_occurrence_dataset(root, "BP4D", report, progress=getattr(options, "progress", False))

@@ -19,8 +19,8 @@ from .raw import DatasetPlan
 
 
 def plan(root: Path, options, report: Report) -> DatasetPlan:
-    return plan_occurrence_dataset(root, "BP4D+", report, BP4D_AUS)
+    return plan_occurrence_dataset(root, "BP4D+", report, BP4D_AUS, progress=getattr(options, "progress", False))
 
 
 def plan_mme(root: Path, options, report: Report) -> DatasetPlan:
-    return plan_occurrence_dataset(root, "MME", report, BP4D_AUS)
+    return plan_occurrence_dataset(root, "MME", report, BP4D_AUS, progress=getattr(options, "progress", False))

@@ -100,7 +100,15 @@ def _add_synth(sub) -> None:
         p.set_defaults(func=lambda args: _fail("the synthetic generator (datasets_tools.synth) is not installed"))
         return
     synth.add_arguments(p)
-    p.set_defaults(func=lambda args: synth.run(args) or 0)
+
+    def run_synth(args) -> int:
+        try:
+            synth.run(args)
+        except (ValueError, FileNotFoundError) as e:  # the generator's user errors
+            raise DatasetError(str(e)) from None
+        return 0
+
+    p.set_defaults(func=run_synth)
 
 
 def _fail(message: str) -> int:
@@ -174,6 +182,9 @@ def main(argv=None) -> int:
     except DatasetError as e:
         print(f"datasets_tools {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"datasets_tools {args.command}: interrupted" + (
             "; rerun the same command to resume" if args.command == "convert" else ""), file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import warnings
@@ -23,7 +24,7 @@ from .errors import DatasetError, Report, Skip
 from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
 from .folds import choose_folds
 from .hdf5_writer import CONVERTER_VERSION, FrameWriter
-from .raw import DatasetPlan, SequencePlan, attach_landmarks
+from .raw import DatasetPlan, SequencePlan, attach_landmarks, child
 
 READERS = {"bp4d": bp4d.plan, "disfa": disfa.plan, "bp4d-plus": bp4d_plus.plan, "mme": bp4d_plus.plan_mme}
 JPEG_QUALITY = 95
@@ -70,6 +71,13 @@ def _read_video_frame(container: str, index: int):
     capture = state["capture"]
     if state["next"] != index:
         capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        if int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != index:
+            # inexact seek (some codecs): reopen and step forward frame by frame
+            capture.release()
+            capture = state["capture"] = cv2.VideoCapture(container)
+            for _ in range(index):
+                if not capture.grab():
+                    break
     ok, frame = capture.read()
     state["next"] = index + 1 if ok else -1
     return frame if ok else None
@@ -158,13 +166,20 @@ def _jobs(plan: DatasetPlan, start_sequence: int, options: FrameOptions):
             yield index, start, stop, (seq.source_kind, seq.container, seq.members[start:stop], landmarks, options)
 
 
+def _worker_setup() -> None:
+    cv2.setNumThreads(1)  # the pool provides the parallelism
+
+
 def _results(jobs, workers: int):
     """(index, start, stop, results) in job order; at most 2 x workers chunks in flight."""
     if workers <= 1:
         for index, start, stop, job in jobs:
             yield index, start, stop, process_chunk(job)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # forkserver, not fork: a forked child can inherit OpenCV / FFmpeg thread locks held by the
+    # parent and hang.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_setup) as pool:
         pending: deque = deque()
         for index, start, stop, job in jobs:
             pending.append((index, start, stop, pool.submit(process_chunk, job)))
@@ -203,8 +218,17 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
 
     report = Report(skip_bad=skip_bad)
     settings = {"camera": camera, "threshold": threshold}
-    plan = READERS[dataset](root, _Settings(**settings), report)
-    attach_landmarks(plan, landmarks_dir, root)
+    plan = READERS[dataset](root, _Settings(progress=progress, **settings), report)
+    if landmarks_dir is None and dataset == "disfa" and camera == "right":
+        # the right camera's landmarks live in Landmarks/RightCamera/ (when provided)
+        default = child(root, "Landmarks")
+        right = child(default, "RightCamera") if default is not None else None
+        landmarks_dir = right if right is not None and right.is_dir() else None
+        if landmarks_dir is None and default is not None:
+            print("note: DISFA right camera: no Landmarks/RightCamera/ folder, landmarks not stored", file=sys.stderr)
+            landmarks_dir = False
+    if landmarks_dir is not False:
+        attach_landmarks(plan, landmarks_dir, root)
     has_landmarks = plan.sequences[0].landmarks is not None
     if options.crop == "landmarks" and not has_landmarks:
         raise DatasetError("--crop landmarks needs landmark files (<root>/Landmarks/<sequence>.csv or --landmarks DIR)",
@@ -324,6 +348,7 @@ def _finalize(writer: FrameWriter, plan: DatasetPlan, options: FrameOptions, rep
     attrs.update(plan.extras)
     skips = list(planning_skips) + [Skip(*s) for s in writer.saved_skips]
     notes = dict(writer.saved_notes)
+    notes.update(report.notes)  # planning notes (e.g. a video longer than its labels)
     for name in emptied:
         notes[f"{name}: every frame skipped, sequence not stored"] = 1
     attrs["skipped_frames"] = len(skips)

@@ -18,13 +18,15 @@ columns with ``au_names``; the other four coded AUs are not used by the benchmar
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .errors import DatasetError, Report
-from .raw import DatasetPlan, SequencePlan, au_name, find_dirs, index_image_dir, read_csv
+from .raw import DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, read_csv
 
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
 SUBJECT = re.compile(r"^SN\d+$", re.IGNORECASE)
@@ -50,6 +52,12 @@ def find_label_dir(root: Path) -> Path:
 
 def read_au_file(path: Path, subject: str, report: Report) -> dict[int, int]:
     """``frame,intensity`` lines -> {frame: intensity}; bad rows are problems (file and line)."""
+    table = fast_table(path, header=False)
+    if table is not None and table[1].shape[1] == 2:
+        frames, intensity = table[1][:, 0], table[1][:, 1]
+        if np.isin(intensity, np.arange(6)).all() and len(np.unique(frames)) == len(frames) and \
+                np.array_equal(frames, np.round(frames)):
+            return dict(zip(frames.astype(np.int64).tolist(), intensity.astype(np.int64).tolist()))
     values: dict[int, int] = {}
     for line, cells in read_csv(path):
         if len(cells) < 2 or cells[1] == "":
@@ -126,7 +134,8 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
         raise DatasetError(f"no {camera}-camera videos (Videos_{camera.title()}Camera/"
                            f"{camera.title()}VideoSN001_comp.avi) and no extracted image folders found", str(root))
     sequences = []
-    for subject_dir in subject_dirs:
+    for subject_dir in tqdm(subject_dirs, desc="read labels", unit="subject",
+                            disable=not getattr(options, "progress", False), file=sys.stderr):
         subject = subject_dir.name.upper()
         files = {}
         for path in subject_dir.iterdir():

@@ -6,8 +6,8 @@ and per-AU amounts (0..1) into curves and landmark points in that frame; ``FaceR
 them into a picture with a per-frame head pose and draws them with OpenCV (anti-aliased,
 sub-pixel polygons), then applies the identity's lighting and sensor noise.
 
-Landmarks: ``LANDMARK_NAMES`` (P = 49 points) in this order: 5 points per brow (inner to
-outer, right brow of the image first... see the list), 6 per eye, 5 nose points, 18 mouth
+Landmarks: ``LANDMARK_NAMES`` (P = 54 points) in this order: 5 points per brow (inner to
+outer; image-left brow first), 6 per eye, 5 nose points, 18 mouth
 points and 9 jaw points from the left ear level over the chin to the right ear level.
 """
 
@@ -52,7 +52,7 @@ _ONE = 1 << _SHIFT
 def intensity_to_amount(intensity) -> np.ndarray:
     """AU intensity 0..5 (may be fractional) -> drawing amount 0..1; a trace (1) stays visible."""
     x = np.clip(np.asarray(intensity, dtype=np.float64) / 5.0, 0.0, 1.0)
-    return x ** 0.7
+    return np.sqrt(x)
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Identity:
     clothes: tuple
     background: tuple
     background2: tuple
-    face_scale: float      # face height as a fraction of the frame height
+    face_scale: float      # head height as a fraction of the frame's shorter side
     center: tuple          # face centre as fractions of (width, height)
     light_dir: float       # radians
     light_strength: float
@@ -175,7 +175,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
         def centre(tt):
             x = sgn * (idn.brow_inner + tt * idn.brow_len) - sgn * 0.035 * a[4] * (1 - tt)
             y = (brow_y - idn.brow_arch * np.sin(np.pi * tt * 0.85)
-                 - 0.11 * a[1] * (1 - tt) ** 1.3 - 0.1 * a[2] * tt ** 1.3
+                 - 0.12 * a[1] * (1 - tt) ** 1.3 - 0.13 * a[2] * tt ** 1.3
                  + 0.06 * a[4] * (1 - 0.6 * tt) + 0.03 * a[9] * (1 - tt))
             return np.stack([x, y], 1)
         lm.append(centre(t))
@@ -201,9 +201,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
         g[f"{side}_iris"] = (cx + gaze[0] * idn.eye_w * 0.35, cy + gaze[1] * 0.015 + 0.004)
         g[f"{side}_crease"] = upper[2:-2] - [0, 0.03 + 0.25 * open_u]
         g[f"{side}_under"] = lower[3:-3] + [0, 0.03 + 0.2 * idn.eye_lo]
-        ci, cu, co, cl = upper[0], upper[4], upper[-1], lower[4]
-        lm.append(np.stack([ci, upper[4], upper[10], co, lower[10], lower[4]]))
-        del ci, cu, co, cl
+        lm.append(np.stack([upper[0], upper[4], upper[10], upper[-1], lower[10], lower[4]]))
         g[f"{side}_crow"] = [((upper[-1][0] + sgn * 0.025, upper[-1][1] + k * 0.02),
                               (upper[-1][0] + sgn * 0.1, upper[-1][1] + k * 0.045)) for k in (-1, 0, 1)]
         g[f"{side}_cheek"] = ((sgn * (idn.eye_x + 0.03), idn.eye_y + 0.27 - 0.07 * a[6] - 0.03 * a[12]
@@ -228,13 +226,13 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
 
     # Mouth. Corners: AU12 up/out, AU13 sharply up, AU14 in, AU15 down, AU20 out, AU18/22 in.
     hw = idn.mouth_w * (1 + 0.22 * a[12] + 0.06 * a[13] + 0.3 * a[20] - 0.34 * a[18]
-                        - 0.3 * a[22] - 0.1 * a[14] - 0.12 * a[23] - 0.05 * a[24] - 0.1 * a[27]
+                        - 0.3 * a[22] - 0.1 * a[14] - 0.16 * a[23] - 0.05 * a[24] - 0.1 * a[27]
                         - 0.06 * a[28])
-    y_corner = idn.mouth_y - 0.085 * a[12] - 0.11 * a[13] - 0.015 * a[14] + 0.08 * a[15] \
+    y_corner = idn.mouth_y - 0.085 * a[12] - 0.11 * a[13] - 0.015 * a[14] + 0.11 * a[15] \
         + 0.025 * a[20] - 0.01 * a[10] + 0.01 * a[17]
-    y_mid = idn.mouth_y - 0.035 * a[17] - 0.012 * a[10] - 0.008 * a[24]
+    y_mid = idn.mouth_y - 0.05 * a[17] - 0.012 * a[10] - 0.008 * a[24]
     jaw = 0.1 * a[26] + 0.22 * a[27] + 0.012 * a[25]
-    gap = 0.03 * a[25] + 0.075 * a[26] + 0.2 * a[27] + 0.03 * a[22] + 0.02 * a[19] + 0.01 * a[16]
+    gap = 0.045 * a[25] + 0.075 * a[26] + 0.2 * a[27] + 0.03 * a[22] + 0.02 * a[19] + 0.01 * a[16]
     gap *= 1 - 0.7 * max(a[24], a[23], a[28]) * (1 - a[25])
     td = _linspace(-1, 1, 25)
     rounded = max(a[18], a[22])
@@ -242,7 +240,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
     y_base = y_mid + (y_corner - y_mid) * np.abs(td) ** 1.8
     y_ui = y_base - 0.35 * gap * prof - 0.035 * a[10] * (1 - td ** 2) ** 1.5
     y_li = y_base + 0.65 * gap * prof + 0.035 * a[16] * (1 - td ** 2) ** 1.5
-    thin = 1 - 0.45 * a[23] - 0.5 * a[24] - 0.9 * a[28] - 0.3 * a[20] + 0.4 * a[22] + 0.3 * a[18] \
+    thin = 1 - 0.6 * a[23] - 0.6 * a[24] - 0.9 * a[28] - 0.3 * a[20] + 0.4 * a[22] + 0.3 * a[18] \
         - 0.15 * a[12]
     thin = max(thin, 0.06)
     cupid = 0.011 * np.exp(-((np.abs(td) - 0.22) / 0.12) ** 2) - 0.006 * np.exp(-(td / 0.1) ** 2)
@@ -283,7 +281,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
         x = -np.cos(theta) * half
         y = -0.15 + (idn.chin_y + 0.15) * st
         w = np.clip((y + 0.05) / (idn.chin_y + 0.05), 0, 1) ** 1.5
-        y = y + jaw * w - 0.03 * a[17] * st ** 8
+        y = y + jaw * w - 0.05 * a[17] * st ** 8
         return np.stack([x, y], 1)
     lm.append(jaw_points(_linspace(0, np.pi, 9)))
     jaw_dense = jaw_points(_linspace(0, np.pi, 40))
@@ -306,7 +304,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
         "crow": 0.55 * a[6], "cheek": 0.12 + 0.35 * a[6] + 0.25 * a[13],
         "under": 0.12 + 0.35 * max(a[6], a[7]), "nose_wrinkle": 0.6 * a[9],
         "nasolabial": 0.12 + 0.55 * max(a[10], 1.1 * a[11], 0.9 * a[12], 0.8 * a[9], 0.9 * a[13]),
-        "dimple": 0.6 * a[14], "press": 0.45 * a[24] + 0.2 * a[23], "chin": 0.45 * a[17],
+        "dimple": 0.6 * a[14], "press": 0.6 * a[24] + 0.3 * a[23], "chin": 0.6 * a[17],
         "mentolabial": 0.15 + 0.3 * a[17], "tongue": a[19],
     }
     return g
@@ -357,7 +355,9 @@ class FaceRenderer:
             n = rng.normal(0, identity.noise_sigma, (height, width, 1)).astype(np.float32)
             self.noise.append((np.clip(n, 0, 255).astype(np.uint8).repeat(3, 2),
                                np.clip(-n, 0, 255).astype(np.uint8).repeat(3, 2)))
-        self.base_scale = identity.face_scale * height / 2
+        # Head height (2 canonical units) = face_scale of the frame's shorter side, so portrait
+        # BP4D frames (1040x1392) and landscape DISFA frames (1024x768) frame the face alike.
+        self.base_scale = identity.face_scale * min(width, 0.9 * height) / 2
         # Keep the whole head inside a landscape frame too.
         self.base_scale = min(self.base_scale, 0.5 * width / (identity.face_w * 1.35))
 
@@ -455,7 +455,7 @@ class FaceRenderer:
         line(g["mentolabial"], _mix(skin, dark, lv["mentolabial"]), 0.01)
         if lv["chin"] > 0.03:
             for c in g["chin_dots"]:
-                ellipse(c, (0.012, 0.008), _mix(skin, dark, lv["chin"]))
+                ellipse(c, (0.018, 0.012), _mix(skin, dark, lv["chin"]))
 
         box_extra = np.array([(0.0, idn.eye_y - idn.brow_gap - 0.2)])
         chunks = [op[1] for op in ops] + [g["landmarks"], g["face"][:40], box_extra]

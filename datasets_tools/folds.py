@@ -25,13 +25,14 @@ DISFA_TEST_FOLDS = (
     ("SN006", "SN011", "SN012", "SN013", "SN018", "SN021", "SN024", "SN028", "SN031"),
     ("SN001", "SN002", "SN009", "SN010", "SN016", "SN026", "SN027", "SN030", "SN032"),
 )
-# BP4D+ public 3-fold split (SplitK_Test_Subjects.csv of girishvn/BigSmall); it names 139 of the
-# 140 subjects (F082 is absent), so a complete BP4D+ falls back to the balanced split.
+# BP4D+ public 3-fold split (SplitK_Test_Subjects.csv of girishvn/BigSmall). It names 139 of the
+# 140 subjects; the missing F082 is added to fold 1 (one of its two smallest test folds, 46
+# subjects) so that a complete BP4D+ keeps the public split instead of falling back.
 BP4D_PLUS_TEST_FOLDS = (
     ("F006", "F028", "F067", "F061", "F074", "F052", "F017", "M026", "F032", "F004", "F009", "F063",
      "F068", "F053", "F038", "M028", "M040", "M049", "M019", "M036", "M009", "F047", "M006", "M037",
      "F033", "F022", "M003", "M046", "F031", "M051", "M047", "M056", "M025", "F029", "F005", "M012",
-     "F081", "M005", "M054", "F055", "F076", "F003", "F075", "M031", "F044", "F048"),
+     "F081", "M005", "M054", "F055", "F076", "F003", "F075", "M031", "F044", "F048", "F082"),
     ("F046", "F077", "M023", "M041", "M043", "M001", "F070", "F073", "M014", "M030", "F001", "F041",
      "M042", "F060", "F025", "M027", "F072", "F058", "F026", "F037", "F036", "F057", "M013", "M024",
      "M035", "F040", "F064", "M002", "F042", "M016", "F002", "F071", "M022", "F035", "F049", "M034",
@@ -44,7 +45,8 @@ BP4D_PLUS_TEST_FOLDS = (
 STANDARD_SPLITS = {
     "BP4D": (BP4D_TEST_FOLDS, "standard BP4D 3-fold split (JAA-Net / ME-GraphAU)"),
     "DISFA": (DISFA_TEST_FOLDS, "standard DISFA 3-fold split (JAA-Net / ME-GraphAU)"),
-    "BP4D+": (BP4D_PLUS_TEST_FOLDS, "public BP4D+ 3-fold split (BigSmall SplitK_Test_Subjects)"),
+    "BP4D+": (BP4D_PLUS_TEST_FOLDS, "standard BP4D+ 3-fold split (the public BigSmall SplitK_Test_Subjects; F082, "
+              "absent there, in fold 1)"),
 }
 
 

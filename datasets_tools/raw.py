@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,36 @@ def read_csv(path: Path) -> list[tuple[int, list[str]]]:
         raise DatasetError(f"cannot read ({e.strerror})", str(path)) from None
 
 
+def fast_table(path: Path, header: bool):
+    """Fast path for well-formed numeric CSV files: -> (header cells or None, float64 (rows,
+    cols)), or None when the file is not a clean rectangle of numbers; callers then parse it row
+    by row with ``read_csv`` to report the offending line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = [line for line in text.replace("\r", "").split("\n") if line.strip()]
+    if header:
+        if not lines:
+            return None
+        head, lines = [c.strip() for c in lines[0].split(",")], lines[1:]
+        columns = len(head)
+    else:
+        head = None
+        columns = lines[0].count(",") + 1 if lines else 0
+    if not lines:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            values = np.fromstring(",".join(lines), dtype=np.float64, sep=",")
+        except (ValueError, DeprecationWarning):
+            return None
+    if values.size != len(lines) * columns or not np.isfinite(values).all():
+        return None
+    return head, values.reshape(len(lines), columns)
+
+
 def parse_int(cell: str, path: Path, line: int, what: str) -> int:
     """An integer cell; '12.0' style floats with no fraction are accepted (some exports)."""
     try:
@@ -167,31 +198,47 @@ def index_image_dir(directory: Path, sequence: str, report: Report) -> dict[int,
 def read_landmarks(path: Path, frame_no: np.ndarray) -> np.ndarray:
     """Landmarks file ``frame,x0,y0,x1,y1,...`` -> float32 (n, P, 2) aligned with ``frame_no``
     (NaN for frames the file does not list)."""
-    rows = read_csv(path)
-    if not rows:
-        raise DatasetError("empty landmarks file", str(path))
-    header_line, header = rows[0]
+    table = fast_table(path, header=True)
+    rows = None
+    if table is None:
+        rows = read_csv(path)
+        if not rows:
+            raise DatasetError("empty landmarks file", str(path))
+        header_line, header = rows[0]
+    else:
+        header_line, header = 1, table[0]
     if header[0].lower() != "frame" or len(header) < 3 or len(header) % 2 == 0:
         raise DatasetError("landmarks header must be 'frame,x0,y0,x1,y1,...'", str(path), header_line)
     points = (len(header) - 1) // 2
     out = np.full((len(frame_no), points, 2), np.nan, dtype=np.float32)
-    position = {int(f): i for i, f in enumerate(frame_no)}
-    seen = set()
-    for line, cells in rows[1:]:
+    if table is None:
+        _landmark_row_error(path, header, rows[1:])
+    values = table[1]
+    if not np.array_equal(values[:, 0], np.round(values[:, 0])):
+        _landmark_row_error(path, header, read_csv(path)[1:])
+    frames = values[:, 0].astype(np.int64)
+    unique, first = np.unique(frames, return_index=True)
+    if len(unique) != len(frames):
+        duplicate = np.setdiff1d(np.arange(len(frames)), first)[0]
+        raise DatasetError(f"duplicate frame {frames[duplicate]}", str(path), int(duplicate) + 2)
+    position = np.searchsorted(unique, frame_no)
+    found = (position < len(unique)) & (unique[np.minimum(position, len(unique) - 1)] == frame_no)
+    out[found] = values[first[position[found]], 1:].reshape(-1, points, 2)
+    return out
+
+
+def _landmark_row_error(path: Path, header: list[str], body) -> None:
+    """Raise the error of the first bad landmark row (file and line)."""
+    for line, cells in body:
         if len(cells) != len(header):
             raise DatasetError(f"expected {len(header)} values, found {len(cells)} (truncated row?)",
                                str(path), line)
-        frame = parse_int(cells[0], path, line, "frame number")
-        if frame in seen:
-            raise DatasetError(f"duplicate frame {frame}", str(path), line)
-        seen.add(frame)
+        parse_int(cells[0], path, line, "frame number")
         try:
-            values = np.array([float(c) for c in cells[1:]], dtype=np.float32)
+            [float(c) for c in cells[1:]]
         except ValueError:
             raise DatasetError("non-numeric landmark coordinate", str(path), line) from None
-        if frame in position:
-            out[position[frame]] = values.reshape(points, 2)
-    return out
+    raise DatasetError("unreadable landmarks file", str(path))
 
 
 def attach_landmarks(plan: DatasetPlan, landmarks_dir: Path | None, root: Path) -> None:

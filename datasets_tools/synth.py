@@ -277,21 +277,17 @@ def read_real_bp4d(labels_from) -> dict:
     if folder is None:
         raise FileNotFoundError(f"{labels_from}: no bp4d/ label folder (BP4D_test_*_foldK.txt.gz)")
     paths, labels = _read_list_pairs(folder, "BP4D", len(BP4D_BENCHMARK_AUS))
-    keys, frames = [], np.empty(len(paths), np.int64)
-    for i, p in enumerate(paths):
-        parts = p.split("/")
-        if len(parts) != 3:
-            raise ValueError(f"{folder}: image path {p!r} is not subject/task/frame.jpg")
-        keys.append((parts[0], parts[1]))
-        frames[i] = int(parts[2].split(".")[0])
-    out, order = {}, {}
-    for i, k in enumerate(keys):
-        order.setdefault(k, []).append(i)
-    for k, rows in order.items():
-        rows = np.array(rows)
-        srt = np.argsort(frames[rows], kind="stable")
-        out[k] = (frames[rows][srt], labels[rows][srt].astype(np.int8))
-    return out
+    try:
+        parts = [p.split("/") for p in paths]
+        keys = np.array([f"{q[0]}/{q[1]}" for q in parts])
+        frames = np.array([int(q[2].split(".")[0]) for q in parts], np.int64)
+    except (IndexError, ValueError):
+        raise ValueError(f"{folder}: image paths must look like F001/T1/643.jpg") from None
+    order = np.lexsort((frames, keys))
+    keys, frames, labels = keys[order], frames[order], labels[order].astype(np.int8)
+    names, starts = np.unique(keys, return_index=True)
+    ends = np.append(starts[1:], len(keys))
+    return {tuple(str(n).split("/")): (frames[a:b], labels[a:b]) for n, a, b in zip(names, starts, ends)}
 
 
 def read_real_disfa(labels_from) -> dict:
@@ -410,7 +406,7 @@ def _quantise(render: np.ndarray, columns: tuple) -> np.ndarray:
     return np.clip(np.rint(render[:, [AU_INDEX[a] for a in columns]]), 0, 5).astype(np.int8)
 
 
-def _plan_occurrence_sequence(layout, subject, task, seed, frames, real, margin) -> SequencePlan:
+def _plan_occurrence_sequence(layout, subject, task, seed, frames, real) -> SequencePlan:
     """BP4D / BP4D+ / MME sequence: coded range plus uncoded image margins."""
     name = f"{subject}/{task}"
     rng = np.random.default_rng(_seed(seed, layout.name, name))
@@ -425,8 +421,8 @@ def _plan_occurrence_sequence(layout, subject, task, seed, frames, real, margin)
         n = frames if frames is not None else int(rng.integers(lo, hi + 1))
         start = int(rng.integers(1, 1500))
         coded = start + np.arange(n)
-    before = min(int(rng.integers(2, 8)), int(coded[0]))
-    after = int(rng.integers(2, 8)) + (40 if layout.name != "bp4d" else 0)
+    before = min(int(rng.integers(1, 4)), int(coded[0]))
+    after = int(rng.integers(1, 4)) + (20 if layout.name != "bp4d" else 0)
     image_frames = np.arange(coded[0] - before, coded[-1] + after + 1)
     n_img = len(image_frames)
     render = simulate_intensities(rng, n_img, layout.name, task)
@@ -781,7 +777,7 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
                 if real is not None and (s, t) not in real:
                     continue
                 plans.append(_plan_occurrence_sequence(lay, s, t, seed, frames,
-                                                       real[(s, t)] if real else None, 0))
+                                                       real[(s, t)] if real else None))
 
     jobs = _make_jobs(lay, root, plans, size, seed, images, zip_images, jpeg_quality, uncoded_frames)
     boxes = _run_jobs(jobs, workers, progress)
@@ -858,7 +854,9 @@ def _run_jobs(jobs, workers, progress) -> dict:
             for job in jobs:
                 collect(job, _render_job(job))
         else:
-            ctx = multiprocessing.get_context("spawn")
+            # fork starts workers at once and works from any __main__; the jobs never touch torch.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
             with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 pending = {pool.submit(_render_job, job): job for job in jobs}
                 for fut in futures.as_completed(pending):

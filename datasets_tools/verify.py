@@ -8,6 +8,7 @@ from the labels match the stored ones.
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -77,7 +78,8 @@ def verify(path: Path, workers: int = 1, progress: bool = True, check_images: bo
                 problems.append(f"frames/image must be vlen uint8 (N,) in jpeg mode, got {image.dtype} {image.shape}")
         elif image_format == "raw":
             if image.shape != (n, height, width, 3) or image.dtype != np.uint8:
-                problems.append(f"frames/image shape {image.shape} {image.dtype}, expected {(n, height, width, 3)} uint8")
+                problems.append(f"frames/image shape {image.shape} {image.dtype}, "
+                                f"expected {(n, height, width, 3)} uint8")
         else:
             problems.append(f"image_format {image_format!r} is not jpeg or raw")
         label = f["frames/label"][:]
@@ -86,7 +88,8 @@ def verify(path: Path, workers: int = 1, progress: bool = True, check_images: bo
         if "frames/intensity" in f:
             intensity = f["frames/intensity"]
             if intensity.shape != (n, num_aus) or intensity.dtype != np.int8:
-                problems.append(f"frames/intensity shape {intensity.shape} {intensity.dtype}, expected {(n, num_aus)} int8")
+                problems.append(f"frames/intensity shape {intensity.shape} {intensity.dtype}, "
+                                f"expected {(n, num_aus)} int8")
             elif not ((intensity[:] >= -1) & (intensity[:] <= 5)).all():
                 problems.append("frames/intensity holds values outside -1..5")
         if "frames/landmarks" in f:
@@ -183,7 +186,7 @@ def _check_all_images(path: str, n: int, height: int, width: int, workers: int, 
             problems += _check_images(path, a, b, height, width)
             bar.update(b - a)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             futures = [pool.submit(_check_images, path, a, b, height, width) for a, b in ranges]
             for (a, b), future in zip(ranges, futures):
                 problems += future.result()

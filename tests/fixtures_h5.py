@@ -29,6 +29,14 @@ def frame_image(key: int, height: int, width: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> np.ndarray:
+    """RGB uint8 image -> the bytes of a JPEG file (uint8 array)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.reshape(-1)
+
+
 def fold_statistics(labels: np.ndarray) -> dict[str, np.ndarray]:
     """au_rate, class_weight and cooccurrence over the given (training) labels."""
     known = labels >= 0
@@ -54,11 +62,13 @@ def write_au_h5(path, *, image_format: str = "raw", num_subjects: int = 6,
                 sequence_lengths=(7, 12, 3), image_size=(32, 32), num_folds: int = 3,
                 unknown_rate: float = 0.1, constant_per_sequence: bool = False,
                 seed: int = 0, label_override: np.ndarray | None = None,
+                images: np.ndarray | None = None, jpeg_quality: int = 95,
                 schema_version: int = 1) -> Path:
     """Write a small aubench HDF5 file and return its path.
 
     Every subject gets one sequence per entry of `sequence_lengths`; subjects are dealt into
     `num_folds` test groups round-robin (fold k tests group k, trains on the rest).
+    `images` (N, H, W, 3) uint8 replaces the generated test pattern.
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -103,19 +113,21 @@ def write_au_h5(path, *, image_format: str = "raw", num_subjects: int = 6,
         frames = f.create_group("frames")
         sequence_of_row = np.asarray(frame_sequence)
         keys = sequence_of_row if constant_per_sequence else np.arange(n)
+
+        def rgb_of(r: int) -> np.ndarray:
+            return images[r] if images is not None else frame_image(int(keys[r]), h, w)
+
         if image_format == "raw":
             image = frames.create_dataset("image", (n, h, w, 3), dtype=np.uint8,
                                           chunks=(1, h, w, 3))
             for r in range(n):
-                image[r] = frame_image(int(keys[r]), h, w)
+                image[r] = rgb_of(r)
         else:
-            image = frames.create_dataset("image", (n,), dtype=h5py.vlen_dtype(np.uint8))
+            # the converter's layout: resizable, chunks of 256 rows
+            image = frames.create_dataset("image", (n,), maxshape=(None,), chunks=(256,),
+                                          dtype=h5py.vlen_dtype(np.uint8))
             for r in range(n):
-                rgb = frame_image(int(keys[r]), h, w)
-                ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                                       [cv2.IMWRITE_JPEG_QUALITY, 95])
-                assert ok
-                image[r] = buf.reshape(-1)
+                image[r] = encode_jpeg(rgb_of(r), jpeg_quality)
         frames.create_dataset("label", data=labels)
         frames.create_dataset("intensity", data=intensity)
         frames.create_dataset("subject", data=frame_subject)

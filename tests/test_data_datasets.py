@@ -185,6 +185,13 @@ def test_clip_loader_with_key_position_sampler(raw_file):
         key_rows = rows[torch.arange(b), keys]
         assert torch.all(batch["labeled"][torch.arange(b), keys])
         assert set(key_rows.tolist()) <= set(ds.key_rows.tolist())
+        m = number % 3
+        f = ds.file
+        for clip, key in zip(rows.numpy(), keys.tolist()):
+            if key != m:  # only where position m would push the clip out of its sequence
+                seq = f.frame_sequence[clip[0]]
+                start, length = f.sequences["start"][seq], f.sequences["length"][seq]
+                assert clip[0] == start or clip[-1] == start + length - 1
 
 
 @pytest.mark.parametrize("fmt", ["raw", "jpeg"])

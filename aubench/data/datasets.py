@@ -14,7 +14,6 @@ loads it (for evaluation under occlusion).
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
@@ -23,7 +22,8 @@ from torch.utils.data import Dataset
 from .h5file import AUFile
 from .occlusion import occlusion_mask, parse_occlusion
 from .samplers import check_label_ratio, sparse_label_mask
-from .transforms import ClipAugment, normalize, parse_image_size, resize_images, to_float_tensor
+from .transforms import (ClipAugment, normalize, parse_image_size, resize_images, to_float_tensor,
+                         to_normalized_tensor)
 
 
 class _AUDatasetBase(Dataset):
@@ -63,15 +63,19 @@ class _AUDatasetBase(Dataset):
         labels[~self.labeled_mask[rows]] = -1.0
         return torch.from_numpy(labels)
 
-    def _images(self, rows: np.ndarray, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _images(self, rows: np.ndarray, index: int,
+                frames: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised float (len(rows), 3, H, W) images, augmented and occluded as configured,
-        with one random draw for all of them; and the occlusion mask (or None)."""
-        frames = resize_images(self.file.read_images(rows), self.image_size)
-        images = to_float_tensor(frames)
+        with one random draw for all of them; and the occlusion mask (or None).
+        `frames`: the rows' uint8 images when already read."""
+        if frames is None:
+            frames = self.file.read_images(rows)
+        frames = resize_images(frames, self.image_size)
         generator = self._generator(index)
         if self.augment is not None:
-            images = self.augment(images, generator=generator)
-        images = normalize(images)
+            images = normalize(self.augment(to_float_tensor(frames), generator=generator))
+        else:
+            images = to_normalized_tensor(frames)
         mask = None
         if self.occlusion is not None:
             mask = occlusion_mask(*self.occlusion, *self.image_size, generator=generator)
@@ -110,19 +114,26 @@ class FrameDataset(_AUDatasetBase):
         return int(self.rows.size)
 
     def __getitem__(self, index: int) -> dict:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} frames")
-        row = int(self.rows[index])
-        rows = np.array([row])
-        images, mask = self._images(rows, index % len(self))
-        item = {
-            "image": images[0],
-            "label": self._labels(rows)[0],
-            "index": torch.tensor(row, dtype=torch.int64),
-        }
-        if mask is not None:
-            item["occlusion"] = mask
-        return item
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices) -> list[dict]:
+        """Items of a whole batch (DataLoader calls this): their frames are read in one go."""
+        indices = [int(i) for i in indices]
+        for index in indices:
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"index {index} out of range for {len(self)} frames")
+        rows = self.rows[indices]
+        frames = self.file.read_images(rows)
+        labels = self._labels(rows)
+        items = []
+        for k, (index, row) in enumerate(zip(indices, rows.tolist())):
+            images, mask = self._images(rows[k:k + 1], index % len(self), frames[k:k + 1])
+            item = {"image": images[0], "label": labels[k],
+                    "index": torch.tensor(row, dtype=torch.int64)}
+            if mask is not None:
+                item["occlusion"] = mask
+            items.append(item)
+        return items
 
 
 class ClipDataset(_AUDatasetBase):

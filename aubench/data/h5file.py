@@ -295,12 +295,20 @@ class AUFile:
             return np.zeros((0, *self.image_size, 3), dtype=np.uint8)
         lo, hi = int(rows.min()), int(rows.max()) + 1
         if hi - lo <= 2 * rows.size:
-            block = self._images()[lo:hi]
-            if self.image_format == "raw":
-                return block[rows - lo]
-            return np.stack([decode_jpeg(block[r - lo], where=f"at row {r} of {self.path}")
-                             for r in rows])
-        return np.stack([self.read_image(r) for r in rows])
+            block, first = self._images()[lo:hi], lo
+            picked = rows - first
+        elif self.image_format == "jpeg":
+            # One h5py call for scattered rows: each variable-length read has a large fixed
+            # cost, a point selection shares it. (Raw rows are read one by one instead, since
+            # point selections over chunked fixed-size data are very slow in HDF5.)
+            unique, picked = np.unique(rows, return_inverse=True)
+            block = self._images()[unique]
+        else:
+            return np.stack([self.read_image(r) for r in rows])
+        if self.image_format == "raw":
+            return block[picked]
+        return np.stack([decode_jpeg(block[i], where=f"at row {r} of {self.path}")
+                         for i, r in zip(picked, rows)])
 
     def close(self) -> None:
         """Close this process's image handle (reopened on the next read)."""

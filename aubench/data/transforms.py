@@ -47,14 +47,26 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(im, (w, h), interpolation=interp) for im in images])
 
 
+# Normalisation folded into one multiply-add on uint8 pixels: (p / 255 - mean) / std.
+_SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD, dtype=np.float32))).reshape(3, 1, 1)
+_SHIFT = (-np.asarray(IMAGENET_MEAN, dtype=np.float32) / np.asarray(IMAGENET_STD, dtype=np.float32)
+          ).reshape(3, 1, 1)
+
+
+def _channels_first(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(images, -1, -3))
+
+
+# The uint8 -> float conversions run in NumPy: single-threaded, so they neither fight over
+# torch's intra-op thread pool on a busy machine nor depend on its size.
 def to_float_tensor(images: np.ndarray) -> torch.Tensor:
     """RGB uint8 (..., H, W, 3) numpy -> float32 (..., 3, H, W) tensor in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
-    return t.movedim(-1, -3).to(torch.float32).div_(255.0)
+    return torch.from_numpy(np.multiply(_channels_first(images), np.float32(1 / 255.0),
+                                        dtype=np.float32))
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """Float (..., 3, H, W) in [0, 1] -> ImageNet-normalised, in place where possible."""
+    """Float (..., 3, H, W) in [0, 1] -> ImageNet-normalised, in place."""
     mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=images.dtype).view(3, 1, 1)
     return images.sub_(mean).div_(std)
@@ -62,7 +74,9 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 def to_normalized_tensor(images: np.ndarray) -> torch.Tensor:
     """RGB uint8 (..., H, W, 3) -> ImageNet-normalised float32 (..., 3, H, W)."""
-    return normalize(to_float_tensor(images))
+    out = np.multiply(_channels_first(images), _SCALE, dtype=np.float32)
+    out += _SHIFT
+    return torch.from_numpy(out)
 
 
 @dataclass(frozen=True)

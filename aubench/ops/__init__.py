@@ -5,12 +5,15 @@ compiled kernel (torch.ops.aubench.*) or, when the extension is not built, to th
 """
 from aubench.ops._extension import have_cuda_kernels, have_extension
 from aubench.ops.masking import block_masking, random_masking
+from aubench.ops.sinkhorn import sinkhorn
 from aubench.ops.temporal_shuffle import make_shuffle_permutations, temporal_shuffle_features
 from aubench.ops.token_gather import gather_tokens, restore_tokens
 
 __all__ = [
     "have_extension",
     "have_cuda_kernels",
+    # batched log-domain Sinkhorn
+    "sinkhorn",
     # temporal-shuffle classifier features
     "temporal_shuffle_features",
     "make_shuffle_permutations",

@@ -33,7 +33,7 @@ def temporal_shuffle_features(
     if validate:
         check_distinct_in_range(perm, "perm", frames)
     if not use_kernels(features):
-        return reference.temporal_shuffle_features_reference(features, perm)
+        return reference.temporal_shuffle_features(features, perm)
     inputs = torch.ops.aubench.temporal_shuffle_features(features, perm)
     labels = torch.cat([features.new_ones(batch), features.new_zeros(batch)])
     return inputs, labels

@@ -35,7 +35,7 @@ def gather_tokens(x: torch.Tensor, ids_keep: torch.Tensor, validate: bool = True
         check_distinct_in_range(ids_keep, "ids_keep", length)
     if use_kernels(x):
         return torch.ops.aubench.gather_tokens(x, ids_keep)
-    return reference.gather_tokens_reference(x, ids_keep)
+    return reference.gather_tokens(x, ids_keep)
 
 
 def restore_tokens(
@@ -72,7 +72,7 @@ def restore_tokens(
     mask_token = mask_token.reshape(dim)
     if use_kernels(x_vis):
         return torch.ops.aubench.restore_tokens(x_vis, ids_restore, mask_token)
-    return reference.restore_tokens_reference(x_vis, ids_restore, mask_token)
+    return reference.restore_tokens(x_vis, ids_restore, mask_token)
 
 
 def _register() -> None:

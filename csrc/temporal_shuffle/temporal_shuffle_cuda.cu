@@ -1,5 +1,5 @@
 // Temporal-shuffle classifier features, CUDA. Same semantics as temporal_shuffle_cpu.cpp:
-// one thread per output element, arithmetic in the op-math type (float for half / bfloat16),
+// one block per frame row, arithmetic in the op-math type (float for half / bfloat16),
 // and the backward written as the forward's adjoint so every gradient element is written once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -14,14 +14,19 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Grid-stride launches: enough blocks to fill every SM, no more.
-// (c10's CUDA headers only: ATen/cuda/CUDAContext.h would need the cuSPARSE/cuBLAS headers.)
-int64_t blocks_for(int64_t work) {
+// One block per frame row (grid-stride over rows), its threads across the channels: the
+// permutation is read once per row, with no per-element division. Enough blocks to fill every
+// SM, no more. (c10's CUDA headers only: ATen/cuda/CUDAContext.h needs cuSPARSE's headers.)
+int64_t blocks_for_rows(int64_t rows) {
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
                                         c10::cuda::current_device()));
-  const int64_t most = int64_t{sms} * 32;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, most));
+  return std::max<int64_t>(1, std::min<int64_t>(rows, int64_t{sms} * 32));
+}
+
+int threads_for_width(int64_t width) {
+  const int64_t warps = std::max<int64_t>(1, (width + 31) / 32);
+  return static_cast<int>(std::min<int64_t>(kThreads, warps * 32));
 }
 
 void check_perm(const at::Tensor& perm, int64_t batch, int64_t frames, const at::Device& device) {
@@ -41,55 +46,55 @@ __device__ __forceinline__ int64_t frame_at(const index_t* perm, int64_t b, int6
   return f;
 }
 
-// out (2B, N, 2C): element (r, t, j); j < C the frame feature, j >= C its difference.
+// out (2B, N, 2C): block row (r, t) writes [d, d - d_before] for clip r's frame t.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void shuffle_forward_kernel(const scalar_t* __restrict__ features,
                                        const index_t* __restrict__ perm,
                                        scalar_t* __restrict__ out, int64_t batch, int64_t frames,
-                                       int64_t channels, int64_t total) {
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
-       e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t j = e % (2 * channels);
-    const int64_t t = (e / (2 * channels)) % frames;
-    const int64_t r = e / (2 * channels * frames);
+                                       int64_t channels) {
+  const int64_t rows = 2 * batch * frames;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t r = row / frames, t = row - r * frames;
     const bool shuffled = r >= batch;
     const int64_t b = shuffled ? r - batch : r;
-    const int64_t c = j < channels ? j : j - channels;
     const int64_t f = shuffled ? frame_at(perm, b, t, frames) : t;
-    const scalar_t* clip = features + b * frames * channels;
-    if (j < channels) {
-      out[e] = clip[f * channels + c];
-    } else {
-      const int64_t before = t == 0 ? f : (shuffled ? frame_at(perm, b, t - 1, frames) : t - 1);
-      out[e] = static_cast<scalar_t>(static_cast<acc_t>(clip[f * channels + c]) -
-                                     static_cast<acc_t>(clip[before * channels + c]));
+    const int64_t before = t == 0 ? f : (shuffled ? frame_at(perm, b, t - 1, frames) : t - 1);
+    const scalar_t* now = features + (b * frames + f) * channels;
+    const scalar_t* previous = features + (b * frames + before) * channels;
+    scalar_t* target = out + row * 2 * channels;
+    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
+      const scalar_t value = now[c];
+      target[c] = value;
+      target[channels + c] =
+          static_cast<scalar_t>(static_cast<acc_t>(value) - static_cast<acc_t>(previous[c]));
     }
   }
 }
 
-// grad_features (B, N, C): thread (b, t, c) writes frame perm[b, t], which the real clip holds
+// grad_features (B, N, C): block row (b, t) writes frame perm[b, t], which the real clip holds
 // at position perm[b, t] and the shuffled clip at position t.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void shuffle_backward_kernel(const scalar_t* __restrict__ grad,
                                         const index_t* __restrict__ perm,
                                         scalar_t* __restrict__ out, int64_t batch, int64_t frames,
-                                        int64_t channels, int64_t total) {
-  const int64_t row = 2 * channels;
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
-       e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t c = e % channels;
-    const int64_t t = (e / channels) % frames;
-    const int64_t b = e / (channels * frames);
+                                        int64_t channels) {
+  const int64_t rows = batch * frames, width = 2 * channels;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t b = row / frames, t = row - b * frames;
     const int64_t f = frame_at(perm, b, t, frames);
-    const scalar_t* real = grad + b * frames * row;
-    const scalar_t* shuf = grad + (batch + b) * frames * row;
-    acc_t from_real = static_cast<acc_t>(real[f * row + c]);
-    if (f > 0) from_real += static_cast<acc_t>(real[f * row + channels + c]);
-    if (f + 1 < frames) from_real -= static_cast<acc_t>(real[(f + 1) * row + channels + c]);
-    acc_t from_shuf = static_cast<acc_t>(shuf[t * row + c]);
-    if (t > 0) from_shuf += static_cast<acc_t>(shuf[t * row + channels + c]);
-    if (t + 1 < frames) from_shuf -= static_cast<acc_t>(shuf[(t + 1) * row + channels + c]);
-    out[(b * frames + f) * channels + c] = static_cast<scalar_t>(from_real + from_shuf);
+    const scalar_t* real_now = grad + (b * frames + f) * width;
+    const scalar_t* shuf_now = grad + ((batch + b) * frames + t) * width;
+    const bool real_has_next = f + 1 < frames, shuf_has_next = t + 1 < frames;
+    scalar_t* target = out + (b * frames + f) * channels;
+    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
+      acc_t from_real = static_cast<acc_t>(real_now[c]);
+      if (f > 0) from_real += static_cast<acc_t>(real_now[channels + c]);
+      if (real_has_next) from_real -= static_cast<acc_t>(real_now[width + channels + c]);
+      acc_t from_shuf = static_cast<acc_t>(shuf_now[c]);
+      if (t > 0) from_shuf += static_cast<acc_t>(shuf_now[channels + c]);
+      if (shuf_has_next) from_shuf -= static_cast<acc_t>(shuf_now[width + channels + c]);
+      target[c] = static_cast<scalar_t>(from_real + from_shuf);
+    }
   }
 }
 
@@ -105,16 +110,17 @@ at::Tensor temporal_shuffle_features_cuda(const at::Tensor& features, const at::
   const at::Tensor d = features.contiguous();
   const at::Tensor p = perm.contiguous();
   at::Tensor out = at::empty({2 * batch, frames, 2 * channels}, d.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (out.numel() == 0) return out;
+  const int64_t rows = 2 * batch * frames;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(),
                                   "temporal_shuffle_features_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     AT_DISPATCH_INDEX_TYPES(p.scalar_type(), "temporal_shuffle_features_cuda", [&] {
       shuffle_forward_kernel<scalar_t, acc_t, index_t>
-          <<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          <<<blocks_for_rows(rows), threads_for_width(channels), 0,
+             c10::cuda::getCurrentCUDAStream()>>>(
               d.data_ptr<scalar_t>(), p.data_ptr<index_t>(), out.data_ptr<scalar_t>(), batch,
-              frames, channels, total);
+              frames, channels);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -132,16 +138,17 @@ at::Tensor temporal_shuffle_features_backward_cuda(const at::Tensor& grad, const
   const at::Tensor g = grad.contiguous();
   const at::Tensor p = perm.contiguous();
   at::Tensor out = at::empty({batch, frames, channels}, g.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (out.numel() == 0) return out;
+  const int64_t rows = batch * frames;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "temporal_shuffle_features_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     AT_DISPATCH_INDEX_TYPES(p.scalar_type(), "temporal_shuffle_features_backward_cuda", [&] {
       shuffle_backward_kernel<scalar_t, acc_t, index_t>
-          <<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          <<<blocks_for_rows(rows), threads_for_width(channels), 0,
+             c10::cuda::getCurrentCUDAStream()>>>(
               g.data_ptr<scalar_t>(), p.data_ptr<index_t>(), out.data_ptr<scalar_t>(), batch,
-              frames, channels, total);
+              frames, channels);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -36,28 +36,32 @@ void check_index(const at::Tensor& ids, const at::Tensor& x, const char* name) {
               x.device());
 }
 
-// Grid-stride launches: enough blocks to fill every SM, no more.
-// (c10's CUDA headers only: ATen/cuda/CUDAContext.h would need the cuSPARSE/cuBLAS headers.)
-int64_t blocks_for(int64_t work) {
+// One block per row (grid-stride over rows), its threads across the row: the index is read and
+// the source row chosen once per row, with no per-element division. Enough blocks to fill every
+// SM, no more. (c10's CUDA headers only: ATen/cuda/CUDAContext.h needs cuSPARSE's headers.)
+int64_t blocks_for_rows(int64_t rows) {
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
                                         c10::cuda::current_device()));
-  const int64_t most = int64_t{sms} * 32;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, most));
+  return std::max<int64_t>(1, std::min<int64_t>(rows, int64_t{sms} * 32));
+}
+
+int threads_for_width(int64_t width) {
+  const int64_t warps = std::max<int64_t>(1, (width + 31) / 32);
+  return static_cast<int>(std::min<int64_t>(kThreads, warps * 32));
 }
 
 template <typename vec_t, typename index_t>
 __global__ void copy_rows_kernel(const vec_t* __restrict__ src, const index_t* __restrict__ index,
                                  const vec_t* __restrict__ fill, vec_t* __restrict__ out,
-                                 int64_t out_rows, int64_t src_rows, int64_t index_limit,
-                                 int64_t width, int64_t total) {
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
-       e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t row = e / width, w = e - row * width;
+                                 int64_t rows, int64_t out_rows, int64_t src_rows,
+                                 int64_t index_limit, int64_t width) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t i = static_cast<int64_t>(index[row]);
     CUDA_KERNEL_ASSERT(i >= 0 && i < index_limit);
-    const int64_t b = row / out_rows;
-    out[e] = i < src_rows ? src[(b * src_rows + i) * width + w] : fill[w];
+    const vec_t* from = i < src_rows ? src + ((row / out_rows) * src_rows + i) * width : fill;
+    vec_t* to = out + row * width;
+    for (int64_t w = threadIdx.x; w < width; w += blockDim.x) to[w] = from[w];
   }
 }
 
@@ -69,13 +73,14 @@ template <typename vec_t, typename index_t>
 void launch_copy_rows(const at::Tensor& src, const index_t* index, int64_t index_limit,
                       const void* fill, at::Tensor& out) {
   const int64_t width = out.size(2) * out.element_size() / sizeof(vec_t);
-  const int64_t total = out.size(0) * out.size(1) * width;
-  if (total == 0) return;
+  const int64_t rows = out.size(0) * out.size(1);
+  if (rows == 0 || width == 0) return;
   copy_rows_kernel<vec_t, index_t>
-      <<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      <<<blocks_for_rows(rows), threads_for_width(width), 0,
+         c10::cuda::getCurrentCUDAStream()>>>(
           static_cast<const vec_t*>(src.data_ptr()), index, static_cast<const vec_t*>(fill),
-          static_cast<vec_t*>(out.data_ptr()), out.size(1), src.size(1), index_limit, width,
-          total);
+          static_cast<vec_t*>(out.data_ptr()), rows, out.size(1), src.size(1), index_limit,
+          width);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

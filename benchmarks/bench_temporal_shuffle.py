@@ -1,0 +1,37 @@
+"""Temporal-shuffle classifier features, forward + backward, at Knowledge-Spreader's sizes
+(B=64 clips of N=5 frames, and long clips of N=64; C=512 ResNet-18 features), against the
+pure-PyTorch reference (gather + cat + subtract, differentiated by autograd)."""
+import pytest
+import torch
+
+from aubench.ops import make_shuffle_permutations, temporal_shuffle_features
+from aubench.ops._extension import have_cuda_kernels
+from aubench.ops import reference
+
+BATCH, CHANNELS = 64, 512
+DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda,
+    pytest.mark.skipif(not (torch.cuda.is_available() and have_cuda_kernels()),
+                       reason="needs a CUDA device and aubench._C built with CUDA"),
+])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("frames", [5, 64])
+@pytest.mark.parametrize("impl", ["aubench", "reference"])
+def test_temporal_shuffle_features(benchmark, device, frames, impl):
+    generator = torch.Generator(device).manual_seed(0)
+    perm = make_shuffle_permutations(BATCH, frames, generator=generator)
+    features = torch.randn(BATCH, frames, CHANNELS, device=device, requires_grad=True)
+    grad = torch.randn(2 * BATCH, frames, 2 * CHANNELS, device=device)
+    build = temporal_shuffle_features if impl == "aubench" else reference.temporal_shuffle_features
+    benchmark.group = f"temporal_shuffle fwd+bwd B{BATCH} N{frames} C{CHANNELS} {device}"
+    benchmark.extra_info["impl"] = impl
+
+    def step():
+        inputs, _ = build(features, perm)
+        torch.autograd.grad(inputs, features, grad)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark(step)

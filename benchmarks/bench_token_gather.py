@@ -1,0 +1,106 @@
+"""Masked-token gather / restore, forward + backward, at an MAE ViT-B/16 size (B=64, L=196,
+D=768), against the MAE-style torch.gather and against a plain copy of the same bytes.
+
+Baselines (benchmark.extra_info["impl"]):
+- "torch.gather": what the official MAE does, differentiated by autograd: the encoder's
+  x.gather(1, ids_keep[..., None].expand(-1, -1, D)), the decoder's cat-then-gather.
+- "copy": the same bytes moved by contiguous bulk ATen copies into freshly allocated outputs of
+  the op's shapes (allocation included, since the op must allocate its outputs too):
+  gather forward clones K rows; its backward allocates L rows, copies K rows in and zero-fills
+  the rest; restore forward allocates L rows, copies K rows in and fills the rest with the mask
+  token; its backward clones K rows and sums the other L - K rows (the mask-token gradient).
+  This is the floor any row-shuffling implementation can reach, with no index work at all.
+"""
+import pytest
+import torch
+
+from aubench.ops import gather_tokens, random_masking, restore_tokens
+from aubench.ops._extension import have_cuda_kernels
+from aubench.ops import reference
+
+BATCH, LENGTH, DIM = 64, 196, 768
+DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda,
+    pytest.mark.skipif(not (torch.cuda.is_available() and have_cuda_kernels()),
+                       reason="needs a CUDA device and aubench._C built with CUDA"),
+])]
+IMPLS = ["aubench", "torch.gather", "copy"]
+
+
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def case(device, mask_ratio):
+    generator = torch.Generator(device).manual_seed(0)
+    ids_keep, ids_restore, _ = random_masking(BATCH, LENGTH, mask_ratio, generator=generator)
+    num_keep = ids_keep.shape[1]
+    x = torch.randn(BATCH, LENGTH, DIM, device=device, requires_grad=True)
+    x_vis = torch.randn(BATCH, num_keep, DIM, device=device, requires_grad=True)
+    mask_token = torch.randn(DIM, device=device, requires_grad=True)
+    return ids_keep, ids_restore, x, x_vis, mask_token
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_ratio", [0.5, 0.75])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gather_tokens(benchmark, device, mask_ratio, impl):
+    ids_keep, _, x, _, _ = case(device, mask_ratio)
+    num_keep = ids_keep.shape[1]
+    grad = torch.randn(BATCH, num_keep, DIM, device=device)
+    benchmark.group = f"gather_tokens fwd+bwd B{BATCH} L{LENGTH} D{DIM} mask{mask_ratio} {device}"
+    benchmark.extra_info["impl"] = impl
+
+    if impl == "copy":
+        kept = torch.randn(BATCH, num_keep, DIM, device=device)
+
+        def step():
+            kept.clone()  # forward
+            grad_x = torch.empty(BATCH, LENGTH, DIM, device=device)  # backward
+            grad_x[:, :num_keep].copy_(kept)
+            grad_x[:, num_keep:].zero_()
+            synchronize(device)
+    else:
+        gather = gather_tokens if impl == "aubench" else reference.gather_tokens
+
+        def step():
+            torch.autograd.grad(gather(x, ids_keep), x, grad)
+            synchronize(device)
+
+    benchmark(step)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_ratio", [0.5, 0.75])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_restore_tokens(benchmark, device, mask_ratio, impl):
+    ids_keep, ids_restore, _, x_vis, mask_token = case(device, mask_ratio)
+    num_keep = ids_keep.shape[1]
+    grad = torch.randn(BATCH, LENGTH, DIM, device=device)
+    benchmark.group = f"restore_tokens fwd+bwd B{BATCH} L{LENGTH} D{DIM} mask{mask_ratio} {device}"
+    benchmark.extra_info["impl"] = impl
+
+    if impl == "copy":
+        kept = x_vis.detach()
+        token = mask_token.detach()
+        # Contiguous stand-ins for the gradient's kept and masked rows: ATen reduces a strided
+        # slice like grad[:, K:] far slower than a contiguous block, which would flatter us.
+        grad_kept = torch.randn(BATCH, num_keep, DIM, device=device)
+        grad_masked = torch.randn(BATCH * (LENGTH - num_keep), DIM, device=device)
+
+        def step():
+            out = torch.empty(BATCH, LENGTH, DIM, device=device)  # forward
+            out[:, :num_keep].copy_(kept)
+            out[:, num_keep:].copy_(token.expand(BATCH, LENGTH - num_keep, DIM))
+            grad_kept.clone(), grad_masked.sum(dim=0)  # backward
+            synchronize(device)
+    else:
+        restore = restore_tokens if impl == "aubench" else reference.restore_tokens
+
+        def step():
+            torch.autograd.grad(restore(x_vis, ids_restore, mask_token), (x_vis, mask_token),
+                                grad)
+            synchronize(device)
+
+    benchmark(step)
