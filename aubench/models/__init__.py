@@ -2,6 +2,7 @@
 from aubench.models.base import (AUMethod, Preset, TrainState, available_methods, create_method,
                                  method_class, register_method)
 from aubench.models import knowledge_spreader  # noqa: F401  (registers "ks")
+from aubench.models import resnet_baseline  # noqa: F401  (registers "resnet")
 
 __all__ = ["AUMethod", "Preset", "TrainState", "available_methods", "create_method", "method_class",
            "register_method"]

@@ -18,8 +18,10 @@ from torch import nn
 
 import timm
 
+from aubench.errors import UserError
 
-class BackboneError(ValueError):
+
+class BackboneError(UserError, ValueError):
     """A backbone name or weight file that cannot be used (a user error)."""
 
 

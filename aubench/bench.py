@@ -1,0 +1,171 @@
+"""Size and speed of a method, measured the way timm's benchmark.py reports models.
+
+- params: millions of parameters of the inference network (`method.inference_model()`), and of
+  everything trained (students, teachers, heads) beside it;
+- inference throughput: frames per second of `method.predict` on a synthetic batch, after
+  warm-up iterations, CUDA synchronised around the timed loop; batch size, precision and
+  channels-last are part of the record;
+- train throughput: frames per second of a full optimiser step (forward, losses, backward,
+  optimiser) through the engine's own step code;
+- FLOPs per frame: torch.utils.flop_counter.FlopCounterMode over one `predict` call, divided
+  by the frames in the batch (FLOPs = 2 x multiply-accumulates).
+Images are random: speed does not depend on content. A clip method's batch holds batch_size
+clips of preset.clip_len frames; throughput counts frames.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from aubench.engine.trainer import autocast_context, build_optimizer, resolve_precision
+from aubench.errors import UserError
+from aubench.models.base import AUMethod, Preset, TrainState, create_method, method_class
+
+
+def synthetic_batch(input_kind: str, batch_size: int, num_aus: int, image_size: int, clip_len: int = 1,
+                    device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A batch shaped like aubench.data's (random images, random 0/1 labels)."""
+    g = generator or torch.Generator().manual_seed(0)
+    if input_kind == "clip":
+        n = clip_len
+        image = torch.randn(batch_size, n, 3, image_size, image_size, generator=g)
+        label = (torch.rand(batch_size, n, num_aus, generator=g) < 0.3).float()
+        key = torch.full((batch_size,), n // 2, dtype=torch.int64)
+        labeled = torch.zeros(batch_size, n, dtype=torch.bool)
+        labeled[:, n // 2] = True
+        label[~labeled] = -1.0
+        index = torch.arange(batch_size * n, dtype=torch.int64).reshape(batch_size, n)
+        batch = {"image": image, "label": label, "labeled": labeled, "key_position": key, "index": index}
+    else:
+        batch = {"image": torch.randn(batch_size, 3, image_size, image_size, generator=g),
+                 "label": (torch.rand(batch_size, num_aus, generator=g) < 0.3).float(),
+                 "index": torch.arange(batch_size, dtype=torch.int64)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def frames_in(batch: dict[str, torch.Tensor]) -> int:
+    return int(batch["label"].shape[0] * (batch["label"].shape[1] if batch["label"].dim() == 3 else 1))
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _channels_last(batch: dict[str, torch.Tensor], enabled: bool) -> dict[str, torch.Tensor]:
+    if enabled and batch["image"].dim() == 4:
+        return {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
+    return batch
+
+
+@torch.no_grad()
+def flops_per_frame(method: AUMethod, batch: dict[str, torch.Tensor]) -> float:
+    method.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        method.predict(batch)
+    return counter.get_total_flops() / frames_in(batch)
+
+
+@torch.no_grad()
+def inference_throughput(method: AUMethod, batch: dict[str, torch.Tensor], precision: str, warmup: int, iters: int
+                         ) -> dict[str, float]:
+    device = batch["image"].device
+    method.eval()
+    with autocast_context(device, precision):
+        for _ in range(warmup):
+            method.predict(batch)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            method.predict(batch)
+        _sync(device)
+    elapsed = time.perf_counter() - start
+    return {"frames_per_s": frames_in(batch) * iters / elapsed, "ms_per_batch": 1000 * elapsed / iters}
+
+
+def train_throughput(method: AUMethod, batch: dict[str, torch.Tensor], preset: Preset, precision: str, warmup: int,
+                     iters: int) -> dict[str, float]:
+    device = batch["image"].device
+    method.train()
+    optimizer = build_optimizer(method, preset)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = TrainState(epochs=1)
+
+    def step():
+        with autocast_context(device, precision):
+            loss = method.training_step(batch, state)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        state.step += 1
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return {"frames_per_s": frames_in(batch) * iters / elapsed, "ms_per_batch": 1000 * elapsed / iters}
+
+
+def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper", device: str | torch.device = "cpu",
+                     batch_size: int = 8, precision: str = "auto", channels_last: bool = False, warmup: int = 2,
+                     iters: int = 5, train: bool = True, image_size: int | None = None,
+                     model_overrides: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Params, FLOPs per frame and inference / train throughput of a freshly built method."""
+    try:
+        cls = method_class(name)
+    except KeyError as err:
+        raise UserError(err.args[0]) from None
+    if isinstance(preset, str):
+        if preset not in cls.presets:
+            raise UserError(f"method {name!r} has no preset {preset!r}; presets: {', '.join(sorted(cls.presets))}")
+        preset_obj = cls.presets[preset]
+    else:
+        preset_obj = preset
+    if image_size is not None:
+        preset_obj = Preset(**{**preset_obj.__dict__, "image_size": image_size})
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    torch.manual_seed(seed)
+    method = create_method(name, num_aus, preset_obj, None, **(model_overrides or {})).to(device)
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    batch = _channels_last(synthetic_batch(cls.input_kind, batch_size, num_aus, preset_obj.image_size,
+                                           preset_obj.clip_len, device), channels_last)
+    record: dict[str, Any] = {
+        "method": name, "preset": preset_obj.name, "input_kind": cls.input_kind,
+        "image_size": preset_obj.image_size, "clip_len": preset_obj.clip_len, "batch_size": batch_size,
+        "frames_per_batch": frames_in(batch), "precision": precision, "channels_last": channels_last,
+        "device": device_name(device), "warmup": warmup, "iters": iters,
+        "params_m": count_params(method.inference_model()) / 1e6,
+        "train_params_m": count_params(method) / 1e6,
+        "gflops_per_frame": flops_per_frame(method, batch) / 1e9,
+    }
+    infer = inference_throughput(method, batch, precision, warmup, iters)
+    record["infer_frames_per_s"] = infer["frames_per_s"]
+    record["infer_ms_per_batch"] = infer["ms_per_batch"]
+    if train:
+        tr = train_throughput(method, batch, preset_obj, precision, warmup=max(1, warmup // 2), iters=max(1, iters // 2))
+        record["train_frames_per_s"] = tr["frames_per_s"]
+        record["train_ms_per_batch"] = tr["ms_per_batch"]
+    return record
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,102 @@
+"""Checkpoints: written atomically, read with torch.load(weights_only=True).
+
+A checkpoint holds only tensors and plain containers (dicts, lists, numbers, strings), so it
+loads without unpickling arbitrary objects. Random-number states are stored as tensors / lists:
+torch (CPU and every CUDA device), numpy's global MT19937 state, Python's `random` state, and
+the state of any torch.Generator a method keeps as an attribute.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from aubench.errors import UserError
+
+FORMAT = "aubench-checkpoint-1"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temporary file beside `path`, then os.replace: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not an aubench checkpoint (no '{FORMAT}' marker)")
+    return payload
+
+
+def is_aubench_checkpoint(path: str | Path) -> bool:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def _generators(module: nn.Module) -> dict[str, torch.Generator]:
+    """torch.Generator attributes of a module and its submodules, by dotted name."""
+    found = {}
+    for prefix, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            if isinstance(value, torch.Generator):
+                found[f"{prefix}.{key}" if prefix else key] = value
+    return found
+
+
+def capture_rng_state(module: nn.Module | None = None) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+        "generators": {},
+    }
+    if module is not None:
+        state["generators"] = {name: g.get_state() for name, g in _generators(module).items()}
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], module: nn.Module | None = None) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]][: torch.cuda.device_count()])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if module is not None:
+        generators = _generators(module)
+        for name, g_state in state.get("generators", {}).items():
+            if name in generators:
+                generators[name].set_state(g_state.cpu())

@@ -1,0 +1,80 @@
+"""The engine's view of one dataset file and fold: datasets to train and test on, labels, stats.
+
+Errors from aubench.data (missing file, not an aubench file, fold out of range) become
+UserError so the command line prints them without a traceback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aubench.data import AUFile, ClipDataset, FrameDataset
+from aubench.errors import UserError
+from aubench.models.base import Preset
+
+
+@dataclass
+class RunData:
+    path: Path
+    fold: int
+    file: AUFile
+
+    @property
+    def dataset(self) -> str:
+        return self.file.dataset
+
+    @property
+    def au_names(self) -> list[str]:
+        return list(self.file.au_names)
+
+    @property
+    def num_aus(self) -> int:
+        return self.file.num_aus
+
+    @property
+    def class_weight(self) -> np.ndarray:
+        return self.file.fold_stats(self.fold)["class_weight"]
+
+    @property
+    def fingerprint(self) -> str:
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = self.file.fingerprint()
+        return self._fingerprint
+
+    def test_rows(self) -> np.ndarray:
+        return np.sort(self.file.rows(self.fold, "test"))
+
+    def test_labels(self) -> np.ndarray:
+        return self.file.labels[self.test_rows()]
+
+    def train_dataset(self, input_kind: str, preset: Preset, label_ratio: float, augment: bool):
+        if input_kind == "clip":
+            return ClipDataset(self.file, self.fold, "train", clip_len=preset.clip_len, label_ratio=label_ratio,
+                               image_size=preset.image_size, augment=augment)
+        # Frame methods are supervised: they train on the frames whose labels the protocol keeps.
+        return FrameDataset(self.file, self.fold, "train", image_size=preset.image_size, augment=augment,
+                            label_ratio=label_ratio, labeled_only=True)
+
+    def test_dataset(self, input_kind: str, preset: Preset):
+        if input_kind == "clip":
+            return ClipDataset(self.file, self.fold, "test", clip_len=preset.clip_len, image_size=preset.image_size)
+        return FrameDataset(self.file, self.fold, "test", image_size=preset.image_size)
+
+
+def open_dataset_file(path: str | Path) -> AUFile:
+    path = Path(path)
+    try:
+        return AUFile(path)
+    except FileNotFoundError:
+        raise UserError(f"--data {path}: no such file (convert a dataset with `datasets_tools convert`)") from None
+    except (ValueError, OSError, KeyError) as err:
+        raise UserError(f"--data {path}: not a usable aubench dataset file: {err}") from None
+
+
+def open_run_data(path: str | Path, fold: int) -> RunData:
+    file = open_dataset_file(path)
+    if not isinstance(fold, int) or not 1 <= fold <= file.num_folds:
+        raise UserError(f"--fold {fold} is out of range: {path} has folds 1..{file.num_folds}")
+    return RunData(Path(path), fold, file)

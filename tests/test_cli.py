@@ -1,0 +1,122 @@
+"""The `aubench` command line: a small train + leaderboard run, and clear user errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from aubench.cli import main
+from fixtures_h5 import write_au_h5
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--preset", "tiny", "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--device", "cpu",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def h5(tmp_path_factory):
+    return write_au_h5(tmp_path_factory.mktemp("cli") / "tiny.h5", num_subjects=6, sequence_lengths=(6, 5))
+
+
+@pytest.fixture(scope="module")
+def trained(h5, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "resnet"
+    assert main(["train", "--method", "resnet", "--data", str(h5), "--fold", "2", "--out", str(out), *FAST]) == 0
+    return out
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_writes_result_and_leaderboard_reads_it(trained, capsys, tmp_path):
+    result = json.loads((trained / "result.json").read_text())
+    assert result["method"] == "resnet" and result["fold"] == 2 and result["protocol"] == "full"
+    assert set(result["metrics"]["f1"]) == {"AU1", "AU2", "AU4", "AU6", "AU12"}
+    assert result["data"]["fingerprint"] and result["versions"]["torch"]
+    assert (trained / "last.pt").is_file()
+    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[-1]["event"] == "evaluate"
+    code, out, _ = run_cli(["leaderboard", str(trained), "--format", "csv"], capsys)
+    assert code == 0 and out.startswith("dataset,protocol,kind,method")
+    assert "resnet" in out and "all-positive" in out
+
+
+def expect_user_error(args, capsys, message):
+    code, _, err = run_cli(args, capsys)
+    assert code == 2, err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert err.startswith("aubench: error:")
+
+
+def test_unknown_method(h5, capsys, tmp_path):
+    expect_user_error(["train", "--method", "nope", "--data", str(h5), "--out", str(tmp_path), *FAST], capsys,
+                      "unknown method 'nope'; available methods:")
+    expect_user_error(["evaluate", "--methods", "resnet,nope", "--data", str(h5), "--out", str(tmp_path), *FAST],
+                      capsys, "unknown method 'nope'")
+
+
+def test_fold_out_of_range(h5, capsys, tmp_path):
+    expect_user_error(["train", "--method", "resnet", "--data", str(h5), "--fold", "4", "--out", str(tmp_path),
+                       *FAST], capsys, "--fold 4 is out of range")
+    expect_user_error(["evaluate", "--methods", "resnet", "--data", str(h5), "--folds", "0,1", "--out", str(tmp_path),
+                       *FAST], capsys, "--fold 0 is out of range")
+
+
+def test_wrong_dataset_file(capsys, tmp_path):
+    bad = tmp_path / "notes.h5"
+    bad.write_text("plain text")
+    expect_user_error(["train", "--method", "resnet", "--data", str(bad), "--out", str(tmp_path), *FAST], capsys,
+                      "not a usable aubench dataset")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    expect_user_error(["train", "--method", "resnet", "--data", str(tmp_path / "other.h5"), "--out", str(tmp_path),
+                       *FAST], capsys, "not an aubench HDF5 file")
+    expect_user_error(["train", "--method", "resnet", "--data", str(tmp_path / "missing.h5"), "--out",
+                       str(tmp_path), *FAST], capsys, "no such file")
+
+
+def test_au_set_mismatch(trained, capsys, tmp_path):
+    other = write_au_h5(tmp_path / "disfa_like.h5", num_subjects=6, sequence_lengths=(6, 5))
+    with h5py.File(other, "a") as f:
+        f.attrs["au_names"] = np.array(["AU1", "AU2", "AU4", "AU6", "AU25"], dtype=object)
+    expect_user_error(["train", "--method", "resnet", "--data", str(other), "--pretrained",
+                       str(trained / "last.pt"), "--out", str(tmp_path / "x"), *FAST], capsys, "AU set mismatch")
+
+
+def test_missing_checkpoint(h5, capsys, tmp_path):
+    expect_user_error(["train", "--method", "resnet", "--data", str(h5), "--resume", "--out", str(tmp_path / "new"),
+                       *FAST], capsys, "--resume: no checkpoint")
+    expect_user_error(["train", "--method", "resnet", "--data", str(h5), "--pretrained", str(tmp_path / "w.pth"),
+                       "--out", str(tmp_path / "new"), *FAST], capsys, "does not exist")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00garbage")
+    expect_user_error(["train", "--method", "resnet", "--data", str(h5), "--pretrained", str(junk),
+                       "--out", str(tmp_path / "new"), *FAST], capsys, "cannot be read")
+
+
+def test_leaderboard_without_results(capsys, tmp_path):
+    expect_user_error(["leaderboard", str(tmp_path)], capsys, "no aubench result files")
+    expect_user_error(["leaderboard", str(tmp_path / "nowhere")], capsys, "no such run directory")
+
+
+def test_console_process_has_no_traceback(tmp_path):
+    """The real process: exit status 2 and one error line."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "aubench.cli", "train", "--method", "resnet", "--data",
+                           str(tmp_path / "missing.h5"), "--out", str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("aubench:")]
+    assert errors == [f"aubench: error: --data {tmp_path / 'missing.h5'}: no such file "
+                      "(convert a dataset with `datasets_tools convert`)"]
