@@ -1,5 +1,5 @@
 """Subject-exclusive folds (the literature's standard splits, or a seeded balanced split) and
-the per-fold training statistics stored in the HDF5 file (definitions in INTERFACES.md)."""
+the per-fold training statistics stored in the HDF5 file (definitions in docs/hdf5_schema.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HDF5 writer (schema version 1, INTERFACES.md).
+"""The HDF5 writer (schema version 1, docs/hdf5_schema.md).
 
 Frames are appended sequence by sequence into ``<out>.partial`` in the output folder. After each
 finished sequence a progress marker (fingerprint of the inputs and options, rows written,
@@ -165,7 +165,7 @@ class FrameWriter:
 
 
 def write_folds(f: h5py.File, test_folds: list[list[str]], split_source: str) -> None:
-    """folds/foldK with train/test subjects and training-frame statistics (INTERFACES.md)."""
+    """folds/foldK with train/test subjects and training-frame statistics (docs/hdf5_schema.md)."""
     subjects = [s.decode() if isinstance(s, bytes) else s for s in f["subjects/name"][:]]
     frame_subject = f["frames/subject"][:]
     label = f["frames/label"][:]

@@ -1,4 +1,4 @@
-"""Fold choice and per-fold statistics (definitions in INTERFACES.md), checked by brute force."""
+"""Fold choice and per-fold statistics (definitions in docs/hdf5_schema.md), checked by brute force."""
 
 import numpy as np
 import pytest
