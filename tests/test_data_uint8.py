@@ -148,3 +148,19 @@ def test_raw_reads_without_one_plain_chunk_per_frame(files, tmp_path):
         assert not other._direct_chunks
     with pytest.raises(IndexError, match="frame rows must be in"):
         plain.read_images([plain.num_frames])
+
+
+@pytest.mark.parametrize("fmt", ["raw", "jpeg"])
+def test_read_image_list_and_batched_clips(files, fmt):
+    f = AUFile(files[fmt])
+    for rows in ([7, 2, 2, 60, 31], [10, 11, 12, 11]):  # scattered; one contiguous block
+        frames = f.read_image_list(rows)
+        assert len(frames) == len(rows)
+        np.testing.assert_array_equal(np.stack(frames), f.read_images(rows))
+    assert len(f.read_image_list([])) == 0 and f.read_images([]).shape == (0, 32, 32, 3)
+    ds = ClipDataset(files[fmt], fold=1, clip_len=3, normalize=False)
+    batch = ds.__getitems__([(4, 0), 1, (0, 2)])
+    for item, one in zip(batch, [ds[(4, 0)], ds[1], ds[(0, 2)]]):
+        assert item.keys() == one.keys()
+        for key in item:
+            assert torch.equal(item[key], one[key]), key

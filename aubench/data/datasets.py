@@ -147,11 +147,11 @@ class FrameDataset(_AUDatasetBase):
             if not -len(self) <= index < len(self):
                 raise IndexError(f"index {index} out of range for {len(self)} frames")
         rows = self.rows[indices]
-        frames = self.file.read_images(rows)
+        frames = self.file.read_image_list(rows)
         labels = self._labels(rows)
         items = []
         for k, (index, row) in enumerate(zip(indices, rows.tolist())):
-            images, mask = self._images(rows[k:k + 1], index % len(self), frames[k:k + 1])
+            images, mask = self._images(rows[k:k + 1], index % len(self), frames[k][None])
             item = {"image": images[0], "label": labels[k],
                     "index": torch.tensor(row, dtype=torch.int64)}
             if mask is not None:
@@ -233,22 +233,32 @@ class ClipDataset(_AUDatasetBase):
         return start + offsets, key
 
     def __getitem__(self, index) -> dict:
-        key_position = None
-        if isinstance(index, tuple):
-            index, key_position = index
-        index = int(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} clips")
-        index %= len(self)
-        rows, key = self.clip_rows(index, key_position)
-        images, mask = self._images(rows, index)
-        item = {
-            "image": images,
-            "label": self._labels(rows),
-            "labeled": torch.from_numpy(self.labeled_mask[rows].copy()),
-            "key_position": torch.tensor(key, dtype=torch.int64),
-            "index": torch.from_numpy(rows.astype(np.int64)),
-        }
-        if mask is not None:
-            item["occlusion"] = mask
-        return item
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices) -> list[dict]:
+        """Items of a whole batch (DataLoader calls this; entries are i or (i, m)): the frames
+        of all its clips are read in one go, one slice when the clips are consecutive."""
+        clips = []
+        for entry in indices:
+            index, key_position = entry if isinstance(entry, tuple) else (entry, None)
+            index = int(index)
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"index {index} out of range for {len(self)} clips")
+            index %= len(self)
+            clips.append((index, *self.clip_rows(index, key_position)))
+        n = self.clip_len
+        frames = self.file.read_images(np.concatenate([rows for _, rows, _ in clips]))
+        items = []
+        for k, (index, rows, key) in enumerate(clips):
+            images, mask = self._images(rows, index, frames[k * n:(k + 1) * n])
+            item = {
+                "image": images,
+                "label": self._labels(rows),
+                "labeled": torch.from_numpy(self.labeled_mask[rows].copy()),
+                "key_position": torch.tensor(key, dtype=torch.int64),
+                "index": torch.from_numpy(rows.astype(np.int64)),
+            }
+            if mask is not None:
+                item["occlusion"] = mask
+            items.append(item)
+        return items
