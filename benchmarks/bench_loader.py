@@ -3,10 +3,15 @@
 The same 2000 frames (256 x 256, smooth face-like colour fields with fine texture, JPEG quality
 95) are stored three ways: an aubench HDF5 file in raw mode, one in JPEG mode (the very bytes of
 the .jpg files), and a folder of .jpg files read by the usual `cv2.imread` Dataset. Every
-loader decodes to RGB with the same OpenCV build, normalises with the same function and returns
-the same item dict, so the groups compare storage only. One round = one full epoch through a
-DataLoader (batch 64, shuffled, fixed order), with 0 and 2 worker processes. The "frame read"
-groups time the storage alone (uint8 RGB frames, no normalisation, no DataLoader).
+loader decodes to RGB with the same OpenCV build, resizes with the same function (to the stored
+size here, so a no-op), converts with the same function and returns the same item dict, so the
+groups compare storage only. Two output modes, both loaders alike:
+- "uint8": uint8 (3, H, W) items (normalize=False; the GPU would normalise the batch with
+  `normalize_images`), the fast path;
+- "float": ImageNet-normalised float32 items (the default).
+One round = one full epoch through a DataLoader (batch 64, shuffled, fixed order), with 0 and 2
+worker processes. The "frame read" groups time the storage alone (uint8 RGB frames in
+channels-last layout, no conversion, no DataLoader).
 
     python -m pytest benchmarks/bench_loader.py --benchmark-enable
     AUBENCH_BENCH_FRAMES=500 ... for a quicker run
@@ -23,8 +28,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from aubench.data import FrameDataset, to_normalized_tensor
+from aubench.data import FrameDataset, to_normalized_tensor, to_uint8_tensor
 from aubench.data.h5file import _IMREAD_RGB
+from aubench.data.transforms import resize_images
 
 # The schema-exact test writer builds the HDF5 files (benchmarks need no converted dataset).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -51,11 +57,15 @@ def face_like_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 class JpegFolderDataset(Dataset):
-    """The baseline: one .jpg file per frame, decoded with cv2.imread, normalised like aubench."""
+    """The baseline: one .jpg file per frame, decoded with cv2.imread, then resized and
+    converted exactly like aubench's FrameDataset (uint8 or normalised float32 output)."""
 
-    def __init__(self, paths: list[str], labels: np.ndarray):
+    def __init__(self, paths: list[str], labels: np.ndarray, image_size: tuple[int, int],
+                 normalize: bool = True):
         self.paths = paths
         self.labels = labels
+        self.image_size = image_size
+        self.normalize = normalize
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,8 +75,9 @@ class JpegFolderDataset(Dataset):
             image = cv2.imread(self.paths[index], _IMREAD_RGB)
         else:
             image = cv2.cvtColor(cv2.imread(self.paths[index]), cv2.COLOR_BGR2RGB)
+        image = resize_images(image, self.image_size)
         return {
-            "image": to_normalized_tensor(image),
+            "image": to_normalized_tensor(image) if self.normalize else to_uint8_tensor(image),
             "label": torch.from_numpy(self.labels[index].astype(np.float32)),
             "index": torch.tensor(index, dtype=torch.int64),
         }
@@ -74,7 +85,7 @@ class JpegFolderDataset(Dataset):
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    """{"raw": h5 path, "jpeg": h5 path, "folder": JpegFolderDataset} over the same frames."""
+    """{"raw": h5 path, "jpeg": h5 path, "paths": .jpg paths, "labels"} of the same frames."""
     root = tmp_path_factory.mktemp("loader")
     images = face_like_images(NUM_FRAMES, SIZE)
     common = dict(num_subjects=4, sequence_lengths=(NUM_FRAMES // 8,) * 2, num_folds=2,
@@ -90,15 +101,16 @@ def stores(tmp_path_factory):
         path.write_bytes(encode_jpeg(image).tobytes())
         paths.append(str(path))
     labels = FrameDataset(raw, fold=None, split="all").file.labels
-    return {"raw": raw, "jpeg": jpeg, "folder": JpegFolderDataset(paths, labels)}
+    return {"raw": raw, "jpeg": jpeg, "paths": paths, "labels": labels}
 
 
-def run_epoch(dataset: Dataset, workers: int) -> int:
+def run_epoch(dataset: Dataset, workers: int, normalize: bool) -> int:
     order = torch.Generator().manual_seed(0)
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, generator=order,
                         num_workers=workers)
     frames = 0
     for batch in loader:
+        assert batch["image"].dtype == (torch.float32 if normalize else torch.uint8)
         frames += batch["image"].shape[0]
     return frames
 
@@ -114,14 +126,20 @@ def one_torch_thread():
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("output", ["uint8", "float"])
 @pytest.mark.parametrize("mode", ["raw", "jpeg"])
 @pytest.mark.parametrize("impl", ["aubench", "jpeg-folder"])
-def test_loader_throughput(benchmark, stores, one_torch_thread, mode, workers, impl):
-    dataset = (FrameDataset(stores[mode], fold=None, split="all") if impl == "aubench"
-               else stores["folder"])
-    benchmark.group = f"loader {mode} {NUM_FRAMES}x{SIZE}px batch{BATCH} workers{workers}"
+def test_loader_throughput(benchmark, stores, one_torch_thread, mode, output, workers, impl):
+    normalize = output == "float"
+    if impl == "aubench":
+        dataset = FrameDataset(stores[mode], fold=None, split="all", image_size=SIZE,
+                               normalize=normalize)
+    else:
+        dataset = JpegFolderDataset(stores["paths"], stores["labels"], (SIZE, SIZE), normalize)
+    benchmark.group = (f"loader {mode} {output} {NUM_FRAMES}x{SIZE}px batch{BATCH} "
+                       f"workers{workers}")
     benchmark.extra_info["impl"] = impl
-    frames = benchmark.pedantic(run_epoch, args=(dataset, workers), rounds=ROUNDS,
+    frames = benchmark.pedantic(run_epoch, args=(dataset, workers, normalize), rounds=ROUNDS,
                                 iterations=1)
     assert frames == NUM_FRAMES
     benchmark.extra_info["frames_per_s"] = NUM_FRAMES / benchmark.stats.stats.median
@@ -137,7 +155,7 @@ def read_folder_frames(paths: list[str], order: np.ndarray) -> int:
 
 def read_h5_frames(dataset: FrameDataset, order: np.ndarray) -> int:
     for start in range(0, len(order), BATCH):
-        dataset.file.read_images(dataset.rows[order[start:start + BATCH]])
+        dataset.file.read_image_list(dataset.rows[order[start:start + BATCH]])
     return len(order)
 
 
@@ -152,7 +170,7 @@ def test_frame_read_uint8(benchmark, stores, mode, impl):
         dataset = FrameDataset(stores[mode], fold=None, split="all")
         frames = benchmark.pedantic(read_h5_frames, args=(dataset, order), rounds=ROUNDS)
     else:
-        frames = benchmark.pedantic(read_folder_frames, args=(stores["folder"].paths, order),
+        frames = benchmark.pedantic(read_folder_frames, args=(stores["paths"], order),
                                     rounds=ROUNDS)
     assert frames == NUM_FRAMES
     benchmark.extra_info["frames_per_s"] = NUM_FRAMES / benchmark.stats.stats.median

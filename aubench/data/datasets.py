@@ -7,6 +7,14 @@ Items follow INTERFACES.md:
 plus "occlusion": bool (H,W) when an occlusion spec is given. Labels are 1 / 0 with -1 for
 unknown, and also -1 where the sparse-label protocol hides a label.
 
+uint8 fast path: with `normalize=False` the "image" is uint8 (3,H,W) / (n,3,H,W) instead,
+resized, augmented and occluded in uint8 (occluded pixels take the ImageNet mean colour
+`IMAGENET_MEAN_UINT8`, which normalises to about 0, where the float path writes exactly 0).
+Normalise the collated batch with `normalize_images(batch["image"].to(device))`: for
+unaugmented, unoccluded items that gives the float path's values exactly. This is the usual
+design of fast loaders (normalise on the device): the workers skip the float conversion, and
+collate and the host-to-device copy move 4x fewer bytes.
+
 Randomness (augmentation, occlusion) comes from torch's default generator, which DataLoader
 seeds differently in every worker; with `seed` set, each item uses its own generator seeded
 from (seed, index) instead, so the same index always gives the same item, whatever worker
@@ -22,14 +30,17 @@ from torch.utils.data import Dataset
 from .h5file import AUFile
 from .occlusion import occlusion_mask, parse_occlusion
 from .samplers import check_label_ratio, sparse_label_mask
-from .transforms import (ClipAugment, normalize, parse_image_size, resize_images, to_float_tensor,
-                         to_normalized_tensor)
+from .transforms import (IMAGENET_MEAN_UINT8, ClipAugment, normalize, parse_image_size,
+                         resize_images, to_float_tensor, to_normalized_tensor, to_uint8_tensor)
+
+_MEAN_UINT8 = torch.tensor(IMAGENET_MEAN_UINT8, dtype=torch.uint8).view(3, 1, 1)
 
 
 class _AUDatasetBase(Dataset):
     """What frame and clip datasets share: the file, fold rows, labels, image pipeline."""
 
-    def __init__(self, path, fold, split, image_size, augment, occlusion, label_ratio, seed):
+    def __init__(self, path, fold, split, image_size, augment, occlusion, label_ratio, seed,
+                 normalize):
         self.file = path if isinstance(path, AUFile) else AUFile(path)
         self.fold = fold
         self.split = split
@@ -41,6 +52,9 @@ class _AUDatasetBase(Dataset):
             raise ValueError(f"augment must be a bool or a ClipAugment, got {augment!r}")
         self.occlusion = parse_occlusion(occlusion)
         self.seed = None if seed is None else int(seed)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be True or False, got {normalize!r}")
+        self.normalize = normalize
         # labels the protocol keeps (all of them at label_ratio = 1)
         self.labeled_mask = sparse_label_mask(self.file, self.label_ratio)
 
@@ -65,21 +79,28 @@ class _AUDatasetBase(Dataset):
 
     def _images(self, rows: np.ndarray, index: int,
                 frames: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalised float (len(rows), 3, H, W) images, augmented and occluded as configured,
-        with one random draw for all of them; and the occlusion mask (or None).
-        `frames`: the rows' uint8 images when already read."""
+        """(len(rows), 3, H, W) images, normalised float32 (or uint8 with normalize=False),
+        augmented and occluded as configured, with one random draw for all of them; and the
+        occlusion mask (or None). `frames`: the rows' uint8 images when already read."""
         if frames is None:
             frames = self.file.read_images(rows)
         frames = resize_images(frames, self.image_size)
         generator = self._generator(index)
-        if self.augment is not None:
+        if not self.normalize:
+            images = to_uint8_tensor(frames)
+            if self.augment is not None:
+                images = self.augment(images, generator=generator)
+        elif self.augment is not None:
             images = normalize(self.augment(to_float_tensor(frames), generator=generator))
         else:
             images = to_normalized_tensor(frames)
         mask = None
         if self.occlusion is not None:
             mask = occlusion_mask(*self.occlusion, *self.image_size, generator=generator)
-            images = images.masked_fill(mask, 0.0)
+            if self.normalize:
+                images = images.masked_fill(mask, 0.0)
+            else:
+                images = torch.where(mask, _MEAN_UINT8, images)
         return images, mask
 
     def close(self) -> None:
@@ -100,12 +121,15 @@ class FrameDataset(_AUDatasetBase):
         label_ratio: sparse-label protocol ratio in (0, 1]; hidden labels read -1.
         labeled_only: keep only the frames whose labels the protocol keeps.
         seed: makes augmentation and occlusion a function of (seed, index).
+        normalize: True: "image" is ImageNet-normalised float32. False: the uint8 fast path,
+            "image" is uint8 (3,H,W); normalise batches with `normalize_images` (on the GPU).
     """
 
     def __init__(self, path, fold: int | None = 1, split: str = "train", image_size=None,
                  augment=False, occlusion=None, label_ratio: float = 1.0,
-                 labeled_only: bool = False, seed: int | None = None):
-        super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed)
+                 labeled_only: bool = False, seed: int | None = None, normalize: bool = True):
+        super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
+                         normalize)
         self.labeled_only = bool(labeled_only)
         if self.labeled_only:
             self.rows = self.rows[self.labeled_mask[self.rows]]
@@ -123,11 +147,11 @@ class FrameDataset(_AUDatasetBase):
             if not -len(self) <= index < len(self):
                 raise IndexError(f"index {index} out of range for {len(self)} frames")
         rows = self.rows[indices]
-        frames = self.file.read_images(rows)
+        frames = self.file.read_image_list(rows)
         labels = self._labels(rows)
         items = []
         for k, (index, row) in enumerate(zip(indices, rows.tolist())):
-            images, mask = self._images(rows[k:k + 1], index % len(self), frames[k:k + 1])
+            images, mask = self._images(rows[k:k + 1], index % len(self), frames[k][None])
             item = {"image": images[0], "label": labels[k],
                     "index": torch.tensor(row, dtype=torch.int64)}
             if mask is not None:
@@ -146,15 +170,17 @@ class ClipDataset(_AUDatasetBase):
     Test / "all" split: clips tile every sequence with stride n, the last one ending at the
     sequence end, so every frame is predicted (some twice); "key_position" is n // 2.
 
-    Args: as `FrameDataset`, plus clip_len (n >= 1).
+    Args: as `FrameDataset`, plus clip_len (n >= 1). With normalize=False "image" is uint8
+    (n,3,H,W) (see `normalize_images`).
     """
 
     def __init__(self, path, fold: int | None = 1, split: str = "train", clip_len: int = 5,
                  label_ratio: float = 1.0, image_size=None, augment=False, occlusion=None,
-                 seed: int | None = None):
+                 seed: int | None = None, normalize: bool = True):
         if isinstance(clip_len, bool) or int(clip_len) != clip_len or clip_len < 1:
             raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
-        super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed)
+        super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
+                         normalize)
         self.clip_len = int(clip_len)
         seq = self.file.sequences
         frame_seq = self.file.frame_sequence
@@ -207,22 +233,32 @@ class ClipDataset(_AUDatasetBase):
         return start + offsets, key
 
     def __getitem__(self, index) -> dict:
-        key_position = None
-        if isinstance(index, tuple):
-            index, key_position = index
-        index = int(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} clips")
-        index %= len(self)
-        rows, key = self.clip_rows(index, key_position)
-        images, mask = self._images(rows, index)
-        item = {
-            "image": images,
-            "label": self._labels(rows),
-            "labeled": torch.from_numpy(self.labeled_mask[rows].copy()),
-            "key_position": torch.tensor(key, dtype=torch.int64),
-            "index": torch.from_numpy(rows.astype(np.int64)),
-        }
-        if mask is not None:
-            item["occlusion"] = mask
-        return item
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices) -> list[dict]:
+        """Items of a whole batch (DataLoader calls this; entries are i or (i, m)): the frames
+        of all its clips are read in one go, one slice when the clips are consecutive."""
+        clips = []
+        for entry in indices:
+            index, key_position = entry if isinstance(entry, tuple) else (entry, None)
+            index = int(index)
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"index {index} out of range for {len(self)} clips")
+            index %= len(self)
+            clips.append((index, *self.clip_rows(index, key_position)))
+        n = self.clip_len
+        frames = self.file.read_images(np.concatenate([rows for _, rows, _ in clips]))
+        items = []
+        for k, (index, rows, key) in enumerate(clips):
+            images, mask = self._images(rows, index, frames[k * n:(k + 1) * n])
+            item = {
+                "image": images,
+                "label": self._labels(rows),
+                "labeled": torch.from_numpy(self.labeled_mask[rows].copy()),
+                "key_position": torch.tensor(key, dtype=torch.int64),
+                "index": torch.from_numpy(rows.astype(np.int64)),
+            }
+            if mask is not None:
+                item["occlusion"] = mask
+            items.append(item)
+        return items

@@ -78,6 +78,7 @@ class AUFile:
         self._handle: h5py.File | None = None
         self._handle_pid: int | None = None
         self._image_ds = None
+        self._direct_chunks = False
         try:
             f = h5py.File(self.path, "r")
         except OSError as exc:
@@ -276,45 +277,84 @@ class AUFile:
             self._handle = h5py.File(self.path, "r")
             self._handle_pid = pid
             self._image_ds = self._handle["frames/image"]
+            self._direct_chunks = self._one_frame_per_plain_chunk(self._image_ds)
         return self._image_ds
+
+    def _one_frame_per_plain_chunk(self, dataset: h5py.Dataset) -> bool:
+        """Raw mode with the writer's layout: one chunk per frame, no filters. Such a chunk's
+        bytes are the frame, so read_direct_chunk can copy it straight into the output; that
+        skips HDF5's chunk cache and selection machinery (about 5x faster per frame)."""
+        if self.image_format != "raw" or dataset.chunks != (1, *self.image_size, 3):
+            return False
+        plist = dataset.id.get_create_plist()
+        return plist.get_layout() == h5py.h5d.CHUNKED and plist.get_nfilters() == 0
+
+    def _read_raw_chunks(self, rows: np.ndarray) -> np.ndarray:
+        """Raw frames of `rows` read chunk by chunk into one (len(rows), H, W, 3) array."""
+        dataset = self._images()
+        out = np.empty((rows.size, *self.image_size, 3), dtype=np.uint8)
+        for k, row in enumerate(rows.tolist()):
+            try:
+                dataset.id.read_direct_chunk((row, 0, 0, 0), out=out[k].reshape(-1))
+            except RuntimeError:  # a chunk never written reads as the fill value
+                out[k] = dataset[row]
+        return out
 
     def read_image(self, row: int) -> np.ndarray:
         """RGB uint8 (H, W, 3) image of frame `row` at the stored size."""
-        data = self._images()[int(row)]
-        if self.image_format == "raw":
-            return data
-        return decode_jpeg(data, where=f"at row {row} of {self.path}")
+        return self.read_image_list([row])[0]
 
     def read_images(self, rows) -> np.ndarray:
         """RGB uint8 (len(rows), H, W, 3) images of frame `rows` (any order, repeats allowed).
 
-        Rows that lie close together (a clip) are read as one contiguous slice.
+        Raw frames stored one per unfiltered chunk (the writer's layout) are copied chunk by
+        chunk; otherwise rows that lie close together (a clip) are read as one contiguous
+        slice, and scattered JPEG rows in one h5py call.
+        """
+        frames = self.read_image_list(rows)
+        if isinstance(frames, np.ndarray):
+            return frames
+        if not frames:
+            return np.zeros((0, *self.image_size, 3), dtype=np.uint8)
+        return np.stack(frames)
+
+    def read_image_list(self, rows) -> np.ndarray | list[np.ndarray]:
+        """The frames of `read_images` as a sequence of RGB uint8 (H, W, 3) arrays.
+
+        Cheaper when the frames are used one by one: decoded JPEG frames are not copied into
+        one batch array (that copy into fresh memory costs about a tenth of the decoding).
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size == 0:
-            return np.zeros((0, *self.image_size, 3), dtype=np.uint8)
+            return []
+        if rows.min() < 0 or rows.max() >= self.num_frames:
+            raise IndexError(f"{self.path}: frame rows must be in 0..{self.num_frames - 1}, "
+                             f"got {rows.min()}..{rows.max()}")
+        dataset = self._images()
+        if self._direct_chunks:
+            return self._read_raw_chunks(rows)
         lo, hi = int(rows.min()), int(rows.max()) + 1
         if hi - lo <= 2 * rows.size:
-            block, first = self._images()[lo:hi], lo
-            picked = rows - first
+            block, picked = dataset[lo:hi], rows - lo
         elif self.image_format == "jpeg":
             # One h5py call for scattered rows: each variable-length read has a large fixed
             # cost, a point selection shares it. (Raw rows are read one by one instead, since
             # point selections over chunked fixed-size data are very slow in HDF5.)
             unique, picked = np.unique(rows, return_inverse=True)
-            block = self._images()[unique]
+            block = dataset[unique]
         else:
-            return np.stack([self.read_image(r) for r in rows])
+            return [dataset[int(r)] for r in rows]
         if self.image_format == "raw":
             return block[picked]
-        return np.stack([decode_jpeg(block[i], where=f"at row {r} of {self.path}")
-                         for i, r in zip(picked, rows)])
+        return [decode_jpeg(block[i], where=f"at row {r} of {self.path}")
+                for i, r in zip(picked.tolist(), rows.tolist())]
 
     def close(self) -> None:
         """Close this process's image handle (reopened on the next read)."""
         if self._handle is not None and self._handle_pid == os.getpid():
             self._handle.close()
         self._handle = self._handle_pid = self._image_ds = None
+        self._direct_chunks = False
 
     def __enter__(self) -> "AUFile":
         return self

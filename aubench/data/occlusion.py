@@ -2,7 +2,8 @@
 
 `("patches", ratio)`: random cells of a 16 px grid, together covering `ratio` of the image.
 `("block", ratio)`: one rectangle of area `ratio` * H * W, random aspect ratio and position.
-Masked pixels are set to zero after normalisation, i.e. to the ImageNet mean colour.
+Masked pixels are set to zero after normalisation, i.e. to the ImageNet mean colour (on the
+uint8 fast path, to that colour in uint8, `IMAGENET_MEAN_UINT8`, which normalises to about 0).
 """
 from __future__ import annotations
 
