@@ -1,6 +1,6 @@
 """Small aubench HDF5 files (schema version 1) written directly with h5py, for data tests.
 
-`write_au_h5` follows INTERFACES.md field by field, so the readers can be tested without the
+`write_au_h5` follows docs/hdf5_schema.md field by field, so the readers can be tested without the
 converter. Frame images are smooth colour gradients whose colours depend on the row, with a
 bright square in the top-left corner (so flips and rotations are visible); with
 `constant_per_sequence=True` every frame of a sequence shows the same image.

@@ -1,6 +1,6 @@
 """HDF5-backed AU datasets: file access, frame and clip datasets, sparse labels, occlusion.
 
-See INTERFACES.md for the HDF5 schema and the item layouts. Datasets built with
+See docs/hdf5_schema.md for the HDF5 schema and the item layouts. Datasets built with
 normalize=False return uint8 images (the fast path); `normalize_images` turns a batch of them,
 on any device, into exactly what the default float path returns.
 """

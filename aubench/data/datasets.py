@@ -1,6 +1,6 @@
 """Frame and clip datasets over one aubench HDF5 file.
 
-Items follow INTERFACES.md:
+Items follow docs/hdf5_schema.md:
 - `FrameDataset`: {"image": float32 (3,H,W), "label": float32 (U,), "index": int64}
 - `ClipDataset`:  {"image": float32 (n,3,H,W), "label": float32 (n,U), "labeled": bool (n,),
                    "key_position": int64, "index": int64 (n,)}

@@ -1,4 +1,4 @@
-"""Read-only access to one aubench HDF5 file (schema version 1, see INTERFACES.md).
+"""Read-only access to one aubench HDF5 file (schema version 1, see docs/hdf5_schema.md).
 
 `AUFile` validates the file once, keeps the small per-frame metadata (labels, subject and
 sequence indices, the sequence table, the folds) in memory, and reads images through an h5py
