@@ -13,17 +13,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "temporal_shuffle/temporal_shuffle.h"
+
 namespace aubench {
 namespace {
-
-void check_perm(const at::Tensor& perm, int64_t batch, int64_t frames, const at::Device& device) {
-  TORCH_CHECK(perm.dim() == 2 && perm.size(0) == batch && perm.size(1) == frames,
-              "perm must have shape (", batch, ", ", frames, "), got ", perm.sizes());
-  TORCH_CHECK(perm.scalar_type() == at::kLong || perm.scalar_type() == at::kInt,
-              "perm must be int64 or int32, got ", perm.scalar_type());
-  TORCH_CHECK(perm.device() == device, "perm is on ", perm.device(), " but the features are on ",
-              device);
-}
 
 template <typename index_t>
 int64_t frame_at(const index_t* perm_row, int64_t t, int64_t frames) {

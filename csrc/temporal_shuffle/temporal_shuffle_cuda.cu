@@ -9,34 +9,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_launch.cuh"
+#include "temporal_shuffle/temporal_shuffle.h"
+
 namespace aubench {
 namespace {
-
-constexpr int kThreads = 256;
-
-// One block per frame row (grid-stride over rows), its threads across the channels: the
-// permutation is read once per row, with no per-element division. Enough blocks to fill every
-// SM, no more. (c10's CUDA headers only: ATen/cuda/CUDAContext.h needs cuSPARSE's headers.)
-int64_t blocks_for_rows(int64_t rows) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
-                                        c10::cuda::current_device()));
-  return std::max<int64_t>(1, std::min<int64_t>(rows, int64_t{sms} * 32));
-}
-
-int threads_for_width(int64_t width) {
-  const int64_t warps = std::max<int64_t>(1, (width + 31) / 32);
-  return static_cast<int>(std::min<int64_t>(kThreads, warps * 32));
-}
-
-void check_perm(const at::Tensor& perm, int64_t batch, int64_t frames, const at::Device& device) {
-  TORCH_CHECK(perm.dim() == 2 && perm.size(0) == batch && perm.size(1) == frames,
-              "perm must have shape (", batch, ", ", frames, "), got ", perm.sizes());
-  TORCH_CHECK(perm.scalar_type() == at::kLong || perm.scalar_type() == at::kInt,
-              "perm must be int64 or int32, got ", perm.scalar_type());
-  TORCH_CHECK(perm.device() == device, "perm is on ", perm.device(), " but the features are on ",
-              device);
-}
 
 template <typename index_t>
 __device__ __forceinline__ int64_t frame_at(const index_t* perm, int64_t b, int64_t t,

@@ -13,43 +13,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_launch.cuh"
+#include "token_gather/token_gather.h"
+
 #include <cstdint>
 
 namespace aubench {
 namespace {
-
-constexpr int kThreads = 256;
-
-void check_features(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 3, name, " must be 3-D (B, rows, D), got ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), name, " must be a floating tensor, got ",
-              x.scalar_type());
-}
-
-void check_index(const at::Tensor& ids, const at::Tensor& x, const char* name) {
-  TORCH_CHECK(ids.dim() == 2, name, " must be 2-D (B, rows), got ", ids.sizes());
-  TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, name,
-              " must be int64 or int32, got ", ids.scalar_type());
-  TORCH_CHECK(ids.size(0) == x.size(0), name, " has batch ", ids.size(0), " but features have ",
-              x.size(0));
-  TORCH_CHECK(ids.device() == x.device(), name, " is on ", ids.device(), " but features are on ",
-              x.device());
-}
-
-// One block per row (grid-stride over rows), its threads across the row: the index is read and
-// the source row chosen once per row, with no per-element division. Enough blocks to fill every
-// SM, no more. (c10's CUDA headers only: ATen/cuda/CUDAContext.h needs cuSPARSE's headers.)
-int64_t blocks_for_rows(int64_t rows) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
-                                        c10::cuda::current_device()));
-  return std::max<int64_t>(1, std::min<int64_t>(rows, int64_t{sms} * 32));
-}
-
-int threads_for_width(int64_t width) {
-  const int64_t warps = std::max<int64_t>(1, (width + 31) / 32);
-  return static_cast<int>(std::min<int64_t>(kThreads, warps * 32));
-}
 
 template <typename vec_t, typename index_t>
 __global__ void copy_rows_kernel(const vec_t* __restrict__ src, const index_t* __restrict__ index,
