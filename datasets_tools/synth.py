@@ -498,7 +498,7 @@ class _Frames:
         self.renderer = FaceRenderer(idn, w, h, rng)
         self.offset = rng.normal(0, 0.03, 2)  # per-sequence framing change
         self.yaw_offset = yaw_offset
-        self.amounts = intensity_to_amount(plan.render)
+        self.amounts = intensity_to_amount(plan.render) * job.get("expressiveness", 1.0)
         self.noise_pick = rng.integers(0, 3, len(plan.image_frames))
         self._placeholder = None
 
@@ -734,7 +734,7 @@ def parse_frame_size(text) -> tuple:
 def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, frame_size=None,
              seed: int = 0, labels_from=None, images: bool = True, workers: int = 1,
              zip_images: bool = True, intensity_files: bool = True, jpeg_quality: int = 90,
-             uncoded_frames: int = 3, progress: bool = True) -> SynthTruth:
+             uncoded_frames: int = 3, progress: bool = True, expressiveness: float = 1.0) -> SynthTruth:
     """Write a synthetic raw dataset in ``layout``'s distribution layout under ``out_root``.
 
     subjects: None (all of the layout's subjects), a count (alternating F/M) or a list of names.
@@ -746,6 +746,9 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
         converters still find every frame; labels, landmarks and truth are as with images.
     zip_images: BP4D+ / MME: images in ``2D+3D/<subject>.zip`` (else the extracted tree).
     workers: processes for rendering; results do not depend on it.
+    expressiveness: scales how far every AU moves the drawn face (1.0 = the renderer's natural
+        amplitudes). Labels, intensities and the event model are unchanged; values above 1
+        exaggerate the movements so that small models on small crops see them (``aubench demo``).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {sorted(LAYOUTS)}")
@@ -755,6 +758,8 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
         raise ValueError(f"frames={frames}: must be at least 1")
     if workers < 1:
         raise ValueError(f"workers={workers}: must be at least 1")
+    if not 0 < expressiveness <= 4:
+        raise ValueError(f"expressiveness={expressiveness}: must be in (0, 4]")
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
     picked_tasks = _pick_tasks(lay, tasks)
@@ -779,7 +784,8 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
                 plans.append(_plan_occurrence_sequence(lay, s, t, seed, frames,
                                                        real[(s, t)] if real else None))
 
-    jobs = _make_jobs(lay, root, plans, size, seed, images, zip_images, jpeg_quality, uncoded_frames)
+    jobs = _make_jobs(lay, root, plans, size, seed, images, zip_images, jpeg_quality, uncoded_frames,
+                      expressiveness)
     boxes = _run_jobs(jobs, workers, progress)
     _write_labels(lay, root, plans, intensity_files)
 
@@ -805,8 +811,10 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
     return truth
 
 
-def _make_jobs(lay, root, plans, size, seed, images, zip_images, quality, uncoded_frames) -> list:
-    common = {"root": str(root), "frame_size": size, "images": images, "jpeg_quality": quality}
+def _make_jobs(lay, root, plans, size, seed, images, zip_images, quality, uncoded_frames,
+               expressiveness=1.0) -> list:
+    common = {"root": str(root), "frame_size": size, "images": images, "jpeg_quality": quality,
+              "expressiveness": expressiveness}
     jobs = []
     if lay.name == "disfa":
         for p in plans:

@@ -301,6 +301,23 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "x" / "AUCoding" / "AU_OCC" / "F001_T8.csv").exists()
 
 
+def test_expressiveness_scales_movements_not_labels(tmp_path):
+    kw = dict(subjects=1, tasks=["T1"], frames=12, frame_size=SMALL, seed=3, progress=False)
+    plain = synth.generate("bp4d", tmp_path / "plain", **kw)
+    strong = synth.generate("bp4d", tmp_path / "strong", expressiveness=2.0, **kw)
+    assert np.array_equal(plain.sequences[0].labels, strong.sequences[0].labels)
+    assert np.array_equal(plain.sequences[0].intensity, strong.sequences[0].intensity)
+
+    def landmarks(root):
+        return np.loadtxt(root / "Landmarks" / "F001_T1.csv", delimiter=",", skiprows=1)[:, 1:]
+
+    # Same pose and identity, so landmarks move only with the AUs, and twice as far from neutral.
+    rest = np.abs(landmarks(tmp_path / "plain") - landmarks(tmp_path / "strong")).max()
+    assert rest > 0.5
+    with pytest.raises(ValueError, match="expressiveness"):
+        synth.generate("bp4d", tmp_path / "bad", expressiveness=0, **kw)
+
+
 def test_bad_input_errors(tmp_path):
     with pytest.raises(ValueError, match="layout"):
         synth.generate("ck+", tmp_path)
