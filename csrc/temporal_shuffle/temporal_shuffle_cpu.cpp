@@ -72,12 +72,8 @@ at::Tensor temporal_shuffle_features_cpu(const at::Tensor& features, const at::T
 }
 
 at::Tensor temporal_shuffle_features_backward_cpu(const at::Tensor& grad, const at::Tensor& perm) {
-  TORCH_CHECK(grad.dim() == 3 && grad.size(0) % 2 == 0 && grad.size(2) % 2 == 0,
-              "grad must have shape (2B, N, 2C), got ", grad.sizes());
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must be floating, got ",
-              grad.scalar_type());
+  check_backward_inputs(grad, perm);
   const int64_t batch = grad.size(0) / 2, frames = grad.size(1), channels = grad.size(2) / 2;
-  check_perm(perm, batch, frames, grad.device());
   const at::Tensor g = grad.contiguous();
   const at::Tensor p = perm.contiguous();
   at::Tensor out = at::empty({batch, frames, channels}, g.options());

@@ -22,4 +22,18 @@ inline void check_index(const at::Tensor& ids, const at::Tensor& x, const char* 
               x.device());
 }
 
+inline void check_restore_inputs(const at::Tensor& x_vis, const at::Tensor& ids_restore,
+                                 const at::Tensor& mask_token) {
+  check_features(x_vis, "x_vis");
+  check_index(ids_restore, x_vis, "ids_restore");
+  TORCH_CHECK(mask_token.dim() == 1 && mask_token.size(0) == x_vis.size(2),
+              "mask_token must have shape (", x_vis.size(2), "), got ", mask_token.sizes());
+  TORCH_CHECK(mask_token.scalar_type() == x_vis.scalar_type(), "mask_token is ",
+              mask_token.scalar_type(), " but x_vis is ", x_vis.scalar_type());
+  TORCH_CHECK(mask_token.device() == x_vis.device(), "mask_token is on ", mask_token.device(),
+              " but x_vis is on ", x_vis.device());
+  TORCH_CHECK(x_vis.size(1) <= ids_restore.size(1), "x_vis has ", x_vis.size(1),
+              " tokens, more than the ", ids_restore.size(1), " positions of ids_restore");
+}
+
 }  // namespace aubench
