@@ -13,6 +13,22 @@ def shared_data_dir() -> Path | None:
     return root if root.is_dir() else None
 
 
+@pytest.fixture(scope="module")
+def raw_file(tmp_path_factory):
+    """A small aubench HDF5 file with raw uint8 frames (tests/fixtures_h5.py)."""
+    from fixtures_h5 import write_au_h5
+
+    return write_au_h5(tmp_path_factory.mktemp("h5") / "raw.h5", image_format="raw")
+
+
+@pytest.fixture(scope="module")
+def jpeg_file(tmp_path_factory):
+    """The same file with JPEG-encoded frames."""
+    from fixtures_h5 import write_au_h5
+
+    return write_au_h5(tmp_path_factory.mktemp("h5") / "jpeg.h5", image_format="jpeg")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     root = shared_data_dir()

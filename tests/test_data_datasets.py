@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from aubench.data import (IMAGENET_MEAN, IMAGENET_STD, AUFile, ClipDataset, FrameDataset,
                           KeyPositionBatchSampler, decode_jpeg, sparse_label_mask)
-from fixtures_h5 import frame_image, write_au_h5
+from fixtures_h5 import frame_image
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -16,15 +16,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     """Undo the normalisation: (..., 3, H, W) float -> (..., H, W, 3) uint8."""
     return (image * STD + MEAN).mul(255).round().clamp(0, 255).byte().movedim(-3, -1).numpy()
 
-
-@pytest.fixture(scope="module")
-def raw_file(tmp_path_factory):
-    return write_au_h5(tmp_path_factory.mktemp("h5") / "raw.h5", image_format="raw")
-
-
-@pytest.fixture(scope="module")
-def jpeg_file(tmp_path_factory):
-    return write_au_h5(tmp_path_factory.mktemp("h5") / "jpeg.h5", image_format="jpeg")
 
 
 def test_frame_item_raw(raw_file):

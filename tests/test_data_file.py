@@ -7,15 +7,6 @@ from aubench.data import AUFile, decode_jpeg
 from fixtures_h5 import AU_NAMES, frame_image, write_au_h5
 
 
-@pytest.fixture(scope="module")
-def raw_file(tmp_path_factory):
-    return write_au_h5(tmp_path_factory.mktemp("h5") / "raw.h5", image_format="raw")
-
-
-@pytest.fixture(scope="module")
-def jpeg_file(tmp_path_factory):
-    return write_au_h5(tmp_path_factory.mktemp("h5") / "jpeg.h5", image_format="jpeg")
-
 
 def test_metadata(raw_file):
     f = AUFile(raw_file)

@@ -36,4 +36,14 @@ inline void check_restore_inputs(const at::Tensor& x_vis, const at::Tensor& ids_
               " tokens, more than the ", ids_restore.size(1), " positions of ids_restore");
 }
 
+inline void check_restore_backward_inputs(const at::Tensor& grad, const at::Tensor& ids_restore,
+                                          int64_t num_keep) {
+  check_features(grad, "grad");
+  check_index(ids_restore, grad, "ids_restore");
+  TORCH_CHECK(ids_restore.size(1) == grad.size(1), "ids_restore has ", ids_restore.size(1),
+              " columns but grad has ", grad.size(1), " rows");
+  TORCH_CHECK(num_keep >= 0 && num_keep <= grad.size(1), "num_keep ", num_keep,
+              " is outside [0, ", grad.size(1), "]");
+}
+
 }  // namespace aubench

@@ -108,12 +108,7 @@ at::Tensor restore_tokens_cpu(const at::Tensor& x_vis, const at::Tensor& ids_res
 std::tuple<at::Tensor, at::Tensor> restore_tokens_backward_cpu(const at::Tensor& grad,
                                                                const at::Tensor& ids_restore,
                                                                int64_t num_keep) {
-  check_features(grad, "grad");
-  check_index(ids_restore, grad, "ids_restore");
-  TORCH_CHECK(ids_restore.size(1) == grad.size(1), "ids_restore has ", ids_restore.size(1),
-              " columns but grad has ", grad.size(1), " rows");
-  TORCH_CHECK(num_keep >= 0 && num_keep <= grad.size(1), "num_keep ", num_keep,
-              " is outside [0, ", grad.size(1), "]");
+  check_restore_backward_inputs(grad, ids_restore, num_keep);
   const at::Tensor src = grad.contiguous();
   const at::Tensor ids = ids_restore.contiguous();
   const int64_t batch = grad.size(0), length = grad.size(1), dim = grad.size(2);
