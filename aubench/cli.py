@@ -48,6 +48,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="DataLoader workers (default 0 on CPU, 4 on GPU)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--no-augment", action="store_true", help="turn off training augmentation")
+    p.add_argument("--channels-last", action="store_true",
+                   help="train and test in channels-last memory format (faster convolutions on most CPUs and GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
@@ -120,7 +122,7 @@ def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
                      epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, out=out,
                      resume=args.resume, pretrained=args.pretrained, device=args.device, seed=args.seed,
                      precision=args.precision, workers=args.workers, checkpoint_every=args.checkpoint_every,
-                     augment=not args.no_augment, progress=not args.no_progress)
+                     augment=not args.no_augment, channels_last=args.channels_last, progress=not args.no_progress)
 
 
 def _check_data_and_folds(path: str, folds: list[int]) -> None:
@@ -182,7 +184,8 @@ def run_evaluate(args) -> list[Path]:
                 config = replace(config, resume=args.resume and (run_dir / "last.pt").is_file())
                 if bench is None:  # size and speed depend on the architecture only: once per method
                     bench = benchmark_method(method, num_aus, args.preset, env.device, batch_size=args.bench_batch_size,
-                                             precision=args.precision, warmup=1, iters=3,
+                                             precision=args.precision, channels_last=args.channels_last,
+                                             warmup=1, iters=3,
                                              image_size=args.image_size)
                 result = train_and_evaluate(config, bench)
                 if env.is_main:

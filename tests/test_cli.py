@@ -120,3 +120,15 @@ def test_console_process_has_no_traceback(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("aubench:")]
     assert errors == [f"aubench: error: --data {tmp_path / 'missing.h5'}: no such file "
                       "(convert a dataset with `datasets_tools convert`)"]
+
+
+def test_demo_refuses_a_directory_of_another_demo(capsys, tmp_path):
+    from aubench.demo import check_demo_dir, demo_config
+
+    check_demo_dir(tmp_path, seed=0)  # a fresh directory gets the stamp
+    assert json.loads((tmp_path / "demo_config.json").read_text()) == demo_config(0)
+    check_demo_dir(tmp_path, seed=0)  # the same configuration resumes
+    expect_user_error(["demo", "--out", str(tmp_path), "--seed", "1"], capsys, "another configuration")
+    old = tmp_path / "old"
+    (old / "run").mkdir(parents=True)
+    expect_user_error(["demo", "--out", str(old)], capsys, "earlier demo")

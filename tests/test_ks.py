@@ -159,11 +159,30 @@ def test_active_student_follows_key_position(key):
         assert (grad > 0) == (position == key), (position, grad)
 
 
+def test_each_clip_trains_the_student_at_its_own_key_position():
+    # Clips shifted at sequence ends keep their key frame elsewhere than the batch's m.
+    model = tiny_ks()
+    batch = clip_batch()
+    batch["key_position"] = torch.tensor([0, 3, 0, 3])
+    for clip, key in enumerate((0, 3, 0, 3)):
+        batch["labeled"][clip] = False
+        batch["labeled"][clip, key] = True
+        batch["label"][clip] = -1.0
+        batch["label"][clip, key] = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    model.training_step(batch, TrainState(epoch=3))["loss"].backward()
+    for position, student in enumerate(model.students.students):
+        grad = sum(0.0 if p.grad is None else p.grad.abs().sum().item() for p in student.parameters())
+        assert (grad > 0) == (position in (0, 3)), (position, grad)
+
+
 def test_bad_batches_are_rejected():
     model = tiny_ks()
     batch = clip_batch()
-    batch["key_position"] = torch.tensor([0, 1, 0, 1])
+    batch["key_position"] = torch.tensor([0, 1, 5, 1])
     with pytest.raises(ValueError, match="key_position"):
+        model.training_step(batch, TrainState())
+    batch["key_position"] = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="one position per clip"):
         model.training_step(batch, TrainState())
     batch = clip_batch()
     batch["image"] = batch["image"][:, :3]

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from aubench.data import normalize_images
 from aubench.engine.checkpoint import (capture_rng_state, is_aubench_checkpoint, load_checkpoint,
                                        restore_rng_state, save_checkpoint)
 from aubench.engine.data_access import RunData, open_run_data
@@ -61,6 +62,7 @@ class RunConfig:
     checkpoint_every: int = 0          # also checkpoint every N optimiser steps (0 = epochs only)
     log_every: int = 10
     augment: bool = True
+    channels_last: bool = False        # convolution weights (and so activations) in channels-last layout
     progress: bool = True
     deterministic: bool = True
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's model settings
@@ -137,30 +139,6 @@ class SkipBatches:
         return max(0, len(self.batch_sampler) - self.skip)
 
 
-class SharedKeyPosition:
-    """Keeps, in each batch of KeyPositionBatchSampler, the clips whose key frame really sits at
-    the batch's position m.
-
-    ClipDataset clamps a clip into its sequence, so a key frame near a sequence end cannot sit at
-    every position; such a clip would carry another key position than the rest of its batch,
-    while clip methods (Knowledge-Spreader's active student) need one position per batch. The
-    clip is left out of that batch; with the per-epoch shuffle it is trained in the epochs where
-    it lands in a batch whose position fits.
-    """
-
-    def __init__(self, batch_sampler, dataset):
-        self.batch_sampler = batch_sampler
-        self.dataset = dataset
-
-    def __iter__(self) -> Iterator:
-        for batch in self.batch_sampler:
-            kept = [(i, m) for i, m in batch if self.dataset.clip_rows(i, m)[1] == m]
-            yield kept or batch[:1]
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
-
-
 class _StepModule(nn.Module):
     """Lets DDP wrap a method: forward is the method's training step."""
 
@@ -173,8 +151,13 @@ class _StepModule(nn.Module):
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch on `device`, with uint8 images (the engine's datasets) ImageNet-normalised there."""
     non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+             for k, v in batch.items()}
+    if batch["image"].dtype == torch.uint8:
+        batch["image"] = normalize_images(batch["image"])
+    return batch
 
 
 class Trainer:
@@ -237,6 +220,8 @@ class Trainer:
             if missing or unexpected:
                 raise UserError(f"--pretrained {cfg.pretrained} was saved by a different model "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if cfg.channels_last:
+            method = method.to(memory_format=torch.channels_last)
         return method.to(self.device)
 
     def _check_compatible(self, payload: dict, path, same_run: bool) -> None:
@@ -279,8 +264,7 @@ class Trainer:
         if self.method_cls.input_kind == "clip":
             from aubench.data import KeyPositionBatchSampler
 
-            batches = SharedKeyPosition(
-                KeyPositionBatchSampler(sampler, batch_size, self.preset.clip_len, drop_last=drop_last), dataset)
+            batches = KeyPositionBatchSampler(sampler, batch_size, self.preset.clip_len, drop_last=drop_last)
         else:
             batches = BatchSampler(sampler, batch_size, drop_last=drop_last)
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + sampler.epoch)
