@@ -22,6 +22,16 @@ inline void check_index(const at::Tensor& ids, const at::Tensor& x, const char* 
               x.device());
 }
 
+inline void check_gather_backward_inputs(const at::Tensor& grad, const at::Tensor& ids_keep,
+                                         int64_t length) {
+  check_features(grad, "grad");
+  check_index(ids_keep, grad, "ids_keep");
+  TORCH_CHECK(ids_keep.size(1) == grad.size(1), "ids_keep has ", ids_keep.size(1),
+              " columns but grad has ", grad.size(1), " rows");
+  TORCH_CHECK(length >= grad.size(1), "length ", length, " is below the kept count ",
+              grad.size(1));
+}
+
 inline void check_restore_inputs(const at::Tensor& x_vis, const at::Tensor& ids_restore,
                                  const at::Tensor& mask_token) {
   check_features(x_vis, "x_vis");

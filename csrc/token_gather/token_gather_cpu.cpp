@@ -63,12 +63,7 @@ at::Tensor gather_tokens_cpu(const at::Tensor& x, const at::Tensor& ids_keep) {
 // The adjoint of gather_tokens: kept rows go back to their positions, the others are zero.
 at::Tensor gather_tokens_backward_cpu(const at::Tensor& grad, const at::Tensor& ids_keep,
                                       int64_t length) {
-  check_features(grad, "grad");
-  check_index(ids_keep, grad, "ids_keep");
-  TORCH_CHECK(ids_keep.size(1) == grad.size(1), "ids_keep has ", ids_keep.size(1),
-              " columns but grad has ", grad.size(1), " rows");
-  TORCH_CHECK(length >= grad.size(1), "length ", length, " is below the kept count ",
-              grad.size(1));
+  check_gather_backward_inputs(grad, ids_keep, length);
   const at::Tensor src = grad.contiguous();
   const at::Tensor ids = ids_keep.to(at::kLong).contiguous();
   const int64_t batch = grad.size(0), num_keep = grad.size(1);

@@ -121,12 +121,7 @@ at::Tensor gather_tokens_cuda(const at::Tensor& x, const at::Tensor& ids_keep) {
 
 at::Tensor gather_tokens_backward_cuda(const at::Tensor& grad, const at::Tensor& ids_keep,
                                        int64_t length) {
-  check_features(grad, "grad");
-  check_index(ids_keep, grad, "ids_keep");
-  TORCH_CHECK(ids_keep.size(1) == grad.size(1), "ids_keep has ", ids_keep.size(1),
-              " columns but grad has ", grad.size(1), " rows");
-  TORCH_CHECK(length >= grad.size(1), "length ", length, " is below the kept count ",
-              grad.size(1));
+  check_gather_backward_inputs(grad, ids_keep, length);
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor src = grad.contiguous();
   const int64_t batch = grad.size(0), num_keep = grad.size(1);
