@@ -14,9 +14,12 @@ $(PY):
 	$(PIP) install -q --upgrade pip setuptools wheel
 
 # torch first (the extension builds against the installed torch), then the project.
-$(VENV)/.installed: $(PY) pyproject.toml setup.py
+# build_config.py decides CPU or CPU+CUDA kernels; it speaks up only when a CUDA toolkit is
+# left unused (pip -q would hide the line setup.py prints).
+$(VENV)/.installed: $(PY) pyproject.toml setup.py build_config.py
 	$(PIP) install -q $(TORCH_PINS)
 	$(PIP) install -q ninja pybind11
+	$(PY) build_config.py --notice
 	$(PIP) install -q --no-build-isolation -e '.[test]'
 	touch $@
 
@@ -25,6 +28,7 @@ install: $(VENV)/.installed
 
 # Rebuild the extension in place after editing csrc/ (AUBENCH_CUDA=0 for a fast CPU-only build).
 build: $(VENV)/.installed
+	$(PY) build_config.py
 	$(PY) setup.py build_ext --inplace
 
 demo: $(VENV)/.installed
