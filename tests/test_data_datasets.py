@@ -50,20 +50,60 @@ def test_frame_item_jpeg_and_resize(jpeg_file):
     assert big["image"].shape == (3, 48, 48)
 
 
+RATIOS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+
+
 def test_sparse_label_mask_protocol(raw_file):
     f = AUFile(raw_file)
-    for ratio, k in [(1.0, 1), (0.5, 2), (0.3, 3), (0.1, 10), (0.04, 25)]:
+    for ratio in RATIOS:
         mask = sparse_label_mask(f, ratio)
         assert mask.shape == (f.num_frames,)
-        expected = np.zeros(f.num_frames, dtype=bool)
-        for start, length in zip(f.sequences["start"], f.sequences["length"]):
-            expected[start:start + length][np.arange(length) % k == 0] = True
-        np.testing.assert_array_equal(mask, expected)
         np.testing.assert_array_equal(sparse_label_mask(raw_file, ratio), mask)
-    # on long sequences the kept fraction approaches the ratio
-    long_seqs = {"start": np.arange(0, 10000, 1000), "length": np.full(10, 1000)}
-    for ratio in (0.5, 0.2, 0.1, 0.05):
-        assert abs(sparse_label_mask(long_seqs, ratio).mean() - ratio) < 0.002
+    np.testing.assert_array_equal(sparse_label_mask(f, 1.0), np.ones(f.num_frames, bool))
+    # evenly spaced at 1/r along the sequences, the spacing carrying on across their boundaries
+    seqs = {"start": np.array([0, 7, 10]), "length": np.array([7, 3, 10])}
+    np.testing.assert_array_equal(np.flatnonzero(sparse_label_mask(seqs, 0.3)), [0, 4, 7, 10, 14, 17])
+    np.testing.assert_array_equal(np.flatnonzero(sparse_label_mask(seqs, 0.5)), np.arange(0, 20, 2))
+    with pytest.raises(ValueError, match="label_ratio"):
+        sparse_label_mask(seqs, 0.0)
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_sparse_labels_keep_r_within_one_frame_per_sequence(ratio):
+    # BP4D-like sequence lengths, short and long, in one file
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 400, size=60)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    mask = sparse_label_mask({"start": starts, "length": lengths}, ratio)
+    for start, length in zip(starts, lengths):
+        assert abs(int(mask[start:start + length].sum()) - ratio * length) < 1, (start, length)
+    assert abs(int(mask.sum()) - ratio * lengths.sum()) < 1      # the file as a whole: r to one frame
+
+
+def test_label_report_and_statistics_from_kept_labels_only(raw_file):
+    f = AUFile(raw_file)
+    train = f.rows(1, "train")
+    for ratio in (0.1, 0.25, 0.5):
+        ds = FrameDataset(raw_file, fold=1, label_ratio=ratio)
+        mask = sparse_label_mask(f, ratio)
+        kept = f.labels[np.sort(train[mask[train]])]
+        # oracle: inverse positive rate over the kept labels, normalised to mean 1
+        positives, known = (kept == 1).sum(0), (kept >= 0).sum(0)
+        rate = positives / known
+        weight = 1 / rate
+        np.testing.assert_allclose(ds.label_statistics()["class_weight"], weight / weight.mean(), rtol=1e-6)
+        np.testing.assert_allclose(ds.label_statistics()["au_rate"], rate, rtol=1e-12)
+        pos = (kept == 1).astype(float)
+        given = pos.T @ (kept >= 0)                # AU_i positive, AU_j known
+        np.testing.assert_allclose(ds.label_statistics()["cooccurrence"], (pos.T @ pos) / given, rtol=1e-12)
+        report = ds.label_report()
+        assert report["kept_labels"] == int(mask[train].sum())
+        assert report["realised_label_ratio"] == pytest.approx(mask[train].sum() / train.size)
+        assert report["labeled_frames"] == train.size
+    # at ratio 1 the run's statistics are the file's stored per-fold statistics
+    full = FrameDataset(raw_file, fold=1).label_statistics()
+    for key, value in f.fold_stats(1).items():
+        np.testing.assert_allclose(full[key], value, rtol=1e-6)
 
 
 def test_frame_sparse_labels(raw_file):
@@ -118,12 +158,15 @@ def test_clip_train_items(raw_file):
         assert item["labeled"].dtype == torch.bool and item["labeled"].shape == (n,)
         assert item["index"].dtype == torch.int64 and item["key_position"].dtype == torch.int64
         rows = item["index"].numpy()
-        np.testing.assert_array_equal(item["labeled"].numpy(), mask[rows])
-        assert item["labeled"][item["key_position"]]
+        key = int(item["key_position"])
+        # one label per clip: the key frame's, though other kept labels fall inside the clip
+        np.testing.assert_array_equal(item["labeled"].numpy(), np.arange(n) == key)
+        assert mask[rows[key]]
         for t, r in enumerate(rows):
             np.testing.assert_array_equal(to_uint8(item["image"][t]), frame_image(r, 32, 32))
-            expected = f.labels[r].astype(np.float32) if mask[r] else np.full(5, -1, np.float32)
+            expected = f.labels[r].astype(np.float32) if t == key else np.full(5, -1, np.float32)
             np.testing.assert_array_equal(item["label"][t].numpy(), expected)
+    assert any(mask[ds.clip_rows(i)[0]].sum() > 1 for i in range(len(ds)))  # the case is exercised
     # ds[i] puts the key frame at n // 2 when the sequence allows it
     f_long = [i for i in range(len(ds)) if ds.key_rows[i] - f.sequences["start"][f.frame_sequence[ds.key_rows[i]]] >= n]
     assert f_long and any(ds.clip_rows(i)[1] == n // 2 for i in f_long)
@@ -220,3 +263,16 @@ def test_argument_errors(raw_file):
         FrameDataset(raw_file, image_size=(0, 5))
     with pytest.raises(IndexError):
         FrameDataset(raw_file)[10_000]
+
+
+def test_clip_key_view_is_the_key_frame_with_its_own_draw(raw_file):
+    plain = ClipDataset(raw_file, fold=1, clip_len=5, label_ratio=0.5, key_view=True)
+    item = plain[(3, 2)]
+    assert torch.equal(item["key_image"], item["image"][int(item["key_position"])])
+    augmented = ClipDataset(raw_file, fold=1, clip_len=5, label_ratio=0.5, key_view=True, augment=True, seed=7)
+    first, again = augmented[(3, 2)], augmented[(3, 2)]
+    assert torch.equal(first["key_image"], again["key_image"])          # seeded: reproducible
+    assert first["key_image"].shape == first["image"].shape[1:]
+    assert not torch.equal(first["key_image"], first["image"][int(first["key_position"])])
+    with pytest.raises(ValueError, match="key_view"):
+        ClipDataset(raw_file, fold=1, split="test", key_view=True)

@@ -73,7 +73,10 @@ def test_clip_datasets_on_converted_file(converted):
     for batch in DataLoader(train, batch_sampler=sampler, num_workers=2):
         assert batch["image"].shape[1:] == (4, 3, 32, 32)
         index = batch["index"]
-        assert torch.equal(batch["labeled"], torch.from_numpy(mask[index.numpy()]))
+        # one label per clip, at its key position, on a frame the protocol keeps
+        key = batch["key_position"]
+        assert torch.equal(batch["labeled"], torch.arange(4) == key[:, None])
+        assert mask[index[torch.arange(len(key)), key].numpy()].all()
         seq = torch.from_numpy(f.frame_sequence[index.numpy()])
         assert torch.all(seq == seq[:, :1])  # a clip never leaves its sequence
     test = ClipDataset(files["jpeg"], fold=1, split="test", clip_len=4)

@@ -150,9 +150,29 @@ def test_ks_trains_on_every_sparse_clip_and_tests_every_frame(h5, tmp_path, chan
     assert any(len(set(b["key_position"].tolist())) > 1 for b in batches)  # shifted clips stay in
     for b in batches:
         clip = torch.arange(len(b["key_position"]))
-        assert b["labeled"][clip, b["key_position"]].all()
+        assert b["labeled"][clip, b["key_position"]].all() and b["labeled"].sum() == len(clip)
+        assert b["key_image"].shape == b["image"].shape[:1] + b["image"].shape[2:]   # branch A's view
     summary = trainer.fit()
     assert summary["steps"] == len(dataset) // 4
+    assert summary["labels"]["realised_label_ratio"] == pytest.approx(0.5, abs=0.05)
+    assert summary["initialisation"].startswith("random")
     metrics = trainer.evaluate()
     assert metrics["num_frames"] == len(trainer.data.test_rows())
     assert 0.0 <= metrics["mean_f1"] <= 1.0
+
+
+@pytest.mark.parametrize("label_ratio", [0.2, 0.5, 1.0])
+def test_class_weights_come_from_the_labels_the_run_may_see(h5, tmp_path, label_ratio):
+    from aubench.data import AUFile, sparse_label_mask
+
+    config = RunConfig(data=str(h5), out=str(tmp_path), label_ratio=label_ratio, **SMALL)
+    trainer = Trainer(config)
+    file = AUFile(h5)
+    train = file.rows(1, "train")
+    kept = file.labels[train[sparse_label_mask(file, label_ratio)[train]]]
+    rate = (kept == 1).sum(0) / (kept >= 0).sum(0)
+    weight = np.where(rate > 0, 1 / np.maximum(rate, 1e-12), 0)
+    weight[rate == 0] = weight[rate > 0].max()
+    np.testing.assert_allclose(trainer.method.class_weights.numpy(), weight / weight.mean(), rtol=1e-5)
+    if label_ratio < 1:  # the sparse run's weights differ from the file's dense ones here
+        assert not np.allclose(trainer.method.class_weights.numpy(), file.fold_stats(1)["class_weight"])

@@ -39,9 +39,9 @@ def test_torchrun_two_processes_train_and_evaluate(tmp_path, method, label_ratio
     assert result["metrics"]["num_known"] == known
     # Fold 1 trains on 4 subjects x (6 + 5) = 44 frames; global batch 8 = 4 per rank.
     # resnet: 22 frames per rank -> 5 steps per epoch (last batch dropped).
-    # ks at ratio 0.5: key frames at positions 0, 2, 4 of each sequence = 24 clips, 12 per rank
-    # -> 3 steps per epoch (clips shifted at sequence ends are trained, not dropped).
-    expected = {"resnet": (44, 5), "ks": (24, 3)}[method]
+    # ks at ratio 0.5: every other frame along the sequences = 22 key clips, 11 per rank
+    # -> 2 steps per epoch (last batch dropped; clips shifted at sequence ends are trained).
+    expected = {"resnet": (44, 5), "ks": (22, 2)}[method]
     assert (result["training"]["train_samples"], result["training"]["steps"]) == (expected[0], 2 * expected[1])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert sum(r["event"] == "start" for r in log) == 1  # rank 0 only

@@ -7,14 +7,15 @@ on any device, into exactly what the default float path returns.
 from .datasets import ClipDataset, FrameDataset
 from .h5file import SCHEMA_VERSION, AUFile, decode_jpeg
 from .occlusion import block_mask, occlusion_mask, patch_mask
-from .samplers import KeyPositionBatchSampler, label_stride, sparse_label_mask
+from .samplers import (KeyPositionBatchSampler, sparse_label_mask, sparse_label_report,
+                       visible_label_statistics)
 from .transforms import (IMAGENET_MEAN, IMAGENET_MEAN_UINT8, IMAGENET_STD, ClipAugment,
                          normalize_images, to_normalized_tensor, to_uint8_tensor)
 
 __all__ = [
     "AUFile", "SCHEMA_VERSION", "decode_jpeg",
     "FrameDataset", "ClipDataset",
-    "KeyPositionBatchSampler", "sparse_label_mask", "label_stride",
+    "KeyPositionBatchSampler", "sparse_label_mask", "sparse_label_report", "visible_label_statistics",
     "ClipAugment", "to_normalized_tensor", "to_uint8_tensor", "normalize_images",
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_MEAN_UINT8",
     "occlusion_mask", "patch_mask", "block_mask",

@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 
 from .h5file import AUFile
 from .occlusion import occlusion_mask, parse_occlusion
-from .samplers import check_label_ratio, sparse_label_mask
+from .samplers import (check_label_ratio, sparse_label_mask, sparse_label_report,
+                       visible_label_statistics)
 from .transforms import (IMAGENET_MEAN_UINT8, ClipAugment, normalize, parse_image_size,
                          resize_images, to_float_tensor, to_normalized_tensor, to_uint8_tensor)
 
@@ -66,10 +67,20 @@ class _AUDatasetBase(Dataset):
     def num_aus(self) -> int:
         return self.file.num_aus
 
-    def _generator(self, index: int) -> torch.Generator | None:
+    def label_statistics(self) -> dict[str, np.ndarray]:
+        """AU rates, class weights, co-occurrence of the labels this dataset's protocol keeps
+        (use these, not the file's dense per-fold statistics, under a label ratio < 1)."""
+        return visible_label_statistics(self.file, self.rows, self.labeled_mask)
+
+    def label_report(self) -> dict:
+        """The realised label ratio and label coverage of these rows (`sparse_label_report`)."""
+        return sparse_label_report(self.file, self.rows, self.labeled_mask, self.label_ratio)
+
+    def _generator(self, index: int, view: int = 0) -> torch.Generator | None:
         if self.seed is None:
             return None
-        state = np.random.SeedSequence([self.seed, int(index)]).generate_state(2)
+        entropy = [self.seed, int(index)] + ([int(view)] if view else [])
+        state = np.random.SeedSequence(entropy).generate_state(2)
         return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
     def _labels(self, rows: np.ndarray) -> torch.Tensor:
@@ -77,15 +88,16 @@ class _AUDatasetBase(Dataset):
         labels[~self.labeled_mask[rows]] = -1.0
         return torch.from_numpy(labels)
 
-    def _images(self, rows: np.ndarray, index: int,
-                frames: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _images(self, rows: np.ndarray, index: int, frames: np.ndarray | None = None,
+                view: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(len(rows), 3, H, W) images, normalised float32 (or uint8 with normalize=False),
         augmented and occluded as configured, with one random draw for all of them; and the
-        occlusion mask (or None). `frames`: the rows' uint8 images when already read."""
+        occlusion mask (or None). `frames`: the rows' uint8 images when already read. `view`
+        > 0 draws an independent second view of the same rows (seeded from (seed, index, view))."""
         if frames is None:
             frames = self.file.read_images(rows)
         frames = resize_images(frames, self.image_size)
-        generator = self._generator(index)
+        generator = self._generator(index, view)
         if not self.normalize:
             images = to_uint8_tensor(frames)
             if self.augment is not None:
@@ -166,22 +178,29 @@ class ClipDataset(_AUDatasetBase):
     Train split: one sample per labeled key frame (sparse-label protocol); the clip has the key
     frame at position m, shifted to stay inside the sequence (a sequence shorter than n repeats
     its last frame). `ds[i]` uses m = n // 2, `ds[(i, m)]` sets m (see KeyPositionBatchSampler);
-    "key_position" is where the key frame ended up.
+    "key_position" is where the key frame ended up. Each training clip holds one label, its key
+    frame's: other kept labels that fall inside the clip read -1 there ("labeled" False), so a
+    clip never sees more labels than the protocol's one per key frame. With `key_view=True`
+    items also carry "key_image" (3,H,W): the key frame again, augmented with its own draw
+    (Knowledge-Spreader sends the key frame along a second branch with other augmentations).
     Test / "all" split: clips tile every sequence with stride n, the last one ending at the
     sequence end, so every frame is predicted (some twice); "key_position" is n // 2.
 
-    Args: as `FrameDataset`, plus clip_len (n >= 1). With normalize=False "image" is uint8
-    (n,3,H,W) (see `normalize_images`).
+    Args: as `FrameDataset`, plus clip_len (n >= 1) and key_view (train split only). With
+    normalize=False "image" is uint8 (n,3,H,W) (see `normalize_images`).
     """
 
     def __init__(self, path, fold: int | None = 1, split: str = "train", clip_len: int = 5,
                  label_ratio: float = 1.0, image_size=None, augment=False, occlusion=None,
-                 seed: int | None = None, normalize: bool = True):
+                 seed: int | None = None, normalize: bool = True, key_view: bool = False):
         if isinstance(clip_len, bool) or int(clip_len) != clip_len or clip_len < 1:
             raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
         super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
                          normalize)
         self.clip_len = int(clip_len)
+        if key_view and split != "train":
+            raise ValueError(f"key_view is for the train split (clips with a key frame), not {split!r}")
+        self.key_view = bool(key_view)
         seq = self.file.sequences
         frame_seq = self.file.frame_sequence
         if split == "train":
@@ -250,14 +269,24 @@ class ClipDataset(_AUDatasetBase):
         frames = self.file.read_images(np.concatenate([rows for _, rows, _ in clips]))
         items = []
         for k, (index, rows, key) in enumerate(clips):
-            images, mask = self._images(rows, index, frames[k * n:(k + 1) * n])
+            clip_frames = frames[k * n:(k + 1) * n]
+            images, mask = self._images(rows, index, clip_frames)
+            labels = self._labels(rows)
+            labeled = self.labeled_mask[rows].copy()
+            if self.key_rows is not None:  # one label per training clip: its key frame's
+                others = np.arange(n) != key
+                labels[torch.from_numpy(others)] = -1.0
+                labeled[others] = False
             item = {
                 "image": images,
-                "label": self._labels(rows),
-                "labeled": torch.from_numpy(self.labeled_mask[rows].copy()),
+                "label": labels,
+                "labeled": torch.from_numpy(labeled),
                 "key_position": torch.tensor(key, dtype=torch.int64),
                 "index": torch.from_numpy(rows.astype(np.int64)),
             }
+            if self.key_view:
+                item["key_image"] = self._images(rows[key:key + 1], index, clip_frames[key:key + 1],
+                                                 view=1)[0][0]
             if mask is not None:
                 item["occlusion"] = mask
             items.append(item)

@@ -1,11 +1,17 @@
 """The sparse-label protocol and the key-position batch sampler (Knowledge-Spreader).
 
-Sparse labels: with label ratio r, k = round(1 / r); within each sequence the frames at
-positions 0, k, 2k, ... keep their labels and the others are treated as unlabeled.
+Sparse labels at ratio r: the kept frames are spaced evenly, 1/r frames apart (a real-valued
+stride), along the file's sequences taken one after another. The spacing carries on across
+sequence boundaries, so every sequence of length L keeps floor(r L) or ceil(r L) labels and any
+run of whole sequences keeps its share r to within one frame: at r = 0.02 a 10-frame sequence
+keeps one label or none, never the 10% a per-sequence "every k-th frame" rule would give it.
+Statistics of a sparse run (class weights, co-occurrence) come from the kept labels alone
+(`visible_label_statistics`).
 """
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -20,9 +26,12 @@ def check_label_ratio(label_ratio: float) -> float:
     return ratio
 
 
-def label_stride(label_ratio: float) -> int:
-    """k = round(1 / label_ratio): every k-th frame of a sequence keeps its label."""
-    return max(1, int(round(1.0 / check_label_ratio(label_ratio))))
+def _sequences(file_or_sequences):
+    if isinstance(file_or_sequences, (str, os.PathLike)):
+        from .h5file import AUFile
+        file_or_sequences = AUFile(file_or_sequences)
+    return (file_or_sequences if isinstance(file_or_sequences, Mapping)
+            else file_or_sequences.sequences)
 
 
 def sparse_label_mask(file_or_sequences, label_ratio: float) -> np.ndarray:
@@ -31,22 +40,52 @@ def sparse_label_mask(file_or_sequences, label_ratio: float) -> np.ndarray:
     Args:
         file_or_sequences: an `AUFile`, a path to an aubench HDF5 file, or a mapping with
             "start" and "length" arrays (the file's sequences table).
-        label_ratio: r in (0, 1]; frames at positions 0, k, 2k, ... of each sequence are kept,
-            k = round(1 / r).
+        label_ratio: r in (0, 1]. Counting the frames of the sequences one after another
+            (g = 0, 1, ...), frame g is kept when a new multiple of 1/r is reached at g:
+            floor(g r) > floor((g - 1) r), the first frame always. Exact rational arithmetic
+            (r as a fraction), so r = 0.3 keeps 3 frames in every 10.
     """
-    k = label_stride(label_ratio)
-    if isinstance(file_or_sequences, (str, os.PathLike)):
-        from .h5file import AUFile
-        file_or_sequences = AUFile(file_or_sequences)
-    sequences = (file_or_sequences if isinstance(file_or_sequences, Mapping)
-                 else file_or_sequences.sequences)
+    ratio = Fraction(check_label_ratio(label_ratio)).limit_denominator(1_000_000)
+    sequences = _sequences(file_or_sequences)
     starts = np.asarray(sequences["start"], dtype=np.int64)
     lengths = np.asarray(sequences["length"], dtype=np.int64)
     total = int((starts + lengths).max()) if starts.size else 0
     mask = np.zeros(total, dtype=bool)
+    g = np.arange(int(lengths.sum()), dtype=np.int64)
+    p, q = ratio.numerator, ratio.denominator
+    kept = (g * p) // q > ((g - 1) * p) // q          # g = 0: 0 > -1, always kept
+    offset = 0
     for start, length in zip(starts, lengths):
-        mask[start:start + length:k] = True
+        mask[start:start + length] = kept[offset:offset + length]
+        offset += length
     return mask
+
+
+def sparse_label_report(file, rows: np.ndarray, mask: np.ndarray, label_ratio: float) -> dict:
+    """What the protocol kept among `rows` (e.g. a fold's training rows): the realised ratio
+    (kept labeled frames / labeled frames, frames whose labels are all unknown not counted) and
+    how many of the rows' sequences keep no label at all (those shorter than 1/r may not)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    known = (file.labels[rows] >= 0).any(axis=1)
+    kept = mask[rows] & known
+    sequence = file.frame_sequence[rows]
+    with_label = np.unique(sequence[kept])
+    all_sequences = np.unique(sequence)
+    return {"label_ratio": float(label_ratio),
+            "realised_label_ratio": float(kept.sum() / max(int(known.sum()), 1)),
+            "kept_labels": int(kept.sum()), "labeled_frames": int(known.sum()),
+            "sequences": int(all_sequences.size),
+            "sequences_without_label": int(all_sequences.size - with_label.size)}
+
+
+def visible_label_statistics(file, rows: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """AU rates, class weights and co-occurrence of the labels a sparse run may see: those of
+    `rows` (a fold's training rows) that `mask` keeps, with the definitions of the file's stored
+    per-fold statistics (datasets_tools.folds.fold_statistics); at ratio 1 they equal those."""
+    from datasets_tools.folds import fold_statistics
+
+    rows = np.sort(np.asarray(rows, dtype=np.int64)[mask[rows]])
+    return fold_statistics(file.labels[rows])
 
 
 class KeyPositionBatchSampler(Sampler[list[tuple[int, int]]]):

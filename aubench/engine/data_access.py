@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aubench.data import AUFile, ClipDataset, FrameDataset
+from aubench.data import (AUFile, ClipDataset, FrameDataset, sparse_label_mask, sparse_label_report,
+                          visible_label_statistics)
 from aubench.errors import UserError
 from aubench.models.base import Preset
 
@@ -33,9 +34,16 @@ class RunData:
     def num_aus(self) -> int:
         return self.file.num_aus
 
-    @property
-    def class_weight(self) -> np.ndarray:
-        return self.file.fold_stats(self.fold)["class_weight"]
+    def train_label_statistics(self, label_ratio: float) -> dict[str, np.ndarray]:
+        """AU rates, class weights and co-occurrence of the training labels a run at
+        `label_ratio` may see (the kept labels only; at ratio 1 the file's per-fold statistics)."""
+        rows = self.file.rows(self.fold, "train")
+        return visible_label_statistics(self.file, rows, sparse_label_mask(self.file, label_ratio))
+
+    def label_report(self, label_ratio: float) -> dict:
+        """Realised label ratio and label coverage of the training split (sparse_label_report)."""
+        rows = self.file.rows(self.fold, "train")
+        return sparse_label_report(self.file, rows, sparse_label_mask(self.file, label_ratio), label_ratio)
 
     @property
     def fingerprint(self) -> str:
@@ -52,10 +60,12 @@ class RunData:
     # Datasets yield uint8 images (normalize=False); the engine normalises each batch on the
     # device (aubench.engine.trainer.move_batch), so workers and host-to-device copies move 4x
     # fewer bytes.
-    def train_dataset(self, input_kind: str, preset: Preset, label_ratio: float, augment: bool):
+    def train_dataset(self, input_kind: str, preset: Preset, label_ratio: float, augment: bool,
+                      key_view: bool = False):
         if input_kind == "clip":
             return ClipDataset(self.file, self.fold, "train", clip_len=preset.clip_len, label_ratio=label_ratio,
-                               image_size=preset.image_size, augment=augment, normalize=False)
+                               image_size=preset.image_size, augment=augment, normalize=False,
+                               key_view=key_view)
         # Frame methods are supervised: they train on the frames whose labels the protocol keeps.
         return FrameDataset(self.file, self.fold, "train", image_size=preset.image_size, augment=augment,
                             label_ratio=label_ratio, labeled_only=True, normalize=False)

@@ -65,6 +65,8 @@ def train_and_evaluate(config: RunConfig, bench: dict[str, Any] | None = None, s
         "fold": config.fold,
         "protocol": protocol_name(config.label_ratio),
         "label_ratio": config.label_ratio,
+        "realised_label_ratio": training["labels"]["realised_label_ratio"],
+        "initialisation": training["initialisation"],
         "au_names": trainer.data.au_names,
         "metrics": metrics,
         "mean_f1": metrics["mean_f1"],

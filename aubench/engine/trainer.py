@@ -155,8 +155,9 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     non_blocking = device.type == "cuda"
     batch = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
              for k, v in batch.items()}
-    if batch["image"].dtype == torch.uint8:
-        batch["image"] = normalize_images(batch["image"])
+    for key in ("image", "key_image"):
+        if key in batch and batch[key].dtype == torch.uint8:
+            batch[key] = normalize_images(batch[key])
     return batch
 
 
@@ -202,7 +203,9 @@ class Trainer:
         cfg = self.config
         overrides = {}
         full_checkpoint = None
+        self.initialisation = "random (no --pretrained)"
         if cfg.pretrained is not None:
+            self.initialisation = f"pretrained: {cfg.pretrained}"
             path = Path(cfg.pretrained)
             if not path.is_file():
                 raise UserError(f"--pretrained {path} does not exist")
@@ -210,7 +213,10 @@ class Trainer:
                 full_checkpoint = load_checkpoint(path)
             else:
                 overrides["pretrained_path"] = str(path)  # backbone weights; the method passes them to create_backbone
-        class_weights = torch.as_tensor(self.data.class_weight, dtype=torch.float32)
+        # Class weights from the labels this run may see: under a label ratio < 1 the kept labels
+        # only, never the file's dense per-fold statistics.
+        stats = self.data.train_label_statistics(cfg.label_ratio)
+        class_weights = torch.as_tensor(stats["class_weight"], dtype=torch.float32)
         method = create_method(cfg.method, self.data.num_aus, self.method_cls.presets[cfg.preset], class_weights,
                                **cfg.model, **overrides)
         method.preset = self.preset
@@ -255,8 +261,12 @@ class Trainer:
     def train_dataset(self):
         # A preset may turn augmentation off (model setting "augment"); --no-augment always does.
         augment = self.config.augment and bool(self.preset.model.get("augment", True))
+        if augment:
+            from aubench.data import ClipAugment
+
+            augment = ClipAugment(degrees=self.preset.rotation)
         return self.data.train_dataset(self.method_cls.input_kind, self.preset, self.config.label_ratio,
-                                       augment=augment)
+                                       augment=augment, key_view=self.method_cls.key_view)
 
     def train_loader(self, dataset, sampler: DistributedSampler, skip_batches: int) -> DataLoader:
         batch_size = self.per_rank_batch_size()
@@ -321,6 +331,12 @@ class Trainer:
         dataset = self.train_dataset()
         if len(dataset) == 0:
             raise UserError(f"{cfg.data} fold {cfg.fold}: no labeled training samples at label ratio {cfg.label_ratio}")
+        labels = self.data.label_report(cfg.label_ratio)
+        if labels["sequences_without_label"] and env.is_main:
+            print(f"[aubench] note: at label ratio {cfg.label_ratio:g}, {labels['sequences_without_label']} of "
+                  f"{labels['sequences']} training sequences of fold {cfg.fold} are too short to hold a kept "
+                  f"label (shorter than 1/r frames at their place in the spacing); the split as a whole keeps "
+                  f"{labels['realised_label_ratio']:.2%} of its labels", flush=True)
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                      seed=cfg.seed, drop_last=False)
         steps_per_epoch = len(self.train_loader(dataset, sampler, 0))
@@ -339,7 +355,7 @@ class Trainer:
             step_module = DistributedDataParallel(
                 step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        self.logger.write({"event": "start", "config": asdict(cfg), "preset": preset.__dict__,
+        self.logger.write({"event": "start", "config": asdict(cfg), "preset": preset.__dict__, "labels": labels,
                            "precision": self.precision, "device": str(self.device), "world_size": env.world_size,
                            "train_samples": len(dataset), "steps_per_epoch": steps_per_epoch})
         started = time.perf_counter()
@@ -378,6 +394,7 @@ class Trainer:
             self.save(optimizer, scheduler, scaler)
         elapsed = time.perf_counter() - started
         summary = {"epochs": preset.epochs, "steps": self.state.step, "steps_per_epoch": steps_per_epoch,
+                   "labels": labels, "initialisation": self.initialisation,
                    "train_samples": len(dataset), "train_seconds": elapsed, "final_loss": last_loss,
                    "samples_per_second_per_rank": samples_seen / elapsed if elapsed > 0 and samples_seen else None}
         self.logger.write({"event": "trained", **summary})

@@ -11,6 +11,8 @@ Batches (made by aubench.data, collated by the default collate function):
     {"image": float (B,n,3,H,W), "label": float (B,n,U) with -1 = unknown (also for frames
      whose label is hidden by the sparse-label protocol), "labeled": bool (B,n),
      "key_position": long (B,) position of the labeled key frame, "index": long (B,n)}
+    plus, for methods with key_view = True, "key_image": float (B,3,H,W), the key frame again
+    with its own augmentation draw. A training clip holds one label: its key frame's.
 "index" holds the frames' rows in the HDF5 file; the evaluator uses it to score every frame
 once (predictions of a frame seen in several clips are averaged).
 """
@@ -48,6 +50,7 @@ class Preset:
     schedule: str = "cosine"          # "cosine" | "step" | "constant"
     warmup_epochs: int = 0
     clip_len: int = 1                 # frames per sample; 1 for frame methods
+    rotation: float = 10.0            # training augmentation: rotation drawn from [-r, r] degrees
     model: dict[str, Any] = field(default_factory=dict)  # method-specific settings
 
 
@@ -56,6 +59,7 @@ class AUMethod(nn.Module):
 
     name: str = ""
     input_kind: str = "frame"  # "frame" | "clip"
+    key_view: bool = False     # clip methods: batches also carry "key_image", a second view of the key frame
     presets: dict[str, Preset] = {}
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
@@ -66,7 +70,8 @@ class AUMethod(nn.Module):
         self.register_buffer("class_weights", weights.clone(), persistent=False)
 
     def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> dict[str, torch.Tensor]:
-        """Forward + losses of one batch. Returns {"loss": total, <part>: detached value, ...}."""
+        """Forward + losses of one batch. Returns {"loss": total, <part>: value, ...}; the engine
+        backpropagates "loss" and logs the parts' values."""
         raise NotImplementedError(f"{type(self).__name__} must implement training_step")
 
     @torch.no_grad()
