@@ -57,9 +57,21 @@ Where this departs from, or reads between the lines of, the paper:
   the key-frame label and L_tkd, and sees the pseudo-labelled frames through its inputs.
 - g reads D_b without the frame positions (a shuffle moves them with the tokens); Alg. 1 line
   15-16 could also be read as g judging T_b's outputs on real and shuffled inputs.
+- Eq. 2/6 write q = softmax(z_s / T) for one-of-K classes; AUs are U binary labels, so q, p and
+  w are per-AU sigmoids and KL is the sum of U Bernoulli KLs.
+- p_a^t is the pooled 512-d base feature itself; the paper's second group of "project heads"
+  is the students' first linear layer (Fig. 2 draws p_a with the width of p_b, U).
+- S_a and T_b end with a LayerNorm after their last block (ViT's final norm), not in the text.
+- Dense testing: the evaluator tiles each test sequence into clips with stride n (the last clip
+  ending at the sequence end) and a frame seen twice gets the mean; the supplementary's "same
+  key-frame position shifting ... in inference" (each frame at every position, averaged) is not
+  done, since the test network has no key frame and costs n times more.
+- A training sequence shorter than n repeats its last frame to fill the clip; those copies get
+  pseudo-labels and go to g like any frame (rare in real datasets, documented, not special-cased).
 - Numbers the paper leaves open: 2 blocks each in S_a and T_b ("multiple identical blocks"),
   MLP width 4 W, dropout 0.1, student MLPs 512 -> 64 -> U (each smaller than S_a, as the paper
-  asks), g's hidden width 64.
+  asks), g's hidden width 64; the paper preset's SGD momentum 0.9, weight decay 5e-4, batch 16,
+  constant learning rate and colour-jitter strength 0.3.
 - The paper's ResNet-18 is ImageNet-initialised; aubench loads those weights only from a local
   file (`--pretrained`), otherwise the base starts from random initialisation and the result's
   "initialisation" field says so.
