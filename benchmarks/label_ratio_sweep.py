@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ratios", default="0.02,0.05,0.2,1.0")
     parser.add_argument("--folds", default="1,2,3")
     parser.add_argument("--subjects", type=int, default=41)
-    parser.add_argument("--tasks", default="T1")
-    parser.add_argument("--frames", type=int, default=30, help="frames per sequence")
+    parser.add_argument("--tasks", default="T1,T2,T3,T4")
+    parser.add_argument("--frames", type=int, default=20, help="frames per sequence")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
