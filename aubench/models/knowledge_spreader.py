@@ -231,8 +231,7 @@ class SpatialStudents(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.shape[1] > len(self.students):
             raise ValueError(f"spatial students: clips of {frames.shape[1]} frames, built for {len(self.students)}")
-        return torch.stack([student(frames[:, t]) for t, student in
-                            zip(range(frames.shape[1]), self.students)], dim=1)
+        return torch.stack([self.students[t](frames[:, t]) for t in range(frames.shape[1])], dim=1)
 
 
 class TemporalTeacher(nn.Module):
