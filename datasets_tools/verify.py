@@ -8,9 +8,7 @@ from the labels match the stored ones.
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -20,6 +18,7 @@ from tqdm import tqdm
 
 from .folds import fold_statistics
 from .hdf5_writer import SCHEMA_VERSION
+from .pool import process_pool
 from .stats import _strings, open_h5
 
 ROOT_ATTRS = ("schema_version", "dataset", "au_names", "label_rule", "image_size", "image_format", "crop",
@@ -186,7 +185,7 @@ def _check_all_images(path: str, n: int, height: int, width: int, workers: int, 
             problems += _check_images(path, a, b, height, width)
             bar.update(b - a)
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        with process_pool(workers) as pool:
             futures = [pool.submit(_check_images, path, a, b, height, width) for a, b in ranges]
             for (a, b), future in zip(ranges, futures):
                 problems += future.result()

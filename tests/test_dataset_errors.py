@@ -198,7 +198,7 @@ def test_missing_or_misnamed_image_folder(tree, tmp_path):
     assert [s.kind for s in result.skips] == ["missing images"] and result.sequences == 3
     shutil.rmtree(root / "2D+")
     with pytest.raises(DatasetError, match="no image folders found"):
-        run(root, tmp_path)
+        run(root, tmp_path, overwrite=True)  # out.h5 exists now: without the flag it is refused first
 
 
 def test_disfa_video_shorter_than_labels(tmp_path):

@@ -1,0 +1,221 @@
+"""Reliability of ``datasets_tools convert`` / ``verify`` under hostile but realistic use: two runs
+on one output, kill -9 (of the run and of its worker pool), malformed label rows, truncated
+videos, existing outputs, unwritable output paths, damaged files. Kills and concurrency use real
+processes on tiny synthetic trees."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from convert_helpers import frame_grey, make_disfa_tree, make_occurrence_tree, read_back
+from datasets_tools.cli import main
+from datasets_tools.convert import FrameOptions, convert
+from datasets_tools.errors import DatasetError
+from datasets_tools.verify import verify
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIONS = FrameOptions(image_size=8)
+SUBJECTS = ["F001", "F002", "M001", "M002"]
+WAIT_S = 60  # generous bound for a subprocess to reach a point; never a timing assertion
+
+# A real `datasets_tools convert` process that stops before adding the chunk result number AT
+# (so AT - 1 sequences of one chunk each are finished) until the file GO exists; READY tells the
+# test it got there. Usage: python -c HOLDING READY GO AT convert ARGS...
+HOLDING = r"""
+import sys, time
+from pathlib import Path
+import datasets_tools.convert as convert
+ready, go, at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+real_add, calls = convert._SequenceBuffer.add, [0]
+def add(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == at:
+        ready.touch()
+        while not go.exists():
+            time.sleep(0.05)
+    return real_add(self, *args, **kwargs)
+convert._SequenceBuffer.add = add
+from datasets_tools.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "datasets_tools", *map(str, args)], capture_output=True,
+                          text=True, env=env(), timeout=WAIT_S)
+
+
+def start_holding(tmp_path: Path, args, at: int = 3):
+    """-> (process, GO file, its stdout and stderr files); files, not pipes: a killed run's children
+    could keep pipes open."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    stdout, stderr = tmp_path / "holding.out", tmp_path / "holding.err"
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        process = subprocess.Popen([sys.executable, "-c", HOLDING, str(ready), str(go), str(at), *map(str, args)],
+                                   stdout=out, stderr=err, env=env())
+    deadline = time.monotonic() + WAIT_S
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"holding conversion did not start: {stderr.read_text()}")
+        time.sleep(0.05)
+    return process, go, stdout, stderr
+
+
+def convert_args(root: Path, out: Path, *extra) -> list:
+    return ["convert", "bp4d", root, out, "--image-size", "8", "--quiet", "--workers", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pristine") / "raw"
+    truth = make_occurrence_tree(root, SUBJECTS, tasks=("T1",), frames_per_sequence=5)
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def reference(pristine, tmp_path_factory):
+    """The same tree converted once, undisturbed."""
+    out = tmp_path_factory.mktemp("reference") / "ref.h5"
+    convert("bp4d", pristine[0], out, OPTIONS, progress=False)
+    return out
+
+
+@pytest.fixture
+def tree(pristine, tmp_path):
+    root = tmp_path / "raw"
+    shutil.copytree(pristine[0], root)
+    return root, pristine[1]
+
+
+def assert_same_frames(a: Path, b: Path) -> None:
+    with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
+        for name in ("label", "frame_no", "subject", "sequence"):
+            np.testing.assert_array_equal(x[f"frames/{name}"][:], y[f"frames/{name}"][:])
+        assert len(x["frames/image"]) == len(y["frames/image"])
+        assert all(np.array_equal(i, j) for i, j in zip(x["frames/image"][:], y["frames/image"][:]))
+        assert dict(x.attrs).keys() == dict(y.attrs).keys()
+
+
+# ---- 1. two conversions of one output exclude each other -----------------------------------
+
+def test_second_conversion_of_the_same_output_stops_at_once(pristine, reference, tmp_path):
+    root, _ = pristine
+    out = tmp_path / "out.h5"
+    first, go, stdout, stderr = start_holding(tmp_path, convert_args(root, out))
+    try:
+        partial = tmp_path / "out.h5.partial"
+        inode = partial.stat().st_ino
+        second = cli(*convert_args(root, out))
+        assert second.returncode == 1, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in second.stderr
+        assert str(out) in lines[0] and f"pid {first.pid}" in lines[0] and "another conversion" in lines[0]
+        assert partial.stat().st_ino == inode  # the first run's file was left alone
+    finally:
+        go.touch()
+        first.wait(timeout=WAIT_S)
+    assert first.returncode == 0, stderr.read_text()
+    assert "wrote 20 frames" in stdout.read_text()
+    assert_same_frames(reference, out)
+    assert verify(out, progress=False) == []
+    assert not (tmp_path / "out.h5.lock").exists()
+
+
+def test_killed_holder_leaves_no_stuck_lock_and_the_next_run_resumes(pristine, reference, tmp_path):
+    root, _ = pristine
+    out = tmp_path / "out.h5"
+    first = start_holding(tmp_path, convert_args(root, out))[0]
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=WAIT_S)
+    result = convert("bp4d", root, out, OPTIONS, progress=False)
+    assert result.resumed_sequences == 2 and result.frames == 20
+    assert_same_frames(reference, out)
+    assert not (tmp_path / "out.h5.lock").exists() and not (tmp_path / "out.h5.partial").exists()
+
+
+def test_a_run_never_renames_a_partial_file_it_did_not_write(pristine, tmp_path, monkeypatch):
+    from datasets_tools.hdf5_writer import FrameWriter
+
+    root, _ = pristine
+    out = tmp_path / "out.h5"
+    partial = tmp_path / "out.h5.partial"
+    finish_sequence = FrameWriter.finish_sequence
+
+    def finish_then_lose_the_file(self, *args):
+        finish_sequence(self, *args)
+        if not partial.read_bytes().startswith(b"impostor"):
+            # what a second run that ignores the lock does: remove our file, start its own
+            partial.unlink()
+            partial.write_bytes(b"impostor: another run's half-written file")
+
+    monkeypatch.setattr(FrameWriter, "finish_sequence", finish_then_lose_the_file)
+    with pytest.raises(DatasetError, match=r"out.h5.partial: was replaced or removed by another process"):
+        convert("bp4d", root, out, OPTIONS, progress=False)
+    assert not out.exists() and partial.read_bytes().startswith(b"impostor")
+
+
+# ---- 7. kill -9 of convert --workers 2 takes its worker pool with it ------------------------
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            table[int(entry)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    table = process_table()
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, (parent, _) in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def running(pids) -> set[int]:
+    table = process_table()
+    return {p for p in pids if p in table and table[p][1] != "Z"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_workers_exit_when_the_conversion_is_killed(pristine, tmp_path):
+    root, _ = pristine
+    out = tmp_path / "out.h5"
+    args = convert_args(root, out)
+    args[args.index("--workers") + 1] = "2"
+    parent = start_holding(tmp_path, args)[0]
+    children = descendants(parent.pid)  # forkserver, resource tracker, pool workers
+    assert len(children) >= 3, children
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=WAIT_S)
+    deadline = time.monotonic() + 20
+    while running(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = running(children)
+    for pid in left:  # do not leave them behind for the rest of the test session
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after the conversion was killed: {sorted(left)}"
