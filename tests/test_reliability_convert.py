@@ -18,13 +18,13 @@ import h5py
 import numpy as np
 import pytest
 
+import datasets_tools
 from convert_helpers import frame_grey, make_disfa_tree, make_occurrence_tree, read_back
 from datasets_tools.cli import main
 from datasets_tools.convert import FrameOptions, convert
 from datasets_tools.errors import DatasetError
 from datasets_tools.verify import verify
 
-REPO = Path(__file__).resolve().parents[1]
 OPTIONS = FrameOptions(image_size=8)
 SUBJECTS = ["F001", "F002", "M001", "M002"]
 WAIT_S = 60  # generous bound for a subprocess to reach a point; never a timing assertion
@@ -52,7 +52,9 @@ sys.exit(main(sys.argv[4:]))
 
 
 def env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    """The environment of a subprocess that imports the datasets_tools this test imported."""
+    package_root = str(Path(datasets_tools.__file__).resolve().parents[1])
+    return dict(os.environ, PYTHONPATH=package_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def cli(*args) -> subprocess.CompletedProcess:
@@ -219,3 +221,137 @@ def test_workers_exit_when_the_conversion_is_killed(pristine, tmp_path):
     for pid in left:  # do not leave them behind for the rest of the test session
         os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after the conversion was killed: {sorted(left)}"
+
+
+# ---- 4. an existing output is replaced only with --overwrite, side files together -----------
+
+def test_existing_output_is_refused_without_overwrite(tree, tmp_path):
+    root, _ = tree
+    out = tmp_path / "out.h5"
+    out.write_text("my notes, not an HDF5 file")
+    refused = cli(*convert_args(root, out))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"datasets_tools convert: error: {out}: output already exists; pass --overwrite to replace it "
+        "(and its .skipped.txt)"]
+    assert out.read_text() == "my notes, not an HDF5 file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5", "raw"]  # no work was done
+    replaced = cli(*convert_args(root, out, "--overwrite"))
+    assert replaced.returncode == 0, replaced.stderr
+    assert verify(out, progress=False) == []
+
+
+def test_overwrite_replaces_the_skipped_listing_with_the_output(tree, tmp_path):
+    root, truth = tree
+    out = tmp_path / "out.h5"
+    listing = tmp_path / "out.h5.skipped.txt"
+    folder = root / "2D+" / "F001" / "T1"
+    image = next(p for p in folder.iterdir() if int(p.stem) == int(truth["F001/T1"]["frame_no"][2]))
+    kept = image.read_bytes()
+    image.unlink()
+    first = cli(*convert_args(root, out, "--skip-bad"))
+    assert first.returncode == 0, first.stderr
+    frame = int(truth["F001/T1"]["frame_no"][2])
+    assert "skipped 1 frame(s)" in first.stdout
+    assert [line.split(":")[0] for line in listing.read_text().splitlines()] == [f"F001/T1 frame {frame}"]
+    image.write_bytes(kept)
+    second = cli(*convert_args(root, out, "--skip-bad", "--overwrite"))
+    assert second.returncode == 0, second.stderr
+    assert "skipped 0 frame(s)" in second.stdout
+    assert not listing.exists()  # the old listing described the old file
+    with h5py.File(out, "r") as f:
+        assert len(f["frames/label"]) == 20 and f.attrs["skipped_frames"] == 0
+
+
+def test_resuming_a_partial_needs_no_overwrite(pristine, reference, tmp_path):
+    root, _ = pristine
+    out = tmp_path / "out.h5"
+    with pytest.raises(RuntimeError, match="injected failure"):
+        convert("bp4d", root, out, OPTIONS, progress=False, fail_after_sequences=2)
+    resumed = cli(*convert_args(root, out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed after 2 finished sequence(s)" in resumed.stdout
+    assert_same_frames(reference, out)
+
+
+# ---- 5. unusable output paths: one line, before any work -----------------------------------
+
+def test_unusable_output_paths_fail_before_any_work(tree, tmp_path):
+    root, _ = tree
+    folder = tmp_path / "a_folder.h5"
+    folder.mkdir()
+    (tmp_path / "notes.txt").write_text("a file")
+    cases = [(folder, f"{folder}: the output is a folder; name a file in it"),
+             (tmp_path / "notes.txt" / "out.h5", f"{tmp_path / 'notes.txt'}: output folder is a file, not a folder"),
+             (tmp_path / "no" / "such" / "out.h5", f"{tmp_path / 'no' / 'such'}: output folder does not exist")]
+    for out, message in cases:
+        result = cli(*convert_args(root, out))
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder.h5", "notes.txt", "raw"]
+    assert list(folder.iterdir()) == []
+
+
+AS_NOBODY = r"""
+import os, sys
+from datasets_tools.cli import build_parser, main
+build_parser()  # imports every module it needs while the interpreter's files are still readable
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_read_only_output_folder_as_a_normal_user(pristine):
+    """What a non-root user sees (the tests run as root, for whom chmod 555 changes nothing)."""
+    base = Path(tempfile.mkdtemp(prefix="aubench-readonly-"))
+    try:
+        base.chmod(0o755)
+        root = base / "raw"
+        shutil.copytree(pristine[0], root)
+        readonly = base / "readonly"
+        readonly.mkdir(mode=0o555)
+        readonly.chmod(0o555)
+        result = subprocess.run([sys.executable, "-c", AS_NOBODY, *map(str, convert_args(root, readonly / "out.h5"))],
+                                capture_output=True, text=True, env=env(), timeout=WAIT_S)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"datasets_tools convert: error: {readonly}: output folder is not writable (permission denied)"]
+        assert list(readonly.iterdir()) == []
+    finally:
+        shutil.rmtree(base)
+
+
+# ---- 6. verify on a damaged file: a clear failure, no traceback -----------------------------
+
+def damaged_copy(source: Path, tmp_path: Path, offset: int) -> Path:
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(source, damaged)
+    with open(damaged, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(np.random.default_rng(offset).integers(0, 256, 4096, dtype=np.uint8)))
+    return damaged
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_verify_reports_unreadable_heap_without_traceback(reference, tmp_path, workers):
+    # garbage over the first global heap collection (variable-length data: the JPEG frames)
+    damaged = damaged_copy(reference, tmp_path, reference.read_bytes().index(b"GCOL"))
+    result = cli("verify", damaged, "--quiet", "--workers", workers)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{damaged}: ") and "problem(s)" in lines[0]
+    assert any("cannot be read" in line for line in lines[1:]), lines
+
+
+def test_verify_garbage_anywhere_is_never_a_traceback(reference, tmp_path):
+    size = reference.stat().st_size
+    for offset in (size // 10, size // 3, size // 2, 2 * size // 3, 9 * size // 10):
+        damaged = damaged_copy(reference, tmp_path, offset)
+        result = cli("verify", damaged, "--quiet", "--workers", "2")
+        assert "Traceback" not in result.stderr, (offset, result.stderr)
+        # damage in JPEG bytes that still decode is invisible without checksums; the rest is reported
+        assert result.returncode == 0 and result.stdout.strip() == f"{damaged}: OK" or \
+            result.returncode == 1 and str(damaged) in result.stderr, (offset, result.stdout, result.stderr)
