@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DatasetError, Report
-from .raw import DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, read_csv
+from .raw import DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, read_csv, rows_of_width
 
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
 SUBJECT = re.compile(r"^SN\d+$", re.IGNORECASE)
@@ -59,8 +59,8 @@ def read_au_file(path: Path, subject: str, report: Report) -> dict[int, int]:
                 np.array_equal(frames, np.round(frames)):
             return dict(zip(frames.astype(np.int64).tolist(), intensity.astype(np.int64).tolist()))
     values: dict[int, int] = {}
-    for line, cells in read_csv(path):
-        if len(cells) < 2 or cells[1] == "":
+    for line, cells in rows_of_width(path, read_csv(path), 2, report, sequence=subject, kind="bad label row"):
+        if cells[1] == "":
             report.problem("truncated row (expected frame,intensity)", sequence=subject, path=str(path),
                            line=line, kind="bad label row")
             continue

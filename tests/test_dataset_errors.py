@@ -255,7 +255,7 @@ def test_bad_landmarks_file(tree, tmp_path):
     lines = path.read_text().splitlines()
     lines[2] = lines[2].rsplit(",", 1)[0]
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetError, match=r"F001_T1.csv, line 3: expected 7 values, found 6"):
+    with pytest.raises(DatasetError, match=r"F001_T1.csv, line 3: truncated row: expected 7 values, found 6"):
         run(root, tmp_path)
 
 

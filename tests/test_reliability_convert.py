@@ -355,3 +355,117 @@ def test_verify_garbage_anywhere_is_never_a_traceback(reference, tmp_path):
         # damage in JPEG bytes that still decode is invisible without checksums; the rest is reported
         assert result.returncode == 0 and result.stdout.strip() == f"{damaged}: OK" or \
             result.returncode == 1 and str(damaged) in result.stderr, (offset, result.stdout, result.stderr)
+
+
+# ---- 2. every CSV row has exactly the header's number of cells ------------------------------
+
+def label_file(root: Path, name: str = "F001_T1") -> Path:
+    return root / "AUCoding" / "AU_OCC" / f"{name}.csv"
+
+
+def edit_lines(path: Path, edit) -> None:
+    lines = path.read_text().splitlines()
+    edit(lines)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def merge_rows(lines, i=2):
+    """Rows i and i + 1 on one line (an export that lost a line break)."""
+    lines[i] += "," + lines.pop(i + 1)
+
+
+def short_then_long(lines, i=2):
+    """Row i lost its second cell, row i + 1 gained one in front: the number of cells in the file
+    is unchanged, and read as one flat list every value of row i moves one column left."""
+    cells = lines[i].split(",")
+    lines[i] = ",".join(cells[:1] + cells[2:])
+    lines[i + 1] = "1," + lines[i + 1]
+
+
+def run(root: Path, tmp_path: Path, **kw):
+    return convert("bp4d", root, tmp_path / "out.h5", OPTIONS, progress=False, **kw)
+
+
+def test_merged_label_rows_are_an_error_or_a_counted_skip(tree, tmp_path):
+    root, _ = tree
+    path = label_file(root)
+    edit_lines(path, merge_rows)
+    with pytest.raises(DatasetError, match=rf"{path.name}, line 3: too many values \(rows merged onto one line\?\)"):
+        run(root, tmp_path)
+    result = run(root, tmp_path, skip_bad=True)
+    assert [(s.kind, s.sequence) for s in result.skips] == [("bad label row", "F001/T1")]
+    assert result.frames == 18  # the merged line held two frames
+
+
+def test_short_row_then_long_row_never_shifts_labels(tree, tmp_path):
+    root, truth = tree
+    path = label_file(root)
+    edit_lines(path, short_then_long)
+    with pytest.raises(DatasetError, match=rf"{path.name}, line 3: truncated row: expected 25 values, found 24"):
+        run(root, tmp_path)
+    result = run(root, tmp_path, skip_bad=True)
+    assert sorted(s.kind for s in result.skips) == ["bad label row"] * 2 and result.frames == 18
+    stored = read_back(tmp_path / "out.h5")["F001/T1"]
+    expected = truth["F001/T1"]
+    keep = [0, 3, 4]
+    np.testing.assert_array_equal(stored["frame_no"], expected["frame_no"][keep])
+    np.testing.assert_array_equal(stored["label"], expected["label"][keep])
+
+
+@pytest.mark.parametrize("edit", [merge_rows, short_then_long])
+def test_disfa_label_rows_have_two_cells(tmp_path, edit):
+    root = tmp_path / "raw"
+    make_disfa_tree(root, ["SN001", "SN002", "SN003"], frames=6)
+    path = root / "ActionUnit_Labels" / "SN002" / "SN002_au4.txt"
+    edit_lines(path, edit)
+    with pytest.raises(DatasetError, match=rf"{path.name}, line 3: (too many values|truncated row)"):
+        convert("disfa", root, tmp_path / "d.h5", OPTIONS, progress=False)
+
+
+def test_intensity_rows_have_two_cells(tmp_path):
+    root = tmp_path / "raw"
+    make_occurrence_tree(root, SUBJECTS, tasks=("T1",), frames_per_sequence=5, intensity=True)
+    path = root / "AU Intensity Codes3.0" / "AU06" / "F002_T1_AU06.csv"
+    edit_lines(path, short_then_long)
+    with pytest.raises(DatasetError, match=rf"{path.name}, line 3: truncated row: expected 2 values, found 1"):
+        run(root, tmp_path)
+
+
+def test_landmark_rows_have_the_header_width(tmp_path):
+    root = tmp_path / "raw"
+    make_occurrence_tree(root, SUBJECTS, tasks=("T1",), frames_per_sequence=5, landmarks=True)
+    path = root / "Landmarks" / "M001_T1.csv"
+    edit_lines(path, short_then_long)
+    with pytest.raises(DatasetError, match=rf"{path.name}, line 3: truncated row: expected 11 values, found 10"):
+        run(root, tmp_path)
+
+
+def test_unknown_numeric_au_column_is_named(tree, tmp_path):
+    root, _ = tree
+    path = label_file(root)
+
+    def add_column_150(lines):
+        lines[0] += ",150"
+        for i in range(1, len(lines)):
+            lines[i] += ",0"
+
+    edit_lines(path, add_column_150)
+    with pytest.raises(DatasetError, match=rf"{path.name}, line 1: unknown AU column '150' \(header cell 26\)"):
+        run(root, tmp_path)
+
+
+def test_missing_header_row_is_reported_as_missing(tree, tmp_path):
+    root, _ = tree
+    path = label_file(root, "M002_T1")
+    edit_lines(path, lambda lines: lines.pop(0))
+    with pytest.raises(DatasetError, match=rf"{path.name}, line 1: no header row"):
+        run(root, tmp_path)
+
+
+@pytest.mark.parametrize("dataset", ["mme", "bp4d-plus"])
+def test_bp4d_tree_is_not_converted_as_mme_or_bp4d_plus(tmp_path, dataset):
+    root = tmp_path / "raw"
+    make_occurrence_tree(root, SUBJECTS, tasks=("T1", "T2", "T3"), frames_per_sequence=3)
+    with pytest.raises(DatasetError, match=r"AU_OCC: label files for task\(s\) T2, T3 \(e.g. F001_T2.csv\), which "
+                                           r".* does not code .*this looks like a BP4D tree: convert it as bp4d"):
+        convert(dataset, root, tmp_path / "out.h5", OPTIONS, progress=False)
