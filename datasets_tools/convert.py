@@ -89,7 +89,14 @@ def decode(kind: str, container: str | None, member):
     try:
         if kind == "video":
             image = _read_video_frame(container, member)
-            return (image, None) if image is not None else (None, f"cannot read video frame {member}")
+            if image is None:
+                return None, f"cannot read video frame {member}"
+            capture = _open_video["capture"]
+            width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            if image.shape[:2] != (height, width):  # a damaged frame: never stored
+                return None, (f"video frame {member} decodes to {image.shape[1]}x{image.shape[0]}, "
+                              f"the video is {width}x{height}")
+            return image, None
         data = _read_zip(container, member) if kind == "zip" else np.fromfile(member, dtype=np.uint8)
     except (OSError, KeyError, zipfile.BadZipFile) as e:
         return None, f"cannot read image ({e})"

@@ -469,3 +469,49 @@ def test_bp4d_tree_is_not_converted_as_mme_or_bp4d_plus(tmp_path, dataset):
     with pytest.raises(DatasetError, match=r"AU_OCC: label files for task\(s\) T2, T3 \(e.g. F001_T2.csv\), which "
                                            r".* does not code .*this looks like a BP4D tree: convert it as bp4d"):
         convert(dataset, root, tmp_path / "out.h5", OPTIONS, progress=False)
+
+
+# ---- 3. a truncated video: a partly decoded frame is never stored ---------------------------
+
+def truncate_last_frame(video: Path, keep: float = 0.9) -> None:
+    """Cut the file inside its last frame's bytes (the index after it goes too), as an
+    interrupted copy does."""
+    data = video.read_bytes()
+    last = data.rfind(b"00dc", 0, data.rfind(b"idx1"))
+    size = int.from_bytes(data[last + 4:last + 8], "little")
+    video.write_bytes(data[:last + 8 + int(size * keep)])
+
+
+def test_truncated_disfa_video_is_an_error_or_counted_skips(tmp_path):
+    root = tmp_path / "raw"
+    truth = make_disfa_tree(root, ["SN001", "SN002", "SN003"], frames=6)
+    video = root / "Videos_LeftCamera" / "LeftVideoSN002_comp.avi"
+    truncate_last_frame(video)
+    with pytest.raises(DatasetError, match=rf"{video.name}: the video file is truncated: only its first 5 of 6 "
+                                           r"frames are whole"):
+        convert("disfa", root, tmp_path / "d.h5", OPTIONS, progress=False)
+    result = convert("disfa", root, tmp_path / "d.h5", OPTIONS, progress=False, skip_bad=True)
+    assert [(s.sequence, s.frame_no, s.kind) for s in result.skips] == [("SN002", 6, "truncated video")]
+    assert result.frames == 17
+    stored = read_back(tmp_path / "d.h5")
+    for name, expected in truth.items():
+        keep = slice(0, 5) if name == "SN002" else slice(None)
+        np.testing.assert_array_equal(stored[name]["frame_no"], expected["frame_no"][keep])
+        greys = np.array([frame_grey(int(f)) for f in expected["frame_no"][keep]])
+        assert np.abs(stored[name]["grey"] - greys).max() <= 4  # every stored frame is the whole frame
+
+
+def test_avi_whole_frames_counts_only_complete_frames(tmp_path):
+    from datasets_tools.disfa import avi_whole_frames
+
+    make_disfa_tree(tmp_path / "raw", ["SN001"], frames=6)
+    video = tmp_path / "raw" / "Videos_LeftCamera" / "LeftVideoSN001_comp.avi"
+    assert avi_whole_frames(video) is None  # complete
+    data = video.read_bytes()
+    video.write_bytes(data[:data.rfind(b"idx1") + 4])  # only the index is cut: every frame is whole
+    assert avi_whole_frames(video) == 6
+    video.write_bytes(data)
+    truncate_last_frame(video, keep=0.5)
+    assert avi_whole_frames(video) == 5
+    (tmp_path / "other.avi").write_bytes(b"not a RIFF file at all")
+    assert avi_whole_frames(tmp_path / "other.avi") is None
