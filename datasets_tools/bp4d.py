@@ -64,8 +64,7 @@ def read_occurrence_csv(path: Path, sequence: str, au_numbers, report: Report):
             number = -1
         if not 0 <= number <= MAX_AU:
             raise DatasetError(f"unknown AU column {cell!r} (header cell {position + 1}): header cells "
-                               f"must be AU numbers 1..{MAX_AU}, 0 for the frame number", str(path),
-                               header_line) from None
+                               f"must be AU numbers 1..{MAX_AU}, 0 for the frame number", str(path), header_line)
         if number in columns:
             raise DatasetError(f"AU column {number} appears twice in the header", str(path), header_line)
         columns[number] = position

@@ -155,9 +155,17 @@ def _add_stats(sub) -> None:
 
 def _run_stats(args) -> int:
     from .stats import compute_stats, format_stats, stats_json
-    stats = compute_stats(args.file)
+    try:
+        stats = compute_stats(args.file)
+    except (OSError, RuntimeError) as e:  # h5py on damaged bytes
+        raise _damaged(args.file, e) from None
     print(stats_json(stats) if args.json else format_stats(stats))
     return 0
+
+
+def _damaged(path: Path, error: Exception) -> DatasetError:
+    return DatasetError(f"cannot read ({error}); the file looks damaged: check it with `datasets_tools verify`",
+                        str(path))
 
 
 def _add_info(sub) -> None:
@@ -168,7 +176,11 @@ def _add_info(sub) -> None:
 
 def _run_info(args) -> int:
     from .stats import format_info
-    print(format_info(args.file))
+    try:
+        info = format_info(args.file)
+    except (OSError, RuntimeError) as e:  # h5py on damaged bytes
+        raise _damaged(args.file, e) from None
+    print(info)
     return 0
 
 

@@ -224,12 +224,15 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
 
     check_output(out, overwrite)
     with OutputLock(out):
-        return _convert_locked(dataset, root, out, options, landmarks_dir, camera, threshold, workers, skip_bad,
-                               folds_seed, progress, fail_after_sequences)
+        return _convert_locked(dataset, root, out, options, landmarks_dir=landmarks_dir, camera=camera,
+                               threshold=threshold, workers=workers, skip_bad=skip_bad, folds_seed=folds_seed,
+                               progress=progress, fail_after_sequences=fail_after_sequences)
 
 
-def _convert_locked(dataset, root, out, options, landmarks_dir, camera, threshold, workers, skip_bad, folds_seed,
-                    progress, fail_after_sequences) -> ConvertResult:
+def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir, camera: str,
+                    threshold: int, workers: int, skip_bad: bool, folds_seed: int, progress: bool,
+                    fail_after_sequences: int | None) -> ConvertResult:
+    """The conversion proper, while this run holds the output's lock."""
     report = Report(skip_bad=skip_bad)
     settings = {"camera": camera, "threshold": threshold}
     plan = READERS[dataset](root, _Settings(progress=progress, **settings), report)

@@ -203,7 +203,7 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
         frame_no = np.array(sorted(common), dtype=np.int32)
         intensity = np.array([[v[f] for v in per_au] for f in frame_no], dtype=np.int8).reshape(-1, len(DISFA_AUS))
         label = (intensity >= threshold).astype(np.int8)
-        truncated = False
+        truncated = range(0)
         if image_root is not None:
             folder = next((p for p in _subject_dirs(image_root) if p.name.upper() == subject), None)
             if folder is None:
@@ -234,8 +234,8 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
                 if not report.skip_bad:
                     raise DatasetError(message + " (use --skip-bad to skip the others)", str(video))
                 report.note(f"{subject}: {message}")
-                count = whole  # a partly decoded frame is never stored
-                truncated = True
+                truncated = range(whole + 1, count + 1)  # label frames; a partly decoded frame is never stored
+                count = whole
             members = [int(f) - 1 if 1 <= f <= count else None for f in frame_no]
             kind, container, where = "video", str(video), str(video)
         present = np.array([m is not None for m in members], dtype=bool)
@@ -243,7 +243,7 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
             raise DatasetError(f"{(~present).sum()} labelled frame(s) of {subject} have no image, first: frame "
                                f"{frame_no[~present][0]} (use --skip-bad to skip such frames)", where)
         for f in frame_no[~present]:
-            if truncated and f > count:
+            if f in truncated:
                 report.problem("frame lies in the truncated end of the video", sequence=subject, frame_no=int(f),
                                path=where, kind="truncated video")
             else:

@@ -162,7 +162,6 @@ class FrameWriter:
         f.attrs["converter_version"] = CONVERTER_VERSION
         f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         del f[PROGRESS]
-        f.flush()
         try:
             st = os.stat(self.path)
             ours = (st.st_dev, st.st_ino) == self.identity

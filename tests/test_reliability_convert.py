@@ -20,7 +20,6 @@ import pytest
 
 import datasets_tools
 from convert_helpers import frame_grey, make_disfa_tree, make_occurrence_tree, read_back
-from datasets_tools.cli import main
 from datasets_tools.convert import FrameOptions, convert
 from datasets_tools.errors import DatasetError
 from datasets_tools.verify import verify
@@ -46,7 +45,6 @@ def add(self, *args, **kwargs):
             time.sleep(0.05)
     return real_add(self, *args, **kwargs)
 convert._SequenceBuffer.add = add
-from datasets_tools.cli import main
 sys.exit(main(sys.argv[4:]))
 """
 
@@ -515,3 +513,13 @@ def test_avi_whole_frames_counts_only_complete_frames(tmp_path):
     assert avi_whole_frames(video) == 5
     (tmp_path / "other.avi").write_bytes(b"not a RIFF file at all")
     assert avi_whole_frames(tmp_path / "other.avi") is None
+
+
+@pytest.mark.parametrize("command", ["stats", "info"])
+def test_stats_and_info_on_a_damaged_file_are_one_line_errors(reference, tmp_path, command):
+    data = reference.read_bytes()
+    damaged = damaged_copy(reference, tmp_path, data.rindex(b"GCOL"))  # the strings' heap: names
+    result = cli(command, damaged)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert f"{damaged}: cannot read" in result.stderr and "datasets_tools verify" in result.stderr
