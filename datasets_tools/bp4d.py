@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from .errors import DatasetError, Report
 from .raw import (DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, parse_int,
-                  read_csv)
+                  read_csv, rows_of_width)
 
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
+MAX_AU = 99  # FACS action unit (and head / eye / gross behaviour) codes are 1..99
 OCCURRENCE_RULE = "occurrence codes, 9 = unknown"
 
 SEQUENCE_FILE = re.compile(r"^([A-Za-z]+\d+)_([A-Za-z]*\d+)\.csv$")
@@ -52,13 +53,18 @@ def read_occurrence_csv(path: Path, sequence: str, au_numbers, report: Report):
     if not rows:
         raise DatasetError("empty occurrence-code file", str(path))
     header_line, header = rows[0]
+    if len(set(header)) < len(header) and sum(c in ("0", "1", "9") for c in header) >= len(header) - 1:
+        raise DatasetError("no header row: the first line holds occurrence codes, not AU numbers (expected a "
+                           "header of AU numbers, 0 for the frame number)", str(path), header_line)
     columns: dict[int, int] = {}
     for position, cell in enumerate(header):
         try:
             number = int(cell)
         except ValueError:
+            number = -1
+        if not 0 <= number <= MAX_AU:
             raise DatasetError(f"unknown AU column {cell!r} (header cell {position + 1}): header cells "
-                               "must be AU numbers, 0 for the frame number", str(path), header_line) from None
+                               f"must be AU numbers 1..{MAX_AU}, 0 for the frame number", str(path), header_line)
         if number in columns:
             raise DatasetError(f"AU column {number} appears twice in the header", str(path), header_line)
         columns[number] = position
@@ -68,7 +74,6 @@ def read_occurrence_csv(path: Path, sequence: str, au_numbers, report: Report):
     if missing:
         raise DatasetError(f"missing AU column(s) {', '.join(missing)}", str(path), header_line)
     wanted = [columns[0]] + [columns[a] for a in au_numbers]
-    width = max(wanted) + 1
     table = fast_table(path, header=True)
     if table is not None and len(table[0]) == len(header):
         values = table[1][:, wanted]
@@ -79,11 +84,7 @@ def read_occurrence_csv(path: Path, sequence: str, au_numbers, report: Report):
             label[label == 9] = -1
             return values[order, 0].astype(np.int32), label
     frames, labels, seen = [], [], set()
-    for line, cells in rows[1:]:
-        if len(cells) < width:
-            report.problem(f"truncated row: {len(cells)} values, header has {len(header)}",
-                           sequence=sequence, path=str(path), line=line, kind="bad label row")
-            continue
+    for line, cells in rows_of_width(path, rows[1:], len(header), report, sequence=sequence, kind="bad label row"):
         try:
             values = [int(cells[c]) for c in wanted]
         except ValueError:
@@ -140,11 +141,7 @@ def read_intensity_csv(path: Path, frame_no: np.ndarray, sequence: str, report: 
             return np.array([lookup.get(int(f), -1) for f in frame_no], dtype=np.int8)
     position = {int(f): i for i, f in enumerate(frame_no)}
     seen = set()
-    for line, cells in read_csv(path):
-        if len(cells) < 2:
-            report.problem("truncated row (expected frame,intensity)", sequence=sequence, path=str(path),
-                           line=line, kind="bad intensity row")
-            continue
+    for line, cells in rows_of_width(path, read_csv(path), 2, report, sequence=sequence, kind="bad intensity row"):
         frame = parse_int(cells[0], path, line, "frame number")
         value = parse_int(cells[1], path, line, "intensity")
         if frame in seen:
@@ -214,8 +211,10 @@ def index_zip(path: Path, subject: str, report: Report) -> dict[str, dict[int, s
 
 
 def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers=BP4D_AUS,
-                            subject_filter=None, progress: bool = False) -> DatasetPlan:
-    """Parse every occurrence-code file and locate its images (BP4D, BP4D+ and MME)."""
+                            subject_filter=None, progress: bool = False, coded_tasks=None) -> DatasetPlan:
+    """Parse every occurrence-code file and locate its images (BP4D, BP4D+ and MME).
+    ``coded_tasks``: the only tasks the dataset codes; label files of other tasks mean the tree is
+    another dataset's (BP4D codes T1..T8, BP4D+ and MME only T1 T6 T7 T8)."""
     label_dir = find_label_dir(root)
     label_files = sorted((p for p in label_dir.iterdir() if p.is_file() and SEQUENCE_FILE.match(p.name)),
                          key=lambda p: p.name.upper())
@@ -231,6 +230,15 @@ def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers
         keyed[(subject, task)] = path
     if not keyed:
         raise DatasetError("no occurrence-code files for this dataset's subjects", str(label_dir))
+    if coded_tasks is not None:
+        foreign = sorted({task for _, task in keyed} - set(coded_tasks))
+        if foreign:
+            example = next(path.name for (_, task), path in sorted(keyed.items()) if task == foreign[0])
+            bp4d_like = set(foreign) <= {f"T{k}" for k in range(1, 9)}
+            raise DatasetError(f"label files for task(s) {', '.join(foreign)} (e.g. {example}), which {dataset} "
+                               f"does not code (only {' '.join(coded_tasks)})" +
+                               ("; this looks like a BP4D tree: convert it as bp4d" if bp4d_like else ""),
+                               str(label_dir))
     subjects = {s for s, _ in keyed}
     images = find_image_folders(root, subjects)
     if not images:

@@ -4,7 +4,8 @@ in ``2D+3D/<subject>.zip`` (members ``<...>/<task>/<frame>.jpg``) or the same tr
 
 AU set: the 12 BP4D AUs (1 2 4 6 7 10 12 14 15 17 23 24), the common protocol for BP4D+ (its
 coding files hold more AUs; columns are read by header name). BP4D+ codes only tasks T1, T6, T7
-and T8 over a contiguous frame range: the converter takes whatever label files exist. Every
+and T8 over a contiguous frame range: the converter takes whatever label files of those tasks
+exist, and refuses a tree with label files of other tasks (T2..T5: a BP4D tree). Every
 subject present is converted; BP4D+ uses its public split (folds.BP4D_PLUS_TEST_FOLDS) when it
 covers the subjects, MME a seeded split balanced by frame count.
 """
@@ -17,10 +18,14 @@ from .bp4d import BP4D_AUS, plan_occurrence_dataset
 from .errors import Report
 from .raw import DatasetPlan
 
+CODED_TASKS = ("T1", "T6", "T7", "T8")  # label files of T2..T5 are BP4D's: refused
+
 
 def plan(root: Path, options, report: Report) -> DatasetPlan:
-    return plan_occurrence_dataset(root, "BP4D+", report, BP4D_AUS, progress=getattr(options, "progress", False))
+    return plan_occurrence_dataset(root, "BP4D+", report, BP4D_AUS, progress=getattr(options, "progress", False),
+                                   coded_tasks=CODED_TASKS)
 
 
 def plan_mme(root: Path, options, report: Report) -> DatasetPlan:
-    return plan_occurrence_dataset(root, "MME", report, BP4D_AUS, progress=getattr(options, "progress", False))
+    return plan_occurrence_dataset(root, "MME", report, BP4D_AUS, progress=getattr(options, "progress", False),
+                                   coded_tasks=CODED_TASKS)

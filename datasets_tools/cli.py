@@ -36,10 +36,16 @@ def _default_workers() -> int:
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a raw dataset tree into one HDF5 file",
                        description="Convert a raw BP4D / DISFA / BP4D+ / MME tree into one HDF5 file "
-                                   "(schema version 1) with the standard folds and statistics.")
+                                   "(schema version 1) with the standard folds and statistics. The file is "
+                                   "written as OUT.partial and renamed when complete; rerunning a killed "
+                                   "conversion resumes it. One conversion at a time writes OUT: a run holds "
+                                   "the lock OUT.lock (released by the OS if the run dies, even by kill -9), "
+                                   "and a second run for the same OUT stops at once, naming the first one's "
+                                   "pid. An existing OUT is refused unless --overwrite is given.")
     p.add_argument("dataset", choices=sorted(READERS), help="raw layout to read")
     p.add_argument("raw_root", type=Path, help="the dataset's root folder, as shipped")
-    p.add_argument("out", type=Path, help="output .h5 file (written as OUT.partial, renamed when complete)")
+    p.add_argument("out", type=Path, help="output .h5 file (written as OUT.partial, renamed when complete; "
+                                           "locked by OUT.lock while a run writes it)")
     p.add_argument("--image-size", type=_positive_int, default=256, help="stored square side in pixels (256)")
     p.add_argument("--image-format", choices=("jpeg", "raw"), default="jpeg",
                    help="jpeg: JPEG bytes per frame (default); raw: uint8 HxWx3 arrays")
@@ -55,6 +61,9 @@ def _add_convert(sub) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad frames (missing/corrupt image, bad label row, ...) and list them in the "
                         "report instead of stopping at the first one")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT together with its side file OUT.skipped.txt (without this flag "
+                        "an existing OUT is refused; resuming OUT.partial needs no flag)")
     p.add_argument("--folds-seed", type=int, default=0, help="seed of the balanced split when one is used (0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_convert)
@@ -64,7 +73,8 @@ def _run_convert(args) -> int:
     options = FrameOptions(image_size=args.image_size, image_format=args.image_format, crop=args.crop)
     result = convert(args.dataset, args.raw_root, args.out, options, landmarks_dir=args.landmarks,
                      camera=args.camera, threshold=args.threshold, workers=args.workers,
-                     skip_bad=args.skip_bad, folds_seed=args.folds_seed, progress=not args.quiet)
+                     skip_bad=args.skip_bad, folds_seed=args.folds_seed, progress=not args.quiet,
+                     overwrite=args.overwrite)
     if result.resumed_sequences:
         print(f"resumed after {result.resumed_sequences} finished sequence(s) of an interrupted run")
     print(f"wrote {result.frames} frames ({result.sequences} sequences, {result.subjects} subjects) to {args.out}")
@@ -76,13 +86,11 @@ def _run_convert(args) -> int:
             counts[skip.kind] = counts.get(skip.kind, 0) + 1
         for kind, count in sorted(counts.items()):
             print(f"  {count:8d}  {kind}")
-        listing = args.out.with_name(args.out.name + ".skipped.txt")
-        listing.write_text("".join(f"{s}\n" for s in result.skips))
         for skip in result.skips[:MAX_REPORTED_SKIPS]:
             print(f"  {skip}")
         if len(result.skips) > MAX_REPORTED_SKIPS:
             print(f"  ... {len(result.skips) - MAX_REPORTED_SKIPS} more")
-        print(f"  every skipped frame is listed in {listing}")
+        print(f"  every skipped frame is listed in {result.skipped_listing}")
     for note, count in sorted(result.notes.items()):
         print(f"note: {note} ({count} frame(s))")
     return 0
@@ -147,9 +155,17 @@ def _add_stats(sub) -> None:
 
 def _run_stats(args) -> int:
     from .stats import compute_stats, format_stats, stats_json
-    stats = compute_stats(args.file)
+    try:
+        stats = compute_stats(args.file)
+    except (OSError, RuntimeError) as e:  # h5py on damaged bytes
+        raise _damaged(args.file, e) from None
     print(stats_json(stats) if args.json else format_stats(stats))
     return 0
+
+
+def _damaged(path: Path, error: Exception) -> DatasetError:
+    return DatasetError(f"cannot read ({error}); the file looks damaged: check it with `datasets_tools verify`",
+                        str(path))
 
 
 def _add_info(sub) -> None:
@@ -160,7 +176,11 @@ def _add_info(sub) -> None:
 
 def _run_info(args) -> int:
     from .stats import format_info
-    print(format_info(args.file))
+    try:
+        info = format_info(args.file)
+    except (OSError, RuntimeError) as e:  # h5py on damaged bytes
+        raise _damaged(args.file, e) from None
+    print(info)
     return 0
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import sys
 import warnings
 import zipfile
 from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,8 @@ from .errors import DatasetError, Report, Skip
 from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
 from .folds import choose_folds
 from .hdf5_writer import CONVERTER_VERSION, FrameWriter
+from .output import OutputLock, check_output, skipped_path
+from .pool import process_pool
 from .raw import DatasetPlan, SequencePlan, attach_landmarks, child
 
 READERS = {"bp4d": bp4d.plan, "disfa": disfa.plan, "bp4d-plus": bp4d_plus.plan, "mme": bp4d_plus.plan_mme}
@@ -47,6 +47,7 @@ class ConvertResult:
     notes: dict
     resumed_sequences: int
     split_source: str
+    skipped_listing: Path | None = None  # OUT.skipped.txt, written when frames were skipped
 
 
 # ---- frame processing (runs in worker processes; each keeps its open zip / video) ----------
@@ -88,7 +89,14 @@ def decode(kind: str, container: str | None, member):
     try:
         if kind == "video":
             image = _read_video_frame(container, member)
-            return (image, None) if image is not None else (None, f"cannot read video frame {member}")
+            if image is None:
+                return None, f"cannot read video frame {member}"
+            capture = _open_video["capture"]
+            width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            if image.shape[:2] != (height, width):  # a damaged frame: never stored
+                return None, (f"video frame {member} decodes to {image.shape[1]}x{image.shape[0]}, "
+                              f"the video is {width}x{height}")
+            return image, None
         data = _read_zip(container, member) if kind == "zip" else np.fromfile(member, dtype=np.uint8)
     except (OSError, KeyError, zipfile.BadZipFile) as e:
         return None, f"cannot read image ({e})"
@@ -176,10 +184,7 @@ def _results(jobs, workers: int):
         for index, start, stop, job in jobs:
             yield index, start, stop, process_chunk(job)
         return
-    # forkserver, not fork: a forked child can inherit OpenCV / FFmpeg thread locks held by the
-    # parent and hang.
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_setup) as pool:
+    with process_pool(workers, initializer=_worker_setup) as pool:
         pending: deque = deque()
         for index, start, stop, job in jobs:
             pending.append((index, start, stop, pool.submit(process_chunk, job)))
@@ -193,9 +198,12 @@ def _results(jobs, workers: int):
 
 def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir: Path | None = None,
             camera: str = "left", threshold: int = 2, workers: int = 1, skip_bad: bool = False,
-            folds_seed: int = 0, progress: bool = True, fail_after_sequences: int | None = None) -> ConvertResult:
-    """Convert a raw dataset tree into one HDF5 file. ``fail_after_sequences`` raises after that
-    many sequences were written in this run (tests use it to simulate a killed conversion)."""
+            folds_seed: int = 0, progress: bool = True, fail_after_sequences: int | None = None,
+            overwrite: bool = False) -> ConvertResult:
+    """Convert a raw dataset tree into one HDF5 file. An existing ``out`` is refused unless
+    ``overwrite``; a ``.partial`` of an interrupted run is resumed; one run at a time writes ``out``
+    (``output.OutputLock``). ``fail_after_sequences`` raises after that many sequences were written
+    in this run (tests use it to simulate a killed conversion)."""
     root, out = Path(root), Path(out)
     if dataset not in READERS:
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(READERS)}")
@@ -211,11 +219,20 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
         raise DatasetError(f"--camera {camera!r}: choose left or right")
     if not root.is_dir():
         raise DatasetError("raw dataset folder not found (RAW_ROOT)", str(root))
-    if not out.parent.is_dir():
-        raise DatasetError("output folder does not exist", str(out.parent))
     if workers < 1:
         raise DatasetError(f"--workers {workers} must be at least 1")
 
+    check_output(out, overwrite)
+    with OutputLock(out):
+        return _convert_locked(dataset, root, out, options, landmarks_dir=landmarks_dir, camera=camera,
+                               threshold=threshold, workers=workers, skip_bad=skip_bad, folds_seed=folds_seed,
+                               progress=progress, fail_after_sequences=fail_after_sequences)
+
+
+def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir, camera: str,
+                    threshold: int, workers: int, skip_bad: bool, folds_seed: int, progress: bool,
+                    fail_after_sequences: int | None) -> ConvertResult:
+    """The conversion proper, while this run holds the output's lock."""
     report = Report(skip_bad=skip_bad)
     settings = {"camera": camera, "threshold": threshold}
     plan = READERS[dataset](root, _Settings(progress=progress, **settings), report)
@@ -354,6 +371,7 @@ def _finalize(writer: FrameWriter, plan: DatasetPlan, options: FrameOptions, rep
     attrs["skipped_frames"] = len(skips)
     attrs["skip_reasons"] = json.dumps(dict(Counter(s.kind for s in skips)))
     writer.finalize(attrs, [seq.name for seq, _ in kept], [subject_row[seq.subject] for seq, _ in kept],
-                    subjects, [length for _, length in kept], test_folds, split_source)
+                    subjects, [length for _, length in kept], test_folds, split_source, [str(s) for s in skips])
     return ConvertResult(frames=sum(length for _, length in kept), sequences=len(kept), subjects=len(subjects),
-                         skips=skips, notes=notes, resumed_sequences=resumed, split_source=split_source)
+                         skips=skips, notes=notes, resumed_sequences=resumed, split_source=split_source,
+                         skipped_listing=skipped_path(writer.out) if skips else None)

@@ -17,7 +17,9 @@ columns with ``au_names``; the other four coded AUs are not used by the benchmar
 
 from __future__ import annotations
 
+import os
 import re
+import struct
 import sys
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DatasetError, Report
-from .raw import DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, read_csv
+from .raw import DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, read_csv, rows_of_width
 
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
 SUBJECT = re.compile(r"^SN\d+$", re.IGNORECASE)
@@ -59,8 +61,8 @@ def read_au_file(path: Path, subject: str, report: Report) -> dict[int, int]:
                 np.array_equal(frames, np.round(frames)):
             return dict(zip(frames.astype(np.int64).tolist(), intensity.astype(np.int64).tolist()))
     values: dict[int, int] = {}
-    for line, cells in read_csv(path):
-        if len(cells) < 2 or cells[1] == "":
+    for line, cells in rows_of_width(path, read_csv(path), 2, report, sequence=subject, kind="bad label row"):
+        if cells[1] == "":
             report.problem("truncated row (expected frame,intensity)", sequence=subject, path=str(path),
                            line=line, kind="bad label row")
             continue
@@ -119,6 +121,44 @@ def video_frame_count(path: Path) -> int:
         capture.release()
 
 
+def avi_whole_frames(path: Path) -> int | None:
+    """How many video frames of a truncated AVI file are whole; None when the file is complete
+    or not an AVI. OpenCV decodes a frame cut short by a truncated file (an incomplete download)
+    as if it were whole, the missing part made up, so truncation is found in the container: its
+    RIFF chunks say how long the file should be and where each frame's bytes end. Other
+    containers are checked only by decoding."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        def chunks(start: int, end: int):
+            """(position, id, data length, list type) of the chunks in [start, end) that begin in the file."""
+            pos = start
+            while pos + 8 <= min(end, size):
+                f.seek(pos)
+                head = f.read(12)
+                length = struct.unpack("<I", head[4:8])[0]
+                yield pos, head[:4], length, head[8:12]
+                pos += 8 + length + (length & 1)
+
+        top = list(chunks(0, size))
+        if not top or top[0][1] != b"RIFF" or top[0][3] != b"AVI ":
+            return None
+        if all(pos + 8 + length <= size for pos, _, length, _ in top):
+            return None
+        whole, stream = 0, None
+
+        def count(start: int, end: int) -> None:
+            nonlocal whole, stream
+            for pos, name, length, kind in chunks(start, end):
+                if name == b"RIFF" or (name == b"LIST" and kind in (b"movi", b"rec ")):
+                    count(pos + 12, pos + 8 + length)
+                elif name[2:4] in (b"dc", b"db") and stream in (None, name[:2]) and pos + 8 + length <= size:
+                    stream = name[:2]  # frames of the first video stream, in file order
+                    whole += 1
+
+        count(0, size)
+        return whole
+
+
 def plan(root: Path, options, report: Report) -> DatasetPlan:
     camera = getattr(options, "camera", "left")
     threshold = int(getattr(options, "threshold", 2))
@@ -163,6 +203,7 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
         frame_no = np.array(sorted(common), dtype=np.int32)
         intensity = np.array([[v[f] for v in per_au] for f in frame_no], dtype=np.int8).reshape(-1, len(DISFA_AUS))
         label = (intensity >= threshold).astype(np.int8)
+        truncated = range(0)
         if image_root is not None:
             folder = next((p for p in _subject_dirs(image_root) if p.name.upper() == subject), None)
             if folder is None:
@@ -186,6 +227,15 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
                 if not report.skip_bad:
                     raise DatasetError(message + " (use --skip-bad to skip unmatched frames)", str(files[1]))
                 report.note(f"{subject}: {message}")
+            whole = avi_whole_frames(video)
+            if whole is not None and whole < count:
+                message = (f"the video file is truncated: only its first {whole} of {count} frames are whole "
+                           "(incomplete copy or download?)")
+                if not report.skip_bad:
+                    raise DatasetError(message + " (use --skip-bad to skip the others)", str(video))
+                report.note(f"{subject}: {message}")
+                truncated = range(whole + 1, count + 1)  # label frames; a partly decoded frame is never stored
+                count = whole
             members = [int(f) - 1 if 1 <= f <= count else None for f in frame_no]
             kind, container, where = "video", str(video), str(video)
         present = np.array([m is not None for m in members], dtype=bool)
@@ -193,7 +243,11 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
             raise DatasetError(f"{(~present).sum()} labelled frame(s) of {subject} have no image, first: frame "
                                f"{frame_no[~present][0]} (use --skip-bad to skip such frames)", where)
         for f in frame_no[~present]:
-            report.problem("missing image", sequence=subject, frame_no=int(f), path=where, kind="missing image")
+            if f in truncated:
+                report.problem("frame lies in the truncated end of the video", sequence=subject, frame_no=int(f),
+                               path=where, kind="truncated video")
+            else:
+                report.problem("missing image", sequence=subject, frame_no=int(f), path=where, kind="missing image")
         seq = SequencePlan(subject, subject, frame_no, label, intensity, kind, container, members,
                            str(files[DISFA_AUS[0]]))
         seq.keep(present)

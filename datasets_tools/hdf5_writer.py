@@ -4,7 +4,8 @@ Frames are appended sequence by sequence into ``<out>.partial`` in the output fo
 finished sequence a progress marker (fingerprint of the inputs and options, rows written,
 sequences done) is flushed into the file, so a rerun with unchanged inputs continues after the
 last finished sequence; anything else restarts cleanly. Only the final step renames the file
-to its real name, so a killed conversion never leaves a file that looks finished.
+to its real name, so a killed conversion never leaves a file that looks finished, and it renames
+only the file this writer wrote (the caller holds the output's lock, ``output.OutputLock``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .errors import DatasetError
 from .folds import fold_statistics
+from .output import partial_path, skipped_path
 
 SCHEMA_VERSION = 1
 CONVERTER_VERSION = "1.0"
 STRING = h5py.string_dtype()
 PROGRESS = "_progress"
-
-
-def partial_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
 
 
 def string_array(values) -> np.ndarray:
@@ -44,6 +43,7 @@ class FrameWriter:
         self.resumed = self.file is not None
         if self.file is None:
             self._create(num_aus, image_size, image_format, has_intensity, num_points)
+        self.identity = self._identity()
         progress = self.file[PROGRESS].attrs
         self.rows = int(progress["rows"])
         self.done = json.loads(progress["done"])          # [[plan index, length], ...]
@@ -86,6 +86,11 @@ class FrameWriter:
         progress.attrs.update({"fingerprint": self.fingerprint, "rows": 0, "done": "[]", "skips": "[]",
                                "notes": "{}"})
         f.flush()
+
+    def _identity(self) -> tuple[int, int]:
+        """(device, inode) of the file this writer has open."""
+        st = os.fstat(self.file.id.get_vfd_handle())
+        return st.st_dev, st.st_ino
 
     def _truncate(self, rows: int):
         for ds in self.file["frames"].values():
@@ -132,8 +137,9 @@ class FrameWriter:
         self.file.flush()
 
     def finalize(self, attrs: dict, sequence_names, sequence_subjects, subject_names, lengths,
-                 folds: list[list[str]], split_source: str) -> None:
-        """Write sequences, subjects, folds with statistics and root attributes; rename."""
+                 folds: list[list[str]], split_source: str, skipped: list[str]) -> None:
+        """Write sequences, subjects, folds with statistics and root attributes; rename; write the
+        listing of ``skipped`` frames (``OUT.skipped.txt``, none when nothing was skipped)."""
         f = self.file
         lengths = np.asarray(lengths, dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -156,8 +162,23 @@ class FrameWriter:
         f.attrs["converter_version"] = CONVERTER_VERSION
         f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         del f[PROGRESS]
+        try:
+            st = os.stat(self.path)
+            ours = (st.st_dev, st.st_ino) == self.identity
+        except FileNotFoundError:
+            ours = False
         f.close()
+        if not ours:
+            raise DatasetError("was replaced or removed by another process while this run wrote it; "
+                               "not renaming it (run the conversion again)", str(self.path))
+        listing = skipped_path(self.out)
+        # The old output's listing goes first: a stale listing must never sit beside a new file.
+        listing.unlink(missing_ok=True)
         os.replace(self.path, self.out)
+        if skipped:
+            temporary = listing.with_name(listing.name + ".partial")
+            temporary.write_text("".join(f"{line}\n" for line in skipped))
+            os.replace(temporary, listing)
 
     def close(self) -> None:
         if self.file is not None and self.file.id.valid:

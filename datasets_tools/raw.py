@@ -1,5 +1,6 @@
 """Shared pieces of the raw-layout readers: the conversion plan, case-insensitive path lookup,
-CSV parsing with file/line errors, image-folder indexing and landmark files."""
+CSV parsing with file/line errors (every row exactly as many cells as the header), image-folder
+indexing and landmark files."""
 
 from __future__ import annotations
 
@@ -122,10 +123,30 @@ def read_csv(path: Path) -> list[tuple[int, list[str]]]:
         raise DatasetError(f"cannot read ({e.strerror})", str(path)) from None
 
 
+def rows_of_width(path: Path, rows, width: int, report: Report | None = None, *, sequence: str = "",
+                  kind: str = "bad row") -> list[tuple[int, list[str]]]:
+    """The rows (from ``read_csv``) that have exactly ``width`` cells, the header's count. Any
+    other count - a truncated row, two rows merged onto one line - is a problem naming file and
+    line: raised when ``report`` is None or strict, else a skip of ``kind`` counted in the report.
+    Every CSV reader checks its rows here, so none keeps a row whose cells may be shifted."""
+    kept = []
+    for line, cells in rows:
+        if len(cells) == width:
+            kept.append((line, cells))
+            continue
+        what = "truncated row" if len(cells) < width else "too many values (rows merged onto one line?)"
+        message = f"{what}: expected {width} values, found {len(cells)}"
+        if report is None:
+            raise DatasetError(message, str(path), line)
+        report.problem(message, sequence=sequence, path=str(path), line=line, kind=kind)
+    return kept
+
+
 def fast_table(path: Path, header: bool):
     """Fast path for well-formed numeric CSV files: -> (header cells or None, float64 (rows,
-    cols)), or None when the file is not a clean rectangle of numbers; callers then parse it row
-    by row with ``read_csv`` to report the offending line."""
+    cols)), or None when the file is not a clean rectangle of numbers (every line as many cells
+    as the first); callers then parse it row by row with ``read_csv`` and ``rows_of_width`` to
+    report the offending line."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError):
@@ -139,7 +160,7 @@ def fast_table(path: Path, header: bool):
     else:
         head = None
         columns = lines[0].count(",") + 1 if lines else 0
-    if not lines:
+    if not lines or any(line.count(",") != columns - 1 for line in lines):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
@@ -229,10 +250,7 @@ def read_landmarks(path: Path, frame_no: np.ndarray) -> np.ndarray:
 
 def _landmark_row_error(path: Path, header: list[str], body) -> None:
     """Raise the error of the first bad landmark row (file and line)."""
-    for line, cells in body:
-        if len(cells) != len(header):
-            raise DatasetError(f"expected {len(header)} values, found {len(cells)} (truncated row?)",
-                               str(path), line)
+    for line, cells in rows_of_width(path, body, len(header)):
         parse_int(cells[0], path, line, "frame number")
         try:
             [float(c) for c in cells[1:]]

@@ -198,7 +198,7 @@ def test_missing_or_misnamed_image_folder(tree, tmp_path):
     assert [s.kind for s in result.skips] == ["missing images"] and result.sequences == 3
     shutil.rmtree(root / "2D+")
     with pytest.raises(DatasetError, match="no image folders found"):
-        run(root, tmp_path)
+        run(root, tmp_path, overwrite=True)  # out.h5 exists now: without the flag it is refused first
 
 
 def test_disfa_video_shorter_than_labels(tmp_path):
@@ -255,7 +255,7 @@ def test_bad_landmarks_file(tree, tmp_path):
     lines = path.read_text().splitlines()
     lines[2] = lines[2].rsplit(",", 1)[0]
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetError, match=r"F001_T1.csv, line 3: expected 7 values, found 6"):
+    with pytest.raises(DatasetError, match=r"F001_T1.csv, line 3: truncated row: expected 7 values, found 6"):
         run(root, tmp_path)
 
 
