@@ -97,6 +97,15 @@ def test_evaluate_resume_refuses_a_result_of_another_data_file(other_h5, evaluat
     expect_one_line_error(evaluate(other_h5, evaluated, "--resume"), capsys, str(result), "fingerprint: result")
 
 
+def test_evaluate_resume_refuses_a_result_it_cannot_read(h5, tmp_path, capsys):
+    result = tmp_path / "ev" / "results" / "resnet_fold1_full.json"
+    result.parent.mkdir(parents=True)
+    result.write_text('{"schema": "aubench-result-1", "metrics": {')  # a half-written file from elsewhere
+    expect_one_line_error(evaluate(h5, tmp_path / "ev", "--resume"), capsys, f"--resume: {result} cannot be read")
+    result.write_text(json.dumps({"schema": "aubench-result-1", "config": {"method": "resnet"}}))
+    expect_one_line_error(evaluate(h5, tmp_path / "ev", "--resume"), capsys, f"--resume: {result} has no 'config.")
+
+
 # ------------------------------------------------------------------ overwrites
 
 
