@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from aubench.engine.trainer import autocast_context, build_optimizer, resolve_precision
 from aubench.errors import UserError
-from aubench.models.base import AUMethod, Preset, TrainState, create_method, method_class
+from aubench.models.base import AUMethod, Preset, TrainState, check_image_size, create_method, method_class
 
 
 def synthetic_batch(input_kind: str, batch_size: int, num_aus: int, image_size: int, clip_len: int = 1,
@@ -136,6 +136,10 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
         preset_obj = preset
     if image_size is not None:
         preset_obj = Preset(**{**preset_obj.__dict__, "image_size": image_size})
+    check_image_size(cls, preset_obj)
+    if train and batch_size < 2:
+        raise UserError(f"--batch-size {batch_size}: a train step needs at least 2 samples (batch norm); "
+                        f"use --no-train to time inference alone")
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     torch.manual_seed(seed)

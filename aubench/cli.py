@@ -1,7 +1,8 @@
 """`aubench` command line: train, evaluate, bench, leaderboard, methods, demo.
 
 User mistakes raise aubench.errors.UserError; main() prints "aubench: error: ..." and exits
-with status 2, without a traceback. Run under torchrun for data-parallel training:
+with status 2, without a traceback. Bad argument values are caught while parsing (the type
+functions below) and reported the same way. Run under torchrun for data-parallel training:
 `torchrun --nproc_per_node 2 -m aubench.cli train --method resnet --data D.h5 --device cpu`.
 """
 from __future__ import annotations
@@ -9,44 +10,92 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from aubench.errors import UserError
 
 
-def _int_list(text: str) -> list[int]:
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's error format: one line "aubench: error: ...", status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"aubench: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(low: int | None, why: str = ""):
+    """An argparse type: an integer >= low (any integer when low is None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{why}, got {value}")
+        return value
+    return parse
+
+
+_integer = _int_at_least(None)  # folds: the dataset file says which exist (_check_data_and_folds)
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+# Batch norm cannot train on a single sample (the last stage of a 32-px ResNet has one cell).
+_train_batch = _int_at_least(2, " (batch norm needs two samples per training step)")
+
+
+def _seed(text: str) -> int:
+    value = _non_negative(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
+    return value
+
+
+def _label_ratio(text: str) -> float:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _list_of(item, what: str):
+    """An argparse type: a comma-separated, non-empty list without repeats, each item parsed by `item`."""
+    def parse(text: str) -> list:
+        values = [item(x.strip()) for x in text.split(",") if x.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if repeated is not None:
+            raise argparse.ArgumentTypeError(f"{repeated} is listed twice")
+        return values
+    return parse
 
 
-def _name_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+_fold_list = _list_of(_integer, "fold numbers")
+_ratio_list = _list_of(_label_ratio, "label ratios in (0, 1]")
+_name_list = _list_of(str, "names")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="aubench HDF5 file (datasets_tools convert)")
     p.add_argument("--preset", default="tiny", help="paper | tiny (default: tiny)")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--batch-size", type=int, help="override the preset's (global) batch size")
-    p.add_argument("--image-size", type=int, help="override the preset's image size")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--epochs", type=_positive, help="override the preset's epochs")
+    p.add_argument("--batch-size", type=_train_batch, help="override the preset's (global) batch size (at least 2)")
+    p.add_argument("--image-size", type=_positive,
+                   help="override the preset's image size (at least the backbone's total stride: 32 for a ResNet)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run in OUT (checkpoint, result, log) instead of refusing")
     p.add_argument("--pretrained", help="local weights: an aubench checkpoint, or timm/torchvision backbone weights")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16 (auto: bf16/fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default 0 on CPU, 4 on GPU)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--workers", type=_non_negative, help="DataLoader workers (default 0 on CPU, 4 on GPU)")
+    p.add_argument("--checkpoint-every", type=_non_negative, default=0, help="also checkpoint every N steps")
     p.add_argument("--no-augment", action="store_true", help="turn off training augmentation")
     p.add_argument("--channels-last", action="store_true",
                    help="train and test in channels-last memory format (faster convolutions on most CPUs and GPUs)")
@@ -54,44 +103,62 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aubench", description="Facial action unit detection benchmark")
+    parser = _Parser(prog="aubench", description="Facial action unit detection benchmark")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one method on one fold, then test it")
+    p = sub.add_parser("train", help="train one method on one fold, then test it",
+                       description="Train one method on one fold, then test it. OUT gets last.pt, result.json and "
+                                   "log.jsonl. Into an OUT that holds another run's checkpoint or result, train "
+                                   "refuses unless --resume (continue it; its settings must equal these) or "
+                                   "--overwrite (replace all of its files) is given.")
     p.add_argument("--method", required=True)
-    p.add_argument("--fold", type=int, default=1)
-    p.add_argument("--label-ratio", type=float, default=1.0, help="sparse-label protocol ratio in (0, 1]")
-    p.add_argument("--out", help="run directory (default runs/<method>_fold<k>)")
+    p.add_argument("--fold", type=_integer, default=1)
+    p.add_argument("--label-ratio", type=_label_ratio, default=1.0, help="sparse-label protocol ratio in (0, 1]")
+    p.add_argument("--out", help="run directory (default runs/<method>_fold<k>_<protocol>)")
     _add_run_options(p)
 
-    p = sub.add_parser("evaluate", help="train and test methods over folds; one result JSON each")
+    p = sub.add_parser("evaluate", help="train and test methods over folds; one result JSON each",
+                       description="Train and test methods over folds and label ratios; OUT/results gets one "
+                                   "result JSON per (method, fold, protocol), OUT/runs their checkpoints and logs. "
+                                   "When OUT already holds results or checkpoints of these runs, evaluate refuses "
+                                   "unless --resume (keep each result made with exactly these settings, continue "
+                                   "killed runs, train the rest; a result made with other settings is an error "
+                                   "naming the file and the settings that differ) or --overwrite (replace them "
+                                   "all) is given.")
     p.add_argument("--methods", required=True, type=_name_list, help="comma-separated, or 'all'")
-    p.add_argument("--folds", type=_int_list, default=[1, 2, 3])
-    p.add_argument("--label-ratios", type=_float_list, default=[1.0])
+    p.add_argument("--folds", type=_fold_list, default=[1, 2, 3])
+    p.add_argument("--label-ratios", type=_ratio_list, default=[1.0])
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--bench-batch-size", type=int, default=4, help="batch size of the size/speed measurement")
+    p.add_argument("--bench-batch-size", type=_train_batch, default=4, help="batch size of the size/speed measurement")
     _add_run_options(p)
 
     p = sub.add_parser("bench", help="params, FLOPs and throughput of methods")
     p.add_argument("--methods", type=_name_list, default=["all"])
     p.add_argument("--preset", default="paper")
-    p.add_argument("--num-aus", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--num-aus", type=_positive, default=12)
+    p.add_argument("--batch-size", type=_positive, default=8, help="at least 2 unless --no-train")
+    p.add_argument("--image-size", type=_positive)
     p.add_argument("--device", help="cpu | cuda")
     p.add_argument("--precision", default="auto")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=_non_negative, default=3)
+    p.add_argument("--iters", type=_positive, default=10)
     p.add_argument("--no-train", action="store_true", help="skip the train-step measurement")
     p.add_argument("--json", help="also write the records to this file")
 
-    p = sub.add_parser("leaderboard", help="one table from evaluate runs")
+    from aubench.leaderboard import GROUPING, PLOT_NAME
+
+    p = sub.add_parser("leaderboard", help="one table from evaluate runs", description=GROUPING,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories or result JSON files")
     p.add_argument("--format", default="md", choices=["md", "csv", "json"])
-    p.add_argument("--plot", help="write a per-AU F1 bar chart here (PNG)")
+    p.add_argument("--plot", help=f"write the per-AU F1 bar chart to this file (.png added when it has no suffix; "
+                                  f"PLOT/{PLOT_NAME} when PLOT is a directory); with several label ratios also "
+                                  f"<name>_label_ratio.png beside it; the paths written are printed")
     p.add_argument("--no-reported", action="store_true", help="leave out the papers' reported numbers")
-    p.add_argument("--output", help="write the table to this file instead of stdout")
+    p.add_argument("--merge", action="store_true",
+                   help="average one method's folds even when their settings differ (the row says what was mixed)")
+    p.add_argument("--output", help="write the table to this file instead of stdout (missing folders are created)")
 
     sub.add_parser("methods", help="list the registered methods and their presets")
 
@@ -99,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_run", help="where the dataset, runs and leaderboard go")
     p.add_argument("--methods", type=_name_list, default=["all"])
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     return parser
 
 
@@ -118,81 +185,149 @@ def _methods(names: list[str]) -> list[str]:
 def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
     from aubench.engine.trainer import RunConfig
 
+    # An absolute --pretrained path: it is part of the run's identity, which must not depend on
+    # the directory a rerun starts from.
+    pretrained = str(Path(args.pretrained).resolve()) if args.pretrained else None
     return RunConfig(method=method, data=args.data, fold=fold, preset=args.preset, label_ratio=label_ratio,
                      epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, out=out,
-                     resume=args.resume, pretrained=args.pretrained, device=args.device, seed=args.seed,
-                     precision=args.precision, workers=args.workers, checkpoint_every=args.checkpoint_every,
-                     augment=not args.no_augment, channels_last=args.channels_last, progress=not args.no_progress)
+                     resume=args.resume, overwrite=args.overwrite, pretrained=pretrained, device=args.device,
+                     seed=args.seed, precision=args.precision, workers=args.workers,
+                     checkpoint_every=args.checkpoint_every, augment=not args.no_augment,
+                     channels_last=args.channels_last, progress=not args.no_progress)
 
 
-def _check_data_and_folds(path: str, folds: list[int]) -> None:
+def _check_data_and_folds(path: str, folds: list[int]):
+    """The opened dataset file, once every fold is known to be in it."""
     from aubench.engine.data_access import open_dataset_file
 
     file = open_dataset_file(path)
     bad = [k for k in folds if not 1 <= k <= file.num_folds]
     if bad:
         raise UserError(f"--fold {bad[0]} is out of range: {path} has folds 1..{file.num_folds}")
+    return file
 
 
 def cmd_train(args) -> int:
     from aubench.engine.distributed import setup_distributed
-    from aubench.engine.run import protocol_name, train_and_evaluate, write_json_atomic
+    from aubench.engine.run import protocol_name, train_and_evaluate
+    from aubench.engine.trainer import CHECKPOINT_NAME, RESULT_NAME
+    from aubench.files import write_json_atomic
 
     _methods([args.method])
     _check_data_and_folds(args.data, [args.fold])
     out = args.out or f"runs/{args.method}_fold{args.fold}_{protocol_name(args.label_ratio)}"
     env = setup_distributed(args.device)
+    # The Trainer refuses an OUT holding another run unless --resume / --overwrite (claim_run_dir).
     result = train_and_evaluate(_run_config(args, args.method, args.fold, args.label_ratio, out))
     if env.is_main:
-        write_json_atomic(Path(out) / "result.json", result)
+        write_json_atomic(Path(out) / RESULT_NAME, result)
         m = result["metrics"]
         print(f"{args.method} fold {args.fold} {result['protocol']}: mean F1 {100 * m['mean_f1']:.1f} "
               f"(all-positive {100 * m['all_positive_mean_f1']:.1f}); per AU: "
               + ", ".join(f"{au} {100 * v:.1f}" for au, v in m["f1"].items()))
-        print(f"result: {Path(out) / 'result.json'}   checkpoint: {Path(out) / 'last.pt'}")
+        print(f"result: {Path(out) / RESULT_NAME}   checkpoint: {Path(out) / CHECKPOINT_NAME}")
     return 0
 
 
+@dataclass
+class _Unit:
+    """One (method, label ratio, fold) of an evaluate run."""
+
+    config: Any           # aubench.engine.trainer.RunConfig
+    result_path: Path
+    identity: dict        # aubench.engine.identity.run_identity of the request
+
+
+def _stored_identity(path: Path) -> dict:
+    from aubench.engine.identity import MissingKey, result_identity
+
+    try:
+        return result_identity(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as err:
+        raise UserError(f"--resume: {path} cannot be read ({err}); remove it or use --overwrite") from None
+    except MissingKey as err:
+        raise UserError(f"--resume: {path} has no '{err.path}'; remove it or use --overwrite") from None
+
+
 def run_evaluate(args) -> list[Path]:
-    """The evaluate loop (also used by the demo). Returns the result files written."""
+    """The evaluate loop (also used by the demo). Returns the result files written or kept.
+
+    Everything is checked before anything trains: the settings of every method, and what OUT
+    already holds (see the `evaluate` help for --resume and --overwrite)."""
     from aubench.bench import benchmark_method
     from aubench.engine.distributed import setup_distributed
-    from aubench.engine.run import protocol_name, train_and_evaluate, write_json_atomic
+    from aubench.engine.identity import differences_text, identity_differences, run_identity
+    from aubench.engine.run import protocol_name, train_and_evaluate
+    from aubench.engine.trainer import (CHECKPOINT_NAME, clear_run_files, kept_run_files, resolve_precision,
+                                        resolve_preset)
+    from aubench.files import write_json_atomic
+    from aubench.models import method_class
+    from aubench.models.base import check_image_size
 
     methods = _methods(args.methods)
-    _check_data_and_folds(args.data, args.folds)
-    for r in args.label_ratios:
-        if not 0 < r <= 1:
-            raise UserError(f"--label-ratios: {r} is not in (0, 1]")
+    file = _check_data_and_folds(args.data, args.folds)
+    protocols = [protocol_name(r) for r in args.label_ratios]
+    if len(set(protocols)) != len(protocols):
+        raise UserError(f"--label-ratios {','.join(map(str, args.label_ratios))}: two ratios give the same "
+                        f"protocol name ({', '.join(protocols)})")
     env = setup_distributed(args.device)
+    precision = resolve_precision(args.precision, env.device)
+    fingerprint = file.fingerprint()
     root = Path(args.out)
-    written = []
-    from aubench.engine.data_access import open_dataset_file
-
-    num_aus = open_dataset_file(args.data).num_aus
+    units = []
     for method in methods:
-        bench = None
-        for ratio in args.label_ratios:
-            protocol = protocol_name(ratio)
+        for ratio, protocol in zip(args.label_ratios, protocols):
             for fold in args.folds:
-                result_path = root / "results" / f"{method}_fold{fold}_{protocol}.json"
-                if args.resume and result_path.is_file():
-                    written.append(result_path)
-                    continue
-                run_dir = root / "runs" / method / protocol / f"fold{fold}"
-                config = _run_config(args, method, fold, ratio, str(run_dir))
-                config = replace(config, resume=args.resume and (run_dir / "last.pt").is_file())
-                if bench is None:  # size and speed depend on the architecture only: once per method
-                    bench = benchmark_method(method, num_aus, args.preset, env.device, batch_size=args.bench_batch_size,
-                                             precision=args.precision, channels_last=args.channels_last,
-                                             warmup=1, iters=3,
+                config = _run_config(args, method, fold, ratio, str(root / "runs" / method / protocol / f"fold{fold}"))
+                preset = resolve_preset(method_class(method), config)
+                check_image_size(method_class(method), preset)
+                units.append(_Unit(config, root / "results" / f"{method}_fold{fold}_{protocol}.json",
+                                   run_identity(asdict(config), preset.__dict__, fingerprint, precision)))
+
+    there = [u for u in units if u.result_path.exists() or kept_run_files(u.config.out)]
+    if there and not (args.resume or args.overwrite):
+        names = [str(u.result_path.relative_to(root)) if u.result_path.exists() else
+                 f"{Path(u.config.out).relative_to(root)}/{kept_run_files(u.config.out)[0]}" for u in there]
+        more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+        raise UserError(f"--out {root} already holds runs of this evaluation ({', '.join(names[:2])}{more}); pass "
+                        f"--resume to keep those made with the same settings, or --overwrite to replace them")
+    keep = set()
+    if args.resume:
+        for i, u in enumerate(units):
+            if u.result_path.is_file():
+                diffs = identity_differences(_stored_identity(u.result_path), u.identity, "result")
+                if diffs:
+                    raise UserError(f"--resume: {u.result_path} was made with other settings ({differences_text(diffs)}); "
+                                    f"use --overwrite instead of --resume to replace it, or another --out")
+                keep.add(i)
+    if args.overwrite and env.is_main:  # all at once: a rerun after a crash then finds only new runs
+        for u in there:
+            u.result_path.unlink(missing_ok=True)
+            clear_run_files(u.config.out)
+
+    num_aus = file.num_aus
+    written = []
+    bench: dict[str, dict] = {}
+    for i, u in enumerate(units):
+        config = u.config
+        method, fold, protocol = config.method, config.fold, protocol_name(config.label_ratio)
+        if i in keep:
+            if env.is_main:
+                print(f"{method:>10} fold {fold} {protocol:>10}: kept {u.result_path} (same settings)", flush=True)
+            written.append(u.result_path)
+            continue
+        config = replace(config, resume=args.resume and (Path(config.out) / CHECKPOINT_NAME).is_file())
+        if method not in bench:  # size and speed depend on the architecture only: once per method
+            bench[method] = benchmark_method(method, num_aus, args.preset, env.device,
+                                             batch_size=args.bench_batch_size, precision=args.precision,
+                                             channels_last=args.channels_last, warmup=1, iters=3,
                                              image_size=args.image_size)
-                result = train_and_evaluate(config, bench)
-                if env.is_main:
-                    write_json_atomic(result_path, result)
-                    print(f"{method:>10} fold {fold} {protocol:>10}: mean F1 {100 * result['mean_f1']:5.1f} "
-                          f"(all-positive {100 * result['metrics']['all_positive_mean_f1']:5.1f})", flush=True)
-                written.append(result_path)
+        result = train_and_evaluate(config, bench[method])
+        if env.is_main:
+            write_json_atomic(u.result_path, result)
+            print(f"{method:>10} fold {fold} {protocol:>10}: mean F1 {100 * result['mean_f1']:5.1f} "
+                  f"(all-positive {100 * result['metrics']['all_positive_mean_f1']:5.1f})", flush=True)
+        written.append(u.result_path)
     return written
 
 
@@ -223,22 +358,33 @@ def cmd_bench(args) -> int:
               f"{r['infer_frames_per_s']:10.1f} {train}  batch {r['batch_size']} ({r['frames_per_batch']} frames), "
               f"{r['image_size']}px, {r['precision']}, channels_last={r['channels_last']}, {r['device']}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2))
+        from aubench.files import why_unwritable, write_json_atomic
+
+        try:
+            write_json_atomic(args.json, records)
+        except OSError as err:
+            raise UserError(f"--json {args.json}: cannot write ({why_unwritable(args.json, err)})") from None
     return 0
 
 
 def cmd_leaderboard(args) -> int:
     from aubench import leaderboard
+    from aubench.files import why_unwritable, write_text_atomic
 
-    rows = leaderboard.build_rows(leaderboard.find_results(args.runs), include_reported=not args.no_reported)
+    rows = leaderboard.build_rows(leaderboard.find_results(args.runs), include_reported=not args.no_reported,
+                                  merge=args.merge)
     text = leaderboard.render(rows, args.format)
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        print(text)
-    if args.plot:
+    if args.plot:  # first: a plot path that cannot be written stops before any table is out
         for path in leaderboard.plot(rows, args.plot):
             print(f"plot: {path}", file=sys.stderr)
+    if args.output:
+        try:
+            write_text_atomic(args.output, text)  # creates missing folders
+        except OSError as err:
+            raise UserError(f"--output {args.output}: cannot write ({why_unwritable(args.output, err)})") from None
+        print(f"table: {args.output}", file=sys.stderr)
+    else:
+        print(text)
     return 0
 
 
@@ -264,7 +410,10 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench, "l
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad argument (_Parser.error has printed it)
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         import aubench.models  # noqa: F401  (registers the methods)
 

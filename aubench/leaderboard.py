@@ -1,46 +1,112 @@
 """Leaderboard: result JSONs of `aubench evaluate` -> one table (Markdown, CSV, JSON) and plots.
 
-Rows are methods (per dataset and protocol), columns per-AU F1 and mean F1 as mean +- std over
-folds (in percent, like the papers), then params, FLOPs and throughput. Beside our rows: the
-all-positive baseline of the same test splits, and numbers reported in the papers
+Rows are methods (per dataset, protocol and setting), columns per-AU F1 and mean F1 as mean +-
+std over folds (in percent, like the papers), then params, FLOPs and throughput. Beside our rows:
+the all-positive baseline of the same test splits, and numbers reported in the papers
 (aubench.reported) for the same dataset and protocol, marked "reported". All three formats are
 rendered from the same rows, so they agree.
+
+GROUPING (also the `aubench leaderboard --help` text) says which results are averaged together.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from aubench.engine.identity import MissingKey, need, result_identity
 from aubench.errors import UserError
+from aubench.files import why_unwritable
 from aubench.reported import reported_for
 
 RESULT_SCHEMA = "aubench-result-1"
 FORMATS = ("md", "csv", "json")
+PLOT_NAME = "leaderboard.png"  # what --plot writes inside a directory
+
+GROUPING = """\
+A row averages (mean +- std) the folds of one method whose results have the same settings:
+everything that changes what is trained and tested must be equal apart from the fold - preset
+and its resolved fields (epochs, batch size, image size, optimiser, learning rate, model
+settings ...), label ratio, seed, augmentation, precision, --pretrained file and the data file
+(its fingerprint). Device, workers, channels-last, paths, timestamps, versions and throughput
+may differ. Results of one method whose settings differ get separate rows, each labelled with
+the settings that differ, e.g. "resnet [epochs=2]"; with --merge they are averaged anyway and
+the row is labelled with what was mixed, e.g. "resnet [mixed: epochs 1/2]". The all-positive
+baseline gets one row per data file. In a run directory, files that are not valid JSON and
+results that lack a field are skipped with a warning naming the file; a result file named on
+the command line must be valid."""
+
+
+def warn(message: str) -> None:
+    print(f"aubench: warning: {message}", file=sys.stderr)
+
+
+def result_problem(result: dict[str, Any]) -> str | None:
+    """None for a usable result record, else what is wrong with it ("no 'metrics.f1.AU1'")."""
+    try:
+        for key, kind in (("method", str), ("dataset", str), ("fold", int), ("protocol", str),
+                          ("label_ratio", (int, float))):
+            if not isinstance(need(result, key), kind):
+                return f"'{key}' is not a {getattr(kind, '__name__', 'number')}"
+        aus = need(result, "au_names")
+        if not isinstance(aus, list) or not all(isinstance(au, str) for au in aus):
+            return "'au_names' is not a list of AU names"
+        for key in ("f1", "all_positive_f1"):
+            for au in aus:
+                if not isinstance(need(result, "metrics", key, au), (int, float)):
+                    return f"'metrics.{key}.{au}' is not a number"
+        for key in ("mean_f1", "all_positive_mean_f1"):
+            if not isinstance(need(result, "metrics", key), (int, float)):
+                return f"'metrics.{key}' is not a number"
+        result_identity(result)
+    except MissingKey as err:
+        return f"no '{err.path}'"
+    except (TypeError, AttributeError) as err:  # a field of the wrong kind (a list where a dict belongs ...)
+        return f"a malformed field ({err})"
+    return None
 
 
 def find_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every result JSON under the given run directories (or result files)."""
+    """Every result JSON under the given run directories (or result files). In a directory,
+    unreadable JSON files and incomplete results are skipped with a warning on stderr; a file
+    named directly must be a usable result."""
     results = []
+    seen: set[Path] = set()
     for path in map(Path, paths):
         if not path.exists():
             raise UserError(f"{path}: no such run directory or result file")
-        files = [path] if path.is_file() else sorted(path.rglob("*.json"))
+        named = path.is_file()
+        files = [path] if named else sorted(path.rglob("*.json"))
         for file in files:
-            try:
-                data = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                if path.is_file():
-                    raise UserError(f"{file}: not a result JSON ({err})") from None
+            if file.resolve() in seen:  # the same file reached twice (a folder and a file in it)
                 continue
-            if isinstance(data, dict) and data.get("schema") == RESULT_SCHEMA:
-                data["_file"] = str(file)
-                results.append(data)
+            seen.add(file.resolve())
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:  # ValueError: bad JSON, or bytes that are not UTF-8
+                if named:
+                    raise UserError(f"{file}: not a result JSON ({err})") from None
+                warn(f"{file}: not valid JSON ({err}); skipped")
+                continue
+            if not (isinstance(data, dict) and data.get("schema") == RESULT_SCHEMA):
+                if named:
+                    raise UserError(f"{file}: not an aubench result (no schema {RESULT_SCHEMA!r})")
+                continue  # other JSON beside the results (configs, tables)
+            problem = result_problem(data)
+            if problem:
+                if named:
+                    raise UserError(f"{file}: incomplete result: {problem}")
+                warn(f"{file}: incomplete result: {problem}; skipped")
+                continue
+            data["_file"] = str(file)
+            results.append(data)
     if not results:
         raise UserError(f"no aubench result files under {', '.join(map(str, paths))} (run `aubench evaluate` first)")
     return results
@@ -51,32 +117,96 @@ def _stat(values: list[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)) if arr.size > 1 else 0.0}
 
 
-def build_rows(results: list[dict[str, Any]], include_reported: bool = True) -> list[dict[str, Any]]:
-    """Aggregated rows, grouped by (dataset, protocol); ours first (best mean F1 first)."""
-    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys ({"model": {"backbone": x}} -> {"model.backbone": x})."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def _settings(result: dict[str, Any]) -> dict[str, Any]:
+    """What must match for two results to share a row: the identity without fold and method."""
+    flat = _flat(result_identity(result))
+    return {k: v for k, v in flat.items() if k not in ("fold", "method")}
+
+
+def _label_value(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value[:8] if key == "fingerprint" else value
+    return json.dumps(value)
+
+
+def _varying(settings: list[dict[str, Any]]) -> list[str]:
+    """Keys whose values are not the same in all of `settings`, in first-seen order."""
+    keys = list(dict.fromkeys(k for s in settings for k in s))
+    return [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1]
+
+
+def build_rows(results: list[dict[str, Any]], include_reported: bool = True, merge: bool = False
+               ) -> list[dict[str, Any]]:
+    """Aggregated rows per (dataset, protocol); ours first (best mean F1 first). See GROUPING."""
     au_sets: dict[str, list[str]] = {}
     for r in results:
+        problem = result_problem(r)
+        if problem:
+            raise UserError(f"{r.get('_file', 'a result record')}: incomplete result: {problem}")
         dataset = r["dataset"]
         if dataset in au_sets and au_sets[dataset] != r["au_names"]:
             raise UserError(f"AU set mismatch in {dataset} results: {r['_file']} has {r['au_names']}, "
                             f"others have {au_sets[dataset]}")
         au_sets[dataset] = r["au_names"]
-        groups[(dataset, r["protocol"])][r["method"]].append(r)
+        r["_settings"] = _settings(r)
+
+    # The settings that tell one method's rows apart within a dataset. The label ratio is left out
+    # when the protocol column already shows it (it differs between protocols by definition).
+    by_dataset_method: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        by_dataset_method[(r["dataset"], r["method"])].append(r["_settings"])
+    shown: dict[tuple[str, str], list[str]] = {}
+    for key, settings in by_dataset_method.items():
+        keys = _varying(settings)
+        per_protocol = defaultdict(set)
+        for r in results:
+            if (r["dataset"], r["method"]) == key:
+                per_protocol[r["protocol"]].add(r["label_ratio"])
+        if all(len(ratios) == 1 for ratios in per_protocol.values()):
+            keys = [k for k in keys if k != "label_ratio"]
+        shown[key] = keys
+
+    def group_key(r: dict) -> str:
+        return "" if merge else json.dumps(r["_settings"], sort_keys=True)
+
+    def setting_label(runs: list[dict]) -> str:
+        if merge:
+            mixed = _varying([r["_settings"] for r in runs])
+            return ("mixed: " + ", ".join(
+                f"{k} " + "/".join(dict.fromkeys(_label_value(k, r["_settings"].get(k)) for r in runs))
+                for k in mixed)) if mixed else ""
+        keys = shown[(runs[0]["dataset"], runs[0]["method"])]
+        return ", ".join(f"{k}={_label_value(k, runs[0]['_settings'].get(k))}" for k in keys)
+
+    groups: dict[tuple[str, str], dict[tuple[str, str], list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        groups[(r["dataset"], r["protocol"])][(r["method"], group_key(r))].append(r)
 
     rows = []
     for (dataset, protocol), by_method in sorted(groups.items(), key=lambda kv: (kv[0][0], _ratio_key(kv[0][1]))):
         aus = au_sets[dataset]
         ours = []
-        baseline_folds: dict[int, dict] = {}
-        for method, runs in by_method.items():
+        # The all-positive baseline depends on the test labels only: one per data file (fingerprint).
+        baselines: dict[str, dict[int, dict]] = defaultdict(dict)
+        for (method, _), runs in by_method.items():
             folds = sorted(r["fold"] for r in runs)
             if len(set(folds)) != len(folds):
                 dup = [r["_file"] for r in runs]
                 raise UserError(f"{method} {dataset} {protocol}: the same fold appears twice ({', '.join(dup)})")
             bench = runs[0].get("bench", {})
             ours.append({
-                "kind": "ours", "method": method, "dataset": dataset, "protocol": protocol,
-                "label_ratio": runs[0].get("label_ratio"), "folds": folds,
+                "kind": "ours", "method": method, "setting": setting_label(runs), "dataset": dataset,
+                "protocol": protocol, "label_ratio": runs[0].get("label_ratio"), "folds": folds,
                 "f1": {au: _stat([100 * r["metrics"]["f1"][au] for r in runs]) for au in aus},
                 "mean_f1": _stat([100 * r["metrics"]["mean_f1"] for r in runs]),
                 "params_m": bench.get("params_m"), "gflops_per_frame": bench.get("gflops_per_frame"),
@@ -84,23 +214,26 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True) -> 
                 "train_frames_per_s": bench.get("train_frames_per_s"), "source": "",
             })
             for r in runs:
-                baseline_folds.setdefault(r["fold"], r["metrics"])
+                fingerprint = "" if merge else r["_settings"]["fingerprint"]
+                baselines[fingerprint].setdefault(r["fold"], r["metrics"])
         ours.sort(key=lambda row: -row["mean_f1"]["mean"])
         rows += ours
-        folds = sorted(baseline_folds)
-        rows.append({
-            "kind": "baseline", "method": "all-positive", "dataset": dataset, "protocol": protocol,
-            "label_ratio": None, "folds": folds,
-            "f1": {au: _stat([100 * baseline_folds[k]["all_positive_f1"][au] for k in folds]) for au in aus},
-            "mean_f1": _stat([100 * baseline_folds[k]["all_positive_mean_f1"] for k in folds]),
-            "params_m": None, "gflops_per_frame": None, "infer_frames_per_s": None, "train_frames_per_s": None,
-            "source": "predicts every AU present",
-        })
+        for fingerprint, baseline_folds in baselines.items():
+            folds = sorted(baseline_folds)
+            rows.append({
+                "kind": "baseline", "method": "all-positive", "dataset": dataset, "protocol": protocol,
+                "setting": f"fingerprint={fingerprint[:8]}" if len(baselines) > 1 else "",
+                "label_ratio": None, "folds": folds,
+                "f1": {au: _stat([100 * baseline_folds[k]["all_positive_f1"][au] for k in folds]) for au in aus},
+                "mean_f1": _stat([100 * baseline_folds[k]["all_positive_mean_f1"] for k in folds]),
+                "params_m": None, "gflops_per_frame": None, "infer_frames_per_s": None, "train_frames_per_s": None,
+                "source": "predicts every AU present",
+            })
         if include_reported:
             for rep in reported_for(dataset, protocol):
                 rows.append({
-                    "kind": "reported", "method": rep["method"], "dataset": dataset, "protocol": protocol,
-                    "label_ratio": None, "folds": [],
+                    "kind": "reported", "method": rep["method"], "setting": "", "dataset": dataset,
+                    "protocol": protocol, "label_ratio": None, "folds": [],
                     "f1": {au: ({"mean": rep["f1"][au], "std": None} if au in rep["f1"] else None) for au in aus},
                     "mean_f1": {"mean": rep["mean_f1"], "std": None},
                     "params_m": None, "gflops_per_frame": None, "infer_frames_per_s": None,
@@ -110,7 +243,10 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True) -> 
 
 
 def _ratio_key(protocol: str) -> float:
-    return 1.0 if protocol == "full" else float(protocol.removeprefix("sparse") or 0)
+    try:
+        return 1.0 if protocol == "full" else float(protocol.removeprefix("sparse") or 0)
+    except ValueError:  # a protocol name aubench does not write: sort it last
+        return float("inf")
 
 
 def _cell(stat: dict | None) -> str:
@@ -123,6 +259,12 @@ def _cell(stat: dict | None) -> str:
 
 def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _name(row: dict) -> str:
+    """The method as a table or legend shows it: reported numbers marked, settings in brackets."""
+    name = row["method"] + (" (reported)" if row["kind"] == "reported" else "")
+    return f"{name} [{row['setting']}]" if row.get("setting") else name
 
 
 def _aus(rows: list[dict], dataset: str) -> list[str]:
@@ -141,8 +283,7 @@ def to_markdown(rows: list[dict]) -> str:
         for r in rows:
             if r["dataset"] != dataset:
                 continue
-            method = r["method"] + (" (reported)" if r["kind"] == "reported" else "")
-            cells = [method, r["protocol"], r["kind"], str(len(r["folds"])) if r["folds"] else "-",
+            cells = [_name(r), r["protocol"], r["kind"], str(len(r["folds"])) if r["folds"] else "-",
                      *[_cell(r["f1"][au]) for au in aus], _cell(r["mean_f1"]), _num(r["params_m"], ".2f"),
                      _num(r["gflops_per_frame"], ".3f"), _num(r["infer_frames_per_s"], ".1f"),
                      _num(r["train_frames_per_s"], ".1f")]
@@ -156,7 +297,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 def to_csv(rows: list[dict]) -> str:
     all_aus = list(dict.fromkeys(au for r in rows for au in r["f1"]))
-    fields = ["dataset", "protocol", "kind", "method", "folds",
+    fields = ["dataset", "protocol", "kind", "method", "setting", "folds",
               *[f"{au}_{s}" for au in all_aus for s in ("mean", "std")], "mean_f1_mean", "mean_f1_std",
               "params_m", "gflops_per_frame", "infer_frames_per_s", "train_frames_per_s", "source"]
     buf = io.StringIO()
@@ -164,7 +305,7 @@ def to_csv(rows: list[dict]) -> str:
     writer.writeheader()
     for r in rows:
         line = {"dataset": r["dataset"], "protocol": r["protocol"], "kind": r["kind"], "method": r["method"],
-                "folds": " ".join(map(str, r["folds"])), "mean_f1_mean": r["mean_f1"]["mean"],
+                "setting": r.get("setting", ""), "folds": " ".join(map(str, r["folds"])), "mean_f1_mean": r["mean_f1"]["mean"],
                 "mean_f1_std": r["mean_f1"]["std"], "source": r["source"]}
         for au in all_aus:
             stat = r["f1"].get(au)
@@ -190,16 +331,37 @@ def render(rows: list[dict], fmt: str) -> str:
     raise UserError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
 
 
+def plot_path(path: str | Path) -> Path:
+    """Where `--plot PATH` writes the per-AU chart: PATH/leaderboard.png when PATH is a directory
+    (or ends with a slash), PATH.png when PATH has no suffix, else PATH (its suffix picks the
+    format: png, pdf, svg ...)."""
+    text = str(path)
+    path = Path(path)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        return path / PLOT_NAME
+    return path if path.suffix else path.with_name(path.name + ".png")
+
+
+def _save(fig, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise UserError(f"--plot {path}: cannot write ({why_unwritable(path, err)})") from None
+    except ValueError as err:  # an image format matplotlib does not know
+        raise UserError(f"--plot {path}: {err}") from None
+
+
 def plot(rows: list[dict], path: str | Path) -> list[Path]:
     """A bar chart of per-AU F1 (one per dataset and protocol) and, when several label ratios
-    exist, F1 against label ratio. Returns the files written."""
+    exist, F1 against label ratio beside it (<name>_label_ratio<suffix>). `path` as plot_path
+    reads it. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = plot_path(path)
     written = []
     groups = list(dict.fromkeys((r["dataset"], r["protocol"]) for r in rows))
     fig, axes = plt.subplots(len(groups), 1, figsize=(max(8, 1.1 * len(rows[0]["f1"]) + 3), 3.6 * len(groups)),
@@ -212,9 +374,8 @@ def plot(rows: list[dict], path: str | Path) -> list[Path]:
         for i, r in enumerate(members):
             means = [r["f1"][au]["mean"] if r["f1"][au] else np.nan for au in aus]
             stds = [(r["f1"][au]["std"] or 0.0) if r["f1"][au] else 0.0 for au in aus]
-            label = r["method"] + (" (reported)" if r["kind"] == "reported" else "")
             hatch = "//" if r["kind"] != "ours" else None
-            ax.bar(x + (i - (len(members) - 1) / 2) * width, means, width, yerr=stds, label=label, hatch=hatch,
+            ax.bar(x + (i - (len(members) - 1) / 2) * width, means, width, yerr=stds, label=_name(r), hatch=hatch,
                    capsize=2)
         ax.set_xticks(x, aus)
         ax.set_ylabel("F1 (%)")
@@ -222,14 +383,16 @@ def plot(rows: list[dict], path: str | Path) -> list[Path]:
         ax.set_title(f"{dataset}, protocol {protocol}")
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        _save(fig, path)
+    finally:
+        plt.close(fig)
     written.append(path)
 
     ratio_rows = [r for r in rows if r["kind"] == "ours" and r["label_ratio"] is not None]
     by_method: dict[tuple[str, str], list[tuple[float, dict]]] = defaultdict(list)
     for r in ratio_rows:
-        by_method[(r["dataset"], r["method"])].append((r["label_ratio"], r["mean_f1"]))
+        by_method[(r["dataset"], _name(r))].append((r["label_ratio"], r["mean_f1"]))
     if any(len({ratio for ratio, _ in v}) > 1 for v in by_method.values()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for (dataset, method), points in sorted(by_method.items()):
@@ -243,7 +406,9 @@ def plot(rows: list[dict], path: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         ratio_path = path.with_name(path.stem + "_label_ratio" + path.suffix)
-        fig.savefig(ratio_path, dpi=120)
-        plt.close(fig)
+        try:
+            _save(fig, ratio_path)
+        finally:
+            plt.close(fig)
         written.append(ratio_path)
     return written

@@ -21,7 +21,13 @@ def fake_result(method, fold, f1s, protocol="full", ratio=1.0, dataset="BP4D"):
             "metrics": {"f1": f1, "mean_f1": float(np.mean(f1s)),
                         "all_positive_f1": {au: 0.3 for au in AUS}, "all_positive_mean_f1": 0.3},
             "bench": {"params_m": 11.2, "gflops_per_frame": 0.3, "infer_frames_per_s": 100.0,
-                      "train_frames_per_s": 30.0}}
+                      "train_frames_per_s": 30.0},
+            # the settings every real result records (aubench.engine.identity reads them)
+            "config": {"method": method, "preset": "tiny", "fold": fold, "label_ratio": ratio, "seed": 0,
+                       "augment": True, "pretrained": None},
+            "preset": {"name": "tiny", "epochs": 20, "batch_size": 16, "image_size": 64,
+                       "model": {"backbone": "resnet18"}},
+            "data": {"fingerprint": "f" * 64}, "precision": "fp32"}
 
 
 @pytest.fixture
@@ -89,6 +95,8 @@ def test_errors(tmp_path):
     a = fake_result("resnet", 1, [0.5] * len(AUS))
     b = fake_result("ks", 1, [0.5] * len(AUS))
     b["au_names"] = AUS[:-1] + ["AU25"]
+    for key in ("f1", "all_positive_f1"):  # a consistent record of another AU set
+        b["metrics"][key]["AU25"] = b["metrics"][key].pop("AU24")
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     with pytest.raises(UserError, match="AU set mismatch"):

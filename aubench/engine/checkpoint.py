@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +42,48 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         raise
 
 
+def _why_unreadable(path: Path, err: Exception) -> str:
+    """A short reason for a failed torch.load (torch's own text runs to many lines)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds Python objects, not only tensors ({found.group(1)})"
+    with open(path, "rb") as f:
+        first_byte = f.read(1)
+    if not (zipfile.is_zipfile(path) or first_byte == b"\x80"):  # torch.save writes a zip (or, legacy, a pickle)
+        return "not a file written by torch.save"
+    found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    line = found.group(1) if found else (text.strip().splitlines() or [type(err).__name__])[0]
+    return line[:160]
+
+
+def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(weights_only=True): tensors and plain containers only, never arbitrary objects.
+    Any failure is one UserError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise UserError(f"{path} cannot be read ({_why_unreadable(path, err)}); expected an aubench checkpoint "
+                        "or a state dict of tensors saved with torch.save(model.state_dict(), path)") from None
+
+
+def is_checkpoint_payload(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    payload = read_weights_file(path, map_location)
+    if not is_checkpoint_payload(payload):
         raise UserError(f"{path} is not an aubench checkpoint (no '{FORMAT}' marker)")
     return payload
-
-
-def is_aubench_checkpoint(path: str | Path) -> bool:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 
 def _generators(module: nn.Module) -> dict[str, torch.Generator]:

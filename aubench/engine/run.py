@@ -1,11 +1,8 @@
 """Train + test one (method, fold, protocol) and write its result JSON (read by the leaderboard)."""
 from __future__ import annotations
 
-import json
-import os
 import platform
 import sys
-import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,14 +38,6 @@ def versions() -> dict[str, str]:
     except Exception:  # the ops package is optional for frame methods
         pass
     return out
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def train_and_evaluate(config: RunConfig, bench: dict[str, Any] | None = None, step_callback=None) -> dict[str, Any]:

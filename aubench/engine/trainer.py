@@ -28,15 +28,25 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from aubench.data import normalize_images
-from aubench.engine.checkpoint import (capture_rng_state, is_aubench_checkpoint, load_checkpoint,
-                                       restore_rng_state, save_checkpoint)
+from aubench.engine.checkpoint import (capture_rng_state, is_checkpoint_payload, load_checkpoint,
+                                       read_weights_file, restore_rng_state, save_checkpoint)
 from aubench.engine.data_access import RunData, open_run_data
 from aubench.engine.distributed import DistEnv, setup_distributed
+from aubench.engine.identity import differences_text, identity_differences, run_identity
 from aubench.engine.logging import JsonlLogger
 from aubench.errors import UserError
-from aubench.models.base import AUMethod, Preset, TrainState, create_method, method_class
+from aubench.models.backbones import BackboneError
+from aubench.models.base import AUMethod, Preset, TrainState, check_image_size, create_method, method_class
 
 CHECKPOINT_NAME = "last.pt"
+RESULT_NAME = "result.json"  # written beside the checkpoint by `aubench train`
+LOG_NAME = "log.jsonl"
+# Every file a run writes into its directory: a fresh run replaces them together, so a new
+# checkpoint never sits beside an old result or log.
+RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, LOG_NAME)
+# Files that make a directory hold a run worth keeping (a log alone is a run that died before
+# its first checkpoint: nothing to resume or to lose).
+KEPT_RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -54,6 +64,7 @@ class RunConfig:
     image_size: int | None = None      # None = the preset's
     out: str = "runs/train"
     resume: bool = False
+    overwrite: bool = False            # a fresh run may replace the run files already in `out`
     pretrained: str | None = None
     device: str | None = None          # None = cuda when available
     seed: int = 0
@@ -66,6 +77,44 @@ class RunConfig:
     progress: bool = True
     deterministic: bool = True
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's model settings
+
+
+def kept_run_files(out: str | Path) -> list[str]:
+    """Names of the files of an earlier run in `out` that a fresh run would replace."""
+    return [name for name in KEPT_RUN_FILES if (Path(out) / name).exists()]
+
+
+def clear_run_files(out: str | Path) -> None:
+    """Remove every run file in `out`, with the temporaries a killed atomic write left behind."""
+    out = Path(out)
+    for name in RUN_FILES:
+        for path in [out / name, *out.glob(f"{name}.*.tmp")]:
+            path.unlink(missing_ok=True)
+
+
+def claim_run_dir(out: str | Path, resume: bool, overwrite: bool, is_main: bool = True) -> None:
+    """A fresh run (no resume) into `out`: refuse when an earlier run's checkpoint or result is
+    there, unless `overwrite`; then remove all of the earlier run's files together."""
+    if resume:
+        return  # Trainer.restore checks that the checkpoint belongs to this run
+    found = kept_run_files(out)
+    if found and not overwrite:
+        raise UserError(f"--out {out} already holds a run ({', '.join(found)}); pass --resume to continue it "
+                        f"or --overwrite to replace it")
+    if is_main:
+        clear_run_files(out)
+
+
+def resolve_preset(method_cls: type[AUMethod], config: RunConfig) -> Preset:
+    """The method's preset with the run's overrides (epochs, batch size, image size, model settings)."""
+    if config.preset not in method_cls.presets:
+        raise UserError(f"method {config.method!r} has no preset {config.preset!r}; "
+                        f"presets: {', '.join(sorted(method_cls.presets))}")
+    base = method_cls.presets[config.preset]
+    return Preset(**{**base.__dict__, "model": {**base.model, **config.model},
+                     "epochs": config.epochs if config.epochs is not None else base.epochs,
+                     "batch_size": config.batch_size if config.batch_size is not None else base.batch_size,
+                     "image_size": config.image_size if config.image_size is not None else base.image_size})
 
 
 def seed_everything(seed: int) -> None:
@@ -175,20 +224,18 @@ class Trainer:
             self.method_cls = method_class(config.method)
         except KeyError as err:
             raise UserError(err.args[0]) from None
-        if config.preset not in self.method_cls.presets:
-            raise UserError(f"method {config.method!r} has no preset {config.preset!r}; "
-                            f"presets: {', '.join(sorted(self.method_cls.presets))}")
+        self.preset = resolve_preset(self.method_cls, config)
         if not 0 < config.label_ratio <= 1:
             raise UserError(f"--label-ratio must be in (0, 1], got {config.label_ratio}")
-        self.precision = resolve_precision(config.precision, self.device)
-        self.data: RunData = open_run_data(config.data, config.fold)
-        base = self.method_cls.presets[config.preset]
-        self.preset = Preset(**{**base.__dict__, "model": {**base.model, **config.model},
-                                "epochs": config.epochs if config.epochs is not None else base.epochs,
-                                "batch_size": config.batch_size if config.batch_size is not None else base.batch_size,
-                                "image_size": config.image_size if config.image_size is not None else base.image_size})
         if self.preset.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.preset.epochs}")
+        if self.preset.batch_size // self.env.world_size < 2:  # batch norm cannot train on one sample
+            raise UserError(f"--batch-size {self.preset.batch_size} leaves fewer than 2 samples per training step "
+                            f"on each of {self.env.world_size} process(es); use at least {2 * self.env.world_size}")
+        check_image_size(self.method_cls, self.preset)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.data: RunData = open_run_data(config.data, config.fold)
+        self.identity = run_identity(asdict(config), self.preset.__dict__, self.data.fingerprint, self.precision)
         if self.device.type == "cpu" and config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(config.seed)  # same initial weights on every rank
@@ -196,7 +243,10 @@ class Trainer:
         seed_everything(config.seed + 1000 * self.env.rank)  # per-rank randomness from here on
         self.state = TrainState(epochs=self.preset.epochs)
         self.workers = config.workers if config.workers is not None else (4 if self.device.type == "cuda" else 0)
-        self.logger = JsonlLogger(self.out / "log.jsonl", enabled=self.env.is_main)
+        # Last, once everything else is known to be usable: an --overwrite never loses the old
+        # run to a mistake found later.
+        claim_run_dir(self.out, config.resume, config.overwrite, self.env.is_main)
+        self.logger = JsonlLogger(self.out / LOG_NAME, enabled=self.env.is_main)
 
     # -- construction --------------------------------------------------------------------
     def _build_method(self) -> AUMethod:
@@ -209,20 +259,32 @@ class Trainer:
             path = Path(cfg.pretrained)
             if not path.is_file():
                 raise UserError(f"--pretrained {path} does not exist")
-            if is_aubench_checkpoint(path):
-                full_checkpoint = load_checkpoint(path)
+            try:
+                payload = read_weights_file(path)
+            except UserError as err:
+                raise UserError(f"--pretrained {err}") from None
+            if is_checkpoint_payload(payload):
+                full_checkpoint = payload
             else:
                 overrides["pretrained_path"] = str(path)  # backbone weights; the method passes them to create_backbone
         # Class weights from the labels this run may see: under a label ratio < 1 the kept labels
         # only, never the file's dense per-fold statistics.
         stats = self.data.train_label_statistics(cfg.label_ratio)
         class_weights = torch.as_tensor(stats["class_weight"], dtype=torch.float32)
-        method = create_method(cfg.method, self.data.num_aus, self.method_cls.presets[cfg.preset], class_weights,
-                               **cfg.model, **overrides)
+        try:
+            method = create_method(cfg.method, self.data.num_aus, self.method_cls.presets[cfg.preset], class_weights,
+                                   **cfg.model, **overrides)
+        except BackboneError as err:
+            raise UserError(f"--pretrained {err}" if "pretrained_path" in overrides else str(err)) from None
         method.preset = self.preset
         if full_checkpoint is not None:
             self._check_compatible(full_checkpoint, cfg.pretrained, same_run=False)
-            missing, unexpected = method.load_state_dict(full_checkpoint["model"], strict=False)
+            try:
+                missing, unexpected = method.load_state_dict(full_checkpoint.get("model", {}), strict=False)
+            except (RuntimeError, TypeError, AttributeError) as err:  # shapes of another preset, or no state dict
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                first = next((line for line in lines if "size mismatch" in line), lines[0] if lines else "")
+                raise UserError(f"--pretrained {cfg.pretrained} was saved by a different model ({first[:200]})") from None
             if missing or unexpected:
                 raise UserError(f"--pretrained {cfg.pretrained} was saved by a different model "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -238,20 +300,15 @@ class Trainer:
         if saved.get("method") != self.config.method:
             raise UserError(f"{path} holds method {saved.get('method')!r}, not {self.config.method!r}")
         if same_run:
-            mine = self.checkpoint_config()
-            diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {mine[k]!r}" for k in
-                     ("preset", "fold", "label_ratio", "seed", "epochs", "batch_size", "image_size", "fingerprint",
-                      "world_size", "model")
-                     if saved.get(k) != mine[k]]
+            # The run's identity (aubench.engine.identity) and the world size, which the per-rank
+            # RNG states of an exact resume need; the AU set was compared above.
+            diffs = identity_differences(saved, self.checkpoint_config(), "checkpoint", ignore=("au_names", "dataset"))
             if diffs:
-                raise UserError(f"--resume: {path} belongs to a different run ({'; '.join(diffs)})")
+                raise UserError(f"--resume: {path} belongs to a different run ({differences_text(diffs)}); "
+                                f"use --overwrite instead of --resume to start it again")
 
     def checkpoint_config(self) -> dict[str, Any]:
-        return {"method": self.config.method, "preset": self.config.preset, "fold": self.config.fold,
-                "label_ratio": self.config.label_ratio, "seed": self.config.seed, "epochs": self.preset.epochs,
-                "batch_size": self.preset.batch_size, "image_size": self.preset.image_size, "model": dict(self.config.model),
-                "fingerprint": self.data.fingerprint,
-                "au_names": list(self.data.au_names), "world_size": self.env.world_size,
+        return {**self.identity, "au_names": list(self.data.au_names), "world_size": self.env.world_size,
                 "dataset": self.data.dataset}
 
     # -- data -----------------------------------------------------------------------------

@@ -69,13 +69,15 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
     naming the file when it is missing, unreadable, or does not fit the model (missing tensors,
     shape mismatches, unexpected tensors).
     """
+    from aubench.engine.checkpoint import read_weights_file  # the one safe torch.load, with one-line errors
+
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"pretrained weights file {path} does not exist")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated files, non-tensor objects
-        raise BackboneError(f"{path}: cannot be read as a tensor state dict ({type(err).__name__}: {err})") from None
+        raw = read_weights_file(path)
+    except UserError as err:
+        raise BackboneError(str(err)) from None
     weights = _unwrap(raw, path)
     own = model.state_dict()
     classifier = _classifier_names(model)
@@ -118,3 +120,13 @@ def create_backbone(name: str, pretrained_path: str | Path | None = None, **kwar
     if pretrained_path is not None:
         load_backbone_weights(model, pretrained_path)
     return model
+
+
+def backbone_stride(name: str, **kwargs: Any) -> int:
+    """Total stride of a timm backbone (32 for a ResNet): the smallest input side that still gives
+    its last stage one feature cell; below it that stage sees padding only. 1 when timm does not say.
+    The model is built on the meta device: no memory, no weights, milliseconds."""
+    with torch.device("meta"):
+        model = create_backbone(name, **kwargs)
+    info = getattr(model, "feature_info", None)
+    return int(info[-1]["reduction"]) if info else 1

@@ -86,6 +86,22 @@ class AUMethod(nn.Module):
         """The network used at test time (for parameter counts, FLOPs and throughput)."""
         return self
 
+    @classmethod
+    def min_image_size(cls, preset: Preset) -> int:
+        """The smallest image side (px) the method can learn from with this preset. A method on
+        a strided backbone returns the backbone's total stride; the default sets no limit."""
+        return 1
+
+
+def check_image_size(cls: type[AUMethod], preset: Preset) -> None:
+    """UserError when preset.image_size is below what the method's backbone can take."""
+    from aubench.errors import UserError
+
+    need = cls.min_image_size(preset)
+    if preset.image_size < need:
+        raise UserError(f"--image-size {preset.image_size} is too small for method {cls.name!r} (preset "
+                        f"{preset.name!r}): its backbone downsamples by {need}, so images need at least {need} px")
+
 
 _METHODS: dict[str, type[AUMethod]] = {}
 

@@ -90,7 +90,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aubench.models.backbones import create_backbone
+from aubench.models.backbones import backbone_stride, create_backbone
 from aubench.models.base import AUMethod, Preset, TrainState, register_method
 from aubench.ops import make_shuffle_permutations, temporal_shuffle_features
 
@@ -361,6 +361,11 @@ class KnowledgeSpreader(AUMethod):
 
     def inference_model(self) -> nn.Module:
         return self.net
+
+    @classmethod
+    def min_image_size(cls, preset: Preset) -> int:
+        cfg = {**_DEFAULTS, **preset.model}
+        return backbone_stride(cfg["backbone"], num_classes=0, global_pool="", **cfg["backbone_kwargs"])
 
     def _clips(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = batch["image"]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aubench.models.backbones import create_backbone
+from aubench.models.backbones import backbone_stride, create_backbone
 from aubench.models.base import AUMethod, Preset, TrainState, register_method
 
 
@@ -66,6 +66,11 @@ class ResNetBaseline(AUMethod):
         settings = preset.model
         self.net = ResNetAU(settings.get("backbone", "resnet50"), num_aus, settings.get("pretrained_path"),
                             settings.get("dropout", 0.0), settings.get("backbone_kwargs"))
+
+    @classmethod
+    def min_image_size(cls, preset: Preset) -> int:
+        return backbone_stride(preset.model.get("backbone", "resnet50"), num_classes=0,
+                               **(preset.model.get("backbone_kwargs") or {}))
 
     def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> dict[str, torch.Tensor]:
         logits = self.net(batch["image"])
