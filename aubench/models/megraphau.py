@@ -41,6 +41,14 @@ cosine decay per step without warm-up (utils.adjust_learning_rate), all from con
 Swin-B: model overrides backbone="swin_base_patch4_window7_224",
 backbone_kwargs={"drop_path_rate": 0.5} (the reference builds Swin-B with drop path 0.5).
 
+Size at 224 px, U = 12 (aubench.bench.count_params / flops_per_frame, MACs = FLOPs / 2):
+ResNet-50 stage 1 28.25 M parameters, 4.30 GMACs; stage 2 31.67 M, 6.94 GMACs. Swin-B stage 1
+90.96 M, 15.62 GMACs; stage 2 94.38 M, 18.25 GMACs. MAE-FAU's Table 4 gives ME-GraphAU (Swin-B)
+94.38 M and 21.28 GMACs: the parameters agree exactly; the MACs of linear layers and
+convolutions here (17.66 G) plus the reference's repeated GEM projections (3.60 G, below) make
+21.26 G, so the published figure counts the reference code's layers without the attention
+matrix products (as thop does). Tiny preset: 0.74 M (stage 1), 0.75 M (stage 2).
+
 Where this departs from the paper or the reference code:
 - Data: the reference resizes faces to 256, takes random 224 crops with flips and colour jitter
   0.4 (test: centre crop). aubench's data layer resizes the stored face straight to 224 and
