@@ -1,0 +1,219 @@
+"""ME-GraphAU: AU relation graphs with multi-dimensional edge features, trained in two stages.
+
+Luo, Song, Xie, Shen, Gunes, "Learning multi-dimensional edge feature-based AU relation graph
+for facial action unit recognition", IJCAI 2022; reference code CVI-SZU/ME-GraphAU (model/ANFL.py
+for stage 1, model/MEFL.py and model/graph_edge_model.py for stage 2, utils.py for the loss,
+train_stage1.py / train_stage2.py, conf.py and config/*.yaml for the settings). The network parts
+live in aubench.models.graph_head, shared with the methods that reuse this head.
+
+Network (U AUs; 7 x 7 = 49 tokens at 224 px):
+- a timm backbone's last feature map as tokens (ResNet-50: 2048 channels; Swin-B: 1024), a
+  per-token LinearBlock (Linear + BatchNorm + ReLU) to the head width C (512 in `paper`, the
+  reference's 2048 / 4 for ResNet and 1024 / 2 for Swin);
+- AFG: U per-token LinearBlocks C -> C give the AU feature maps, their token means the nodes;
+- stage 1 (ANFL): the top-K dot-product similarity graph of the detached nodes, normalised
+  D^-1/2 A D^-1/2, one GCN layer with residual and BatchNorm (K: model["neighbours"]; default 4
+  for 12 AUs (BP4D), 3 for 8 (DISFA), as config/BP4D_config.yaml and DISFA_config.yaml);
+- stage 2 (MEFL): GEM edge features (AU map -> face map cross-attention, then node j -> node i
+  for all U^2 ordered pairs), two GatedGCN layers, a 4-class edge head;
+- p_u = cos(ReLU(t_u), ReLU(v_u)) with a learned vector t_u per AU: probabilities in [0, 1].
+
+Losses: L_AU = the weighted asymmetric loss of the reference code (class weights = the fold's
+inverse training occurrence rates normalised to mean 1, `self.class_weights`), and in stage 2
+L = L_AU + lambda L_E, L_E the cross-entropy of the edge head against 2 y_i + y_j over every
+ordered pair (self-pairs too, as the reference's label files); unknown labels (-1) count in
+neither (an edge with one unknown AU is skipped).
+
+Stages (model["stage"], 1 or 2; one class serves both). Stage 2 starts from stage 1's weights:
+`init_from_stage1(state_dict)` loads the backbone, projection, AFG and classifier (and their
+BatchNorm statistics) strictly and drops stage 1's GCN, as the reference's train_stage2.py
+(load_state_dict(strict=False): the GCN's parameter names differ, so only the shared parts
+load). Nothing is frozen in either stage; each stage has a fresh AdamW and its own cosine
+schedule. `stage_preset(preset, 2)` gives a preset's stage-2 form (stage 2, stage-2 rate).
+
+Learning rates (`paper`, ResNet-50): stage 1 1e-4 (the repository README's BP4D ResNet-50
+stage-1 command, `-lr 0.0001`), stage 2 1e-5 (the README's stage-2 command passes no -lr, so
+conf.py's default 0.00001 applies); lambda 0.05 (`--lam 0.05` in that command). For comparison
+the README's Swin-B DISFA stage 2 uses 1e-6 and lambda 0.01, and the MAE-FAU paper (which uses
+this method as its detection module) 1e-4 / 7.5e-5 (stage 1) and 1e-6 / 1e-5 (stage 2) on BP4D /
+DISFA with lambda 0.01. AdamW (0.9, 0.999), weight decay 5e-4, batch 64, 20 epochs per stage,
+cosine decay per step without warm-up (utils.adjust_learning_rate), all from conf.py.
+Swin-B: model overrides backbone="swin_base_patch4_window7_224",
+backbone_kwargs={"drop_path_rate": 0.5} (the reference builds Swin-B with drop path 0.5).
+
+Size at 224 px, U = 12 (aubench.bench.count_params / flops_per_frame, MACs = FLOPs / 2):
+ResNet-50 stage 1 28.25 M parameters, 4.30 GMACs; stage 2 31.67 M, 6.94 GMACs. Swin-B stage 1
+90.96 M, 15.62 GMACs; stage 2 94.38 M, 18.25 GMACs. MAE-FAU's Table 4 gives ME-GraphAU (Swin-B)
+94.38 M and 21.28 GMACs: the parameters agree exactly; the MACs of linear layers and
+convolutions here (17.66 G) plus the reference's repeated GEM projections (3.60 G, below) make
+21.26 G, so the published figure counts the reference code's layers without the attention
+matrix products (as thop does). Tiny preset: 0.74 M (stage 1), 0.75 M (stage 2).
+
+Where this departs from the paper or the reference code:
+- Data: the reference resizes faces to 256, takes random 224 crops with flips and colour jitter
+  0.4 (test: centre crop). aubench's data layer resizes the stored face straight to 224 and
+  augments with the engine's flip and colour jitter (0.3) and no crop; rotation is off (0 deg) to
+  stay close to the reference, which does not rotate.
+- Backbones are timm's (the reference ships its own ResNet / Swin copies); ImageNet weights load
+  only from a local file (`pretrained_path`), otherwise the backbone starts from random weights.
+- GEM computes each cross-attention projection once per face map / node and broadcasts it over
+  the pairs; the reference projects U (FAM) and U^2 (ARM) repeated copies. Same values, fewer
+  multiply-adds, so aubench's MAC count is lower than one taken on the reference code.
+- Unknown labels: the reference has none (its losses average over every entry); here both losses
+  average over the known entries only, which is the same when all are known.
+- The stage-2 loading is strict on the shared parts (a missing or misshapen tensor is an error),
+  where the reference's strict=False would silently keep random weights.
+- Neighbours K for AU counts other than 12 and 8 have no reference value and must be given.
+- OpenGraphAU's dropout in the GatedGCN layers is not used (ME-GraphAU's own code has none).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from aubench.models.backbones import create_backbone
+from aubench.models.base import AUMethod, Preset, TrainState
+from aubench.models.graph_head import LinearBlock, MEGraphHead, edge_labels, edge_loss, weighted_asymmetric_loss
+
+# The reference's K per dataset (config/BP4D_config.yaml, config/DISFA_config.yaml), by AU count.
+DEFAULT_NEIGHBOURS = {12: 4, 8: 3}
+
+_DEFAULTS: dict[str, Any] = {
+    "backbone": "resnet50", "backbone_kwargs": {}, "pretrained_path": None,
+    "width": 512,            # head width C (the reference: backbone channels / 4 for ResNet, / 2 for Swin)
+    "stage": 1,
+    "neighbours": None,      # K of the stage-1 graph; None: DEFAULT_NEIGHBOURS by AU count
+    "gnn_layers": 2,
+    "lambda": 0.05,          # weight of the edge loss in stage 2
+    "stage2_lr": 1e-5,       # the learning rate of stage 2 (Preset.lr is stage 1's)
+    "augment": True,
+}
+
+
+def feature_tokens(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The backbone's last feature map as tokens (B, T, C): NCHW (ResNet) and NHWC (Swin) maps
+    are flattened, (B, T, C) outputs are taken as they are."""
+    features = backbone(images)
+    if features.dim() == 3:
+        return features
+    if features.dim() == 4:
+        if getattr(backbone, "output_fmt", "NCHW") == "NHWC":
+            return features.flatten(1, 2)
+        return features.flatten(2).transpose(1, 2)
+    raise ValueError(f"ME-GraphAU backbone must return a feature map, got shape {tuple(features.shape)}")
+
+
+class MEGraphAUNet(nn.Module):
+    """Backbone -> per-token projection -> ME-GraphAU head; images -> {"probs", ["edge_logits"]}."""
+
+    def __init__(self, backbone: nn.Module, num_aus: int, width: int, stage: int, neighbours: int | None,
+                 gnn_layers: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projection = LinearBlock(backbone.num_features, width)
+        self.head = MEGraphHead(width, num_aus, stage, neighbours, gnn_layers)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head(self.projection(feature_tokens(self.backbone, images)))
+
+
+def stage_preset(preset: Preset, stage: int) -> Preset:
+    """`preset` for one stage: model["stage"] set, and the stage's learning rate (stage 1:
+    preset.lr as it is; stage 2: model["stage2_lr"])."""
+    if stage not in (1, 2):
+        raise ValueError(f"megraphau: stage must be 1 or 2, got {stage!r}")
+    lr = preset.lr if stage == 1 else preset.model.get("stage2_lr", _DEFAULTS["stage2_lr"])
+    return Preset(**{**preset.__dict__, "lr": lr, "model": {**preset.model, "stage": stage}})
+
+
+def _paper_preset() -> Preset:
+    return Preset(name="paper", image_size=224, epochs=20, batch_size=64, optimizer="adamw", lr=1e-4,
+                  weight_decay=5e-4, schedule="cosine", warmup_epochs=0, rotation=0.0, model=dict(_DEFAULTS))
+
+
+def _tiny_preset() -> Preset:
+    # The same architecture on a CPU: the ResNet-18 layout at a quarter width (as the other tiny
+    # presets), 64 px (2 x 2 = 4 tokens), head width 32 (= 128 / 4, the reference's ratio).
+    # AdamW at the other tiny presets' 2e-3, stage 2 at a quarter of it (the paper drops the rate
+    # 10x for stage 2; untuned here).
+    model = dict(_DEFAULTS, backbone="resnet18", backbone_kwargs={"channels": (16, 32, 64, 128), "stem_width": 16},
+                 width=32, stage2_lr=5e-4)
+    return Preset(name="tiny", image_size=64, epochs=20, batch_size=16, optimizer="adamw", lr=2e-3,
+                  weight_decay=1e-4, schedule="cosine", warmup_epochs=0, rotation=0.0, model=model)
+
+
+class MEGraphAU(AUMethod):
+    """ME-GraphAU, one stage per instance (model["stage"]); see the module docstring."""
+
+    name = "megraphau"
+    input_kind = "frame"
+    presets = {"paper": _paper_preset(), "tiny": _tiny_preset()}
+
+    def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
+        super().__init__(num_aus, preset, class_weights)
+        unknown = sorted(set(preset.model) - set(_DEFAULTS))
+        if unknown:
+            raise ValueError(f"megraphau: unknown model settings {unknown}; known: {sorted(_DEFAULTS)}")
+        cfg = {**_DEFAULTS, **preset.model}
+        stage = cfg["stage"]
+        if stage not in (1, 2):
+            raise ValueError(f"megraphau: model setting stage must be 1 or 2, got {stage!r}")
+        neighbours = cfg["neighbours"]
+        if neighbours is None:
+            if num_aus not in DEFAULT_NEIGHBOURS:
+                raise ValueError(f"megraphau: no default number of graph neighbours for {num_aus} AUs "
+                                 f"(4 for 12, 3 for 8); set the model setting neighbours")
+            neighbours = DEFAULT_NEIGHBOURS[num_aus]
+        self.cfg = {**cfg, "neighbours": neighbours}
+        self.stage = stage
+        backbone = create_backbone(cfg["backbone"], cfg["pretrained_path"], num_classes=0, global_pool="",
+                                   **cfg["backbone_kwargs"])
+        self.net = MEGraphAUNet(backbone, num_aus, int(cfg["width"]), stage, neighbours, int(cfg["gnn_layers"]))
+
+    def inference_model(self) -> nn.Module:
+        return self.net
+
+    def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> dict[str, torch.Tensor]:
+        out = self.net(batch["image"])
+        labels = batch["label"]
+        au = weighted_asymmetric_loss(out["probs"], labels, self.class_weights)
+        if self.stage == 1:
+            return {"loss": au, "au": au.detach()}
+        edge = edge_loss(out["edge_logits"], edge_labels(labels))
+        return {"loss": au + self.cfg["lambda"] * edge, "au": au.detach(), "edge": edge.detach()}
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(batch["image"])["probs"].float()
+
+    def init_from_stage1(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+        """Load a stage-1 MEGraphAU's state dict into this stage-2 one.
+
+        Every tensor the two stages share (backbone, projection, AFG, classifier, BatchNorm
+        statistics included) must be in `state_dict` with its shape; stage 1's GCN is dropped.
+        Returns {"loaded": shared keys, "new": this stage's own keys (GEM, GatedGCN, edge head),
+        "dropped": stage 1's own keys}. Raises ValueError for a missing, misshapen or unknown key.
+        """
+        if self.stage != 2:
+            raise ValueError("megraphau: init_from_stage1 is for a stage-2 model")
+
+        def own_part(key: str, stage: int) -> bool:
+            return any(key.startswith(f"net.head.{part}.") for part in MEGraphHead.STAGE_PARTS[stage])
+
+        own = self.state_dict()
+        shared = [k for k in own if not own_part(k, 2)]
+        new = [k for k in own if own_part(k, 2)]
+        dropped = [k for k in state_dict if own_part(k, 1)]
+        missing = [k for k in shared if k not in state_dict]
+        unknown = [k for k in state_dict if k not in shared and k not in dropped]
+        mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+                      for k in shared if k in state_dict and state_dict[k].shape != own[k].shape]
+        problems = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
+                    (("missing tensors", missing), ("shape mismatches", mismatched),
+                     ("tensors that are not stage 1's", unknown)) if keys]
+        if problems:
+            raise ValueError("megraphau: not a stage-1 state dict of this model: " + "; ".join(problems))
+        self.load_state_dict({k: state_dict[k] for k in shared}, strict=False)
+        return {"loaded": shared, "new": new, "dropped": dropped}
