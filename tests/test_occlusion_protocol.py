@@ -47,6 +47,18 @@ def test_cells_are_a_fixed_fraction_of_the_image(make, ratio):
         assert abs(mask.float().mean().item() - ratio) < 0.035, size
 
 
+def test_test_masks_of_one_frame_are_nested_across_ratios():
+    """A sweep (Fig. 3) adds occlusion to the same images instead of drawing new masks."""
+    from aubench.data import frame_occlusion_mask
+
+    for row in (0, 7, 123):
+        masks = [frame_occlusion_mask("patches", r, row, 64, 64) for r in (0.3, 0.5, 0.7)]
+        assert all(bool((small & ~big).sum() == 0) for small, big in zip(masks, masks[1:]))
+        assert masks[0].sum() < masks[1].sum() < masks[2].sum()
+    assert not torch.equal(frame_occlusion_mask("patches", 0.5, 0, 64, 64),
+                           frame_occlusion_mask("patches", 0.5, 1, 64, 64))
+
+
 def test_condition_names_round_trip():
     from aubench.data import condition_name, parse_condition
 
