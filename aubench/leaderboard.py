@@ -1,10 +1,15 @@
 """Leaderboard: result JSONs of `aubench evaluate` -> one table (Markdown, CSV, JSON) and plots.
 
-Rows are methods (per dataset, protocol and setting), columns per-AU F1 and mean F1 as mean +-
-std over folds (in percent, like the papers), then params, FLOPs and throughput. Beside our rows:
-the all-positive baseline of the same test splits, and numbers reported in the papers
-(aubench.reported) for the same dataset and protocol, marked "reported". All three formats are
-rendered from the same rows, so they agree.
+Rows are methods (per dataset, protocol, occlusion condition and setting), columns per-AU F1
+and mean F1 as mean +- std over folds (in percent, like the papers), then params, FLOPs and
+throughput. Beside our rows: the all-positive baseline of the same test splits, and numbers
+reported in the papers (aubench.reported) for the same dataset, protocol and test occlusion
+condition, marked "reported". All three formats are rendered from the same rows, so they agree.
+
+Occlusion conditions (the MAE-FAU protocol) come from a result's "occlusion": {"train": ...,
+"test": ...}, named as aubench.data.condition_name names them ("none", "patches0.5",
+"block0.3"); a result without it is "none" / "none". Each test condition is its own section of
+rows, each train condition its own row.
 
 GROUPING (also the `aubench leaderboard --help` text) says which results are averaged together.
 """
@@ -41,11 +46,43 @@ the settings that differ, e.g. "resnet [epochs=2]"; with --merge they are averag
 the row is labelled with what was mixed, e.g. "resnet [mixed: epochs 1/2]". The all-positive
 baseline gets one row per data file. In a run directory, files that are not valid JSON and
 results that lack a field are skipped with a warning naming the file; a result file named on
-the command line must be valid."""
+the command line must be valid. Results of different occlusion conditions (train or test) are
+never averaged together, not even with --merge."""
+
+CONDITION_KINDS = ("patches", "block")  # as aubench.data.occlusion.OCCLUSION_KINDS
 
 
 def warn(message: str) -> None:
     print(f"aubench: warning: {message}", file=sys.stderr)
+
+
+def parse_condition_name(name: Any) -> tuple[str, float] | None:
+    """("patches", 0.5) for "patches0.5", None for "none": the inverse of
+    aubench.data.condition_name (this module stays free of torch). ValueError for other text."""
+    if name == "none":
+        return None
+    for kind in CONDITION_KINDS:
+        if isinstance(name, str) and name.startswith(kind):
+            try:
+                ratio = float(name[len(kind):])
+            except ValueError:
+                break
+            if 0.0 <= ratio <= 1.0 and name == f"{kind}{ratio:g}":
+                return kind, ratio
+    raise ValueError(f"not an occlusion condition name: {name!r} (expected 'none', 'patches<ratio>' or "
+                     "'block<ratio>', e.g. 'patches0.5')")
+
+
+def conditions(result: dict[str, Any]) -> tuple[str, str]:
+    """(train, test) occlusion condition names of a result; "none" where it records none."""
+    occlusion = result.get("occlusion") or {}
+    return occlusion.get("train", "none"), occlusion.get("test", "none")
+
+
+def _condition_order(name: str) -> tuple[int, float]:
+    """none first, then the patches ratios, then the block ratios."""
+    spec = parse_condition_name(name)
+    return (0, 0.0) if spec is None else (1 + CONDITION_KINDS.index(spec[0]), spec[1])
 
 
 def result_problem(result: dict[str, Any]) -> str | None:
@@ -65,6 +102,15 @@ def result_problem(result: dict[str, Any]) -> str | None:
         for key in ("mean_f1", "all_positive_mean_f1"):
             if not isinstance(need(result, "metrics", key), (int, float)):
                 return f"'metrics.{key}' is not a number"
+        if "occlusion" in result:
+            occlusion = result["occlusion"]
+            if not isinstance(occlusion, dict) or not set(occlusion) <= {"train", "test"}:
+                return "'occlusion' is not {\"train\": <condition>, \"test\": <condition>}"
+            for key, name in occlusion.items():
+                try:
+                    parse_condition_name(name)
+                except ValueError as err:
+                    return f"'occlusion.{key}': {err}"
         result_identity(result)
     except MissingKey as err:
         return f"no '{err.path}'"
@@ -128,9 +174,18 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _settings(result: dict[str, Any]) -> dict[str, Any]:
-    """What must match for two results to share a row: the identity without fold and method."""
+    """What must match for two results to share a row: the identity without fold and method,
+    plus the occlusion conditions."""
     flat = _flat(result_identity(result))
-    return {k: v for k, v in flat.items() if k not in ("fold", "method")}
+    settings = {k: v for k, v in flat.items() if k not in ("fold", "method")}
+    settings["occlusion.train"], settings["occlusion.test"] = conditions(result)
+    return settings
+
+
+def _shown_apart(key: str) -> bool:
+    """Settings the table shows in their own columns, never in a row's [setting] label (the
+    conditions added above, and the train condition under the names a run identity may give it)."""
+    return key.split(".")[0] in ("occlusion", "train_occlusion", "test_occlusion")
 
 
 def _label_value(key: str, value: Any) -> str:
@@ -161,13 +216,14 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
         r["_settings"] = _settings(r)
 
     # The settings that tell one method's rows apart within a dataset. The label ratio is left out
-    # when the protocol column already shows it (it differs between protocols by definition).
+    # when the protocol column already shows it (it differs between protocols by definition), and
+    # the occlusion conditions always (they have their columns).
     by_dataset_method: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in results:
         by_dataset_method[(r["dataset"], r["method"])].append(r["_settings"])
     shown: dict[tuple[str, str], list[str]] = {}
     for key, settings in by_dataset_method.items():
-        keys = _varying(settings)
+        keys = [k for k in _varying(settings) if not _shown_apart(k)]
         per_protocol = defaultdict(set)
         for r in results:
             if (r["dataset"], r["method"]) == key:
@@ -177,23 +233,29 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
         shown[key] = keys
 
     def group_key(r: dict) -> str:
-        return "" if merge else json.dumps(r["_settings"], sort_keys=True)
+        # --merge mixes settings, never occlusion conditions
+        return json.dumps(conditions(r) if merge else r["_settings"], sort_keys=True)
 
     def setting_label(runs: list[dict]) -> str:
         if merge:
-            mixed = _varying([r["_settings"] for r in runs])
+            mixed = [k for k in _varying([r["_settings"] for r in runs]) if not _shown_apart(k)]
             return ("mixed: " + ", ".join(
                 f"{k} " + "/".join(dict.fromkeys(_label_value(k, r["_settings"].get(k)) for r in runs))
                 for k in mixed)) if mixed else ""
         keys = shown[(runs[0]["dataset"], runs[0]["method"])]
         return ", ".join(f"{k}={_label_value(k, runs[0]['_settings'].get(k))}" for k in keys)
 
-    groups: dict[tuple[str, str], dict[tuple[str, str], list[dict]]] = defaultdict(lambda: defaultdict(list))
+    # sections: (dataset, protocol, test condition); rows in a section: (method, settings)
+    groups: dict[tuple[str, str, str], dict[tuple[str, str], list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
-        groups[(r["dataset"], r["protocol"])][(r["method"], group_key(r))].append(r)
+        groups[(r["dataset"], r["protocol"], conditions(r)[1])][(r["method"], group_key(r))].append(r)
+
+    def section_order(key: tuple[str, str, str]):
+        dataset, protocol, test = key
+        return dataset, _ratio_key(protocol), _condition_order(test)
 
     rows = []
-    for (dataset, protocol), by_method in sorted(groups.items(), key=lambda kv: (kv[0][0], _ratio_key(kv[0][1]))):
+    for (dataset, protocol, test), by_method in sorted(groups.items(), key=lambda kv: section_order(kv[0])):
         aus = au_sets[dataset]
         ours = []
         # The all-positive baseline depends on the test labels only: one per data file (fingerprint).
@@ -206,7 +268,8 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
             bench = runs[0].get("bench", {})
             ours.append({
                 "kind": "ours", "method": method, "setting": setting_label(runs), "dataset": dataset,
-                "protocol": protocol, "label_ratio": runs[0].get("label_ratio"), "folds": folds,
+                "protocol": protocol, "occlusion_train": conditions(runs[0])[0], "occlusion_test": test,
+                "label_ratio": runs[0].get("label_ratio"), "folds": folds,
                 "f1": {au: _stat([100 * r["metrics"]["f1"][au] for r in runs]) for au in aus},
                 "mean_f1": _stat([100 * r["metrics"]["mean_f1"] for r in runs]),
                 "params_m": bench.get("params_m"), "gflops_per_frame": bench.get("gflops_per_frame"),
@@ -222,6 +285,8 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
             folds = sorted(baseline_folds)
             rows.append({
                 "kind": "baseline", "method": "all-positive", "dataset": dataset, "protocol": protocol,
+                # it predicts without looking at the images: the same under every condition
+                "occlusion_train": "none", "occlusion_test": test,
                 "setting": f"fingerprint={fingerprint[:8]}" if len(baselines) > 1 else "",
                 "label_ratio": None, "folds": folds,
                 "f1": {au: _stat([100 * baseline_folds[k]["all_positive_f1"][au] for k in folds]) for au in aus},
@@ -230,11 +295,13 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
                 "source": "predicts every AU present",
             })
         if include_reported:
-            for rep in reported_for(dataset, protocol):
+            for rep in reported_for(dataset, protocol, test):
                 rows.append({
                     "kind": "reported", "method": rep["method"], "setting": "", "dataset": dataset,
-                    "protocol": protocol, "label_ratio": None, "folds": [],
-                    "f1": {au: ({"mean": rep["f1"][au], "std": None} if au in rep["f1"] else None) for au in aus},
+                    "protocol": protocol, "occlusion_train": rep["occlusion"]["train"], "occlusion_test": test,
+                    "label_ratio": None, "folds": [],
+                    "f1": {au: (None if rep["f1"].get(au) is None else {"mean": rep["f1"][au], "std": None})
+                           for au in aus},
                     "mean_f1": {"mean": rep["mean_f1"], "std": None},
                     "params_m": None, "gflops_per_frame": None, "infer_frames_per_s": None,
                     "train_frames_per_s": None, "source": rep["source"],
@@ -276,28 +343,32 @@ def to_markdown(rows: list[dict]) -> str:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         aus = _aus(rows, dataset)
         out.append(f"### {dataset}: F1 (%) per AU, mean ± std over folds\n")
-        header = ["method", "protocol", "kind", "folds", *aus, "mean F1", "params (M)", "GFLOPs/frame",
-                  "infer frames/s", "train frames/s"]
+        header = ["method", "protocol", "train occlusion", "test occlusion", "kind", "folds", *aus, "mean F1",
+                  "params (M)", "GFLOPs/frame", "infer frames/s", "train frames/s"]
         out.append("| " + " | ".join(header) + " |")
-        out.append("|" + "|".join([":---"] * 3 + ["---:"] * (len(header) - 3)) + "|")
+        out.append("|" + "|".join([":---"] * 5 + ["---:"] * (len(header) - 5)) + "|")
         for r in rows:
             if r["dataset"] != dataset:
                 continue
-            cells = [_name(r), r["protocol"], r["kind"], str(len(r["folds"])) if r["folds"] else "-",
+            cells = [_name(r), r["protocol"], r["occlusion_train"], r["occlusion_test"], r["kind"],
+                     str(len(r["folds"])) if r["folds"] else "-",
                      *[_cell(r["f1"][au]) for au in aus], _cell(r["mean_f1"]), _num(r["params_m"], ".2f"),
                      _num(r["gflops_per_frame"], ".3f"), _num(r["infer_frames_per_s"], ".1f"),
                      _num(r["train_frames_per_s"], ".1f")]
             out.append("| " + " | ".join(cells) + " |")
-        sources = sorted({r["source"] for r in rows if r["dataset"] == dataset and r["kind"] == "reported"})
-        for s in sources:
-            out.append(f"\nreported: {s}")
+        sources: dict[str, list[str]] = defaultdict(list)
+        for r in rows:
+            if r["dataset"] == dataset and r["kind"] == "reported" and r["method"] not in sources[r["source"]]:
+                sources[r["source"]].append(r["method"])
+        for source in sorted(sources):
+            out.append(f"\nreported: {source}: {', '.join(sources[source])}")
         out.append("")
     return "\n".join(out)
 
 
 def to_csv(rows: list[dict]) -> str:
     all_aus = list(dict.fromkeys(au for r in rows for au in r["f1"]))
-    fields = ["dataset", "protocol", "kind", "method", "setting", "folds",
+    fields = ["dataset", "protocol", "kind", "method", "occlusion_train", "occlusion_test", "setting", "folds",
               *[f"{au}_{s}" for au in all_aus for s in ("mean", "std")], "mean_f1_mean", "mean_f1_std",
               "params_m", "gflops_per_frame", "infer_frames_per_s", "train_frames_per_s", "source"]
     buf = io.StringIO()
@@ -305,6 +376,7 @@ def to_csv(rows: list[dict]) -> str:
     writer.writeheader()
     for r in rows:
         line = {"dataset": r["dataset"], "protocol": r["protocol"], "kind": r["kind"], "method": r["method"],
+                "occlusion_train": r["occlusion_train"], "occlusion_test": r["occlusion_test"],
                 "setting": r.get("setting", ""), "folds": " ".join(map(str, r["folds"])), "mean_f1_mean": r["mean_f1"]["mean"],
                 "mean_f1_std": r["mean_f1"]["std"], "source": r["source"]}
         for au in all_aus:
@@ -352,10 +424,42 @@ def _save(fig, path: Path) -> None:
         raise UserError(f"--plot {path}: {err}") from None
 
 
+def _conditions_label(row: dict) -> str:
+    """" (train X, test Y)" for a row under occlusion, "" for none / none."""
+    if (row["occlusion_train"], row["occlusion_test"]) == ("none", "none"):
+        return ""
+    return f" (train {row['occlusion_train']}, test {row['occlusion_test']})"
+
+
+def occlusion_series(rows: list[dict]) -> list[dict]:
+    """The lines of the F1-vs-occlusion plot (MAE-FAU's Fig. 3): one per dataset, protocol,
+    method (with its settings) and train condition, over our rows whose test condition is
+    "none" (x = 0) or random patches (x = their ratio); y = mean F1 over folds, yerr = its std
+    over folds (None with one fold). Block conditions are not on this axis."""
+    lines: dict[tuple, dict[float, dict]] = defaultdict(dict)
+    for r in rows:
+        spec = parse_condition_name(r["occlusion_test"])
+        if r["kind"] != "ours" or (spec is not None and spec[0] != "patches"):
+            continue
+        key = (r["dataset"], r["protocol"], _name(r), r["occlusion_train"])
+        lines[key][0.0 if spec is None else spec[1]] = r
+    series = []
+    for (dataset, protocol, method, train), points in sorted(lines.items()):
+        xs = sorted(points)
+        several = any(len(points[x]["folds"]) > 1 for x in xs)
+        series.append({"dataset": dataset, "protocol": protocol, "method": method, "train": train,
+                       "x": xs, "y": [points[x]["mean_f1"]["mean"] for x in xs],
+                       "yerr": [points[x]["mean_f1"]["std"] for x in xs] if several else None,
+                       "folds": [len(points[x]["folds"]) for x in xs]})
+    return series
+
+
 def plot(rows: list[dict], path: str | Path) -> list[Path]:
-    """A bar chart of per-AU F1 (one per dataset and protocol) and, when several label ratios
-    exist, F1 against label ratio beside it (<name>_label_ratio<suffix>). `path` as plot_path
-    reads it. Returns the files written."""
+    """A bar chart of per-AU F1 (one per dataset, protocol and test occlusion condition); when
+    several label ratios exist, F1 against label ratio beside it (<name>_label_ratio<suffix>);
+    when our rows hold more than one test condition of random patches (or none), F1 against
+    the test occlusion ratio (<name>_occlusion<suffix>, see occlusion_series). `path` as
+    plot_path reads it. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,11 +467,11 @@ def plot(rows: list[dict], path: str | Path) -> list[Path]:
 
     path = plot_path(path)
     written = []
-    groups = list(dict.fromkeys((r["dataset"], r["protocol"]) for r in rows))
+    groups = list(dict.fromkeys((r["dataset"], r["protocol"], r["occlusion_test"]) for r in rows))
     fig, axes = plt.subplots(len(groups), 1, figsize=(max(8, 1.1 * len(rows[0]["f1"]) + 3), 3.6 * len(groups)),
                              squeeze=False)
-    for ax, (dataset, protocol) in zip(axes[:, 0], groups):
-        members = [r for r in rows if r["dataset"] == dataset and r["protocol"] == protocol]
+    for ax, (dataset, protocol, test) in zip(axes[:, 0], groups):
+        members = [r for r in rows if (r["dataset"], r["protocol"], r["occlusion_test"]) == (dataset, protocol, test)]
         aus = list(members[0]["f1"])
         width = 0.8 / len(members)
         x = np.arange(len(aus))
@@ -375,12 +479,13 @@ def plot(rows: list[dict], path: str | Path) -> list[Path]:
             means = [r["f1"][au]["mean"] if r["f1"][au] else np.nan for au in aus]
             stds = [(r["f1"][au]["std"] or 0.0) if r["f1"][au] else 0.0 for au in aus]
             hatch = "//" if r["kind"] != "ours" else None
-            ax.bar(x + (i - (len(members) - 1) / 2) * width, means, width, yerr=stds, label=_name(r), hatch=hatch,
+            label = _name(r) + (f" (train {r['occlusion_train']})" if r["occlusion_train"] != "none" else "")
+            ax.bar(x + (i - (len(members) - 1) / 2) * width, means, width, yerr=stds, label=label, hatch=hatch,
                    capsize=2)
         ax.set_xticks(x, aus)
         ax.set_ylabel("F1 (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(f"{dataset}, protocol {protocol}")
+        ax.set_title(f"{dataset}, protocol {protocol}" + (f", test occlusion {test}" if test != "none" else ""))
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     try:
@@ -392,7 +497,7 @@ def plot(rows: list[dict], path: str | Path) -> list[Path]:
     ratio_rows = [r for r in rows if r["kind"] == "ours" and r["label_ratio"] is not None]
     by_method: dict[tuple[str, str], list[tuple[float, dict]]] = defaultdict(list)
     for r in ratio_rows:
-        by_method[(r["dataset"], _name(r))].append((r["label_ratio"], r["mean_f1"]))
+        by_method[(r["dataset"], _name(r) + _conditions_label(r))].append((r["label_ratio"], r["mean_f1"]))
     if any(len({ratio for ratio, _ in v}) > 1 for v in by_method.values()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for (dataset, method), points in sorted(by_method.items()):
@@ -411,4 +516,23 @@ def plot(rows: list[dict], path: str | Path) -> list[Path]:
         finally:
             plt.close(fig)
         written.append(ratio_path)
+
+    series = occlusion_series(rows)
+    if len({x for line in series for x in line["x"]}) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for line in series:
+            label = f"{line['method']}, train {line['train']} ({line['dataset']}, {line['protocol']})"
+            ax.errorbar([100 * x for x in line["x"]], line["y"], yerr=line["yerr"], marker="o", capsize=3,
+                        label=label)
+        ax.set_xlabel("test occlusion: random patches (% of the image)")
+        ax.set_ylabel("mean F1 (%)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        occlusion_path = path.with_name(path.stem + "_occlusion" + path.suffix)
+        try:
+            _save(fig, occlusion_path)
+        finally:
+            plt.close(fig)
+        written.append(occlusion_path)
     return written

@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from aubench.data import ClipAugment, ClipDataset, FrameDataset, block_mask, patch_mask
+from aubench.data.occlusion import cell_edges
 from fixtures_h5 import write_au_h5
 
 
@@ -70,7 +71,9 @@ def test_unseeded_augmentation_varies_between_draws(constant_file):
 
 
 def test_seed_makes_items_deterministic_across_workers(constant_file):
-    kwargs = dict(fold=1, split="test", augment=True, occlusion=("block", 0.3), seed=7)
+    # the train split: there the seed drives occlusion too (test masks are fixed per frame,
+    # tests/test_occlusion_protocol.py)
+    kwargs = dict(fold=1, split="train", augment=True, occlusion=("block", 0.3), seed=7)
     ds = FrameDataset(constant_file, **kwargs)
     first = [ds[i] for i in range(len(ds))]
     torch.manual_seed(123)  # the default generator does not matter when seeded
@@ -89,14 +92,15 @@ def test_patch_mask_area(size, ratio):
     g = torch.Generator().manual_seed(1)
     mask = patch_mask(*size, ratio, generator=g)
     assert mask.dtype == torch.bool and mask.shape == size
-    # within half a 16x16 cell of the target area
-    assert abs(mask.sum().item() - ratio * size[0] * size[1]) <= 128
-    # made of whole grid cells
-    h, w = size
-    for y in range(0, h, 16):
-        for x in range(0, w, 16):
-            cell = mask[y:y + 16, x:x + 16]
-            assert bool(cell.all()) or not bool(cell.any())
+    # round(ratio * 196) cells of the 14 x 14 grid (16 px cells at 224 px)
+    ys, xs = cell_edges(size[0]).tolist(), cell_edges(size[1]).tolist()
+    cells = [mask[y0:y1, x0:x1] for y0, y1 in zip(ys, ys[1:]) for x0, x1 in zip(xs, xs[1:])]
+    assert all(bool(c.all()) or not bool(c.any()) for c in cells)  # made of whole cells
+    assert sum(bool(c.all()) for c in cells) == round(ratio * 196 + 1e-9)
+    # cells differ in size by one pixel at most: the area is within that of the target
+    assert abs(mask.sum().item() - ratio * size[0] * size[1]) <= 0.03 * size[0] * size[1] + 1
+    if size == (224, 224):
+        assert all(c.shape == (16, 16) for c in cells)
 
 
 @pytest.mark.parametrize("size", [(224, 224), (64, 48)])
@@ -119,9 +123,9 @@ def test_occluded_items(constant_file):
     item = ds[2]
     mask = item["occlusion"]
     assert mask.shape == (64, 64) and mask.dtype == torch.bool
-    assert mask.sum().item() == 0.25 * 64 * 64
+    assert abs(mask.sum().item() - 0.25 * 64 * 64) <= 0.03 * 64 * 64
     assert torch.all(item["image"][:, mask] == 0)  # the mean colour after normalisation
     torch.testing.assert_close(item["image"][:, ~mask], plain[2]["image"][:, ~mask])
     clip = ClipDataset(constant_file, fold=1, clip_len=3, occlusion=("block", 0.4))[0]
-    assert clip["occlusion"].shape == (32, 32)
-    assert torch.all(clip["image"][:, :, clip["occlusion"]] == 0)
+    assert clip["occlusion"].shape == (3, 32, 32)  # one mask per frame
+    assert torch.all(clip["image"].permute(1, 0, 2, 3)[:, clip["occlusion"]] == 0)

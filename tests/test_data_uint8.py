@@ -82,7 +82,7 @@ def test_uint8_occlusion_uses_mean_colour(files, kind):
     # the mean colour normalises to about 0, the float path's exact 0
     assert got[:, mask].abs().max() < 0.01 and torch.all(want["image"][:, mask] == 0)
     clip = ClipDataset(files["jpeg"], clip_len=3, normalize=False, **kwargs)[0]
-    assert torch.all(clip["image"][:, :, clip["occlusion"]] == mean[None, :, None])
+    assert torch.all(clip["image"].permute(1, 0, 2, 3)[:, clip["occlusion"]] == mean[:, None])
 
 
 def test_uint8_augmentation_follows_the_float_path(files):

@@ -6,7 +6,8 @@ on any device, into exactly what the default float path returns.
 """
 from .datasets import ClipDataset, FrameDataset
 from .h5file import SCHEMA_VERSION, AUFile, decode_jpeg
-from .occlusion import block_mask, occlusion_mask, patch_mask
+from .occlusion import (block_mask, condition_name, frame_occlusion_mask, occlusion_mask, parse_condition,
+                        patch_mask)
 from .samplers import (KeyPositionBatchSampler, sparse_label_mask, sparse_label_report,
                        visible_label_statistics)
 from .transforms import (IMAGENET_MEAN, IMAGENET_MEAN_UINT8, IMAGENET_STD, ClipAugment,
@@ -18,5 +19,6 @@ __all__ = [
     "KeyPositionBatchSampler", "sparse_label_mask", "sparse_label_report", "visible_label_statistics",
     "ClipAugment", "to_normalized_tensor", "to_uint8_tensor", "normalize_images",
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_MEAN_UINT8",
-    "occlusion_mask", "patch_mask", "block_mask",
+    "occlusion_mask", "patch_mask", "block_mask", "frame_occlusion_mask", "parse_condition",
+    "condition_name",
 ]

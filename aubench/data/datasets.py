@@ -4,8 +4,8 @@ Items follow docs/hdf5_schema.md:
 - `FrameDataset`: {"image": float32 (3,H,W), "label": float32 (U,), "index": int64}
 - `ClipDataset`:  {"image": float32 (n,3,H,W), "label": float32 (n,U), "labeled": bool (n,),
                    "key_position": int64, "index": int64 (n,)}
-plus "occlusion": bool (H,W) when an occlusion spec is given. Labels are 1 / 0 with -1 for
-unknown, and also -1 where the sparse-label protocol hides a label.
+plus "occlusion" when an occlusion spec is given: bool (H,W) for a frame, (n,H,W) for a clip.
+Labels are 1 / 0 with -1 for unknown, and also -1 where the sparse-label protocol hides a label.
 
 uint8 fast path: with `normalize=False` the "image" is uint8 (3,H,W) / (n,3,H,W) instead,
 resized, augmented and occluded in uint8 (occluded pixels take the ImageNet mean colour
@@ -15,10 +15,17 @@ unaugmented, unoccluded items that gives the float path's values exactly. This i
 design of fast loaders (normalise on the device): the workers skip the float conversion, and
 collate and the host-to-device copy move 4x fewer bytes.
 
-Randomness (augmentation, occlusion) comes from torch's default generator, which DataLoader
-seeds differently in every worker; with `seed` set, each item uses its own generator seeded
-from (seed, index) instead, so the same index always gives the same item, whatever worker
-loads it (for evaluation under occlusion).
+Randomness (augmentation, training occlusion) comes from torch's default generator, which
+DataLoader seeds differently in every worker (and the engine per epoch); with `seed` set, each
+item uses its own generator seeded from (seed, index) instead, so the same index always gives
+the same item, whatever worker loads it.
+
+Occlusion at test time: on the "test" and "all" splits every frame gets its fixed mask
+(`aubench.data.occlusion.frame_occlusion_mask`), a function of its row in the file and the
+condition only - not of `seed`, the batch order, the worker or the clip it sits in - so every
+method is scored on the same occluded images, and a frame of a test clip is occluded as that
+frame in a FrameDataset. On the "train" split masks are random: one draw per item (per clip,
+the same mask on all its frames, like an occluder that stays), new every epoch.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .h5file import AUFile
-from .occlusion import occlusion_mask, parse_occlusion
+from .occlusion import frame_occlusion_mask, occlusion_mask, parse_occlusion
 from .samplers import (check_label_ratio, sparse_label_mask, sparse_label_report,
                        visible_label_statistics)
 from .transforms import (IMAGENET_MEAN_UINT8, ClipAugment, normalize, parse_image_size,
@@ -52,6 +59,8 @@ class _AUDatasetBase(Dataset):
         if self.augment is not None and not callable(getattr(self.augment, "draw", None)):
             raise ValueError(f"augment must be a bool or a ClipAugment, got {augment!r}")
         self.occlusion = parse_occlusion(occlusion)
+        # evaluation splits get each frame's fixed mask, the train split random ones
+        self.fixed_occlusion = split != "train"
         self.seed = None if seed is None else int(seed)
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize must be True or False, got {normalize!r}")
@@ -92,8 +101,10 @@ class _AUDatasetBase(Dataset):
                 view: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(len(rows), 3, H, W) images, normalised float32 (or uint8 with normalize=False),
         augmented and occluded as configured, with one random draw for all of them; and the
-        occlusion mask (or None). `frames`: the rows' uint8 images when already read. `view`
-        > 0 draws an independent second view of the same rows (seeded from (seed, index, view))."""
+        occlusion masks, bool (len(rows), H, W) (or None): each row's fixed mask on evaluation
+        splits, one random draw for all rows on the train split. `frames`: the rows' uint8
+        images when already read. `view` > 0 draws an independent second view of the same rows
+        (seeded from (seed, index, view))."""
         if frames is None:
             frames = self.file.read_images(rows)
         frames = resize_images(frames, self.image_size)
@@ -106,13 +117,18 @@ class _AUDatasetBase(Dataset):
             images = normalize(self.augment(to_float_tensor(frames), generator=generator))
         else:
             images = to_normalized_tensor(frames)
-        mask = None
-        if self.occlusion is not None:
+        if self.occlusion is None:
+            return images, None
+        if self.fixed_occlusion:
+            mask = torch.stack([frame_occlusion_mask(*self.occlusion, row, *self.image_size)
+                                for row in np.asarray(rows).tolist()])
+        else:
             mask = occlusion_mask(*self.occlusion, *self.image_size, generator=generator)
-            if self.normalize:
-                images = images.masked_fill(mask, 0.0)
-            else:
-                images = torch.where(mask, _MEAN_UINT8, images)
+            mask = mask.expand(len(rows), *mask.shape).contiguous()
+        if self.normalize:
+            images = images.masked_fill(mask[:, None], 0.0)
+        else:
+            images = torch.where(mask[:, None], _MEAN_UINT8, images)
         return images, mask
 
     def close(self) -> None:
@@ -129,10 +145,11 @@ class FrameDataset(_AUDatasetBase):
         split: "train" | "test" | "all".
         image_size: output size, int or (H, W); None keeps the stored size.
         augment: True (default `ClipAugment`), False, or a `ClipAugment`.
-        occlusion: None, ("patches", ratio) or ("block", ratio).
+        occlusion: None, ("patches", ratio) or ("block", ratio) (aubench.data.occlusion);
+            fixed per frame on the "test" and "all" splits, random on "train".
         label_ratio: sparse-label protocol ratio in (0, 1]; hidden labels read -1.
         labeled_only: keep only the frames whose labels the protocol keeps.
-        seed: makes augmentation and occlusion a function of (seed, index).
+        seed: makes augmentation and training occlusion a function of (seed, index).
         normalize: True: "image" is ImageNet-normalised float32. False: the uint8 fast path,
             "image" is uint8 (3,H,W); normalise batches with `normalize_images` (on the GPU).
     """
@@ -167,7 +184,7 @@ class FrameDataset(_AUDatasetBase):
             item = {"image": images[0], "label": labels[k],
                     "index": torch.tensor(row, dtype=torch.int64)}
             if mask is not None:
-                item["occlusion"] = mask
+                item["occlusion"] = mask[0]
             items.append(item)
         return items
 
@@ -187,7 +204,9 @@ class ClipDataset(_AUDatasetBase):
     sequence end, so every frame is predicted (some twice); "key_position" is n // 2.
 
     Args: as `FrameDataset`, plus clip_len (n >= 1) and key_view (train split only). With
-    normalize=False "image" is uint8 (n,3,H,W) (see `normalize_images`).
+    normalize=False "image" is uint8 (n,3,H,W) (see `normalize_images`). "occlusion" is bool
+    (n,H,W): on the test / "all" split each frame's fixed mask (as in FrameDataset), on the
+    train split one random mask repeated over the clip.
     """
 
     def __init__(self, path, fold: int | None = 1, split: str = "train", clip_len: int = 5,
