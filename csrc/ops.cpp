@@ -20,10 +20,12 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(aubench, m) {
   // ---- batched log-domain Sinkhorn (csrc/sinkhorn) ----------------------------------------
-  // plan (B,K,K), g_history (B, max_iter if keep_history else 0, K), num_iter int64 (B,).
+  // plan (B,K,K), g_history (B, max_iter if keep_history else 0, K), num_iter int64 (B,),
+  // marginal_error (B,): the L1 error of each returned plan's row sums against a / sum(a).
   m.def(
       "sinkhorn(Tensor cost, Tensor a, Tensor b, float eps, int max_iter, float tol, "
-      "bool keep_history) -> (Tensor plan, Tensor g_history, Tensor num_iter)");
+      "bool keep_history) -> (Tensor plan, Tensor g_history, Tensor num_iter, "
+      "Tensor marginal_error)");
   // Exact adjoint of the iterations the forward ran: (grad_cost (B,K,K), grad_a, grad_b).
   m.def(
       "sinkhorn_backward(Tensor grad_plan, Tensor plan, Tensor cost, Tensor a, Tensor b, "

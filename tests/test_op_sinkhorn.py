@@ -52,9 +52,11 @@ def tolerance(dtype):
 )
 def test_kernel_matches_reference(batch, k, eps, tol, dtype):
     cost, a, b = make_problem(batch, k, dtype, seed=batch * 100 + k)
-    plan, _, num_iter = torch.ops.aubench.sinkhorn(cost, a, b, eps, 40, tol, False)
-    expected, expected_iter = reference.sinkhorn(cost, a, b, eps, 40, tol, return_num_iter=True)
+    plan, _, num_iter, error = torch.ops.aubench.sinkhorn(cost, a, b, eps, 40, tol, False)
+    expected, expected_iter, expected_error = reference.sinkhorn(cost, a, b, eps, 40, tol,
+                                                                 return_info=True)
     torch.testing.assert_close(plan, expected, **tolerance(dtype))
+    torch.testing.assert_close(error, expected_error, **tolerance(dtype))
     if dtype == torch.float64:
         assert torch.equal(num_iter, expected_iter)
     if tol == 0:
@@ -206,9 +208,9 @@ def test_no_history_kept_without_grad():
     if not _extension.have_extension():
         pytest.skip("aubench._C is not built")
     cost, a, b = make_problem(2, 3, seed=11)
-    _, history, _ = torch.ops.aubench.sinkhorn(cost, a, b, 0.1, 7, 0.0, False)
+    history = torch.ops.aubench.sinkhorn(cost, a, b, 0.1, 7, 0.0, False)[1]
     assert history.shape == (2, 0, 3)
-    _, history, _ = torch.ops.aubench.sinkhorn(cost, a, b, 0.1, 7, 0.0, True)
+    history = torch.ops.aubench.sinkhorn(cost, a, b, 0.1, 7, 0.0, True)[1]
     assert history.shape == (2, 7, 3)
 
 
@@ -228,7 +230,7 @@ def test_opcheck():
     for args in samples:
         torch.library.opcheck(torch.ops.aubench.sinkhorn.default, args)
     cost, a, b = make_problem(3, 5, seed=12)
-    plan, history, num_iter = torch.ops.aubench.sinkhorn(cost, a, b, 0.1, 6, 0.0, True)
+    plan, history, num_iter, _ = torch.ops.aubench.sinkhorn(cost, a, b, 0.1, 6, 0.0, True)
     torch.library.opcheck(
         torch.ops.aubench.sinkhorn_backward.default,
         (torch.randn_like(plan), plan, cost, a, b, history, num_iter, 0.1),
@@ -346,10 +348,12 @@ def test_random_wrong_shapes_raise(batch, k, extra, which):
 def test_cuda_matches_cpu(batch, k, eps, tol, dtype):
     assert _extension.have_cuda_kernels()
     cost, a, b = make_problem(batch, k, dtype, seed=k)
-    plan, _, num_iter = torch.ops.aubench.sinkhorn(cost.cuda(), a.cuda(), b.cuda(), eps, 40,
-                                                   tol, False)
-    expected, _, expected_iter = torch.ops.aubench.sinkhorn(cost, a, b, eps, 40, tol, False)
+    plan, _, num_iter, error = torch.ops.aubench.sinkhorn(cost.cuda(), a.cuda(), b.cuda(), eps,
+                                                          40, tol, False)
+    expected, _, expected_iter, expected_error = torch.ops.aubench.sinkhorn(cost, a, b, eps, 40,
+                                                                            tol, False)
     torch.testing.assert_close(plan.cpu(), expected, **tolerance(dtype))
+    torch.testing.assert_close(error.cpu(), expected_error, **tolerance(dtype))
     if dtype == torch.float64:
         assert torch.equal(num_iter.cpu(), expected_iter)
     shared = sinkhorn(cost[0].cuda(), a.cuda(), b.cuda(), eps=eps, max_iter=40, tol=tol)

@@ -188,6 +188,10 @@ def test_bad_inputs_raise_clear_errors(case, batch, frames, channels, data):
 def test_kernel_refuses_out_of_range_even_unvalidated():
     with pytest.raises(RuntimeError, match="outside"):
         temporal_shuffle_features(torch.randn(1, 3, 2), torch.tensor([[0, 5, 1]]), validate=False)
+    for bad in ([[0, 3, 1]], [[0, -1, 1]]):  # the backward kernel checks too
+        with pytest.raises(RuntimeError, match="perm holds .*, outside"):
+            torch.ops.aubench.temporal_shuffle_features_backward(torch.randn(2, 3, 4),
+                                                                 torch.tensor(bad))
 
 
 # ---- CUDA --------------------------------------------------------------------------------------

@@ -314,6 +314,14 @@ def test_kernels_refuse_out_of_range_even_unvalidated():
     with pytest.raises(RuntimeError, match="outside"):
         restore_tokens(x[:, :2], torch.tensor([[0, 1, 2, 3, 9]] * 2), torch.zeros(3),
                        validate=False)
+    # The backward kernels check too (they are called with the forward's indices).
+    ops = torch.ops.aubench
+    for bad in ([[0, 7], [1, 2]], [[0, -1], [1, 2]]):
+        with pytest.raises(RuntimeError, match="ids_keep holds .*, outside"):
+            ops.gather_tokens_backward(x[:, :2], torch.tensor(bad), 5)
+    for bad in ([[0, 1, 2, 3, 5]] * 2, [[0, 1, -2, 3, 4]] * 2):
+        with pytest.raises(RuntimeError, match="ids_restore holds .*, outside"):
+            ops.restore_tokens_backward(x, torch.tensor(bad), 2)
 
 
 # ---- CUDA --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ compiled kernel (torch.ops.aubench.*) or, when the extension is not built, to th
 """
 from aubench.ops._extension import have_cuda_kernels, have_extension
 from aubench.ops.masking import block_masking, random_masking
-from aubench.ops.sinkhorn import sinkhorn
+from aubench.ops.sinkhorn import SinkhornConvergenceWarning, SinkhornInfo, eps_range, sinkhorn
 from aubench.ops.temporal_shuffle import make_shuffle_permutations, temporal_shuffle_features
 from aubench.ops.token_gather import gather_tokens, restore_tokens
 
@@ -14,6 +14,9 @@ __all__ = [
     "have_cuda_kernels",
     # batched log-domain Sinkhorn
     "sinkhorn",
+    "SinkhornInfo",
+    "SinkhornConvergenceWarning",
+    "eps_range",
     # temporal-shuffle classifier features
     "temporal_shuffle_features",
     "make_shuffle_permutations",

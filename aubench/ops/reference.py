@@ -37,25 +37,33 @@ def sinkhorn(
     eps: float,
     max_iter: int,
     tol: float,
-    return_num_iter: bool = False,
+    return_info: bool = False,
 ):
     """Log-domain Sinkhorn, batched, written with differentiable PyTorch operations.
 
     cost (B, K, K) or (1, K, K), a and b (B, K) non-negative; returns the plan (B, K, K)
-    (and the number of iterations each problem ran, int64 (B,), with return_num_iter).
-    This defines the iterations and stopping rule that the compiled kernels reproduce:
+    (and, with return_info, the number of iterations each problem ran, int64 (B,), and the
+    L1 error of each returned plan's row sums against a / sum(a), (B,)).
+    This defines the iterations, stopping rule and final plan that the compiled kernels
+    reproduce:
 
         alpha = log(a / sum a), beta = log(b / sum b)   (only over each support)
         g = 0
         repeat t = 1 .. max_iter:
             f_i = eps * (alpha_i - LSE_j((g_j - C_ij) / eps))      over j with b_j > 0
-            g_j = eps * (beta_j  - LSE_i((f_i - C_ij) / eps))      over i with a_i > 0
+            g_j = eps * (beta_j - h_j),  h_j = LSE_i((f_i - C_ij) / eps)   over i with a_i > 0
             if t < max_iter and tol > 0:
                 err = sum_i |sum_j plan_ij - a_i / sum a|            (columns are exact)
                 stop this problem when err < tol
-        plan_ij = exp((f_i + g_j - C_ij) / eps), zero outside support(a) x support(b).
+        plan_ij = (b_j / sum b) * softmax_i((f_i - C_ij) / eps), zero outside
+                  support(a) x support(b);  = exp((f_i + g_j - C_ij) / eps) = exp(beta_j +
+                  (f_i - C_ij) / eps - h_j) in exact arithmetic.
 
-    A problem whose a or b has zero total mass gets an all-zero plan (num_iter 0).
+    The plan is normalised explicitly (max-shifted exponentials over their sum) rather than
+    through the potentials, so it stays finite, with columns summing to b / sum b, even where
+    f_i + g_j - C_ij or h_j's max + log(sum) cancel to noise (eps below the rounding error of
+    the potentials, about finfo.eps * max|C|).
+    A problem whose a or b has zero total mass gets an all-zero plan (num_iter 0, error 0).
     Autograd through this function differentiates the iterations that actually ran.
     """
     batch, k = a.shape
@@ -74,8 +82,7 @@ def sinkhorn(
     f = torch.zeros_like(alpha)
     for step in range(1, max_iter + 1):
         f_new = eps * (alpha - row_lse)
-        col_lse = _masked_logsumexp((f_new[:, :, None] - cost) / eps, rows, 1)
-        g_new = eps * (beta - col_lse)
+        g_new = eps * (beta - _masked_logsumexp((f_new[:, :, None] - cost) / eps, rows, 1))
         f = torch.where(active[:, None], f_new, f)
         g = torch.where(active[:, None], g_new, g)
         num_iter += active.long()
@@ -90,10 +97,16 @@ def sinkhorn(
             if not bool(active.any()):
                 break
 
-    exponent = (f[:, :, None] + g[:, None, :] - cost) / eps
+    # b_j times a softmax over i (max-shifted, explicitly normalised): see the docstring.
+    columns = torch.where(rows, (f[:, :, None] - cost) / eps, float("-inf")).softmax(1)
     keep = rows & cols & valid[:, None, None]
-    plan = torch.where(keep, exponent, float("-inf")).exp()
-    return (plan, num_iter) if return_num_iter else plan
+    plan = torch.where(keep, columns * beta.exp()[:, None, :], 0.0)
+    if not return_info:
+        return plan
+    with torch.no_grad():
+        row_error = torch.where(support_a, (plan.sum(2) - target_rows).abs(), 0.0).sum(1)
+        marginal_error = torch.where(valid, row_error, 0.0)
+    return plan, num_iter, marginal_error
 
 
 

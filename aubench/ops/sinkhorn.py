@@ -8,6 +8,7 @@ the GPU) and differentiates it exactly (sinkhorn_backward, the adjoint of the it
 import math
 import numbers
 import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -19,6 +20,17 @@ _registered = False
 _warned_no_cuda_kernels = False
 
 
+class SinkhornInfo(NamedTuple):
+    """What `sinkhorn(..., return_info=True)` reports per problem."""
+
+    iterations: torch.Tensor  # (B,) int64: Sinkhorn iterations run (0: all-zero problem)
+    marginal_error: torch.Tensor  # (B,): L1 error of the plan's row sums against a / sum(a)
+
+
+class SinkhornConvergenceWarning(UserWarning):
+    """Some problems of a `sinkhorn` call ran max_iter iterations and still missed tol."""
+
+
 def sinkhorn(
     cost: torch.Tensor,
     a: torch.Tensor,
@@ -26,7 +38,8 @@ def sinkhorn(
     eps: float = 0.05,
     max_iter: int = 100,
     tol: float = 1e-6,
-) -> torch.Tensor:
+    return_info: bool = False,
+):
     """Entropic OT plans of a batch of K x K problems, by log-domain Sinkhorn iterations.
 
     Solves, for each problem p of the batch,
@@ -37,52 +50,133 @@ def sinkhorn(
         cost: (B, K, K) costs, or (K, K) shared by every problem of the batch. Finite.
         a: (B, K) non-negative row marginals (source masses).
         b: (B, K) non-negative column marginals (target masses).
-        eps: entropic regularisation, > 0 (the same scale as the cost; POT's `reg`).
+        eps: entropic regularisation, > 0 (the same scale as the cost; POT's `reg`), within
+            the range the compute dtype can run at (`eps_range`, else ValueError).
         max_iter: most Sinkhorn iterations (one iteration = one f and one g update), >= 1.
         tol: a problem stops once the L1 error of its plan's row sums against a / sum(a) is
             below tol (columns are exact after each iteration); tol = 0 runs exactly
             max_iter iterations. Each problem stops on its own.
+        return_info: also return a `SinkhornInfo` (iterations and marginal error per
+            problem).
 
     Returns:
-        plan (B, K, K) in the dtype of the inputs.
+        plan (B, K, K) in the dtype of the inputs; with return_info, (plan, SinkhornInfo).
 
-    Conventions:
-        - Marginals are normalised to unit mass, so a and b may have unequal totals; every
-          plan sums to 1 (or is all zero, below).
-        - Entries with zero mass get zero rows (a_i = 0) or zero columns (b_j = 0); a problem
-          whose a or b is all zero gets an all-zero plan. Never NaN.
-        - Computed in the log domain (no underflow at small eps); float32 and float64 are
-          computed in their own precision; float16 / bfloat16 in float32, returned in the
-          input dtype.
+    Guarantees and reports:
+        - Every plan is finite and non-negative; its columns sum to b / sum(b), so it sums to
+          1 (to rounding); its rows sum to a / sum(a) up to `marginal_error` (L1), measured
+          on the returned plan. Entries with zero mass get zero rows (a_i = 0) or columns
+          (b_j = 0); a problem whose a or b is all zero gets an all-zero plan (0 iterations,
+          error 0).
+        - When tol > 0 and some problem ran all max_iter iterations with marginal_error still
+          >= tol, one SinkhornConvergenceWarning per call says how many and how far.
+          Converging needs eps well above the rounding error of the potentials (about
+          finfo(dtype).eps * max|cost|); below that the plan is still a finite column-exact
+          plan, but its row error stays large (and is reported).
+        - Log-domain iterations: no underflow at small eps. float32 and float64 are computed
+          in their own precision; float16 / bfloat16 in float32, returned in the input dtype.
         - Differentiable with respect to cost, a and b. The gradient is the exact gradient of
           the computed plan, i.e. of the iterations that actually ran (reverse-mode through
           them, with the iterates stored during the forward), matching autograd through
           aubench.ops.reference.sinkhorn. The stopping decisions are treated as constants,
           and zero-mass entries keep their support fixed (one-sided derivative).
         - Inputs are validated first (shapes, dtypes, devices, finite cost, non-negative
-          finite marginals, eps > 0, max_iter >= 1, tol >= 0): ValueError / TypeError.
+          finite marginals, eps in range, max_iter >= 1, tol >= 0): ValueError / TypeError.
 
     Uses the compiled kernels (CPU, and CUDA when built with them) and otherwise the
     pure-PyTorch reference, after one warning.
     """
-    cost, a, b = _check_inputs(cost, a, b, eps, max_iter, tol)
+    cost, a, b, cost_scale = _check_inputs(cost, a, b, eps, max_iter, tol)
+    if not isinstance(return_info, bool):
+        raise TypeError(f"sinkhorn: return_info must be a bool, got {type(return_info).__name__}")
     out_dtype = a.dtype
     compute_dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
-    cost, a, b = cost.to(compute_dtype), a.to(compute_dtype), b.to(compute_dtype)
     eps, max_iter, tol = float(eps), int(max_iter), float(tol)
+    _check_eps_in_range(eps, cost_scale, a.shape[1], compute_dtype)
+    cost, a, b = cost.to(compute_dtype), a.to(compute_dtype), b.to(compute_dtype)
     if _use_kernels(a.device):
         _register_once()
         keep_history = torch.is_grad_enabled() and (
             cost.requires_grad or a.requires_grad or b.requires_grad
         )
-        plan = torch.ops.aubench.sinkhorn(cost, a, b, eps, max_iter, tol, keep_history)[0]
+        plan, _, iterations, marginal_error = torch.ops.aubench.sinkhorn(
+            cost, a, b, eps, max_iter, tol, keep_history
+        )
     else:
-        plan = reference.sinkhorn(cost, a, b, eps, max_iter, tol)
-    return plan.to(out_dtype)
+        plan, iterations, marginal_error = reference.sinkhorn(
+            cost, a, b, eps, max_iter, tol, return_info=True
+        )
+    if tol > 0:
+        _warn_if_not_converged(iterations, marginal_error, eps, max_iter, tol, cost_scale)
+    plan = plan.to(out_dtype)
+    return (plan, SinkhornInfo(iterations, marginal_error)) if return_info else plan
+
+
+def eps_range(cost_scale: float, k: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(smallest, largest) eps the kernels run at in `dtype` (float32 or float64) for costs of
+    magnitude up to cost_scale and K x K problems, without overflow, underflow or NaN.
+
+    Smallest: eps must be a normal number of the dtype (a subnormal eps has lost its
+    precision, and 1 / eps overflows), and the exponents (f_i + g_j - C_ij) / eps, which the
+    potentials f, g (within about 2 max|C| after the first iteration) bound by 4 max|C| / eps,
+    must stay finite. Largest: f = eps * (log(a_i / sum a) - LSE(...)) must stay finite, and
+    those logs are at most log(max / tiny) + log(K) in magnitude.
+    """
+    info = torch.finfo(dtype)
+    smallest = max(info.tiny, 4.0 * cost_scale / info.max)
+    largest = info.max / (4.0 * (math.log(info.max) - math.log(info.tiny) + math.log(k) + 1.0))
+    return smallest, largest
+
+
+def _check_eps_in_range(eps: float, cost_scale: float, k: int, dtype: torch.dtype) -> None:
+    smallest, largest = eps_range(cost_scale, k, dtype)
+    name = str(dtype).replace("torch.", "")
+    if 4.0 * cost_scale > torch.finfo(dtype).max:
+        raise ValueError(
+            f"sinkhorn: cost entries up to {cost_scale:.3g} overflow {name} arithmetic inside "
+            "the iterations; rescale the cost (and eps with it) or use float64"
+        )
+    if eps < smallest:
+        raise ValueError(
+            f"sinkhorn: eps={eps:g} underflows {name}: with max|cost| = {cost_scale:.3g} the "
+            f"smallest eps {name} can run at is {smallest:.3g} (eps must be a normal {name} "
+            "number and max|cost| / eps must not overflow); use a larger eps or float64"
+        )
+    if eps > largest:
+        raise ValueError(
+            f"sinkhorn: eps={eps:g} overflows {name}: the largest eps {name} can run at is "
+            f"{largest:.3g}; use a smaller eps"
+        )
+
+
+def _warn_if_not_converged(iterations, marginal_error, eps, max_iter, tol, cost_scale):
+    """One SinkhornConvergenceWarning when any problem ran max_iter and still missed tol."""
+    if iterations.numel() == 0:
+        return
+    missed = (iterations == max_iter) & (marginal_error >= tol)
+    count, worst = torch.stack(
+        [missed.sum().to(marginal_error.dtype), torch.where(missed, marginal_error, 0).max()]
+    ).tolist()
+    if not count:
+        return
+    resolution = torch.finfo(marginal_error.dtype).eps * cost_scale
+    name = str(marginal_error.dtype).replace("torch.", "")
+    hint = (
+        f"eps={eps:g} is below {name}'s resolution of these potentials (about "
+        f"{resolution:.2g}), so more iterations cannot help: use a larger eps or float64"
+        if eps < resolution
+        else "raise max_iter, eps or tol"
+    )
+    warnings.warn(
+        f"sinkhorn: {int(count)} of {iterations.numel()} problems missed tol={tol:g} after "
+        f"max_iter={max_iter} iterations (largest marginal error {worst:.3g}); {hint}",
+        SinkhornConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 def _check_inputs(cost, a, b, eps, max_iter, tol):
-    """Validates the arguments; returns (cost as (B or 1, K, K), a, b)."""
+    """Validates the arguments; returns (cost as (B or 1, K, K), a, b, max |cost|)."""
     for name, value in (("cost", cost), ("a", a), ("b", b)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"sinkhorn: {name} must be a torch.Tensor, got {type(value).__name__}")
@@ -128,17 +222,20 @@ def _check_inputs(cost, a, b, eps, max_iter, tol):
         raise TypeError(f"sinkhorn: tol must be a real number, got {type(tol).__name__}")
     if not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"sinkhorn: tol must be finite and >= 0, got {tol}")
-    # One host synchronisation for all value checks.
+    # One host synchronisation for all value checks (and the cost's scale, for eps's range).
     with torch.no_grad():
-        flags = torch.stack(
+        magnitude = cost.abs()
+        scale = magnitude.amax() if cost.numel() else magnitude.new_zeros(())
+        *flags, cost_scale = torch.stack(
             [
                 ~torch.isfinite(cost).all(),
                 ~torch.isfinite(a).all(),
                 (a < 0).any(),
                 ~torch.isfinite(b).all(),
                 (b < 0).any(),
+                scale,
             ]
-        ).tolist()
+        ).double().tolist()
     messages = (
         "cost must be finite (it contains NaN or inf)",
         "a must be finite (it contains NaN or inf)",
@@ -149,7 +246,7 @@ def _check_inputs(cost, a, b, eps, max_iter, tol):
     for bad, message in zip(flags, messages):
         if bad:
             raise ValueError(f"sinkhorn: {message}")
-    return (cost.unsqueeze(0) if cost.dim() == 2 else cost), a, b
+    return (cost.unsqueeze(0) if cost.dim() == 2 else cost), a, b, cost_scale
 
 
 def _use_kernels(device: torch.device) -> bool:
@@ -189,6 +286,7 @@ def _sinkhorn_fake(cost, a, b, eps, max_iter, tol, keep_history):
         a.new_empty(batch, k, k),
         a.new_empty(batch, max_iter if keep_history else 0, k),
         a.new_empty(batch, dtype=torch.int64),
+        a.new_empty(batch),
     )
 
 
@@ -199,13 +297,13 @@ def _sinkhorn_backward_fake(grad_plan, plan, cost, a, b, g_history, num_iter, ep
 
 def _sinkhorn_setup_context(ctx, inputs, output):
     cost, a, b, eps, _max_iter, _tol, _keep_history = inputs
-    plan, g_history, num_iter = output
+    plan, g_history, num_iter, marginal_error = output
     ctx.save_for_backward(cost, a, b, plan, g_history, num_iter)
     ctx.eps = eps
-    ctx.mark_non_differentiable(g_history, num_iter)
+    ctx.mark_non_differentiable(g_history, num_iter, marginal_error)
 
 
-def _sinkhorn_grad(ctx, grad_plan, _grad_history, _grad_num_iter):
+def _sinkhorn_grad(ctx, grad_plan, _grad_history, _grad_num_iter, _grad_marginal_error):
     cost, a, b, plan, g_history, num_iter = ctx.saved_tensors
     if g_history.shape[1] == 0 and a.shape[0] > 0:
         raise RuntimeError(

@@ -24,8 +24,14 @@ def temporal_shuffle_features(
     t]]); use `make_shuffle_permutations`, whose rows are never the identity.
     Returns inputs (2B, N, 2C) (rows 0..B-1 real clips, B..2B-1 shuffled) and labels (2B,) in
     features' dtype (1 = real order, 0 = shuffled). Differentiable with respect to features.
-    validate=False skips the permutation check (one sort and one device sync); use it only in a
-    hot loop whose perm comes from `make_shuffle_permutations`.
+    validate=True checks that every row of perm is a permutation (one sort and one device
+    sync; ValueError naming the row otherwise). validate=False skips that check, for hot loops
+    whose perm comes from `make_shuffle_permutations`; shapes, dtypes and devices are always
+    checked. A row that is not a permutation is then computed exactly by the formula above
+    (shuffled frames repeat or go missing; each frame's gradient sums every position that holds
+    it). An out-of-range value raises RuntimeError on the CPU, and on CUDA stops the kernel with
+    a device-side assert (the CUDA context is then unusable, as with torch's index ops); no
+    kernel reads or writes outside its tensors, or returns unwritten memory.
     """
     check_features(features, "features", 3)
     batch, frames, _ = features.shape

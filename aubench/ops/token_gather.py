@@ -22,9 +22,16 @@ def gather_tokens(x: torch.Tensor, ids_keep: torch.Tensor, validate: bool = True
 
     x: (B, L, D) float16/bfloat16/float32/float64. ids_keep: (B, K) int64 (or int32), K <= L,
     each row distinct positions in [0, L), in any order. Returns (B, K, D).
-    validate=False skips the index-value check (one sort and one device sync); use it only in a
-    hot loop whose indices come from `random_masking` / `block_masking`. Shapes, dtypes and
-    devices are always checked, and the kernels still refuse out-of-range indices.
+
+    validate=True checks the index values (one sort and one device sync): a repeated or
+    out-of-range position raises ValueError naming the row. validate=False skips only that
+    check, for hot loops whose indices come from `random_masking` / `block_masking`; shapes,
+    dtypes and devices are always checked. Without it:
+    - repeated positions are computed exactly, as torch.gather does: the token is copied to
+      each place, and its gradient is the sum over them (rows never kept get zero);
+    - an out-of-range position raises RuntimeError on the CPU, and on CUDA stops the kernel
+      with a device-side assert (which, as with torch's own index ops, leaves the CUDA context
+      unusable). No kernel reads or writes outside its tensors, or returns unwritten memory.
     """
     check_features(x, "x", 3)
     check_index(ids_keep, "ids_keep", (x.shape[0], None), x.device)
@@ -50,7 +57,12 @@ def restore_tokens(
     x_vis: (B, K, D). ids_restore: (B, L) int64 (or int32), each row a permutation of 0..L-1
     (as returned by the mask makers), K <= L. mask_token: (D,) or (1, 1, D) (an MAE
     `nn.Parameter`), same dtype and device as x_vis. Returns (B, L, D).
-    validate=False skips the permutation check (see `gather_tokens`).
+
+    validate=False skips the permutation check (see `gather_tokens`). A row that repeats or
+    misses values is then computed exactly by the formula above: a visible token may be placed
+    several times (its gradient sums them) or never (zero gradient), and the mask token's
+    gradient sums every position holding a value >= K. Out-of-range values: as in
+    `gather_tokens`.
     """
     check_features(x_vis, "x_vis", 3)
     batch, num_keep, dim = x_vis.shape

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <tuple>
 
 namespace aubench::sinkhorn {
@@ -30,6 +31,15 @@ inline void check_forward_inputs(const at::Tensor& cost, const at::Tensor& a,
   TORCH_CHECK(cost.device() == a.device() && b.device() == a.device(),
               "sinkhorn: cost, a and b must be on one device");
   TORCH_CHECK(eps > 0, "sinkhorn: eps must be > 0, got ", eps);
+  // The kernels run in a's dtype: eps must be a normal number there (the Python wrapper
+  // also bounds it by the cost's scale, see aubench.ops.eps_range).
+  const bool is_float = a.scalar_type() == at::kFloat;
+  const double smallest = is_float ? std::numeric_limits<float>::min()
+                                   : std::numeric_limits<double>::min();
+  const double largest = is_float ? std::numeric_limits<float>::max()
+                                  : std::numeric_limits<double>::max();
+  TORCH_CHECK(eps >= smallest && eps <= largest, "sinkhorn: eps=", eps, " is not a normal ",
+              a.scalar_type(), " number");
   TORCH_CHECK(max_iter >= 1, "sinkhorn: max_iter must be >= 1, got ", max_iter);
   TORCH_CHECK(tol >= 0, "sinkhorn: tol must be >= 0, got ", tol);
 }
@@ -58,13 +68,14 @@ inline void check_backward_inputs(const at::Tensor& grad_plan, const at::Tensor&
               "sinkhorn_backward: all tensors must be on one device");
 }
 
-// plan (B, K, K) zeros, g_history (B, max_iter or 0, K) zeros, num_iter int64 (B,) zeros.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_forward_outputs(
+// plan (B, K, K) zeros, g_history (B, max_iter or 0, K) zeros, num_iter int64 (B,) zeros,
+// marginal_error (B,) zeros.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> allocate_forward_outputs(
     const at::Tensor& a, int64_t max_iter, bool keep_history) {
   const int64_t batch = a.size(0), k = a.size(1);
   return {at::zeros({batch, k, k}, a.options()),
           at::zeros({batch, keep_history ? max_iter : 0, k}, a.options()),
-          at::zeros({batch}, a.options().dtype(at::kLong))};
+          at::zeros({batch}, a.options().dtype(at::kLong)), at::zeros({batch}, a.options())};
 }
 
 }  // namespace aubench::sinkhorn

@@ -1,7 +1,7 @@
 // Batched log-domain Sinkhorn on the CPU: forward and its exact adjoint (backward),
 // parallel over the problems of the batch with at::parallel_for.
 //
-// The iterations and stopping rule are those of aubench/ops/reference.py (see its
+// The iterations, stopping rule and final plan are those of aubench/ops/reference.py (see its
 // docstring). Each log-sum-exp LSE_j((g_j - C_ij) / eps) is evaluated in a stabilised,
 // cheaper form (a known identity, the "absorption" trick of stabilised Sinkhorn):
 //     LSE_j(x_j - C_ij/eps) = max_x - rowmin_i/eps + log sum_j u_j Kr_ij,
@@ -223,16 +223,62 @@ class Problem {
   std::vector<T> alpha_, beta_, row_min_, col_min_, row_kernel_, col_kernel_, weights_, sums_;
 };
 
+// Writes the final plan in its column-normalised form,
+//     plan_ij = (b_j / sum b) * w_ij / sum_i w_ij,  w_ij = exp(x_ij - max_i x_ij),
+//     x_ij = (f_i - C_ij) / eps,
+// and returns its row error sum_i |sum_j plan_ij - a_i / sum a|. This is
+// exp((f_i + g_j - C_ij) / eps) for the g the last update computed from f, but normalised
+// explicitly rather than through potentials: once eps is below the rounding error of the
+// potentials (about 6e-8 * max|C| in float32), f_i + g_j - C_ij, and even an LSE's
+// max + log(sum), are noise that exp() blows up (total mass 7 at eps = 1e-10 in float32).
+// Normalised this way the plan is finite and its columns sum to b / sum b whatever the
+// iterations reached, and the error returned is measured on the plan itself.
+// Same formula as the CUDA kernel and aubench/ops/reference.py.
+template <typename T>
+T column_normalised_plan(const Problem<T>& problem, const T* f, const T* cost, T* out, T* top,
+                         T* scale) {
+  const int64_t k = problem.k();
+  const T eps = problem.eps();
+  std::fill(top, top + k, -std::numeric_limits<T>::infinity());
+  for (int64_t i = 0; i < k; ++i) {
+    if (!problem.in_a(i)) continue;
+    for (int64_t j = 0; j < k; ++j) top[j] = std::max(top[j], (f[i] - cost[i * k + j]) / eps);
+  }
+  std::fill(scale, scale + k, T(0));
+  for (int64_t i = 0; i < k; ++i) {
+    if (!problem.in_a(i)) continue;
+    for (int64_t j = 0; j < k; ++j) {
+      if (!problem.in_b(j)) continue;
+      out[i * k + j] = std::exp((f[i] - cost[i * k + j]) / eps - top[j]);
+      scale[j] += out[i * k + j];
+    }
+  }
+  for (int64_t j = 0; j < k; ++j)
+    scale[j] = problem.in_b(j) ? std::exp(problem.beta(j)) / scale[j] : T(0);
+  T err = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    if (!problem.in_a(i)) continue;
+    T row_sum = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      out[i * k + j] *= scale[j];
+      row_sum += out[i * k + j];
+    }
+    err += std::abs(row_sum - std::exp(problem.alpha(i)));
+  }
+  return err;
+}
+
 template <typename T>
 void forward_problems(const T* cost, int64_t cost_stride, const T* a, const T* b, T eps,
                       int64_t max_iter, T tol, T* plan, T* history, int64_t history_len,
-                      int64_t* num_iter, int64_t k, int64_t begin, int64_t end) {
+                      int64_t* num_iter, T* marginal_error, int64_t k, int64_t begin,
+                      int64_t end) {
   Problem<T> problem(k);
-  std::vector<T> f(k), g(k), row_lse(k), row_scale(k), col_lse(k), col_scale(k);
+  std::vector<T> f(k), g(k), row_lse(k), row_scale(k), col_lse(k), col_scale(k), col_top(k);
   for (int64_t p = begin; p < end; ++p) {
     const T* c = cost + p * cost_stride;
     if (!problem.setup(c, a + p * k, b + p * k, eps)) {
-      num_iter[p] = 0;  // plan stays all zero
+      num_iter[p] = 0;  // plan stays all zero, and so does its error
       continue;
     }
     std::fill(g.begin(), g.end(), T(0));
@@ -259,12 +305,8 @@ void forward_problems(const T* cost, int64_t cost_stride, const T* a, const T* b
       }
     }
     num_iter[p] = steps;
-    T* out = plan + p * k * k;
-    for (int64_t i = 0; i < k; ++i) {
-      if (!problem.in_a(i)) continue;
-      for (int64_t j = 0; j < k; ++j)
-        if (problem.in_b(j)) out[i * k + j] = std::exp((f[i] + g[j] - c[i * k + j]) / eps);
-    }
+    marginal_error[p] = column_normalised_plan(problem, f.data(), c, plan + p * k * k,
+                                               col_top.data(), col_scale.data());
   }
 }
 
@@ -360,16 +402,15 @@ void backward_problems(const T* grad_plan, const T* plan, const T* cost, int64_t
 // Enough problems per task that scheduling overhead stays small for tiny K.
 int64_t grain_size(int64_t k) { return std::max<int64_t>(1, 2048 / (k * k + 1)); }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& cost,
-                                                            const at::Tensor& a,
-                                                            const at::Tensor& b, double eps,
-                                                            int64_t max_iter, double tol,
-                                                            bool keep_history) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(
+    const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps,
+    int64_t max_iter, double tol, bool keep_history) {
   check_forward_inputs(cost, a, b, eps, max_iter, tol);
   TORCH_CHECK(a.device().is_cpu(), "sinkhorn_cpu: tensors must be on the CPU");
-  auto [plan, history, num_iter] = allocate_forward_outputs(a, max_iter, keep_history);
+  auto [plan, history, num_iter, marginal_error] =
+      allocate_forward_outputs(a, max_iter, keep_history);
   const int64_t batch = a.size(0), k = a.size(1);
-  if (batch == 0) return {plan, history, num_iter};
+  if (batch == 0) return {plan, history, num_iter, marginal_error};
   const at::Tensor cost_c = cost.contiguous(), a_c = a.contiguous(), b_c = b.contiguous();
   const int64_t cost_stride = cost.size(0) == 1 ? 0 : k * k;
   const int64_t history_len = history.size(1);
@@ -380,13 +421,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& co
     scalar_t* plan_ptr = plan.data_ptr<scalar_t>();
     scalar_t* history_ptr = history.data_ptr<scalar_t>();
     int64_t* num_iter_ptr = num_iter.data_ptr<int64_t>();
+    scalar_t* error_ptr = marginal_error.data_ptr<scalar_t>();
     at::parallel_for(0, batch, grain_size(k), [&](int64_t begin, int64_t end) {
       forward_problems<scalar_t>(cost_ptr, cost_stride, a_ptr, b_ptr, scalar_t(eps), max_iter,
                                  scalar_t(tol), plan_ptr, history_ptr, history_len,
-                                 num_iter_ptr, k, begin, end);
+                                 num_iter_ptr, error_ptr, k, begin, end);
     });
   });
-  return {plan, history, num_iter};
+  return {plan, history, num_iter, marginal_error};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_backward_cpu(

@@ -107,6 +107,7 @@ __global__ void sinkhorn_forward_kernel(const T* __restrict__ cost, int64_t cost
                                         int k, T eps, int64_t max_iter, T tol,
                                         T* __restrict__ plan, T* __restrict__ history,
                                         int64_t history_len, int64_t* __restrict__ num_iter,
+                                        T* __restrict__ marginal_error,
                                         T* __restrict__ workspace, bool use_shared) {
   extern __shared__ __align__(sizeof(double)) unsigned char shared_raw[];
   __shared__ T scratch[32];
@@ -132,7 +133,7 @@ __global__ void sinkhorn_forward_kernel(const T* __restrict__ cost, int64_t cost
   T sum_a, sum_b;
   if (!load_marginals(a + p * k, b + p * k, k, in_a, in_b, alpha, beta, scratch, sum_a,
                       sum_b)) {
-    if (threadIdx.x == 0) num_iter[p] = 0;  // all-zero plan (already zero)
+    if (threadIdx.x == 0) num_iter[p] = 0;  // all-zero plan and error (already zero)
     return;
   }
   for (int j = threadIdx.x; j < k; j += blockDim.x) g[j] = 0;
@@ -163,12 +164,44 @@ __global__ void sinkhorn_forward_kernel(const T* __restrict__ cost, int64_t cost
     }
     if (tol > 0 && block_sum(err, scratch) < tol) break;  // uniform across the block
   }
-  T* plan_p = plan + p * k * k;
-  for (int idx = threadIdx.x; idx < k * k; idx += blockDim.x) {
-    const int i = idx / k, j = idx % k;
-    if (in_a[i] != 0 && in_b[j] != 0) plan_p[idx] = device_exp((f[i] + g[j] - C[i * ld + j]) / eps);
+  // The plan in its column-normalised form, (b_j / sum b) * w_ij / sum_i w_ij with
+  // w_ij = exp(x_ij - max_i x_ij), x_ij = (f_i - C_ij) / eps: exp((f_i + g_j - C_ij) / eps)
+  // normalised explicitly, so it stays finite with columns summing to b / sum b even when
+  // eps is below the potentials' rounding error; its row error is measured on the plan
+  // itself (see column_normalised_plan in sinkhorn_cpu.cpp, the same formula). g and lse
+  // are no longer read (every thread is past the loop's last barrier): they now hold each
+  // column's max and scale.
+  T* top = g;
+  T* scale = lse;
+  for (int j = threadIdx.x; j < k; j += blockDim.x) {
+    T column_max = negative_infinity<T>();
+    for (int i = 0; i < k; ++i)
+      if (in_a[i] != 0) column_max = fmax(column_max, (f[i] - C[i * ld + j]) / eps);
+    T sum = 0;
+    for (int i = 0; i < k; ++i)
+      if (in_a[i] != 0) sum += device_exp((f[i] - C[i * ld + j]) / eps - column_max);
+    top[j] = column_max;
+    scale[j] = in_b[j] != 0 ? device_exp(beta[j]) / sum : T(0);
   }
-  if (threadIdx.x == 0) num_iter[p] = steps;
+  __syncthreads();
+  T* plan_p = plan + p * k * k;
+  T err = 0;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+    if (in_a[i] == 0) continue;
+    T row_sum = 0;
+    for (int j = 0; j < k; ++j) {
+      if (in_b[j] == 0) continue;
+      const T value = device_exp((f[i] - C[i * ld + j]) / eps - top[j]) * scale[j];
+      plan_p[i * k + j] = value;
+      row_sum += value;
+    }
+    err += fabs(row_sum - device_exp(alpha[i]));
+  }
+  err = block_sum(err, scratch);
+  if (threadIdx.x == 0) {
+    num_iter[p] = steps;
+    marginal_error[p] = err;
+  }
 }
 
 // Reverse-mode pass through the iterations the forward ran; f^t is recomputed from the
@@ -320,17 +353,16 @@ bool prepare_shared(Kernel kernel, int64_t k, size_t bytes) {
 
 int64_t padded_ld(int64_t k) { return k % 2 == 0 ? k + 1 : k; }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& cost,
-                                                             const at::Tensor& a,
-                                                             const at::Tensor& b, double eps,
-                                                             int64_t max_iter, double tol,
-                                                             bool keep_history) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(
+    const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b, double eps,
+    int64_t max_iter, double tol, bool keep_history) {
   check_forward_inputs(cost, a, b, eps, max_iter, tol);
   TORCH_CHECK(a.is_cuda(), "sinkhorn_cuda: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(a.device());
-  auto [plan, history, num_iter] = allocate_forward_outputs(a, max_iter, keep_history);
+  auto [plan, history, num_iter, marginal_error] =
+      allocate_forward_outputs(a, max_iter, keep_history);
   const int64_t batch = a.size(0), k = a.size(1);
-  if (batch == 0) return {plan, history, num_iter};
+  if (batch == 0) return {plan, history, num_iter, marginal_error};
   const at::Tensor cost_c = cost.contiguous(), a_c = a.contiguous(), b_c = b.contiguous();
   const int64_t cost_stride = cost.size(0) == 1 ? 0 : k * k;
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -344,11 +376,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& c
         cost_c.data_ptr<scalar_t>(), cost_stride, a_c.data_ptr<scalar_t>(),
         b_c.data_ptr<scalar_t>(), static_cast<int>(k), static_cast<scalar_t>(eps), max_iter,
         static_cast<scalar_t>(tol), plan.data_ptr<scalar_t>(), history.data_ptr<scalar_t>(),
-        history.size(1), num_iter.data_ptr<int64_t>(), workspace.data_ptr<scalar_t>(),
-        use_shared);
+        history.size(1), num_iter.data_ptr<int64_t>(), marginal_error.data_ptr<scalar_t>(),
+        workspace.data_ptr<scalar_t>(), use_shared);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {plan, history, num_iter};
+  return {plan, history, num_iter, marginal_error};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_backward_cuda(

@@ -4,9 +4,10 @@
 // From clip features D (B, N, C) and one permutation per clip (B, N), one pass writes the
 // classifier input for the real clip (rows 0..B-1) and the shuffled clip (rows B..2B-1):
 // frame t of clip r holds [d_t, d_t - d_{t-1}] with d_{-1} := d_0, where the shuffled clip's
-// frame t is D[b, perm[b, t]]. The backward pass is its exact adjoint; because perm is a
-// permutation every feature row receives its gradient from exactly one shuffled position, so
-// each gradient row is written once (no accumulation buffers).
+// frame t is D[b, perm[b, t]]. The backward pass is its exact adjoint, written row by row of
+// the gradient: when perm is a permutation every feature row receives its gradient from
+// exactly one shuffled position; a perm with repeats (validate=False) still gets the exact
+// adjoint, every gradient row written once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -14,6 +15,9 @@
 #include <torch/library.h>
 
 #include "temporal_shuffle/temporal_shuffle.h"
+
+#include <algorithm>
+#include <vector>
 
 namespace aubench {
 namespace {
@@ -24,6 +28,25 @@ int64_t frame_at(const index_t* perm_row, int64_t t, int64_t frames) {
   TORCH_CHECK(f >= 0 && f < frames, "perm holds ", f, ", outside [0, ", frames, ")");
   return f;
 }
+
+// Frame t of one clip of grad (2C wide per frame): the gradient reaching that frame's
+// feature from its own slot, its difference and the next frame's difference.
+template <typename scalar_t>
+struct Position {
+  Position(const scalar_t* clip, int64_t t, int64_t frames, int64_t row)
+      : now(clip + t * row), next(t + 1 < frames ? clip + (t + 1) * row : nullptr),
+        has_previous(t > 0) {}
+  template <typename acc_t>
+  acc_t grad(int64_t c, int64_t channels) const {
+    acc_t value = static_cast<acc_t>(now[c]);
+    if (has_previous) value += static_cast<acc_t>(now[channels + c]);
+    if (next) value -= static_cast<acc_t>(next[channels + c]);
+    return value;
+  }
+  const scalar_t* now;
+  const scalar_t* next;
+  bool has_previous;
+};
 
 }  // namespace
 
@@ -86,28 +109,41 @@ at::Tensor temporal_shuffle_features_backward_cpu(const at::Tensor& grad, const 
       const index_t* order = p.data_ptr<index_t>();
       const int64_t row = 2 * channels;  // width of one frame of grad
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        // first[f]: the first position t with perm[t] == f, next_same[t]: the next position
+        // holding perm[t] (-1: none). A permutation gives every frame exactly one position;
+        // any other perm still gets the exact adjoint (a frame summed over all its positions,
+        // zero shuffled part where it has none), added in position order as on CUDA.
+        std::vector<int64_t> first(frames), next_same(frames);
+        std::vector<acc_t> acc(channels);
         for (int64_t b = begin; b < end; ++b) {
           const scalar_t* real = src + b * frames * row;
           const scalar_t* shuf = src + (batch + b) * frames * row;
           const index_t* perm_row = order + b * frames;
-          // Frame f of the real clip sits at position f, frame perm[t] of the shuffled clip
-          // at position t; d_t feeds its own slot, its difference, and the next difference.
-          for (int64_t t = 0; t < frames; ++t) {
+          std::fill(first.begin(), first.end(), -1);
+          for (int64_t t = frames - 1; t >= 0; --t) {
             const int64_t f = frame_at(perm_row, t, frames);
-            const scalar_t* real_now = real + f * row;
-            const scalar_t* real_next = f + 1 < frames ? real + (f + 1) * row : nullptr;
-            const scalar_t* shuf_now = shuf + t * row;
-            const scalar_t* shuf_next = t + 1 < frames ? shuf + (t + 1) * row : nullptr;
+            next_same[t] = first[f];
+            first[f] = t;
+          }
+          // Frame f of the real clip sits at position f, frame perm[t] of the shuffled clip
+          // at position t.
+          for (int64_t f = 0; f < frames; ++f) {
             scalar_t* target = dst + (b * frames + f) * channels;
-            for (int64_t c = 0; c < channels; ++c) {
-              acc_t from_real = static_cast<acc_t>(real_now[c]);
-              if (f > 0) from_real += static_cast<acc_t>(real_now[channels + c]);
-              if (real_next) from_real -= static_cast<acc_t>(real_next[channels + c]);
-              acc_t from_shuf = static_cast<acc_t>(shuf_now[c]);
-              if (t > 0) from_shuf += static_cast<acc_t>(shuf_now[channels + c]);
-              if (shuf_next) from_shuf -= static_cast<acc_t>(shuf_next[channels + c]);
-              target[c] = static_cast<scalar_t>(from_real + from_shuf);
+            const Position<scalar_t> real_f(real, f, frames, row);
+            const int64_t t = first[f];
+            if (t >= 0 && next_same[t] < 0) {  // a permutation: exactly one position
+              const Position<scalar_t> shuf_t(shuf, t, frames, row);
+              for (int64_t c = 0; c < channels; ++c)
+                target[c] = static_cast<scalar_t>(real_f.grad<acc_t>(c, channels) +
+                                                  shuf_t.grad<acc_t>(c, channels));
+              continue;
             }
+            for (int64_t c = 0; c < channels; ++c) acc[c] = real_f.grad<acc_t>(c, channels);
+            for (int64_t u = t; u >= 0; u = next_same[u]) {
+              const Position<scalar_t> shuf_u(shuf, u, frames, row);
+              for (int64_t c = 0; c < channels; ++c) acc[c] += shuf_u.grad<acc_t>(c, channels);
+            }
+            for (int64_t c = 0; c < channels; ++c) target[c] = static_cast<scalar_t>(acc[c]);
           }
         }
       });

@@ -1,6 +1,8 @@
 // Temporal-shuffle classifier features, CUDA. Same semantics as temporal_shuffle_cpu.cpp:
 // one block per frame row, arithmetic in the op-math type (float for half / bfloat16),
-// and the backward written as the forward's adjoint so every gradient element is written once.
+// and the backward written as the forward's adjoint, row by row of the gradient, so every
+// gradient element is written once (whatever perm holds) and the sums are added in the same
+// order as on the CPU.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -48,30 +50,59 @@ __global__ void shuffle_forward_kernel(const scalar_t* __restrict__ features,
   }
 }
 
-// grad_features (B, N, C): block row (b, t) writes frame perm[b, t], which the real clip holds
-// at position perm[b, t] and the shuffled clip at position t.
+// Channel c of the gradient reaching the feature at position t of one clip of grad (2C wide
+// per frame): its own slot, its difference and the next position's difference (the adjoint
+// of [d_t, d_t - d_{t-1}]). Same sums, same order, as Position::grad on the CPU.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t from_position(const scalar_t* clip, int64_t t, int64_t frames,
+                                               int64_t channels, int64_t c) {
+  const scalar_t* now = clip + t * 2 * channels;
+  acc_t value = static_cast<acc_t>(now[c]);
+  if (t > 0) value += static_cast<acc_t>(now[channels + c]);
+  if (t + 1 < frames) value -= static_cast<acc_t>(now[3 * channels + c]);
+  return value;
+}
+
+// grad_features (B, N, C): block row (b, f) writes frame f, which the real clip holds at
+// position f and the shuffled clip at the positions t with perm[b, t] == f: exactly one for a
+// permutation; the block finds it with one pass over perm's row (shared-memory atomics), and
+// for any other perm (validate=False) adds every such position, in position order, or none.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void shuffle_backward_kernel(const scalar_t* __restrict__ grad,
                                         const index_t* __restrict__ perm,
                                         scalar_t* __restrict__ out, int64_t batch, int64_t frames,
                                         int64_t channels) {
-  const int64_t rows = batch * frames, width = 2 * channels;
+  __shared__ unsigned long long first_position;
+  __shared__ int positions;
+  const int64_t rows = batch * frames;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const int64_t b = row / frames, t = row - b * frames;
-    const int64_t f = frame_at(perm, b, t, frames);
-    const scalar_t* real_now = grad + (b * frames + f) * width;
-    const scalar_t* shuf_now = grad + ((batch + b) * frames + t) * width;
-    const bool real_has_next = f + 1 < frames, shuf_has_next = t + 1 < frames;
+    const int64_t b = row / frames, f = row - b * frames;
+    if (threadIdx.x == 0) {
+      first_position = static_cast<unsigned long long>(frames);
+      positions = 0;
+    }
+    __syncthreads();
+    for (int64_t t = threadIdx.x; t < frames; t += blockDim.x) {
+      if (frame_at(perm, b, t, frames) == f) {
+        atomicMin(&first_position, static_cast<unsigned long long>(t));
+        atomicAdd(&positions, 1);
+      }
+    }
+    __syncthreads();
+    const int64_t first = static_cast<int64_t>(first_position);
+    const int count = positions;
+    const scalar_t* real = grad + b * frames * 2 * channels;
+    const scalar_t* shuffled = grad + (batch + b) * frames * 2 * channels;
     scalar_t* target = out + (b * frames + f) * channels;
     for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
-      acc_t from_real = static_cast<acc_t>(real_now[c]);
-      if (f > 0) from_real += static_cast<acc_t>(real_now[channels + c]);
-      if (real_has_next) from_real -= static_cast<acc_t>(real_now[width + channels + c]);
-      acc_t from_shuf = static_cast<acc_t>(shuf_now[c]);
-      if (t > 0) from_shuf += static_cast<acc_t>(shuf_now[channels + c]);
-      if (shuf_has_next) from_shuf -= static_cast<acc_t>(shuf_now[width + channels + c]);
-      target[c] = static_cast<scalar_t>(from_real + from_shuf);
+      acc_t value = from_position<scalar_t, acc_t>(real, f, frames, channels, c);
+      if (count > 0) value += from_position<scalar_t, acc_t>(shuffled, first, frames, channels, c);
+      for (int64_t t = first + 1; count > 1 && t < frames; ++t)
+        if (frame_at(perm, b, t, frames) == f)
+          value += from_position<scalar_t, acc_t>(shuffled, t, frames, channels, c);
+      target[c] = static_cast<scalar_t>(value);
     }
+    __syncthreads();  // everyone has read first_position before the next row resets it
   }
 }
 

@@ -1,10 +1,12 @@
 // Masked-token gather / restore (the MAE encoder's and decoder's token shuffles), CPU.
 //
 // Every op here moves whole D-wide rows, so rows are copied with memcpy whatever the dtype;
-// only the mask-token gradient (a sum over the masked rows) needs arithmetic. Work is split
-// over the batch (and rows) with at::parallel_for. The Python wrappers validate indices
-// before calling in; the range checks below are the last line of defence for direct
-// torch.ops.aubench.* calls, so a bad index raises instead of touching memory.
+// only the mask-token gradient (a sum over the masked rows) and the backward passes' repeated
+// indices (rows summed into one) need arithmetic. Work is split over the batch (and rows) with
+// at::parallel_for. The Python wrappers validate indices before calling in (unless
+// validate=False); the range checks below are the last line of defence, so a bad index raises
+// instead of touching memory, and repeated indices give the exact adjoint (no output row is
+// ever left unwritten).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,6 +15,7 @@
 
 #include "token_gather/token_gather.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -45,6 +48,66 @@ void copy_rows(const at::Tensor& src, int64_t src_rows, const index_t* index, in
   });
 }
 
+// The adjoint of a row gather: out[b, r] = sum of src[b, s] over the s with index[b, s] == r,
+// zero where there is none, for r < out_rows. Rows with index values in [out_rows,
+// index_limit) (restore's masked positions) are summed into overflow_sum[b] (B, D, op-math
+// type, zero-initialised) when it is given, else skipped; values outside [0, index_limit)
+// raise. One pass over the sources per sample: each output row is copied from its first
+// source and later ones are added on top in source order (the CUDA kernels add in the same
+// order, so both give the same bits); rows with no source are zeroed, so none is ever left
+// unwritten. index: int64, contiguous (B, src rows).
+at::Tensor scatter_rows(const at::Tensor& src, const at::Tensor& index, int64_t out_rows,
+                        int64_t index_limit, const char* index_name,
+                        at::Tensor* overflow_sum = nullptr) {
+  const int64_t batch = src.size(0), src_rows = src.size(1), dim = src.size(2);
+  const int64_t* ids = index.data_ptr<int64_t>();
+  at::Tensor out = at::empty({batch, out_rows, dim}, src.options());
+  // first[b, r]: the first s with index[b, s] == r, or src_rows where none.
+  std::vector<int64_t> first(batch * out_rows, src_rows);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t s = src_rows - 1; s >= 0; --s) {
+      const int64_t r = ids[b * src_rows + s];
+      TORCH_CHECK(r >= 0 && r < index_limit, index_name, " holds ", r, ", outside [0, ",
+                  index_limit, ")");
+      if (r < out_rows) first[b * out_rows + r] = s;
+    }
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(),
+                                  "scatter_rows_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* from = src.data_ptr<scalar_t>();
+    scalar_t* to = out.data_ptr<scalar_t>();
+    acc_t* overflow = overflow_sum ? overflow_sum->data_ptr<acc_t>() : nullptr;
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t* first_row = first.data() + b * out_rows;
+        for (int64_t r = 0; r < out_rows; ++r)
+          if (first_row[r] == src_rows)
+            std::fill_n(to + (b * out_rows + r) * dim, dim, scalar_t(0));
+        for (int64_t s = 0; s < src_rows; ++s) {
+          const int64_t r = ids[b * src_rows + s];
+          const scalar_t* row = from + (b * src_rows + s) * dim;
+          if (r >= out_rows) {
+            if (overflow)
+              for (int64_t d = 0; d < dim; ++d)
+                overflow[b * dim + d] += static_cast<acc_t>(row[d]);
+            continue;
+          }
+          scalar_t* target = to + (b * out_rows + r) * dim;
+          if (first_row[r] == s) {
+            std::memcpy(target, row, dim * sizeof(scalar_t));
+          } else {
+            for (int64_t d = 0; d < dim; ++d)
+              target[d] = static_cast<scalar_t>(static_cast<acc_t>(target[d]) +
+                                                static_cast<acc_t>(row[d]));
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 at::Tensor gather_tokens_cpu(const at::Tensor& x, const at::Tensor& ids_keep) {
@@ -60,28 +123,13 @@ at::Tensor gather_tokens_cpu(const at::Tensor& x, const at::Tensor& ids_keep) {
   return out;
 }
 
-// The adjoint of gather_tokens: kept rows go back to their positions, the others are zero.
+// The adjoint of gather_tokens: each kept row goes back to its position (summed where
+// ids_keep repeats a position), the other rows are zero.
 at::Tensor gather_tokens_backward_cpu(const at::Tensor& grad, const at::Tensor& ids_keep,
                                       int64_t length) {
   check_gather_backward_inputs(grad, ids_keep, length);
-  const at::Tensor src = grad.contiguous();
-  const at::Tensor ids = ids_keep.to(at::kLong).contiguous();
-  const int64_t batch = grad.size(0), num_keep = grad.size(1);
-  at::Tensor out = at::empty({batch, length, grad.size(2)}, src.options());
-  // Inverse map: source row of every output position, num_keep (= the zero row) where none.
-  std::vector<int64_t> source(batch * length, num_keep);
-  const int64_t* keep = ids.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t k = 0; k < num_keep; ++k) {
-      const int64_t l = keep[b * num_keep + k];
-      TORCH_CHECK(l >= 0 && l < length, "ids_keep holds ", l, ", outside [0, ", length, ")");
-      source[b * length + l] = k;
-    }
-  }
-  const std::vector<char> zero_row(grad.size(2) * grad.element_size(), 0);
-  copy_rows<int64_t>(src, num_keep, source.data(), num_keep + 1, zero_row.data(), out,
-                     "ids_keep");
-  return out;
+  return scatter_rows(grad.contiguous(), ids_keep.to(at::kLong).contiguous(), length, length,
+                      "ids_keep");
 }
 
 at::Tensor restore_tokens_cpu(const at::Tensor& x_vis, const at::Tensor& ids_restore,
@@ -98,44 +146,18 @@ at::Tensor restore_tokens_cpu(const at::Tensor& x_vis, const at::Tensor& ids_res
   return out;
 }
 
-// The adjoint of restore_tokens: visible rows go back to x_vis's order, the masked rows are
-// summed into the mask token's gradient (per sample first, then over the batch).
+// The adjoint of restore_tokens: visible rows go back to x_vis's order (summed where
+// ids_restore repeats a token), the masked rows are summed into the mask token's gradient (per
+// sample first, then over the batch).
 std::tuple<at::Tensor, at::Tensor> restore_tokens_backward_cpu(const at::Tensor& grad,
                                                                const at::Tensor& ids_restore,
                                                                int64_t num_keep) {
   check_restore_backward_inputs(grad, ids_restore, num_keep);
-  const at::Tensor src = grad.contiguous();
-  const at::Tensor ids = ids_restore.contiguous();
-  const int64_t batch = grad.size(0), length = grad.size(1), dim = grad.size(2);
-  at::Tensor grad_x_vis = at::empty({batch, num_keep, dim}, src.options());
+  const int64_t batch = grad.size(0), dim = grad.size(2);
   const auto acc_type = at::toOpMathType(grad.scalar_type());
-  at::Tensor partial = at::zeros({batch, dim}, src.options().dtype(acc_type));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                  "restore_tokens_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* g = src.data_ptr<scalar_t>();
-    scalar_t* gx = grad_x_vis.data_ptr<scalar_t>();
-    acc_t* acc = partial.data_ptr<acc_t>();
-    AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "restore_tokens_backward_cpu", [&] {
-      const index_t* index = ids.data_ptr<index_t>();
-      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          acc_t* sum = acc + b * dim;
-          for (int64_t l = 0; l < length; ++l) {
-            const int64_t i = static_cast<int64_t>(index[b * length + l]);
-            TORCH_CHECK(i >= 0 && i < length, "ids_restore holds ", i, ", outside [0, ",
-                        length, ")");
-            const scalar_t* row = g + (b * length + l) * dim;
-            if (i < num_keep) {
-              std::memcpy(gx + (b * num_keep + i) * dim, row, dim * sizeof(scalar_t));
-            } else {
-              for (int64_t d = 0; d < dim; ++d) sum[d] += static_cast<acc_t>(row[d]);
-            }
-          }
-        }
-      });
-    });
-  });
+  at::Tensor partial = at::zeros({batch, dim}, grad.options().dtype(acc_type));
+  at::Tensor grad_x_vis = scatter_rows(grad.contiguous(), ids_restore.to(at::kLong).contiguous(),
+                                       num_keep, grad.size(1), "ids_restore", &partial);
   return {grad_x_vis, partial.sum(0).to(grad.scalar_type())};
 }
 

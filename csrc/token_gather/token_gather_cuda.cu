@@ -1,10 +1,16 @@
 // Masked-token gather / restore, CUDA. Same semantics as token_gather_cpu.cpp.
 //
-// gather, restore and gather's backward are one kernel: out[b, r] = src[b, index[b, r]] when
-// index < src_rows, else a fill row (the mask token, or zeros). Rows are copied as raw bytes in
-// the widest aligned vector (16, 8, 4 or 2 bytes), so no dtype dispatch is needed. restore's
-// backward also sums the masked rows into the mask-token gradient: each thread owns one channel
-// of one sample and one chunk of positions, and the per-chunk partial sums are added at the end.
+// gather, restore and both backward passes share one kernel: out[b, r] = src[b, index[b, r]]
+// when index < src_rows, else a fill row (the mask token, or zeros). Rows are copied as raw
+// bytes in the widest aligned vector (16, 8, 4 or 2 bytes), so no dtype dispatch is needed.
+// The backward passes (gather's, and restore's visible rows) are the adjoint scatter: an
+// integer map of each output row's first source row (atomicMin on the index map only, never
+// on the features), the copy kernel, then a pass that adds repeated sources in source order -
+// a no-op exit per sample unless its indices repeat (possible only with validate=False). So
+// no gradient row is left unwritten, and the result does not depend on thread timing.
+// restore's backward also sums the masked rows into the mask-token gradient: each thread owns
+// one channel of one sample and one chunk of positions, and the per-chunk partial sums are
+// added at the end.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -77,15 +83,93 @@ void copy_rows(const at::Tensor& src, const at::Tensor& index, int64_t index_lim
   });
 }
 
-// Thread (b, d, chunk): copies visible rows of one channel back to x_vis and sums the masked
-// ones into partial[b, chunk, d].
+// first[b, index[b, s]] = min s (entries start at src_rows: no source); repeats[b] = 1 when
+// a row of index repeats a value below out_rows. Values in [out_rows, index_limit) are
+// skipped (restore's masked positions); values outside [0, index_limit) trip the assert.
+template <typename index_t>
+__global__ void first_source_kernel(const index_t* __restrict__ index,
+                                    long long* __restrict__ first, int* __restrict__ repeats,
+                                    int64_t total, int64_t src_rows, int64_t out_rows,
+                                    int64_t index_limit) {
+  for (int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; n < total;
+       n += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = static_cast<int64_t>(index[n]);
+    CUDA_KERNEL_ASSERT(r >= 0 && r < index_limit);
+    if (r < 0 || r >= out_rows) continue;
+    const int64_t b = n / src_rows, s = n - b * src_rows;
+    const long long previous = atomicMin(first + b * out_rows + r, static_cast<long long>(s));
+    if (previous != src_rows) repeats[b] = 1;
+  }
+}
+
+// Block b (only when repeats[b]): out[b, index[b, s]] += src[b, s] for every source s that is
+// not its row's first one, in source order; each thread owns channels, so no two threads
+// touch one element.
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void restore_backward_kernel(const scalar_t* __restrict__ grad,
-                                        const index_t* __restrict__ index,
-                                        scalar_t* __restrict__ grad_x_vis,
-                                        acc_t* __restrict__ partial, int64_t batch,
-                                        int64_t length,
-                                        int64_t num_keep, int64_t dim, int64_t chunk) {
+__global__ void add_repeated_rows_kernel(const scalar_t* __restrict__ src,
+                                         const index_t* __restrict__ index,
+                                         const int64_t* __restrict__ first,
+                                         const int* __restrict__ repeats,
+                                         scalar_t* __restrict__ out, int64_t batch,
+                                         int64_t src_rows, int64_t out_rows, int64_t dim) {
+  for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+    if (repeats[b] == 0) continue;
+    for (int64_t s = 0; s < src_rows; ++s) {
+      const int64_t r = static_cast<int64_t>(index[b * src_rows + s]);
+      if (r < 0 || r >= out_rows || first[b * out_rows + r] == s) continue;
+      const scalar_t* row = src + (b * src_rows + s) * dim;
+      scalar_t* target = out + (b * out_rows + r) * dim;
+      for (int64_t d = threadIdx.x; d < dim; d += blockDim.x)
+        target[d] = static_cast<scalar_t>(static_cast<acc_t>(target[d]) +
+                                          static_cast<acc_t>(row[d]));
+    }
+  }
+}
+
+// The adjoint of a row gather (see scatter_rows in token_gather_cpu.cpp): out[b, r] = sum of
+// src[b, s] over the s with index[b, s] == r (zero where none), r < out_rows.
+at::Tensor scatter_rows(const at::Tensor& src, const at::Tensor& index, int64_t out_rows,
+                        int64_t index_limit) {
+  const int64_t batch = src.size(0), src_rows = src.size(1), dim = src.size(2);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor first = at::full({batch, out_rows}, src_rows, index.options().dtype(at::kLong));
+  at::Tensor repeats = at::zeros({batch}, index.options().dtype(at::kInt));
+  const int64_t total = batch * src_rows;
+  if (total > 0) {
+    AT_DISPATCH_INDEX_TYPES(index.scalar_type(), "first_source_cuda", [&] {
+      first_source_kernel<index_t>
+          <<<blocks_for_rows((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+              index.data_ptr<index_t>(), reinterpret_cast<long long*>(first.data_ptr<int64_t>()),
+              repeats.data_ptr<int>(), total, src_rows, out_rows, index_limit);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  const at::Tensor zero_row = at::zeros({dim}, src.options());
+  at::Tensor out = at::empty({batch, out_rows, dim}, src.options());
+  copy_rows(src, first, src_rows + 1, zero_row, out);
+  if (total > 0 && out_rows > 0 && dim > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(),
+                                    "add_repeated_rows_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      AT_DISPATCH_INDEX_TYPES(index.scalar_type(), "add_repeated_rows_cuda", [&] {
+        add_repeated_rows_kernel<scalar_t, acc_t, index_t>
+            <<<blocks_for_rows(batch), threads_for_width(dim), 0, stream>>>(
+                src.data_ptr<scalar_t>(), index.data_ptr<index_t>(), first.data_ptr<int64_t>(),
+                repeats.data_ptr<int>(), out.data_ptr<scalar_t>(), batch, src_rows, out_rows,
+                dim);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+  return out;
+}
+
+// Thread (b, d, chunk): sums the masked rows of one channel into partial[b, chunk, d].
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void mask_token_sum_kernel(const scalar_t* __restrict__ grad,
+                                      const index_t* __restrict__ index,
+                                      acc_t* __restrict__ partial, int64_t batch, int64_t length,
+                                      int64_t num_keep, int64_t dim, int64_t chunk) {
   const int64_t d = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t part = blockIdx.y;
   if (d >= dim) return;
@@ -95,12 +179,7 @@ __global__ void restore_backward_kernel(const scalar_t* __restrict__ grad,
     for (int64_t l = first; l < last; ++l) {
       const int64_t i = static_cast<int64_t>(index[b * length + l]);
       CUDA_KERNEL_ASSERT(i >= 0 && i < length);
-      const scalar_t g = grad[(b * length + l) * dim + d];
-      if (i < num_keep) {
-        grad_x_vis[(b * num_keep + i) * dim + d] = g;
-      } else {
-        sum += static_cast<acc_t>(g);
-      }
+      if (i >= num_keep) sum += static_cast<acc_t>(grad[(b * length + l) * dim + d]);
     }
     partial[(b * gridDim.y + part) * dim + d] = sum;
   }
@@ -123,17 +202,7 @@ at::Tensor gather_tokens_backward_cuda(const at::Tensor& grad, const at::Tensor&
                                        int64_t length) {
   check_gather_backward_inputs(grad, ids_keep, length);
   const c10::cuda::CUDAGuard guard(grad.device());
-  const at::Tensor src = grad.contiguous();
-  const int64_t batch = grad.size(0), num_keep = grad.size(1);
-  // Inverse map: source row of every output position, num_keep (= the zero row) where none.
-  // ids_keep was validated on the host; scatter_ itself also refuses out-of-range indices.
-  at::Tensor source = at::full({batch, length}, num_keep, ids_keep.options().dtype(at::kLong));
-  source.scatter_(1, ids_keep.to(at::kLong),
-                  at::arange(num_keep, source.options()).expand({batch, num_keep}));
-  const at::Tensor zero_row = at::zeros({grad.size(2)}, src.options());
-  at::Tensor out = at::empty({batch, length, grad.size(2)}, src.options());
-  copy_rows(src, source, num_keep + 1, zero_row, out);
-  return out;
+  return scatter_rows(grad.contiguous(), ids_keep.contiguous(), length, length);
 }
 
 at::Tensor restore_tokens_cuda(const at::Tensor& x_vis, const at::Tensor& ids_restore,
@@ -155,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor> restore_tokens_backward_cuda(const at::Tensor
   const at::Tensor src = grad.contiguous();
   const at::Tensor ids = ids_restore.contiguous();
   const int64_t batch = grad.size(0), length = grad.size(1), dim = grad.size(2);
-  at::Tensor grad_x_vis = at::empty({batch, num_keep, dim}, src.options());
+  at::Tensor grad_x_vis = scatter_rows(src, ids, num_keep, length);
   // Positions per thread: enough chunks that short batches still fill the GPU.
   const int64_t chunk = std::max<int64_t>(32, (length + 65534) / 65535);
   const int64_t parts = std::max<int64_t>(1, (length + chunk - 1) / chunk);
@@ -167,12 +236,10 @@ std::tuple<at::Tensor, at::Tensor> restore_tokens_backward_cuda(const at::Tensor
                                     "restore_tokens_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "restore_tokens_backward_cuda", [&] {
-        restore_backward_kernel<scalar_t, acc_t, index_t>
+        mask_token_sum_kernel<scalar_t, acc_t, index_t>
             <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-                src.data_ptr<scalar_t>(), ids.data_ptr<index_t>(),
-                grad_x_vis.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), batch, length,
-                num_keep,
-                dim, chunk);
+                src.data_ptr<scalar_t>(), ids.data_ptr<index_t>(), partial.data_ptr<acc_t>(),
+                batch, length, num_keep, dim, chunk);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
