@@ -7,10 +7,8 @@ the state of any torch.Generator a method keeps as an attribute.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -21,25 +19,15 @@ import torch
 from torch import nn
 
 from aubench.errors import UserError
+from aubench.files import atomic_file
 
 FORMAT = "aubench-checkpoint-1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file beside `path`, then os.replace: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "wb") as f:
+        torch.save({"format": FORMAT, **payload}, f)
 
 
 def _why_unreadable(path: Path, err: Exception) -> str:
