@@ -191,6 +191,28 @@ def test_weighted_asymmetric_loss_by_hand():
         pytest.approx(-math.log(1e-8))   # log clamped at eps
 
 
+def test_weighted_asymmetric_loss_margin_and_gamma_by_hand():
+    # MAE-FAU Eq. (4)-(5): negatives use p_m = max(p - m, 0) and the weight p_m^gamma.
+    probs = torch.tensor([[0.9, 0.7, 0.1]])
+    labels = torch.tensor([[1.0, 0.0, 0.0]])
+    weights = torch.ones(3)
+    m, gamma = 0.2, 2.0
+    expected = -(math.log(0.9) + 0.5 ** 2 * math.log(0.5) + 0.0) / 3   # p = 0.1 falls below the margin
+    loss = weighted_asymmetric_loss(probs, labels, weights, gamma=gamma, margin=m)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_top_k_graph_is_exact_under_bf16_autocast():
+    # Similarities of ~100 differ by less than bf16's step there; the graph must not gain ties.
+    torch.manual_seed(0)
+    nodes = 10 + 0.01 * torch.randn(4, 12, 8)
+    exact = top_k_adjacency(nodes, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = top_k_adjacency(nodes, 4)
+    assert torch.equal(exact.sum(-1), torch.full((4, 12), 4.0))
+    assert torch.equal(under_autocast.float(), exact.float())
+
+
 def test_edge_labels_from_au_labels():
     labels = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])
     # pair (i, j) at i * 3 + j: 2 y_i + y_j, -1 where either is unknown.

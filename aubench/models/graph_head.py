@@ -20,13 +20,21 @@ receives the edge's message in the GatedGCN, node j the one that sends it.
   of width C/2 and v of width C; FAM lets each AU map attend to the face map (F_i^face), ARM
   lets node j's tokens attend to node i's for every pair (i, j), then Linear, BatchNorm per edge
   (one channel per pair) and the mean over tokens give the edge features (B, N * N, C).
+  The ARM direction follows the reference code (graph_edge_model.py: node j's tokens are the
+  queries, node i's the keys and values of edge (i, j), and node i receives it), where MAE-FAU's
+  Eq. (8) writes Cross-Attention_2(F_i, F_j) with the query from i: the reference's order keeps
+  the edge labels (2 y_i + y_j) and the GatedGCN's receiver consistent with its trained models.
 - GatedGCN (stage 2): per layer, e_ij' = e_ij + ReLU(BN_e(A x_i + B x_j + E e_ij)), gates
   g_ij = softmax over j of sigmoid(e_ij') (per channel), x_i' = ReLU(x_i + BN_v(U x_i +
-  1/N sum_j g_ij * V x_j)); BN over the node axis and over the edge axis.
+  1/N sum_j g_ij * V x_j)); BN over the node axis and over the edge axis. These are the
+  reference code's choices, not those of the residual gated graph ConvNets it builds on
+  (Bresson and Laurent: gates sigma / sum sigma, no 1/N, ReLU inside the residual).
 - CosineClassifier: p_i = cos(ReLU(t_i), ReLU(v_i)) with a learned vector t_i per AU: in [0, 1].
 - MEGraphHead: AFG + the stage's graph + classifier (+ a 4-class edge head in stage 2), from
   face tokens to AU probabilities (and edge logits).
-- Losses: the weighted asymmetric loss of the reference code, edge labels (2 y_i + y_j: 0 both
+- Losses: the weighted asymmetric loss of the reference code (MAE-FAU's Eq. (4)-(5) form, with
+  a probability margin m and focusing power gamma, is the same function with gamma and margin
+  set; the reference's is gamma = 1, m = 0), edge labels (2 y_i + y_j: 0 both
   off, 1 only j, 2 only i, 3 both) and their cross-entropy; unknown labels (-1) count nowhere.
 
 Initialisation follows the reference code: He-normal (fan-out) linear weights, Xavier-uniform
@@ -79,8 +87,11 @@ class AUFeatureGenerator(nn.Module):
 def top_k_adjacency(nodes: torch.Tensor, k: int) -> torch.Tensor:
     """0/1 (B, N, N): a_ij = 1 when v_i . v_j is among the k largest of row i (ties included).
     Built from detached features: the graph picks neighbours, gradients do not flow through it."""
-    nodes = nodes.detach()
-    similarity = nodes @ nodes.transpose(1, 2)
+    # In fp32 even under autocast: bf16 rounds similarities of ~90 to steps of 0.5, and the ties
+    # that makes (kept by >=) would give rows many more than k neighbours.
+    nodes = nodes.detach().float()
+    with torch.autocast(nodes.device.type, enabled=False):
+        similarity = nodes @ nodes.transpose(1, 2)
     threshold = similarity.topk(k, dim=-1).values[..., -1:]
     return (similarity >= threshold).to(nodes.dtype)
 
@@ -245,18 +256,21 @@ class MEGraphHead(nn.Module):
 # ----------------------------------------------------------------------------------- losses
 
 def weighted_asymmetric_loss(probs: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor,
-                             eps: float = 1e-8) -> torch.Tensor:
-    """-mean over known entries of w_u [y log p + (1 - y) p* log(1 - p)], p* = p detached.
+                             gamma: float = 1.0, margin: float = 0.0, eps: float = 1e-8) -> torch.Tensor:
+    """-mean over known entries of w_u [y log p + (1 - y) (p_m*)^gamma log(1 - p_m)],
+    p_m = max(p - margin, 0), p_m* = p_m detached.
 
-    The reference code's WeightedAsymmetricLoss (asymmetric focusing of power 1 on negatives,
-    the focusing weight without gradient, logs clamped at eps); labels -1 contribute nothing,
-    and a batch without known labels gives 0. probs, labels (B, N); class_weights (N,).
+    gamma = 1, margin = 0 (the defaults) is the reference code's WeightedAsymmetricLoss
+    (asymmetric focusing of power 1 on negatives, the focusing weight without gradient, logs
+    clamped at eps); MAE-FAU's Eq. (4)-(5) sets its own gamma and margin. Labels -1 contribute
+    nothing, and a batch without known labels gives 0. probs, labels (B, N); class_weights (N,).
     """
     probs = probs.float()
     known = labels >= 0
     targets = labels.clamp(min=0).to(probs.dtype)
+    shifted = (probs - margin).clamp(min=0) if margin else probs
     positive = targets * torch.log(probs.clamp(min=eps))
-    negative = (1 - targets) * probs.detach() * torch.log((1 - probs).clamp(min=eps))
+    negative = (1 - targets) * shifted.detach().pow(gamma) * torch.log((1 - shifted).clamp(min=eps))
     weighted = (positive + negative) * class_weights.to(probs.dtype) * known
     return -weighted.sum() / known.sum().clamp(min=1)
 
