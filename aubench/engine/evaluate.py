@@ -112,7 +112,10 @@ def _stored_identity(path: Path) -> tuple[dict, str]:
     """(identity, test condition name) of a stored result."""
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
-        return result_identity(result), need(result, "occlusion", "test") if "occlusion" in result else "none"
+        identity = result_identity(result)
+        # A result made before occlusion conditions existed was tested without occlusion.
+        test = need(result, "occlusion", "test") if "occlusion" in result else "none"
+        return identity, test
     except (OSError, ValueError) as err:
         raise UserError(f"--resume: {path} cannot be read ({err}); remove it or use --overwrite") from None
     except MissingKey as err:
