@@ -1,7 +1,8 @@
 """Size and speed of a method, measured the way timm's benchmark.py reports models.
 
 - params: millions of parameters of the inference network (`method.inference_model()`), and of
-  everything trained (students, teachers, heads) beside it;
+  everything trained (students, teachers, heads) beside it; for a method that trains in stages,
+  of its last stage's method (the one tested);
 - inference throughput: frames per second of `method.predict` on a synthetic batch, after
   warm-up iterations, CUDA synchronised around the timed loop; batch size, precision and
   channels-last are part of the record;
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from aubench.engine.trainer import autocast_context, build_optimizer, resolve_precision
+from aubench.engine.trainer import autocast_context, build_optimizer, freeze, resolve_precision
 from aubench.errors import UserError
 from aubench.models.base import AUMethod, Preset, TrainState, check_image_size, create_method, method_class
 
@@ -136,6 +137,9 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
         preset_obj = preset
     if image_size is not None:
         preset_obj = Preset(**{**preset_obj.__dict__, "image_size": image_size})
+    # A method that trains in stages is measured as it is tested: its last stage's network.
+    stages = cls.stages(preset_obj)
+    preset_obj = stages[-1].preset
     check_image_size(cls, preset_obj)
     if train and batch_size < 2:
         raise UserError(f"--batch-size {batch_size}: a train step needs at least 2 samples (batch norm); "
@@ -144,12 +148,20 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
     precision = resolve_precision(precision, device)
     torch.manual_seed(seed)
     method = create_method(name, num_aus, preset_obj, None, **(model_overrides or {})).to(device)
+    # The last stage's frozen parts, and the earlier stages it reads (a teacher), as in training;
+    # speed does not depend on their weights.
+    for part in stages[-1].frozen:
+        freeze(method.get_submodule(part))
+    earlier = {stage.name: stage for stage in stages}
+    method.frozen_inputs = {stage: freeze(create_method(name, num_aus, earlier[stage].preset, None,
+                                                        **(model_overrides or {})).to(device))
+                            for stage in stages[-1].frozen_inputs}
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     batch = _channels_last(synthetic_batch(cls.input_kind, batch_size, num_aus, preset_obj.image_size,
                                            preset_obj.clip_len, device), channels_last)
     record: dict[str, Any] = {
-        "method": name, "preset": preset_obj.name, "input_kind": cls.input_kind,
+        "method": name, "preset": preset_obj.name, "stage": stages[-1].name, "input_kind": cls.input_kind,
         "image_size": preset_obj.image_size, "clip_len": preset_obj.clip_len, "batch_size": batch_size,
         "frames_per_batch": frames_in(batch), "precision": precision, "channels_last": channels_last,
         "device": device_name(device), "warmup": warmup, "iters": iters,

@@ -8,11 +8,9 @@ functions below) and reported the same way. Run under torchrun for data-parallel
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from aubench.errors import UserError
 
@@ -74,7 +72,19 @@ def _list_of(item, what: str):
     return parse
 
 
+def _condition(text: str) -> str:
+    """An occlusion condition (none, patches:<ratio>, block:<ratio>), passed on as written."""
+    from aubench.engine.conditions import parse_condition
+
+    try:
+        parse_condition(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 _fold_list = _list_of(_integer, "fold numbers")
+_condition_list = _list_of(_condition, "occlusion conditions")
 _ratio_list = _list_of(_label_ratio, "label ratios in (0, 1]")
 _name_list = _list_of(str, "names")
 
@@ -90,7 +100,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     again.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     again.add_argument("--overwrite", action="store_true",
                        help="replace an earlier run in OUT (checkpoint, result, log) instead of refusing")
-    p.add_argument("--pretrained", help="local weights: an aubench checkpoint, or timm/torchvision backbone weights")
+    p.add_argument("--pretrained", help="local weights for the first stage: an aubench checkpoint, or timm/torchvision "
+                                        "backbone weights")
+    p.add_argument("--train-occlusion", type=_condition, default="none",
+                   help="occlude the training images: none, patches:<ratio> (random cells of 1/14 of the image "
+                        "side) or block:<ratio> (one rectangle); part of the run's settings (default: none)")
+    p.add_argument("--test-occlusion", type=_condition_list, default=["none"],
+                   help="comma-separated test conditions (e.g. none,patches:0.5,block:0.3): the run is trained "
+                        "once and tested under each, one result per condition (default: none)")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16 (auto: bf16/fp16 on GPU, fp32 on CPU)")
@@ -107,10 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one method on one fold, then test it",
-                       description="Train one method on one fold, then test it. OUT gets last.pt, result.json and "
-                                   "log.jsonl. Into an OUT that holds another run's checkpoint or result, train "
-                                   "refuses unless --resume (continue it; its settings must equal these) or "
-                                   "--overwrite (replace all of its files) is given.")
+                       description="Train one method on one fold (every stage of a method that trains in stages), "
+                                   "then test it. OUT gets last.pt (the checkpoint, naming the stage it is in), "
+                                   "final_<stage>.pt (the final weights of each earlier stage), result.json (and "
+                                   "result_test-<condition>.json per occluded test condition) and log.jsonl. Into "
+                                   "an OUT that holds another run's checkpoint or result, train refuses unless "
+                                   "--resume (continue it inside the stage it was in; its settings, stages "
+                                   "included, must equal these) or --overwrite (replace all of its files) is given.")
     p.add_argument("--method", required=True)
     p.add_argument("--fold", type=_integer, default=1)
     p.add_argument("--label-ratio", type=_label_ratio, default=1.0, help="sparse-label protocol ratio in (0, 1]")
@@ -119,10 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="train and test methods over folds; one result JSON each",
                        description="Train and test methods over folds and label ratios; OUT/results gets one "
-                                   "result JSON per (method, fold, protocol), OUT/runs their checkpoints and logs. "
+                                   "result JSON per (method, fold, protocol, test occlusion condition), OUT/runs "
+                                   "their checkpoints and logs; each run trains once and is tested under every "
+                                   "condition. "
                                    "When OUT already holds results or checkpoints of these runs, evaluate refuses "
                                    "unless --resume (keep each result made with exactly these settings, continue "
-                                   "killed runs, train the rest; a result made with other settings is an error "
+                                   "killed runs, test trained runs under the conditions not yet tested, train the "
+                                   "rest; a result made with other settings is an error "
                                    "naming the file and the settings that differ) or --overwrite (replace them "
                                    "all) is given.")
     p.add_argument("--methods", required=True, type=_name_list, help="comma-separated, or 'all'")
@@ -170,18 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _methods(names: list[str]) -> list[str]:
-    from aubench.models import available_methods
-
-    known = available_methods()
-    if names == ["all"]:
-        return known
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UserError(f"unknown method {unknown[0]!r}; available methods: {', '.join(known)}")
-    return names
-
-
 def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
     from aubench.engine.trainer import RunConfig
 
@@ -189,152 +200,32 @@ def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
     # the directory a rerun starts from.
     pretrained = str(Path(args.pretrained).resolve()) if args.pretrained else None
     return RunConfig(method=method, data=args.data, fold=fold, preset=args.preset, label_ratio=label_ratio,
-                     epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, out=out,
-                     resume=args.resume, overwrite=args.overwrite, pretrained=pretrained, device=args.device,
-                     seed=args.seed, precision=args.precision, workers=args.workers,
-                     checkpoint_every=args.checkpoint_every, augment=not args.no_augment,
+                     train_occlusion=args.train_occlusion, epochs=args.epochs, batch_size=args.batch_size,
+                     image_size=args.image_size, out=out, resume=args.resume, overwrite=args.overwrite,
+                     pretrained=pretrained, device=args.device, seed=args.seed, precision=args.precision,
+                     workers=args.workers, checkpoint_every=args.checkpoint_every, augment=not args.no_augment,
                      channels_last=args.channels_last, progress=not args.no_progress)
 
 
-def _check_data_and_folds(path: str, folds: list[int]):
-    """The opened dataset file, once every fold is known to be in it."""
-    from aubench.engine.data_access import open_dataset_file
-
-    file = open_dataset_file(path)
-    bad = [k for k in folds if not 1 <= k <= file.num_folds]
-    if bad:
-        raise UserError(f"--fold {bad[0]} is out of range: {path} has folds 1..{file.num_folds}")
-    return file
-
-
 def cmd_train(args) -> int:
-    from aubench.engine.distributed import setup_distributed
-    from aubench.engine.run import protocol_name, train_and_evaluate
-    from aubench.engine.trainer import CHECKPOINT_NAME, RESULT_NAME
-    from aubench.files import write_json_atomic
+    from aubench.engine.conditions import condition_name, parse_condition
+    from aubench.engine.evaluate import train_run
+    from aubench.engine.run import protocol_name
 
-    _methods([args.method])
-    _check_data_and_folds(args.data, [args.fold])
-    out = args.out or f"runs/{args.method}_fold{args.fold}_{protocol_name(args.label_ratio)}"
-    env = setup_distributed(args.device)
-    # The Trainer refuses an OUT holding another run unless --resume / --overwrite (claim_run_dir).
-    result = train_and_evaluate(_run_config(args, args.method, args.fold, args.label_ratio, out))
-    if env.is_main:
-        write_json_atomic(Path(out) / RESULT_NAME, result)
-        m = result["metrics"]
-        print(f"{args.method} fold {args.fold} {result['protocol']}: mean F1 {100 * m['mean_f1']:.1f} "
-              f"(all-positive {100 * m['all_positive_mean_f1']:.1f}); per AU: "
-              + ", ".join(f"{au} {100 * v:.1f}" for au, v in m["f1"].items()))
-        print(f"result: {Path(out) / RESULT_NAME}   checkpoint: {Path(out) / CHECKPOINT_NAME}")
+    train = condition_name(parse_condition(args.train_occlusion))
+    out = args.out or f"runs/{args.method}_fold{args.fold}_{protocol_name(args.label_ratio, train)}"
+    train_run(_run_config(args, args.method, args.fold, args.label_ratio, out), args.test_occlusion)
     return 0
 
 
-@dataclass
-class _Unit:
-    """One (method, label ratio, fold) of an evaluate run."""
-
-    config: Any           # aubench.engine.trainer.RunConfig
-    result_path: Path
-    identity: dict        # aubench.engine.identity.run_identity of the request
-
-
-def _stored_identity(path: Path) -> dict:
-    from aubench.engine.identity import MissingKey, result_identity
-
-    try:
-        return result_identity(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as err:
-        raise UserError(f"--resume: {path} cannot be read ({err}); remove it or use --overwrite") from None
-    except MissingKey as err:
-        raise UserError(f"--resume: {path} has no '{err.path}'; remove it or use --overwrite") from None
-
-
-def run_evaluate(args) -> list[Path]:
-    """The evaluate loop (also used by the demo). Returns the result files written or kept.
-
-    Everything is checked before anything trains: the settings of every method, and what OUT
-    already holds (see the `evaluate` help for --resume and --overwrite)."""
-    from aubench.bench import benchmark_method
-    from aubench.engine.distributed import setup_distributed
-    from aubench.engine.identity import differences_text, identity_differences, run_identity
-    from aubench.engine.run import protocol_name, train_and_evaluate
-    from aubench.engine.trainer import (CHECKPOINT_NAME, clear_run_files, kept_run_files, resolve_precision,
-                                        resolve_preset)
-    from aubench.files import write_json_atomic
-    from aubench.models import method_class
-    from aubench.models.base import check_image_size
-
-    methods = _methods(args.methods)
-    file = _check_data_and_folds(args.data, args.folds)
-    protocols = [protocol_name(r) for r in args.label_ratios]
-    if len(set(protocols)) != len(protocols):
-        raise UserError(f"--label-ratios {','.join(map(str, args.label_ratios))}: two ratios give the same "
-                        f"protocol name ({', '.join(protocols)})")
-    env = setup_distributed(args.device)
-    precision = resolve_precision(args.precision, env.device)
-    fingerprint = file.fingerprint()
-    root = Path(args.out)
-    units = []
-    for method in methods:
-        for ratio, protocol in zip(args.label_ratios, protocols):
-            for fold in args.folds:
-                config = _run_config(args, method, fold, ratio, str(root / "runs" / method / protocol / f"fold{fold}"))
-                preset = resolve_preset(method_class(method), config)
-                check_image_size(method_class(method), preset)
-                units.append(_Unit(config, root / "results" / f"{method}_fold{fold}_{protocol}.json",
-                                   run_identity(asdict(config), preset.__dict__, fingerprint, precision)))
-
-    there = [u for u in units if u.result_path.exists() or kept_run_files(u.config.out)]
-    if there and not (args.resume or args.overwrite):
-        names = [str(u.result_path.relative_to(root)) if u.result_path.exists() else
-                 f"{Path(u.config.out).relative_to(root)}/{kept_run_files(u.config.out)[0]}" for u in there]
-        more = f" and {len(names) - 2} more" if len(names) > 2 else ""
-        raise UserError(f"--out {root} already holds runs of this evaluation ({', '.join(names[:2])}{more}); pass "
-                        f"--resume to keep those made with the same settings, or --overwrite to replace them")
-    keep = set()
-    if args.resume:
-        for i, u in enumerate(units):
-            if u.result_path.is_file():
-                diffs = identity_differences(_stored_identity(u.result_path), u.identity, "result")
-                if diffs:
-                    raise UserError(f"--resume: {u.result_path} was made with other settings ({differences_text(diffs)}); "
-                                    f"use --overwrite instead of --resume to replace it, or another --out")
-                keep.add(i)
-    if args.overwrite and env.is_main:  # all at once: a rerun after a crash then finds only new runs
-        for u in there:
-            u.result_path.unlink(missing_ok=True)
-            clear_run_files(u.config.out)
-
-    num_aus = file.num_aus
-    written = []
-    bench: dict[str, dict] = {}
-    for i, u in enumerate(units):
-        config = u.config
-        method, fold, protocol = config.method, config.fold, protocol_name(config.label_ratio)
-        if i in keep:
-            if env.is_main:
-                print(f"{method:>10} fold {fold} {protocol:>10}: kept {u.result_path} (same settings)", flush=True)
-            written.append(u.result_path)
-            continue
-        config = replace(config, resume=args.resume and (Path(config.out) / CHECKPOINT_NAME).is_file())
-        if method not in bench:  # size and speed depend on the architecture only: once per method
-            bench[method] = benchmark_method(method, num_aus, args.preset, env.device,
-                                             batch_size=args.bench_batch_size, precision=args.precision,
-                                             channels_last=args.channels_last, warmup=1, iters=3,
-                                             image_size=args.image_size)
-        result = train_and_evaluate(config, bench[method])
-        if env.is_main:
-            write_json_atomic(u.result_path, result)
-            print(f"{method:>10} fold {fold} {protocol:>10}: mean F1 {100 * result['mean_f1']:5.1f} "
-                  f"(all-positive {100 * result['metrics']['all_positive_mean_f1']:5.1f})", flush=True)
-        written.append(u.result_path)
-    return written
-
-
 def cmd_evaluate(args) -> int:
-    written = run_evaluate(args)
     from aubench.engine.distributed import setup_distributed
+    from aubench.engine.evaluate import EvaluateRequest, evaluate_runs
 
+    request = EvaluateRequest(methods=args.methods, run=_run_config(args, "", 1, 1.0, args.out), out=args.out,
+                              folds=args.folds, label_ratios=args.label_ratios, test_occlusions=args.test_occlusion,
+                              bench_batch_size=args.bench_batch_size)
+    written = evaluate_runs(request)
     if setup_distributed(args.device).is_main:
         print(f"{len(written)} results in {Path(args.out) / 'results'}; table: aubench leaderboard {args.out}")
     return 0
@@ -343,12 +234,13 @@ def cmd_evaluate(args) -> int:
 def cmd_bench(args) -> int:
     from aubench.bench import benchmark_method
     from aubench.engine.distributed import resolve_device
+    from aubench.engine.evaluate import resolve_methods
 
     device = resolve_device(args.device)
     records = []
     header = f"{'method':>10} {'preset':>6} {'params M':>9} {'GFLOPs/f':>9} {'infer f/s':>10} {'train f/s':>10}  setting"
     print(header)
-    for method in _methods(args.methods):
+    for method in resolve_methods(args.methods):
         r = benchmark_method(method, args.num_aus, args.preset, device, args.batch_size, args.precision,
                              args.channels_last, args.warmup, args.iters, train=not args.no_train,
                              image_size=args.image_size)
@@ -395,7 +287,9 @@ def cmd_methods(args) -> int:
         cls = method_class(name)
         presets = ", ".join(f"{k} ({p.image_size}px, {p.epochs} epochs, batch {p.batch_size})"
                             for k, p in sorted(cls.presets.items()))
-        print(f"{name:>10}  {cls.input_kind:<5}  {presets}")
+        stages = [stage.name for stage in cls.stages(next(iter(cls.presets.values())))]
+        trained = f"  stages: {' -> '.join(stages)}" if len(stages) > 1 else ""
+        print(f"{name:>10}  {cls.input_kind:<5}  {presets}{trained}")
     return 0
 
 

@@ -63,12 +63,12 @@ def write_au_h5(path, *, image_format: str = "raw", num_subjects: int = 6,
                 unknown_rate: float = 0.1, constant_per_sequence: bool = False,
                 seed: int = 0, label_override: np.ndarray | None = None,
                 images: np.ndarray | None = None, jpeg_quality: int = 95,
-                schema_version: int = 1) -> Path:
+                schema_version: int = 1, au_names=AU_NAMES) -> Path:
     """Write a small aubench HDF5 file and return its path.
 
     Every subject gets one sequence per entry of `sequence_lengths`; subjects are dealt into
     `num_folds` test groups round-robin (fold k tests group k, trains on the rest).
-    `images` (N, H, W, 3) uint8 replaces the generated test pattern.
+    `images` (N, H, W, 3) uint8 replaces the generated test pattern; `au_names` sets the AUs.
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -89,7 +89,7 @@ def write_au_h5(path, *, image_format: str = "raw", num_subjects: int = 6,
             frame_no += list(range(10, 10 + 2 * length, 2))
             row += length
     n = row
-    u = len(AU_NAMES)
+    u = len(au_names)
     labels = (rng.random((n, u)) < 0.3).astype(np.int8)
     labels[rng.random((n, u)) < unknown_rate] = -1
     if label_override is not None:
@@ -102,7 +102,7 @@ def write_au_h5(path, *, image_format: str = "raw", num_subjects: int = 6,
     with h5py.File(path, "w") as f:
         f.attrs["schema_version"] = schema_version
         f.attrs["dataset"] = "BP4D"
-        f.attrs["au_names"] = np.array(AU_NAMES, dtype=object)
+        f.attrs["au_names"] = np.array(au_names, dtype=object)
         f.attrs["label_rule"] = "occurrence codes, 9 = unknown"
         f.attrs["image_size"] = np.array([h, w], dtype=np.int64)
         f.attrs["image_format"] = image_format

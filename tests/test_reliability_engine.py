@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from aubench import leaderboard
-from aubench.cli import main, run_evaluate
+from aubench.cli import main
+from aubench.engine.evaluate import evaluate_runs
 from aubench.errors import UserError
 from fixtures_h5 import write_au_h5
 from test_leaderboard import AUS, fake_result
@@ -168,15 +169,18 @@ def test_evaluate_refuses_an_out_holding_results_unless_resume_or_overwrite(h5, 
 def test_demo_rerun_keeps_its_results_and_resumes_a_killed_run(h5, tmp_path, capsys):
     """The demo's own evaluate arguments (resume, never overwrite), on tiny data: a rerun keeps
     every finished result and finishes the one whose result was never written."""
-    from aubench.demo import demo_evaluate_args
+    from dataclasses import replace
 
-    args = demo_evaluate_args(tmp_path, h5, ["resnet"], "cpu", 0)
-    args.folds, args.epochs, args.image_size, args.batch_size = [1, 2], 1, 32, 8
-    first = run_evaluate(args)
+    from aubench.demo import demo_evaluate_request
+
+    request = demo_evaluate_request(tmp_path, h5, ["resnet"], "cpu", 0)
+    request.folds = [1, 2]
+    request.run = replace(request.run, epochs=1, image_size=32, batch_size=8)
+    first = evaluate_runs(request)
     kept = {p: p.read_bytes() for p in first}
     killed = first[1]
     killed.unlink()  # as if killed after the last checkpoint, before the result was written
-    second = run_evaluate(copy.copy(args))
+    second = evaluate_runs(copy.copy(request))
     assert second == first
     assert first[0].read_bytes() == kept[first[0]]
     assert json.loads(killed.read_text())["fold"] == 2

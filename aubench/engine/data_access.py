@@ -16,6 +16,11 @@ from aubench.errors import UserError
 from aubench.models.base import Preset
 
 
+# Test-time occlusion masks depend on (this seed, the item) only, not on the run's seed, so
+# every method is tested on the same occluded images.
+TEST_OCCLUSION_SEED = 0
+
+
 @dataclass
 class RunData:
     path: Path
@@ -60,21 +65,27 @@ class RunData:
     # Datasets yield uint8 images (normalize=False); the engine normalises each batch on the
     # device (aubench.engine.trainer.move_batch), so workers and host-to-device copies move 4x
     # fewer bytes.
-    def train_dataset(self, input_kind: str, preset: Preset, label_ratio: float, augment: bool,
-                      key_view: bool = False):
+    def train_dataset(self, input_kind: str, preset: Preset, label_ratio: float, augment, key_view: bool = False,
+                      labeled_only: bool = True, occlusion=None):
+        """Frame methods are supervised: with `labeled_only` they train on the frames whose labels
+        the protocol keeps (a stage that uses no labels passes False: every training frame).
+        `occlusion`: a parsed condition (aubench.engine.conditions), drawn afresh for every item."""
         if input_kind == "clip":
             return ClipDataset(self.file, self.fold, "train", clip_len=preset.clip_len, label_ratio=label_ratio,
                                image_size=preset.image_size, augment=augment, normalize=False,
-                               key_view=key_view)
-        # Frame methods are supervised: they train on the frames whose labels the protocol keeps.
+                               key_view=key_view, occlusion=occlusion)
         return FrameDataset(self.file, self.fold, "train", image_size=preset.image_size, augment=augment,
-                            label_ratio=label_ratio, labeled_only=True, normalize=False)
+                            label_ratio=label_ratio, labeled_only=labeled_only, normalize=False, occlusion=occlusion)
 
-    def test_dataset(self, input_kind: str, preset: Preset):
+    def test_dataset(self, input_kind: str, preset: Preset, occlusion=None):
+        """The test split; under `occlusion` every frame (clip) gets the same mask in every
+        evaluation, of every method and run (the masks are seeded per item by TEST_OCCLUSION_SEED)."""
+        seed = None if occlusion is None else TEST_OCCLUSION_SEED
         if input_kind == "clip":
             return ClipDataset(self.file, self.fold, "test", clip_len=preset.clip_len, image_size=preset.image_size,
-                               normalize=False)
-        return FrameDataset(self.file, self.fold, "test", image_size=preset.image_size, normalize=False)
+                               normalize=False, occlusion=occlusion, seed=seed)
+        return FrameDataset(self.file, self.fold, "test", image_size=preset.image_size, normalize=False,
+                            occlusion=occlusion, seed=seed)
 
 
 def open_dataset_file(path: str | Path) -> AUFile:

@@ -25,10 +25,11 @@ from aubench.models.base import AUMethod, Preset
 
 @torch.no_grad()
 def predict_test_split(method: AUMethod, data: RunData, preset: Preset, env: DistEnv, precision: str = "fp32",
-                       workers: int = 0, batch_size: int | None = None, progress: bool = False
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """(test rows (T,), mean probabilities (T,U)) for every test frame."""
-    dataset = data.test_dataset(method.input_kind, preset)
+                       workers: int = 0, batch_size: int | None = None, progress: bool = False,
+                       occlusion: tuple[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(test rows (T,), mean probabilities (T,U)) for every test frame, under `occlusion` (a
+    parsed condition, aubench.engine.conditions) when given."""
+    dataset = data.test_dataset(method.input_kind, preset, occlusion)
     if env.distributed:
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=False)
     else:
@@ -66,7 +67,10 @@ def predict_test_split(method: AUMethod, data: RunData, preset: Preset, env: Dis
 
 
 def evaluate_method(method: AUMethod, data: RunData, preset: Preset, env: DistEnv, precision: str = "fp32",
-                    workers: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Metrics (aubench.metrics.au_metrics) of `method` on the fold's test split."""
-    rows, probabilities = predict_test_split(method, data, preset, env, precision, workers, progress=progress)
+                    workers: int = 0, progress: bool = False, occlusion: tuple[str, float] | None = None
+                    ) -> dict[str, Any]:
+    """Metrics (aubench.metrics.au_metrics) of `method` on the fold's test split (occluded by
+    `occlusion` when given)."""
+    rows, probabilities = predict_test_split(method, data, preset, env, precision, workers, progress=progress,
+                                             occlusion=occlusion)
     return au_metrics(data.file.labels[rows], probabilities, data.au_names)

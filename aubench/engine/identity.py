@@ -8,10 +8,18 @@ One definition serves every check that asks "may these go together?":
   the fold.
 The identity: method, preset name and every resolved preset field (epochs, batch size, image
 size, optimiser, learning rate, schedule, clip length, model settings ...), fold, label ratio,
-seed, effective augmentation, resolved precision, --pretrained file, and the data file's
-fingerprint. Left out on purpose, because they change speed or bookkeeping and not what is
-learned: device, workers, channels-last, checkpoint interval, progress bars, output and data
-paths (the data are identified by their fingerprint), timestamps, versions and throughput.
+seed, effective augmentation, resolved precision, --pretrained file, the data file's
+fingerprint, the training occlusion ("train_occlusion", a condition name such as "patches0.5")
+and the stages ("stages": name -> the stage's preset, what it initialises from, freezes and
+reads, whether it uses labels). The test occlusion is not part of it: one trained run is tested
+under several conditions, each in its own result. Left out on purpose, because they change
+speed or bookkeeping and not what is learned: device, workers, channels-last, checkpoint
+interval, progress bars, output and data paths (the data are identified by their fingerprint),
+timestamps, versions and throughput.
+
+Settings that arrived after results were first written are left out of the identity while
+they hold their default value (no training occlusion; the one plain stage of a single-stage
+method), so results and checkpoints made before them keep their identity.
 
 This module imports nothing heavy, so the leaderboard can use it without torch.
 """
@@ -39,16 +47,47 @@ def need(record: Mapping, *path: str) -> Any:
     return value
 
 
-def run_identity(config: Mapping, preset: Mapping, fingerprint: str, precision: str) -> dict[str, Any]:
+NO_OCCLUSION = "none"  # aubench.data.occlusion.condition_name(None)
+STAGE_SETTINGS = ("name", "preset", "init_from", "frozen", "uses_labels", "frozen_inputs")  # Stage.settings()
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples -> lists, as a stored JSON result holds them
+
+
+def stages_identity(stages: list[Mapping] | None, preset: Mapping) -> dict[str, Any] | None:
+    """name -> settings (without the name) of a run's stages (Stage.settings(), or a result's
+    "stages"); None for one plain stage: the run's preset as it is, nothing frozen or read from
+    an earlier stage, labels used (every single-stage method)."""
+    if not stages:
+        return None
+    settings = [{k: stage[k] for k in STAGE_SETTINGS} for stage in _plain(list(stages))]
+    if len(settings) == 1:
+        only = settings[0]
+        if (only["preset"] == _plain({k: v for k, v in preset.items() if k != "name"}) and only["init_from"] is None
+                and not only["frozen"] and only["uses_labels"] and not only["frozen_inputs"]):
+            return None
+    return {s["name"]: {k: v for k, v in s.items() if k != "name"} for s in settings}
+
+
+def run_identity(config: Mapping, preset: Mapping, fingerprint: str, precision: str,
+                 stages: list[Mapping] | None = None) -> dict[str, Any]:
     """The identity of a run. config: asdict(RunConfig) (or a result's "config"); preset: the
-    resolved Preset's fields (or a result's "preset"); precision: resolved ("fp32", "bf16" ...)."""
+    resolved Preset's fields (or a result's "preset"); precision: resolved ("fp32", "bf16" ...);
+    stages: [Stage.settings()] of the run's stages (or a result's "stages")."""
     identity = {"method": config["method"], "preset": config["preset"], "fold": config["fold"],
                 "label_ratio": config["label_ratio"], "seed": config["seed"],
                 **{k: v for k, v in preset.items() if k != "name"},
                 # what the trainer does: --no-augment, or a preset whose model turns augmentation off
                 "augment": bool(config["augment"] and preset["model"].get("augment", True)),
                 "precision": precision, "pretrained": config["pretrained"], "fingerprint": fingerprint}
-    return json.loads(json.dumps(identity))  # tuples -> lists, as a stored JSON result holds them
+    train_occlusion = config.get("train_occlusion") or NO_OCCLUSION
+    if train_occlusion != NO_OCCLUSION:
+        identity["train_occlusion"] = train_occlusion
+    stage_settings = stages_identity(stages, preset)
+    if stage_settings is not None:
+        identity["stages"] = stage_settings
+    return _plain(identity)
 
 
 _CONFIG_KEYS = ("method", "preset", "fold", "label_ratio", "seed", "augment", "pretrained")
@@ -61,7 +100,15 @@ def result_identity(result: Mapping) -> dict[str, Any]:
     config = {k: need(result, "config", k) for k in _CONFIG_KEYS}
     for key in _PRESET_KEYS:
         need(result, "preset", key)
-    return run_identity(config, result["preset"], need(result, "data", "fingerprint"), need(result, "precision"))
+    if "occlusion" in result:  # results made before occlusion conditions existed were trained without
+        config["train_occlusion"] = need(result, "occlusion", "train")
+    stages = result.get("stages")  # results made before stages existed: one plain stage
+    for i, stage in enumerate(stages or []):
+        missing = [key for key in STAGE_SETTINGS if not isinstance(stage, Mapping) or key not in stage]
+        if missing:
+            raise MissingKey(f"stages.{i}.{missing[0]}")
+    return run_identity(config, result["preset"], need(result, "data", "fingerprint"), need(result, "precision"),
+                        stages)
 
 
 def show(key: str, value: Any) -> str:
@@ -70,13 +117,23 @@ def show(key: str, value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) else repr(value)
 
 
-def identity_differences(stored: Mapping, wanted: Mapping, stored_as: str, ignore: tuple[str, ...] = ()
-                         ) -> list[str]:
+def identity_differences(stored: Mapping, wanted: Mapping, stored_as: str, ignore: tuple[str, ...] = (),
+                         prefix: str = "") -> list[str]:
     """"key: <stored_as> X vs now Y" for every key (of either side, `ignore` left out) whose values
-    differ. A key one side lacks counts as None there, so an older record never passes silently."""
+    differ; in settings that are mappings on both sides, for the inner keys that differ
+    ("stages.stage2.preset.lr: ..."). A key one side lacks counts as None there, so an older
+    record never passes silently."""
     keys = [k for k in dict.fromkeys([*wanted, *stored]) if k not in ignore]
-    return [f"{k}: {stored_as} {show(k, stored.get(k))} vs now {show(k, wanted.get(k))}"
-            for k in keys if stored.get(k) != wanted.get(k)]
+    diffs = []
+    for k in keys:
+        a, b = stored.get(k), wanted.get(k)
+        if a == b:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += identity_differences(a, b, stored_as, prefix=f"{prefix}{k}.")
+        else:
+            diffs.append(f"{prefix}{k}: {stored_as} {show(k, a)} vs now {show(k, b)}")
+    return diffs
 
 
 def differences_text(diffs: list[str], limit: int = 5) -> str:

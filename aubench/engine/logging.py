@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """JSON-safe copy: tensors / numpy scalars to numbers, paths to strings."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -30,6 +30,6 @@ class JsonlLogger:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        line = json.dumps(_plain({"time": time.time(), **record}), allow_nan=True)
+        line = json.dumps(plain({"time": time.time(), **record}), allow_nan=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")

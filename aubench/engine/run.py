@@ -1,4 +1,4 @@
-"""Train + test one (method, fold, protocol) and write its result JSON (read by the leaderboard)."""
+"""Train + test one (method, fold, protocol): one result record per test condition (read by the leaderboard)."""
 from __future__ import annotations
 
 import platform
@@ -6,18 +6,26 @@ import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from aubench.engine.trainer import RunConfig, Trainer
+from aubench.engine.conditions import condition_name
+from aubench.engine.trainer import RunConfig, Trainer, parse_occlusion_option
 from aubench.leaderboard import RESULT_SCHEMA
 
 
-def protocol_name(label_ratio: float) -> str:
-    """"full" with every training label, "sparse<r>" under the sparse-label protocol."""
-    return "full" if label_ratio >= 1.0 else f"sparse{label_ratio:g}"
+def protocol_name(label_ratio: float, train_occlusion: str = "none", test_occlusion: str = "none") -> str:
+    """"full" with every training label, "sparse<r>" under the sparse-label protocol; then
+    "_train-<condition>" / "_test-<condition>" when the training / test images are occluded
+    (condition names, aubench.engine.conditions: "full_test-patches0.5")."""
+    name = "full" if label_ratio >= 1.0 else f"sparse{label_ratio:g}"
+    if train_occlusion != "none":
+        name += f"_train-{train_occlusion}"
+    if test_occlusion != "none":
+        name += f"_test-{test_occlusion}"
+    return name
 
 
 def versions() -> dict[str, str]:
@@ -40,34 +48,46 @@ def versions() -> dict[str, str]:
     return out
 
 
-def train_and_evaluate(config: RunConfig, bench: dict[str, Any] | None = None, step_callback=None) -> dict[str, Any]:
-    """Train, evaluate on the fold's test split, return the result record (all ranks)."""
+def train_and_evaluate(config: RunConfig, bench: dict[str, Any] | None = None, step_callback=None,
+                       test_occlusions: Sequence[str] = ("none",)) -> list[dict[str, Any]]:
+    """Train (every stage not finished yet), then test the last stage's method on the fold's test
+    split under each test occlusion condition; one result record per condition, in order (all ranks)."""
+    conditions = [parse_occlusion_option("--test-occlusion", text) for text in test_occlusions]
     trainer = Trainer(config, step_callback=step_callback)
     training = trainer.fit()
-    metrics = trainer.evaluate()
     from aubench.bench import device_name
 
-    return {
-        "schema": RESULT_SCHEMA,
-        "method": config.method,
-        "dataset": trainer.data.dataset,
-        "fold": config.fold,
-        "protocol": protocol_name(config.label_ratio),
-        "label_ratio": config.label_ratio,
-        "realised_label_ratio": training["labels"]["realised_label_ratio"],
-        "initialisation": training["initialisation"],
-        "au_names": trainer.data.au_names,
-        "metrics": metrics,
-        "mean_f1": metrics["mean_f1"],
-        "bench": bench or {},
-        "training": training,
-        "config": asdict(config),
-        "preset": trainer.preset.__dict__,
-        "precision": trainer.precision,
-        "data": {"path": str(Path(config.data).resolve()), "fingerprint": trainer.data.fingerprint,
-                 "num_test_frames": metrics["num_frames"]},
-        "device": device_name(trainer.device),
-        "world_size": trainer.env.world_size,
-        "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    config = trainer.config
+    train = condition_name(trainer.train_occlusion)
+    stages = [{**stage.settings(), **record} for stage, record in zip(trainer.stages, trainer.records)]
+    results = []
+    for occlusion in conditions:
+        metrics = trainer.evaluate(occlusion)
+        test = condition_name(occlusion)
+        results.append({
+            "schema": RESULT_SCHEMA,
+            "method": config.method,
+            "dataset": trainer.data.dataset,
+            "fold": config.fold,
+            "protocol": protocol_name(config.label_ratio, train, test),
+            "label_ratio": config.label_ratio,
+            "realised_label_ratio": training["labels"]["realised_label_ratio"],
+            "occlusion": {"train": train, "test": test},
+            "initialisation": training["initialisation"],
+            "au_names": trainer.data.au_names,
+            "metrics": metrics,
+            "mean_f1": metrics["mean_f1"],
+            "bench": bench or {},
+            "training": training,
+            "stages": stages,
+            "config": asdict(config),
+            "preset": trainer.preset.__dict__,
+            "precision": trainer.precision,
+            "data": {"path": str(Path(config.data).resolve()), "fingerprint": trainer.data.fingerprint,
+                     "num_test_frames": metrics["num_frames"]},
+            "device": device_name(trainer.device),
+            "world_size": trainer.env.world_size,
+            "versions": versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+    return results

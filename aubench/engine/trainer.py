@@ -1,15 +1,26 @@
-"""One trainer for every method: optimiser, schedule, mixed precision, checkpoints, resume, DDP.
+"""One trainer for every method: stages, optimiser, schedule, mixed precision, checkpoints, resume, DDP.
 
 A method only says what one training step computes (AUMethod.training_step) and how it
-predicts; the trainer owns the loop. Exact resume: the checkpoint holds model, optimiser,
-scheduler, grad-scaler and RNG states (torch / CUDA / numpy / python / method generators, per
-rank) and the position in the epoch. Batches come from a DistributedSampler whose order depends
-only on (seed, epoch), so a resumed run skips the batches already done (at the index level, no
-images are decoded) and sees exactly the batches the killed run would have seen next. The
-DataLoader draws its worker seeds from its own generator, seeded per epoch, never from the
-global RNG, so creating a loader mid-epoch does not shift the random stream. With
-`num_workers=0` a resumed run is bit-identical to an uninterrupted one; with workers the data
-order is the same but augmentation draws come from re-seeded workers.
+predicts; the trainer owns the loop. A method that trains in stages declares them
+(AUMethod.stages, aubench.models.base.Stage); the trainer runs them in order through the same
+loop, each with a fresh optimiser and its own schedule, and tests the last stage's method. A
+single-stage method is one stage: the preset as it is.
+
+Exact resume: the checkpoint (`last.pt`, replaced atomically) holds the stage being trained
+(its index and name), the records of the stages already finished, and that stage's model,
+optimiser, scheduler, grad-scaler and RNG states (torch / CUDA / numpy / python / method
+generators, per rank) and the position in the epoch. A finished stage is never trained again:
+a resumed run continues inside the stage the checkpoint names, and the final weights of every
+finished stage but the last are kept in `final_<stage>.pt`, from which a later stage's frozen
+inputs are restored. Every stage starts from a seed derived from (seed, stage index) only (the
+first stage's is the run's seed, as before stages existed), so a stage starts the same whether
+or not the run was resumed before it. Batches come from a DistributedSampler whose order
+depends only on (stage seed, epoch), so a resumed run skips the batches already done (at the
+index level, no images are decoded) and sees exactly the batches the killed run would have
+seen next. The DataLoader draws its worker seeds from its own generator, seeded per epoch,
+never from the global RNG, so creating a loader mid-epoch does not shift the random stream.
+With `num_workers=0` a resumed run is bit-identical to an uninterrupted one; with workers the
+data order is the same but augmentation draws come from re-seeded workers.
 """
 from __future__ import annotations
 
@@ -17,7 +28,7 @@ import itertools
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,24 +41,36 @@ from tqdm.auto import tqdm
 from aubench.data import normalize_images
 from aubench.engine.checkpoint import (capture_rng_state, is_checkpoint_payload, load_checkpoint,
                                        read_weights_file, restore_rng_state, save_checkpoint)
+from aubench.engine.conditions import condition_name, parse_condition
 from aubench.engine.data_access import RunData, open_run_data
 from aubench.engine.distributed import DistEnv, setup_distributed
 from aubench.engine.identity import differences_text, identity_differences, run_identity
-from aubench.engine.logging import JsonlLogger
+from aubench.engine.logging import JsonlLogger, plain
 from aubench.errors import UserError
 from aubench.models.backbones import BackboneError
-from aubench.models.base import AUMethod, Preset, TrainState, check_image_size, create_method, method_class
+from aubench.models.base import (AUMethod, Preset, Stage, TrainState, check_image_size, check_stages,
+                                 method_class)
 
 CHECKPOINT_NAME = "last.pt"
-RESULT_NAME = "result.json"  # written beside the checkpoint by `aubench train`
+RESULT_NAME = "result.json"  # written beside the checkpoint by `aubench train` (test condition "none")
 LOG_NAME = "log.jsonl"
-# Every file a run writes into its directory: a fresh run replaces them together, so a new
-# checkpoint never sits beside an old result or log.
-RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, LOG_NAME)
+# Every file a run writes into its directory (glob patterns): a fresh run replaces them together,
+# so a new checkpoint never sits beside an old result, stage file or log.
+RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, "result_test-*.json", "final_*.pt", LOG_NAME)
 # Files that make a directory hold a run worth keeping (a log alone is a run that died before
 # its first checkpoint: nothing to resume or to lose).
-KEPT_RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME)
+KEPT_RUN_FILES = tuple(name for name in RUN_FILES if name != LOG_NAME)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def result_file_name(test_condition: str) -> str:
+    """The result file of one test condition (a condition name) in a run directory."""
+    return RESULT_NAME if test_condition == "none" else f"result_test-{test_condition}.json"
+
+
+def stage_file_name(stage: str) -> str:
+    """The file of a finished stage's final weights."""
+    return f"final_{stage}.pt"
 
 
 @dataclass
@@ -59,6 +82,7 @@ class RunConfig:
     fold: int = 1
     preset: str = "tiny"
     label_ratio: float = 1.0
+    train_occlusion: str = "none"      # occlusion of the training images: none, patches:<ratio>, block:<ratio>
     epochs: int | None = None          # None = the preset's
     batch_size: int | None = None      # global batch; None = the preset's
     image_size: int | None = None      # None = the preset's
@@ -81,14 +105,15 @@ class RunConfig:
 
 def kept_run_files(out: str | Path) -> list[str]:
     """Names of the files of an earlier run in `out` that a fresh run would replace."""
-    return [name for name in KEPT_RUN_FILES if (Path(out) / name).exists()]
+    out = Path(out)
+    return [path.name for pattern in KEPT_RUN_FILES for path in sorted(out.glob(pattern))]
 
 
 def clear_run_files(out: str | Path) -> None:
     """Remove every run file in `out`, with the temporaries a killed atomic write left behind."""
     out = Path(out)
-    for name in RUN_FILES:
-        for path in [out / name, *out.glob(f"{name}.*.tmp")]:
+    for pattern in RUN_FILES:
+        for path in [*out.glob(pattern), *out.glob(f"{pattern}.*.tmp")]:
             path.unlink(missing_ok=True)
 
 
@@ -103,6 +128,55 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool, is_main: bool 
                         f"or --overwrite to replace it")
     if is_main:
         clear_run_files(out)
+
+
+def parse_occlusion_option(option: str, text: str) -> tuple[str, float] | None:
+    """parse_condition with a UserError naming the option."""
+    try:
+        return parse_condition(text)
+    except ValueError as err:
+        raise UserError(f"{option} {text!r}: {err}") from None
+
+
+def run_stages(method_cls: type[AUMethod], preset: Preset) -> list[Stage]:
+    """The method's stages for the resolved preset, checked (names, references to earlier stages)."""
+    return check_stages(method_cls.name, list(method_cls.stages(preset)))
+
+
+def config_identity(config: RunConfig, preset: Preset, stages: list[Stage], fingerprint: str,
+                    precision: str) -> dict[str, Any]:
+    """The run identity (aubench.engine.identity.run_identity) of a request."""
+    train = condition_name(parse_occlusion_option("--train-occlusion", config.train_occlusion))
+    return run_identity({**asdict(config), "train_occlusion": train}, preset.__dict__, fingerprint, precision,
+                        [stage.settings() for stage in stages])
+
+
+def check_stages_build(method_cls: type[AUMethod], num_aus: int, stages: list[Stage]) -> None:
+    """Build every stage's method on the meta device (no memory, no weights, milliseconds), so a
+    setting the method refuses (a ValueError, e.g. no default for this number of AUs) is a
+    UserError before anything trains, not after the first stage."""
+    for stage in stages:
+        try:
+            with torch.device("meta"):
+                method_cls(num_aus, stage.preset, None)
+        except ValueError as err:  # BackboneError is one too
+            where = "" if len(stages) == 1 else f" (stage {stage.name!r})"
+            raise UserError(f"method {method_cls.name!r}{where} cannot be built for {num_aus} AUs with preset "
+                            f"{stage.preset.name!r}: {err}") from None
+
+
+def stage_seed(seed: int, index: int) -> int:
+    """The seed stage `index` starts from: the run's seed for the first stage (as before stages
+    existed), one derived from (seed, index) for the others."""
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients, eval mode (the engine keeps it there while the stage trains)."""
+    module.requires_grad_(False)
+    return module.eval()
 
 
 def resolve_preset(method_cls: type[AUMethod], config: RunConfig) -> Preset:
@@ -211,7 +285,7 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 class Trainer:
-    """Trains one method on one fold; `fit()` then `evaluate()` (see aubench.engine.evaluator)."""
+    """Trains one method on one fold, stage by stage; `fit()` then `evaluate()` (aubench.engine.evaluator)."""
 
     def __init__(self, config: RunConfig, env: DistEnv | None = None,
                  step_callback: Callable[[TrainState, dict[str, float]], None] | None = None):
@@ -229,33 +303,95 @@ class Trainer:
             raise UserError(f"--label-ratio must be in (0, 1], got {config.label_ratio}")
         if self.preset.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.preset.epochs}")
-        if self.preset.batch_size // self.env.world_size < 2:  # batch norm cannot train on one sample
-            raise UserError(f"--batch-size {self.preset.batch_size} leaves fewer than 2 samples per training step "
-                            f"on each of {self.env.world_size} process(es); use at least {2 * self.env.world_size}")
-        check_image_size(self.method_cls, self.preset)
+        self.stages = run_stages(self.method_cls, self.preset)
+        for stage in self.stages:
+            self._check_stage_preset(stage)
+        occlusion = parse_occlusion_option("--train-occlusion", config.train_occlusion)
+        self.train_occlusion = occlusion
+        # One spelling per condition in checkpoints and results ("patches:0.50" -> "patches:0.5").
+        self.config = config = replace(config, train_occlusion="none" if occlusion is None
+                                       else f"{occlusion[0]}:{occlusion[1]:g}")
         self.precision = resolve_precision(config.precision, self.device)
         self.data: RunData = open_run_data(config.data, config.fold)
-        self.identity = run_identity(asdict(config), self.preset.__dict__, self.data.fingerprint, self.precision)
+        check_stages_build(self.method_cls, self.data.num_aus, self.stages)
+        self.identity = config_identity(config, self.preset, self.stages, self.data.fingerprint, self.precision)
         if self.device.type == "cpu" and config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        seed_everything(config.seed)  # same initial weights on every rank
-        self.method = self._build_method()
-        seed_everything(config.seed + 1000 * self.env.rank)  # per-rank randomness from here on
-        self.state = TrainState(epochs=self.preset.epochs)
+        # Class weights from the labels this run may see: under a label ratio < 1 the kept labels
+        # only, never the file's dense per-fold statistics.
+        stats = self.data.train_label_statistics(config.label_ratio)
+        self.class_weights = torch.as_tensor(stats["class_weight"], dtype=torch.float32)
+        self.records: list[dict[str, Any]] = []  # one per finished stage
+        self.stage_index = 0
+        self.method = self._build_stage(0, {})
+        self.state = TrainState(epochs=self.stage.preset.epochs, stage=self.stage.name)
         self.workers = config.workers if config.workers is not None else (4 if self.device.type == "cuda" else 0)
         # Last, once everything else is known to be usable: an --overwrite never loses the old
         # run to a mistake found later.
         claim_run_dir(self.out, config.resume, config.overwrite, self.env.is_main)
         self.logger = JsonlLogger(self.out / LOG_NAME, enabled=self.env.is_main)
 
+    @property
+    def stage(self) -> Stage:
+        """The stage being trained (after fit(): the last, whose method is tested)."""
+        return self.stages[self.stage_index]
+
+    def _check_stage_preset(self, stage: Stage) -> None:
+        preset, where = stage.preset, "" if len(self.stages) == 1 else f" (stage {stage.name!r})"
+        if preset.epochs < 1:
+            raise UserError(f"{self.config.method}{where}: {preset.epochs} epochs; a stage trains at least 1")
+        if preset.batch_size // self.env.world_size < 2:  # batch norm cannot train on one sample
+            raise UserError(f"--batch-size {preset.batch_size}{where} leaves fewer than 2 samples per training step "
+                            f"on each of {self.env.world_size} process(es); use at least {2 * self.env.world_size}")
+        check_image_size(self.method_cls, preset)
+
     # -- construction --------------------------------------------------------------------
-    def _build_method(self) -> AUMethod:
+    def _build_stage(self, index: int, trained: dict[str, AUMethod], restoring: bool = False) -> AUMethod:
+        """The method of stage `index`, built the same way in every run: seeded from (seed,
+        stage), initialised (the first stage: --pretrained; a later one: from its init_from
+        stage, unless `restoring`, when its checkpoint holds the weights), its frozen parts
+        frozen, its frozen inputs attached. `trained`: earlier stages' methods, by name."""
+        stage = self.stages[index]
+        seed = stage_seed(self.config.seed, index)
+        seed_everything(seed)  # same initial weights on every rank
+        class_weights = self.class_weights if stage.uses_labels else None
+        if index == 0:
+            method, self.initialisation = self._build_first_method(stage, class_weights)
+        else:
+            method = self._new_method(stage, class_weights)
+            self.initialisation = "random"
+            if stage.init_from and not restoring:
+                report = method.init_from_stage(stage.init_from, trained[stage.init_from])
+                details = ", ".join(f"{k} {v}" for k, v in report.items())
+                self.initialisation = f"from {stage.init_from}" + (f": {details}" if details else "")
+        self.frozen_modules = []
+        for name in stage.frozen:
+            try:
+                self.frozen_modules.append(freeze(method.get_submodule(name)))
+            except AttributeError:
+                raise ValueError(f"{self.config.method} stage {stage.name!r} freezes {name!r}, "
+                                 f"which is not a submodule of its method") from None
+        method.frozen_inputs = {name: freeze(trained[name]) for name in stage.frozen_inputs}
+        seed_everything(seed + 1000 * self.env.rank)  # per-rank randomness from here on
+        return method
+
+    def _new_method(self, stage: Stage, class_weights: torch.Tensor | None, **overrides: Any) -> AUMethod:
+        preset = stage.preset
+        if overrides:
+            preset = Preset(**{**preset.__dict__, "model": {**preset.model, **overrides}})
+        method = self.method_cls(self.data.num_aus, preset, class_weights)
+        method.preset = stage.preset
+        if self.config.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        return method.to(self.device)
+
+    def _build_first_method(self, stage: Stage, class_weights: torch.Tensor | None) -> tuple[AUMethod, str]:
         cfg = self.config
         overrides = {}
         full_checkpoint = None
-        self.initialisation = "random (no --pretrained)"
+        initialisation = "random (no --pretrained)"
         if cfg.pretrained is not None:
-            self.initialisation = f"pretrained: {cfg.pretrained}"
+            initialisation = f"pretrained: {cfg.pretrained}"
             path = Path(cfg.pretrained)
             if not path.is_file():
                 raise UserError(f"--pretrained {path} does not exist")
@@ -267,16 +403,10 @@ class Trainer:
                 full_checkpoint = payload
             else:
                 overrides["pretrained_path"] = str(path)  # backbone weights; the method passes them to create_backbone
-        # Class weights from the labels this run may see: under a label ratio < 1 the kept labels
-        # only, never the file's dense per-fold statistics.
-        stats = self.data.train_label_statistics(cfg.label_ratio)
-        class_weights = torch.as_tensor(stats["class_weight"], dtype=torch.float32)
         try:
-            method = create_method(cfg.method, self.data.num_aus, self.method_cls.presets[cfg.preset], class_weights,
-                                   **cfg.model, **overrides)
+            method = self._new_method(stage, class_weights, **overrides)
         except BackboneError as err:
             raise UserError(f"--pretrained {err}" if "pretrained_path" in overrides else str(err)) from None
-        method.preset = self.preset
         if full_checkpoint is not None:
             self._check_compatible(full_checkpoint, cfg.pretrained, same_run=False)
             try:
@@ -288,9 +418,7 @@ class Trainer:
             if missing or unexpected:
                 raise UserError(f"--pretrained {cfg.pretrained} was saved by a different model "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        if cfg.channels_last:
-            method = method.to(memory_format=torch.channels_last)
-        return method.to(self.device)
+        return method, initialisation
 
     def _check_compatible(self, payload: dict, path, same_run: bool) -> None:
         saved = payload.get("config", {})
@@ -300,8 +428,8 @@ class Trainer:
         if saved.get("method") != self.config.method:
             raise UserError(f"{path} holds method {saved.get('method')!r}, not {self.config.method!r}")
         if same_run:
-            # The run's identity (aubench.engine.identity) and the world size, which the per-rank
-            # RNG states of an exact resume need; the AU set was compared above.
+            # The run's identity (aubench.engine.identity, stages included) and the world size,
+            # which the per-rank RNG states of an exact resume need; the AU set was compared above.
             diffs = identity_differences(saved, self.checkpoint_config(), "checkpoint", ignore=("au_names", "dataset"))
             if diffs:
                 raise UserError(f"--resume: {path} belongs to a different run ({differences_text(diffs)}); "
@@ -313,28 +441,33 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------------------
     def per_rank_batch_size(self) -> int:
-        return max(1, self.preset.batch_size // self.env.world_size)
+        return max(1, self.stage.preset.batch_size // self.env.world_size)
 
     def train_dataset(self):
+        """The current stage's training set: the frames or clips whose labels the protocol keeps;
+        every training frame for a stage that uses no labels."""
+        stage, cfg = self.stage, self.config
         # A preset may turn augmentation off (model setting "augment"); --no-augment always does.
-        augment = self.config.augment and bool(self.preset.model.get("augment", True))
+        augment = cfg.augment and bool(stage.preset.model.get("augment", True))
         if augment:
             from aubench.data import ClipAugment
 
-            augment = ClipAugment(degrees=self.preset.rotation)
-        return self.data.train_dataset(self.method_cls.input_kind, self.preset, self.config.label_ratio,
-                                       augment=augment, key_view=self.method_cls.key_view)
+            augment = ClipAugment(degrees=stage.preset.rotation)
+        return self.data.train_dataset(self.method.input_kind, stage.preset,
+                                       cfg.label_ratio if stage.uses_labels else 1.0, augment=augment,
+                                       key_view=self.method.key_view, labeled_only=stage.uses_labels,
+                                       occlusion=self.train_occlusion)
 
     def train_loader(self, dataset, sampler: DistributedSampler, skip_batches: int) -> DataLoader:
         batch_size = self.per_rank_batch_size()
         drop_last = len(sampler) > batch_size  # a lone 1-sample batch would break batch norm
-        if self.method_cls.input_kind == "clip":
+        if self.method.input_kind == "clip":
             from aubench.data import KeyPositionBatchSampler
 
-            batches = KeyPositionBatchSampler(sampler, batch_size, self.preset.clip_len, drop_last=drop_last)
+            batches = KeyPositionBatchSampler(sampler, batch_size, self.stage.preset.clip_len, drop_last=drop_last)
         else:
             batches = BatchSampler(sampler, batch_size, drop_last=drop_last)
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + sampler.epoch)
+        generator = torch.Generator().manual_seed(sampler.seed * 100_003 + sampler.epoch)
         return DataLoader(dataset, batch_sampler=SkipBatches(batches, skip_batches), num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", generator=generator)
 
@@ -349,6 +482,8 @@ class Trainer:
             return
         save_checkpoint(self.checkpoint_path, {
             "config": self.checkpoint_config(),
+            "stage": {"index": self.stage_index, "name": self.stage.name},
+            "finished_stages": self.records,
             "model": self.method.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -356,6 +491,7 @@ class Trainer:
             "rng": rng,
             "train_state": {"epoch": self.state.epoch, "step": self.state.step,
                             "batch_in_epoch": self.state.batch_in_epoch},
+            "progress": self.progress_now(),
         })
 
     def _gather_rng(self) -> list[dict[str, Any]]:
@@ -368,11 +504,16 @@ class Trainer:
         dist.all_gather_object(everyone, mine)
         return everyone
 
-    def restore(self, optimizer, scheduler, scaler) -> None:
+    def read_resume_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint to resume from, once it is known to be this run's."""
         if not self.checkpoint_path.is_file():
             raise UserError(f"--resume: no checkpoint at {self.checkpoint_path} (run without --resume to start)")
         payload = load_checkpoint(self.checkpoint_path, map_location=self.device)
         self._check_compatible(payload, self.checkpoint_path, same_run=True)
+        return payload
+
+    def restore(self, payload: dict[str, Any], optimizer, scheduler, scaler) -> None:
+        """The current stage's state from a checkpoint of this stage (read_resume_checkpoint)."""
         self.method.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
@@ -380,22 +521,96 @@ class Trainer:
         restore_rng_state(payload["rng"][self.env.rank], self.method)
         ts = payload["train_state"]
         self.state.epoch, self.state.step, self.state.batch_in_epoch = ts["epoch"], ts["step"], ts["batch_in_epoch"]
-        self.logger.write({"event": "resume", **ts})
+        saved = payload.get("progress", {})  # checkpoints made before stages existed have none
+        self.progress = {"seconds": saved.get("seconds", 0.0), "samples": saved.get("samples", 0),
+                         "losses": saved.get("losses", {}), "initialisation": saved.get("initialisation",
+                                                                                        self.initialisation)}
+        self.logger.write({"event": "resume", "stage": self.stage.name, **ts})
+
+    def progress_now(self) -> dict[str, Any]:
+        """Time, samples and last losses of the current stage so far (resumed runs included)."""
+        return {**self.progress, "seconds": self.progress["seconds"] + time.perf_counter() - self.segment_started}
+
+    def _save_stage_weights(self) -> None:
+        if self.env.is_main:
+            save_checkpoint(self.out / stage_file_name(self.stage.name), {
+                "config": self.checkpoint_config(), "stage": {"index": self.stage_index, "name": self.stage.name},
+                "model": self.method.state_dict()})
+
+    def _load_stage_weights(self, index: int) -> AUMethod:
+        """The trained method of finished stage `index`, from its final-weights file."""
+        stage = self.stages[index]
+        path = self.out / stage_file_name(stage.name)
+        if not path.is_file():
+            raise UserError(f"--resume: {path} (the final weights of stage {stage.name!r}) is missing; "
+                            f"use --overwrite instead of --resume to train the run again")
+        payload = load_checkpoint(path, map_location=self.device)
+        self._check_compatible(payload, path, same_run=True)
+        method = self._new_method(stage, self.class_weights if stage.uses_labels else None)
+        method.load_state_dict(payload["model"])
+        return method
+
+    def _needed(self, first: int, restoring: bool) -> set[str]:
+        """Names of the stages before `first` whose trained methods the stages from `first` on
+        read (frozen inputs, init_from); when `restoring` stage `first` from its checkpoint, its
+        own init_from is not needed (the checkpoint holds its weights)."""
+        names = set()
+        for i, stage in enumerate(self.stages[first:], first):
+            names.update(stage.frozen_inputs)
+            if stage.init_from and not (restoring and i == first):
+                names.add(stage.init_from)
+        return names & {stage.name for stage in self.stages[:first]}
 
     # -- training -------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        cfg, preset, env = self.config, self.preset, self.env
+        """Train every stage not finished yet; the training summary of the run."""
+        payload = self.read_resume_checkpoint() if self.config.resume else None
+        first = int(payload.get("stage", {}).get("index", 0)) if payload else 0
+        trained: dict[str, AUMethod] = {}
+        if payload is not None:
+            self.records = list(payload.get("finished_stages", []))
+            needed = self._needed(first, restoring=True)
+            trained = {self.stages[i].name: self._load_stage_weights(i) for i in range(first)
+                       if self.stages[i].name in needed}
+        for index in range(first, len(self.stages)):
+            if index != self.stage_index:
+                self.method = self._build_stage(index, trained, restoring=payload is not None and index == first)
+                self.stage_index = index
+            # Hold on only to what later stages read (this stage's frozen inputs it holds itself).
+            needed = self._needed(index + 1, restoring=False)
+            trained = {name: method for name, method in trained.items() if name in needed}
+            self.records.append(self._fit_stage(payload if index == first else None))
+            if index + 1 < len(self.stages):
+                self._save_stage_weights()
+                trained[self.stage.name] = self.method
+        labels = self.data.label_report(self.config.label_ratio)
+        seconds = sum(r["train_seconds"] for r in self.records)
+        samples = sum(r["samples_seen"] for r in self.records)
+        final = self.records[-1]
+        summary = {"epochs": sum(r["epochs"] for r in self.records), "steps": sum(r["steps"] for r in self.records),
+                   "steps_per_epoch": final["steps_per_epoch"], "labels": labels,
+                   "initialisation": self.records[0]["initialisation"], "train_samples": final["train_samples"],
+                   "train_seconds": seconds, "final_loss": final["final_loss"],
+                   "samples_per_second_per_rank": samples / seconds if seconds > 0 and samples else None}
+        self.logger.write({"event": "trained", **summary})
+        return summary
+
+    def _fit_stage(self, payload: dict[str, Any] | None) -> dict[str, Any]:
+        """Train the current stage (from `payload`, a checkpoint inside it, when given); its record."""
+        cfg, env, stage = self.config, self.env, self.stage
+        preset = stage.preset
         dataset = self.train_dataset()
         if len(dataset) == 0:
             raise UserError(f"{cfg.data} fold {cfg.fold}: no labeled training samples at label ratio {cfg.label_ratio}")
-        labels = self.data.label_report(cfg.label_ratio)
-        if labels["sequences_without_label"] and env.is_main:
+        labels = self.data.label_report(cfg.label_ratio) if stage.uses_labels else None
+        first_labeled = next((s for s in self.stages if s.uses_labels), None)
+        if labels and labels["sequences_without_label"] and env.is_main and stage is first_labeled:
             print(f"[aubench] note: at label ratio {cfg.label_ratio:g}, {labels['sequences_without_label']} of "
                   f"{labels['sequences']} training sequences of fold {cfg.fold} are too short to hold a kept "
                   f"label (shorter than 1/r frames at their place in the spacing); the split as a whole keeps "
                   f"{labels['realised_label_ratio']:.2%} of its labels", flush=True)
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                     seed=cfg.seed, drop_last=False)
+                                     seed=stage_seed(cfg.seed, self.stage_index), drop_last=False)
         steps_per_epoch = len(self.train_loader(dataset, sampler, 0))
         total_steps = steps_per_epoch * preset.epochs
         optimizer = build_optimizer(self.method, preset)
@@ -403,8 +618,11 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total_steps, warmup, preset.schedule))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        if cfg.resume:
-            self.restore(optimizer, scheduler, scaler)
+        self.state = TrainState(epochs=preset.epochs, stage=stage.name)
+        self.progress = {"seconds": 0.0, "samples": 0, "losses": {}, "initialisation": self.initialisation}
+        if payload is not None:
+            self.restore(payload, optimizer, scheduler, scaler)
+        self.segment_started = time.perf_counter()
         step_module: nn.Module = _StepModule(self.method)
         if env.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -412,33 +630,35 @@ class Trainer:
             step_module = DistributedDataParallel(
                 step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        self.logger.write({"event": "start", "config": asdict(cfg), "preset": preset.__dict__, "labels": labels,
-                           "precision": self.precision, "device": str(self.device), "world_size": env.world_size,
-                           "train_samples": len(dataset), "steps_per_epoch": steps_per_epoch})
-        started = time.perf_counter()
-        samples_seen = 0
-        last_loss = float("nan")
+        self.logger.write({"event": "start", "stage": stage.name, "stage_index": self.stage_index,
+                           "config": asdict(cfg), "preset": preset.__dict__, "stage_settings": stage.settings(),
+                           "labels": labels, "precision": self.precision, "device": str(self.device),
+                           "world_size": env.world_size, "train_samples": len(dataset),
+                           "steps_per_epoch": steps_per_epoch})
+        where = f"{cfg.method} fold{cfg.fold}" + (f" {stage.name}" if len(self.stages) > 1 else "")
         while self.state.epoch < preset.epochs:
             epoch = self.state.epoch
             sampler.set_epoch(epoch)
             loader = self.train_loader(dataset, sampler, self.state.batch_in_epoch)
-            self.method.train()
+            self._train_mode()
             self.method.on_epoch_start(self.state)
             sums: dict[str, float] = {}
             count = 0
-            bar = tqdm(loader, desc=f"{cfg.method} fold{cfg.fold} epoch {epoch + 1}/{preset.epochs}",
+            bar = tqdm(loader, desc=f"{where} epoch {epoch + 1}/{preset.epochs}",
                        disable=not (cfg.progress and env.is_main), leave=False, dynamic_ncols=True)
             for batch in bar:
+                if not stage.uses_labels:  # a self-supervised stage never sees a label
+                    batch = {k: v for k, v in batch.items() if k not in ("label", "labeled")}
                 parts = self._train_step(step_module, move_batch(batch, self.device), optimizer, scheduler, scaler)
-                samples_seen += batch["image"].shape[0]
+                self.progress["samples"] += batch["image"].shape[0]
+                self.progress["losses"] = parts
                 count += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
-                last_loss = parts["loss"]
                 if env.is_main:
                     bar.set_postfix(loss=f"{parts['loss']:.4f}")
                 if cfg.log_every and self.state.step % cfg.log_every == 0:
-                    self.logger.write({"event": "step", "epoch": epoch, "step": self.state.step,
+                    self.logger.write({"event": "step", "stage": stage.name, "epoch": epoch, "step": self.state.step,
                                        "lr": scheduler.get_last_lr()[0], **parts})
                 if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                     self.save(optimizer, scheduler, scaler)
@@ -446,16 +666,29 @@ class Trainer:
                     self.step_callback(self.state, parts)
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
-            self.logger.write({"event": "epoch", "epoch": epoch, "step": self.state.step,
+            self.logger.write({"event": "epoch", "stage": stage.name, "epoch": epoch, "step": self.state.step,
                                **{f"mean_{k}": v / max(count, 1) for k, v in sums.items()}})
             self.save(optimizer, scheduler, scaler)
-        elapsed = time.perf_counter() - started
-        summary = {"epochs": preset.epochs, "steps": self.state.step, "steps_per_epoch": steps_per_epoch,
-                   "labels": labels, "initialisation": self.initialisation,
-                   "train_samples": len(dataset), "train_seconds": elapsed, "final_loss": last_loss,
-                   "samples_per_second_per_rank": samples_seen / elapsed if elapsed > 0 and samples_seen else None}
-        self.logger.write({"event": "trained", **summary})
-        return summary
+        progress = self.progress_now()
+        losses = progress["losses"]
+        record = {"name": stage.name, "epochs": preset.epochs, "steps": self.state.step,
+                  "steps_per_epoch": steps_per_epoch, "train_samples": len(dataset),
+                  "initialisation": progress["initialisation"], "train_seconds": progress["seconds"],
+                  "samples_seen": progress["samples"],
+                  "samples_per_second_per_rank": (progress["samples"] / progress["seconds"]
+                                                  if progress["seconds"] > 0 and progress["samples"] else None),
+                  "final_loss": losses.get("loss", float("nan")), "final_losses": losses}
+        if labels is not None:
+            record["labels"] = labels
+        record = plain(record)
+        self.logger.write({"event": "stage_trained", **record})
+        return record
+
+    def _train_mode(self) -> None:
+        """Train mode for the stage's method, eval mode for what it keeps frozen."""
+        self.method.train()
+        for module in self.frozen_modules:
+            module.eval()
 
     def _train_step(self, step_module, batch, optimizer, scheduler, scaler) -> dict[str, float]:
         with autocast_context(self.device, self.precision):
@@ -463,7 +696,8 @@ class Trainer:
         loss = out["loss"]
         if not torch.isfinite(loss.detach()).all():
             raise FloatingPointError(f"{self.config.method}: loss is {loss.item()} at step {self.state.step} "
-                                     f"(epoch {self.state.epoch}); try a lower learning rate or --precision fp32")
+                                     f"(stage {self.stage.name}, epoch {self.state.epoch}); try a lower learning "
+                                     f"rate or --precision fp32")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -474,11 +708,13 @@ class Trainer:
         return {k: float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
                 for k, v in out.items()}
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, occlusion: tuple[str, float] | None = None) -> dict[str, Any]:
+        """Metrics of the current (after fit(): the last) stage's method on the fold's test split,
+        its images occluded by `occlusion` (a parsed condition) when given."""
         from aubench.engine.evaluator import evaluate_method
 
-        result = evaluate_method(self.method, self.data, self.preset, self.env, precision=self.precision,
-                                 workers=self.workers, progress=self.config.progress)
-        self.logger.write({"event": "evaluate", "mean_f1": result["mean_f1"],
-                           "all_positive_mean_f1": result["all_positive_mean_f1"]})
+        result = evaluate_method(self.method, self.data, self.stage.preset, self.env, precision=self.precision,
+                                 workers=self.workers, progress=self.config.progress, occlusion=occlusion)
+        self.logger.write({"event": "evaluate", "test_occlusion": condition_name(occlusion),
+                           "mean_f1": result["mean_f1"], "all_positive_mean_f1": result["all_positive_mean_f1"]})
         return result

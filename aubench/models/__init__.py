@@ -1,8 +1,9 @@
 """AU methods, one module each, built by name: `create_method("ks", num_aus=12, preset="tiny")`."""
-from aubench.models.base import (AUMethod, Preset, TrainState, available_methods, create_method,
+from aubench.models.base import (AUMethod, Preset, Stage, TrainState, available_methods, create_method,
                                  method_class, register_method)
 from aubench.models import knowledge_spreader  # noqa: F401  (registers "ks")
+from aubench.models import megraphau  # noqa: F401  (registers "megraphau")
 from aubench.models import resnet_baseline  # noqa: F401  (registers "resnet")
 
-__all__ = ["AUMethod", "Preset", "TrainState", "available_methods", "create_method", "method_class",
+__all__ = ["AUMethod", "Preset", "Stage", "TrainState", "available_methods", "create_method", "method_class",
            "register_method"]

@@ -15,9 +15,18 @@ Batches (made by aubench.data, collated by the default collate function):
     with its own augmentation draw. A training clip holds one label: its key frame's.
 "index" holds the frames' rows in the HDF5 file; the evaluator uses it to score every frame
 once (predictions of a frame seen in several clips are averaged).
+
+Stages: a method that trains in stages (ME-GraphAU: stage 1 -> stage 2; a masked autoencoder
+fine-tuned, then a teacher, then a student distilled from the frozen teacher; self-supervised
+pre-training, then a linear probe on the frozen encoder) returns them from `stages(preset)`;
+the engine runs them in order with one loop (aubench.engine.trainer) and tests the last one.
+Each stage's method is a fresh instance of the class built from the stage's preset, so one class
+serves every stage and picks its network from the stage's model settings. The default is one
+stage: the preset as it is.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,7 +41,8 @@ class TrainState:
     epoch: int = 0          # 0-based epoch
     step: int = 0           # global optimiser step
     batch_in_epoch: int = 0
-    epochs: int = 1         # total epochs of this run
+    epochs: int = 1         # total epochs of this stage
+    stage: str = "train"    # the stage being trained (Stage.name)
 
 
 @dataclass
@@ -54,6 +64,65 @@ class Preset:
     model: dict[str, Any] = field(default_factory=dict)  # method-specific settings
 
 
+SINGLE_STAGE = "train"  # the name of the one stage of a method that does not train in stages
+_STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a method's training (AUMethod.stages).
+
+    name: unique within the method (letters, digits, "_", "-"); it names the stage in logs, in
+        the result and in the file of its final weights.
+    preset: the stage's epochs, batch size, image size, optimiser, learning rate, schedule,
+        augmentation and model settings. The stage gets a fresh optimiser and its own schedule;
+        its method is `cls(num_aus, preset, class_weights)`.
+    init_from: an earlier stage whose trained method initialises this one
+        (`method.init_from_stage(init_from, earlier_method)`); None: fresh weights (the first
+        stage takes --pretrained).
+    frozen: names of submodules of this stage's method that do not train (e.g. "net.backbone"):
+        requires_grad off, kept in eval mode (BatchNorm statistics do not move), left out of
+        the optimiser.
+    uses_labels: False: the stage never sees a label. Its batches carry no "label" / "labeled",
+        it trains on every training frame (the label ratio does not thin it), and its method
+        gets no class weights.
+    frozen_inputs: earlier stages whose trained methods this one reads (a teacher to distil
+        from): frozen, in eval mode, given to the method as `self.frozen_inputs[name]`; they are
+        not part of its parameters, optimiser or checkpoint.
+    """
+
+    name: str
+    preset: Preset
+    init_from: str | None = None
+    frozen: tuple[str, ...] = ()
+    uses_labels: bool = True
+    frozen_inputs: tuple[str, ...] = ()
+
+    def settings(self) -> dict[str, Any]:
+        """What the stage trains, as plain values (part of a run's identity and of its result)."""
+        return {"name": self.name, "preset": {k: v for k, v in self.preset.__dict__.items() if k != "name"},
+                "init_from": self.init_from, "frozen": list(self.frozen), "uses_labels": self.uses_labels,
+                "frozen_inputs": list(self.frozen_inputs)}
+
+
+def check_stages(method: str, stages: list[Stage]) -> list[Stage]:
+    """`stages` when they can run in order; ValueError naming the method and stage otherwise."""
+    if not stages:
+        raise ValueError(f"{method}: stages() returned no stage")
+    seen: list[str] = []
+    for stage in stages:
+        where = f"{method} stage {stage.name!r}"
+        if not isinstance(stage.name, str) or not _STAGE_NAME.fullmatch(stage.name):
+            raise ValueError(f"{where}: a stage name is letters, digits, '_' and '-'")
+        if stage.name in seen:
+            raise ValueError(f"{where}: two stages have this name")
+        for earlier in ([stage.init_from] if stage.init_from else []) + list(stage.frozen_inputs):
+            if earlier not in seen:
+                raise ValueError(f"{where}: {earlier!r} is not an earlier stage (earlier: {seen or 'none'})")
+        seen.append(stage.name)
+    return stages
+
+
 class AUMethod(nn.Module):
     """Base class of the four methods."""
 
@@ -68,6 +137,21 @@ class AUMethod(nn.Module):
         self.preset = preset
         weights = torch.ones(num_aus) if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights.clone(), persistent=False)
+        # Earlier stages' trained methods this stage reads (Stage.frozen_inputs), set by the engine.
+        # A plain dict, so they are not submodules: not trained, not saved with this method.
+        self.frozen_inputs: dict[str, AUMethod] = {}
+
+    @classmethod
+    def stages(cls, preset: Preset) -> list[Stage]:
+        """The stages of training with `preset` (run overrides applied), in order. Default: one."""
+        return [Stage(SINGLE_STAGE, preset)]
+
+    def init_from_stage(self, stage: str, source: "AUMethod") -> dict[str, Any]:
+        """Initialise this stage's method from the trained method of the earlier stage `stage`
+        (Stage.init_from). Returns a short report for the result. Default: every tensor, strictly
+        (the two stages have the same network)."""
+        self.load_state_dict(source.state_dict())
+        return {"loaded": len(self.state_dict())}
 
     def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> dict[str, torch.Tensor]:
         """Forward + losses of one batch. Returns {"loss": total, <part>: value, ...}; the engine

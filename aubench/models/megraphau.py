@@ -24,12 +24,15 @@ L = L_AU + lambda L_E, L_E the cross-entropy of the edge head against 2 y_i + y_
 ordered pair (self-pairs too, as the reference's label files); unknown labels (-1) count in
 neither (an edge with one unknown AU is skipped).
 
-Stages (model["stage"], 1 or 2; one class serves both). Stage 2 starts from stage 1's weights:
-`init_from_stage1(state_dict)` loads the backbone, projection, AFG and classifier (and their
-BatchNorm statistics) strictly and drops stage 1's GCN, as the reference's train_stage2.py
+Stages (model["stage"], 1 or 2; one class serves both). Registered as `megraphau`; the engine
+trains `MEGraphAU.stages(preset)`: "stage1" with `stage_preset(preset, 1)`, then "stage2" with
+`stage_preset(preset, 2)` (stage 2, stage-2 rate), initialised from stage 1, both with the run's
+epochs, batch and data; the stage-2 network is the one tested. Stage 2 starts from stage 1's
+weights: `init_from_stage1(state_dict)` loads the backbone, projection, AFG and classifier (and
+their BatchNorm statistics) strictly and drops stage 1's GCN, as the reference's train_stage2.py
 (load_state_dict(strict=False): the GCN's parameter names differ, so only the shared parts
 load). Nothing is frozen in either stage; each stage has a fresh AdamW and its own cosine
-schedule. `stage_preset(preset, 2)` gives a preset's stage-2 form (stage 2, stage-2 rate).
+schedule.
 
 Learning rates (`paper`, ResNet-50): stage 1 1e-4 (the repository README's BP4D ResNet-50
 stage-1 command, `-lr 0.0001`), stage 2 1e-5 (the README's stage-2 command passes no -lr, so
@@ -73,8 +76,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from aubench.models.backbones import create_backbone
-from aubench.models.base import AUMethod, Preset, TrainState
+from aubench.models.backbones import backbone_stride, create_backbone
+from aubench.models.base import AUMethod, Preset, Stage, TrainState, register_method
 from aubench.models.graph_head import LinearBlock, MEGraphHead, edge_labels, edge_loss, weighted_asymmetric_loss
 
 # The reference's K per dataset (config/BP4D_config.yaml, config/DISFA_config.yaml), by AU count.
@@ -144,12 +147,22 @@ def _tiny_preset() -> Preset:
                   weight_decay=1e-4, schedule="cosine", warmup_epochs=0, rotation=0.0, model=model)
 
 
+@register_method("megraphau")
 class MEGraphAU(AUMethod):
     """ME-GraphAU, one stage per instance (model["stage"]); see the module docstring."""
 
-    name = "megraphau"
     input_kind = "frame"
     presets = {"paper": _paper_preset(), "tiny": _tiny_preset()}
+
+    @classmethod
+    def stages(cls, preset: Preset) -> list[Stage]:
+        return [Stage("stage1", stage_preset(preset, 1)),
+                Stage("stage2", stage_preset(preset, 2), init_from="stage1")]
+
+    @classmethod
+    def min_image_size(cls, preset: Preset) -> int:
+        return backbone_stride(preset.model.get("backbone", _DEFAULTS["backbone"]), num_classes=0, global_pool="",
+                               **(preset.model.get("backbone_kwargs") or {}))
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
         super().__init__(num_aus, preset, class_weights)
@@ -187,6 +200,10 @@ class MEGraphAU(AUMethod):
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(batch["image"])["probs"].float()
+
+    def init_from_stage(self, stage: str, source: AUMethod) -> dict[str, Any]:
+        report = self.init_from_stage1(source.state_dict())
+        return {part: len(keys) for part, keys in report.items()}
 
     def init_from_stage1(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
         """Load a stage-1 MEGraphAU's state dict into this stage-2 one.
