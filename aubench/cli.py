@@ -74,7 +74,7 @@ def _list_of(item, what: str):
 
 def _condition(text: str) -> str:
     """An occlusion condition (none, patches:<ratio>, block:<ratio>), passed on as written."""
-    from aubench.engine.conditions import parse_condition
+    from aubench.data.occlusion import parse_condition
 
     try:
         parse_condition(text)
@@ -208,7 +208,7 @@ def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
 
 
 def cmd_train(args) -> int:
-    from aubench.engine.conditions import condition_name, parse_condition
+    from aubench.data.occlusion import condition_name, parse_condition
     from aubench.engine.evaluate import train_run
     from aubench.engine.run import protocol_name
 

@@ -326,7 +326,7 @@ def test_an_occlusion_sweep_trains_once_and_writes_one_result_per_condition(h5, 
     assert sorted(p.name for p in results.iterdir()) == sorted([plain.name, occluded.name])
     a, b = json.loads(plain.read_text()), json.loads(occluded.read_text())
     assert (a["protocol"], a["occlusion"]) == ("full", {"train": "none", "test": "none"})
-    assert (b["protocol"], b["occlusion"]) == ("full_test-patches0.5", {"train": "none", "test": "patches0.5"})
+    assert (b["protocol"], b["occlusion"]) == ("full", {"train": "none", "test": "patches0.5"})
     assert a["stages"] == b["stages"] and a["metrics"] != b["metrics"]
     run = out / "runs" / "megraphau" / "full" / "fold1"
     assert sum(r["event"] == "start" for r in events(run)) == 2         # trained once: one start per stage
@@ -351,7 +351,7 @@ def test_the_training_occlusion_belongs_to_the_run(h5, tmp_path, capsys):
             "32", "--batch-size", "8", "--epochs", "1", "--device", "cpu", "--no-progress"]
     assert main(base + ["--train-occlusion", "block:0.30"]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["protocol"] == "full_train-block0.3" and result["occlusion"] == {"train": "block0.3", "test": "none"}
+    assert result["protocol"] == "full" and result["occlusion"] == {"train": "block0.3", "test": "none"}
     assert result["config"]["train_occlusion"] == "block:0.3"
     capsys.readouterr()
     assert main(base + ["--resume"]) == 2

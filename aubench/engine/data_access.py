@@ -16,11 +16,6 @@ from aubench.errors import UserError
 from aubench.models.base import Preset
 
 
-# Test-time occlusion masks depend on (this seed, the item) only, not on the run's seed, so
-# every method is tested on the same occluded images.
-TEST_OCCLUSION_SEED = 0
-
-
 @dataclass
 class RunData:
     path: Path
@@ -69,7 +64,7 @@ class RunData:
                       labeled_only: bool = True, occlusion=None):
         """Frame methods are supervised: with `labeled_only` they train on the frames whose labels
         the protocol keeps (a stage that uses no labels passes False: every training frame).
-        `occlusion`: a parsed condition (aubench.engine.conditions), drawn afresh for every item."""
+        `occlusion`: a parsed condition (aubench.data.occlusion), drawn afresh for every item."""
         if input_kind == "clip":
             return ClipDataset(self.file, self.fold, "train", clip_len=preset.clip_len, label_ratio=label_ratio,
                                image_size=preset.image_size, augment=augment, normalize=False,
@@ -78,14 +73,14 @@ class RunData:
                             label_ratio=label_ratio, labeled_only=labeled_only, normalize=False, occlusion=occlusion)
 
     def test_dataset(self, input_kind: str, preset: Preset, occlusion=None):
-        """The test split; under `occlusion` every frame (clip) gets the same mask in every
-        evaluation, of every method and run (the masks are seeded per item by TEST_OCCLUSION_SEED)."""
-        seed = None if occlusion is None else TEST_OCCLUSION_SEED
+        """The test split; under `occlusion` every frame gets the same mask in every evaluation,
+        of every method and run (aubench.data.occlusion.frame_occlusion_mask: a function of the
+        frame's row and the condition only)."""
         if input_kind == "clip":
             return ClipDataset(self.file, self.fold, "test", clip_len=preset.clip_len, image_size=preset.image_size,
-                               normalize=False, occlusion=occlusion, seed=seed)
+                               normalize=False, occlusion=occlusion)
         return FrameDataset(self.file, self.fold, "test", image_size=preset.image_size, normalize=False,
-                            occlusion=occlusion, seed=seed)
+                            occlusion=occlusion)
 
 
 def open_dataset_file(path: str | Path) -> AUFile:

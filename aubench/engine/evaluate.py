@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from aubench.engine.conditions import condition_name
+from aubench.data.occlusion import condition_name
 from aubench.engine.identity import (MissingKey, differences_text, identity_differences, need,
                                      result_identity)
 from aubench.engine.trainer import (CHECKPOINT_NAME, RunConfig, check_stages_build, clear_run_files,
@@ -69,6 +69,13 @@ def condition_names(texts: list[str]) -> list[str]:
     return names
 
 
+def _run_name(result: dict[str, Any]) -> str:
+    """The protocol with the result's occlusion conditions, as in its file name ("full_test-patches0.5")."""
+    from aubench.engine.run import protocol_name
+
+    return protocol_name(result["label_ratio"], result["occlusion"]["train"], result["occlusion"]["test"])
+
+
 def _print_result(result: dict[str, Any], prefix: str) -> None:
     print(f"{prefix}: mean F1 {100 * result['mean_f1']:5.1f} "
           f"(all-positive {100 * result['metrics']['all_positive_mean_f1']:5.1f})", flush=True)
@@ -92,7 +99,7 @@ def train_run(config: RunConfig, test_occlusions: list[str] = ("none",)) -> list
         for path, result in zip(paths, results):
             write_json_atomic(path, result)
             m = result["metrics"]
-            print(f"{config.method} fold {config.fold} {result['protocol']}: mean F1 {100 * m['mean_f1']:.1f} "
+            print(f"{config.method} fold {config.fold} {_run_name(result)}: mean F1 {100 * m['mean_f1']:.1f} "
                   f"(all-positive {100 * m['all_positive_mean_f1']:.1f}); per AU: "
                   + ", ".join(f"{au} {100 * v:.1f}" for au, v in m["f1"].items()))
         print(f"results: {', '.join(map(str, paths))}   checkpoint: {Path(config.out) / CHECKPOINT_NAME}")
@@ -214,6 +221,6 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
             for (test, path), result in zip(todo.items(), results):
                 if env.is_main:
                     write_json_atomic(path, result)
-                    _print_result(result, f"{label} {result['protocol']:>10}")
+                    _print_result(result, f"{label} {_run_name(result):>10}")
         written += list(u.results.values())
     return written

@@ -28,7 +28,7 @@ def predict_test_split(method: AUMethod, data: RunData, preset: Preset, env: Dis
                        workers: int = 0, batch_size: int | None = None, progress: bool = False,
                        occlusion: tuple[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(test rows (T,), mean probabilities (T,U)) for every test frame, under `occlusion` (a
-    parsed condition, aubench.engine.conditions) when given."""
+    parsed condition, aubench.data.occlusion) when given."""
     dataset = data.test_dataset(method.input_kind, preset, occlusion)
     if env.distributed:
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=False)

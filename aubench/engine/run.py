@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from aubench.engine.conditions import condition_name
+from aubench.data.occlusion import condition_name
 from aubench.engine.trainer import RunConfig, Trainer, parse_occlusion_option
 from aubench.leaderboard import RESULT_SCHEMA
 
@@ -19,7 +19,7 @@ from aubench.leaderboard import RESULT_SCHEMA
 def protocol_name(label_ratio: float, train_occlusion: str = "none", test_occlusion: str = "none") -> str:
     """"full" with every training label, "sparse<r>" under the sparse-label protocol; then
     "_train-<condition>" / "_test-<condition>" when the training / test images are occluded
-    (condition names, aubench.engine.conditions: "full_test-patches0.5")."""
+    (condition names, aubench.data.occlusion: "full_test-patches0.5")."""
     name = "full" if label_ratio >= 1.0 else f"sparse{label_ratio:g}"
     if train_occlusion != "none":
         name += f"_train-{train_occlusion}"
@@ -69,7 +69,8 @@ def train_and_evaluate(config: RunConfig, bench: dict[str, Any] | None = None, s
             "method": config.method,
             "dataset": trainer.data.dataset,
             "fold": config.fold,
-            "protocol": protocol_name(config.label_ratio, train, test),
+            # the label protocol; the occlusion conditions have their own field (file names carry both)
+            "protocol": protocol_name(config.label_ratio),
             "label_ratio": config.label_ratio,
             "realised_label_ratio": training["labels"]["realised_label_ratio"],
             "occlusion": {"train": train, "test": test},

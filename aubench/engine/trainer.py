@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from aubench.data import normalize_images
 from aubench.engine.checkpoint import (capture_rng_state, is_checkpoint_payload, load_checkpoint,
                                        read_weights_file, restore_rng_state, save_checkpoint)
-from aubench.engine.conditions import condition_name, parse_condition
+from aubench.data.occlusion import condition_name, parse_condition
 from aubench.engine.data_access import RunData, open_run_data
 from aubench.engine.distributed import DistEnv, setup_distributed
 from aubench.engine.identity import differences_text, identity_differences, run_identity

@@ -68,6 +68,18 @@ Where this departs from the paper or the reference code:
   where the reference's strict=False would silently keep random weights.
 - Neighbours K for AU counts other than 12 and 8 have no reference value and must be given.
 - OpenGraphAU's dropout in the GatedGCN layers is not used (ME-GraphAU's own code has none).
+- K is chosen by the number of AUs, not by the dataset's name: a 12-AU file (BP4D, BP4D+) gets
+  BP4D's K = 4, an 8-AU file (DISFA) DISFA's K = 3. MAE-FAU (Sec. 4.3) uses K = 4 on both, 30
+  stage-1 epochs and batch 48; the `paper` preset follows the reference code instead.
+- One `paper` preset serves every dataset: its stage-2 rate (1e-5) and lambda (0.05) are the
+  README's BP4D ResNet-50 command; its DISFA Swin-B command (1e-6, lambda 0.01) has no preset.
+- The head width is a setting (512, the reference's value for ResNet-50 and Swin-B), not derived
+  from the backbone (the reference: channels / 4 for ResNet, / 2 for Swin); set it for others.
+- The top-K similarity is computed in fp32 even under mixed precision (bf16 would tie
+  neighbours); only the `dots` similarity of the reference's three (`dots`, `cosine`, `l1`;
+  `dots` its default) is offered.
+- The engine drops a last incomplete training batch (BatchNorm needs two samples); the reference
+  keeps it. Colour jitter applies brightness, contrast, saturation in a fixed order.
 """
 from __future__ import annotations
 
