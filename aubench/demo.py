@@ -66,10 +66,9 @@ def make_demo_dataset(out: Path, seed: int = 0) -> Path:
     generate("bp4d", raw, subjects=DEMO_SUBJECTS, tasks=list(DEMO_TASKS), frames=DEMO_FRAMES,
              frame_size=DEMO_FRAME_SIZE, seed=seed, progress=False, expressiveness=DEMO_EXPRESSIVENESS,
              workers=2)
-    tmp = out / "demo_bp4d.h5.partial"
-    convert("bp4d", raw, tmp, FrameOptions(image_size=DEMO_IMAGE_SIZE, crop="landmarks"),
+    # convert writes h5.partial and renames it when complete; a killed run resumes it
+    convert("bp4d", raw, h5, FrameOptions(image_size=DEMO_IMAGE_SIZE, crop="landmarks"),
             landmarks_dir=raw / "Landmarks", progress=False)
-    tmp.replace(h5)
     return h5
 
 

@@ -27,10 +27,9 @@ def make_dataset(out: Path, subjects: int, tasks: list[str], frames: int, seed: 
     raw = out / "raw_bp4d"
     generate("bp4d", raw, subjects=subjects, tasks=tasks, frames=frames, frame_size=(160, 200), seed=seed,
              progress=False, expressiveness=3.0, workers=2)
-    partial = out / "sweep_bp4d.h5.partial"
-    convert("bp4d", raw, partial, FrameOptions(image_size=64, crop="landmarks"),
+    # convert writes h5.partial and renames it when complete; a killed run resumes it
+    convert("bp4d", raw, h5, FrameOptions(image_size=64, crop="landmarks"),
             landmarks_dir=raw / "Landmarks", progress=False)
-    partial.replace(h5)
     return h5
 
 
