@@ -448,3 +448,16 @@ def test_build_rows_rejects_an_incomplete_record_passed_directly():
     r["_file"] = "x.json"
     with pytest.raises(UserError, match="x.json.*precision"):
         leaderboard.build_rows([r])
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    import os
+    from aubench.files import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "table.md", "x")
+        (tmp_path / "plain.md").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "table.md").stat().st_mode & 0o777 == (tmp_path / "plain.md").stat().st_mode & 0o777 == 0o644
