@@ -454,6 +454,28 @@ def occlusion_series(rows: list[dict]) -> list[dict]:
     return series
 
 
+
+def _line_plot(path: Path, lines: list[tuple], xlabel: str, log_x: bool = False) -> Path:
+    """Mean F1 against x, one line (label, xs, ys, yerr) per method; written to `path`."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, xs, ys, yerr in lines:
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean F1 (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def plot(rows: list[dict], path: str | Path) -> list[Path]:
     """A bar chart of per-AU F1 (one per dataset, protocol and test occlusion condition); when
     several label ratios exist, F1 against label ratio beside it (<name>_label_ratio<suffix>);
@@ -499,40 +521,18 @@ def plot(rows: list[dict], path: str | Path) -> list[Path]:
     for r in ratio_rows:
         by_method[(r["dataset"], _name(r) + _conditions_label(r))].append((r["label_ratio"], r["mean_f1"]))
     if any(len({ratio for ratio, _ in v}) > 1 for v in by_method.values()):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        lines = []
         for (dataset, method), points in sorted(by_method.items()):
             points.sort(key=lambda p: p[0])
-            ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points], yerr=[p[1]["std"] for p in points],
-                        marker="o", capsize=3, label=f"{method} ({dataset})")
-        ax.set_xscale("log")
-        ax.set_xlabel("label ratio")
-        ax.set_ylabel("mean F1 (%)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        ratio_path = path.with_name(path.stem + "_label_ratio" + path.suffix)
-        try:
-            _save(fig, ratio_path)
-        finally:
-            plt.close(fig)
-        written.append(ratio_path)
+            lines.append((f"{method} ({dataset})", [p[0] for p in points], [p[1]["mean"] for p in points],
+                          [p[1]["std"] for p in points]))
+        written.append(_line_plot(path.with_name(path.stem + "_label_ratio" + path.suffix), lines,
+                                  "label ratio", log_x=True))
 
     series = occlusion_series(rows)
     if len({x for line in series for x in line["x"]}) > 1:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for line in series:
-            label = f"{line['method']}, train {line['train']} ({line['dataset']}, {line['protocol']})"
-            ax.errorbar([100 * x for x in line["x"]], line["y"], yerr=line["yerr"], marker="o", capsize=3,
-                        label=label)
-        ax.set_xlabel("test occlusion: random patches (% of the image)")
-        ax.set_ylabel("mean F1 (%)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        occlusion_path = path.with_name(path.stem + "_occlusion" + path.suffix)
-        try:
-            _save(fig, occlusion_path)
-        finally:
-            plt.close(fig)
-        written.append(occlusion_path)
+        lines = [(f"{line['method']}, train {line['train']} ({line['dataset']}, {line['protocol']})",
+                  [100 * x for x in line["x"]], line["y"], line["yerr"]) for line in series]
+        written.append(_line_plot(path.with_name(path.stem + "_occlusion" + path.suffix), lines,
+                                  "test occlusion: random patches (% of the image)"))
     return written
