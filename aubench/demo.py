@@ -10,8 +10,8 @@
    Knowledge-Spreader is built for; frame methods train on the labeled frames only; ME-GraphAU
    trains both of its stages, 20 epochs each),
 4. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
-Sized to finish well within fifteen minutes on a 2-core CPU (ks, megraphau and resnet: 9 min 20 s
-measured on a shared 2-core machine, of which megraphau trained for about 40 s per fold).
+Sized to finish well within fifteen minutes on a 2-core CPU (ks, megraphau and resnet: 8 min 1 s
+from a fresh clone, install excluded).
 """
 from __future__ import annotations
 
