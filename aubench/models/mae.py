@@ -162,6 +162,25 @@ def paste_visible(reconstruction: torch.Tensor, images: torch.Tensor, mask: torc
 # Masks
 
 
+def occlusion_cells(pixel_mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """Bool (B, H / patch, W / patch) patch grid of a protocol pixel mask (B, H, W) or (H, W)
+    (`aubench.data.occlusion.occlusion_mask`, True = occluded). Each patch must be wholly
+    occluded or wholly visible, which holds when a patch is one cell of the 14 x 14 grid (both
+    presets); otherwise ValueError, as a patch-level mask would then be ambiguous."""
+    if pixel_mask.dim() == 2:
+        pixel_mask = pixel_mask.unsqueeze(0)
+    b, h, w = pixel_mask.shape
+    if h % patch or w % patch:
+        raise ValueError(f"occlusion mask {h} x {w} is not a whole number of {patch} px patches")
+    per_patch = pixel_mask.reshape(b, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4)
+    per_patch = per_patch.reshape(b, h // patch, w // patch, patch * patch)
+    cells = per_patch.all(dim=-1)
+    if not torch.equal(cells, per_patch.any(dim=-1)):
+        raise ValueError(f"occlusion mask has {patch} px patches that are only partly occluded: "
+                         "its cells are not the model's patches")
+    return cells
+
+
 def occlusion_token_masks(cells: torch.Tensor, generator: torch.Generator | None = None,
                           device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids_keep, ids_restore, mask) from protocol occlusion masks on the patch grid.
