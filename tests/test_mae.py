@@ -196,8 +196,8 @@ def official_layout(model):
         else:
             head, _, rest = key[len("decoder."):].partition(".")
             out[ours_to_official[head] + ("." + rest if rest else "")] = value.clone()
-    out["pos_embed"] = torch.randn(1, 197, model.encoder.dim)
-    out["decoder_pos_embed"] = torch.randn(1, 197, model.decoder.embed.out_features)
+    out["pos_embed"] = model.encoder.pos_embed.clone()  # the files hold the fixed tables too
+    out["decoder_pos_embed"] = model.decoder.pos_embed.clone()
     return out
 
 
@@ -240,6 +240,11 @@ def test_load_refuses_shape_mismatch_and_foreign_keys(tmp_path):
         mae.load_mae_weights(mae.build_mae("tiny"), path)
     torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(BackboneError, match="does not have"):
+        mae.load_mae_weights(mae.build_mae("tiny"), path)
+    weights = official_layout(mae.build_mae("tiny"))
+    weights["pos_embed"] = weights["pos_embed"] + 0.1 * torch.randn_like(weights["pos_embed"])
+    torch.save({"model": weights}, path)
+    with pytest.raises(BackboneError, match="pos_embed not MAE's fixed 2-D sin-cos table"):
         mae.load_mae_weights(mae.build_mae("tiny"), path)
     with pytest.raises(BackboneError, match="does not exist"):
         mae.load_mae_weights(mae.build_mae("tiny"), tmp_path / "none.pth")

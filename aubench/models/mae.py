@@ -362,7 +362,8 @@ def load_mae_weights(model: MaskedAutoencoder, path: str | Path) -> dict[str, li
     decoder keys) or timm's vit_base_patch16_224.mae state dict (encoder only).
 
     Every tensor in the file must map onto a tensor of the model with the same shape (else
-    BackboneError naming the file); the fixed position tables are skipped. Returns
+    BackboneError naming the file); the fixed position tables are skipped (recomputed here),
+    after checking they are MAE's sin-cos ones where their shape is ours. Returns
     {"loaded": [...], "missing": [...], "skipped": [...]} in our names ("missing": the model's
     tensors the file lacks, e.g. the whole decoder for an encoder-only file; they keep their
     initial values). A file that fills no encoder tensor is refused.
@@ -380,7 +381,7 @@ def load_mae_weights(model: MaskedAutoencoder, path: str | Path) -> dict[str, li
         raise BackboneError(f"{path}: not an MAE state dict (expected a mapping of names to tensors, "
                             "optionally under 'model')")
     own = model.state_dict()
-    mapped, skipped, unexpected, mismatched = {}, [], [], []
+    mapped, skipped, unexpected, mismatched, different = {}, [], [], [], []
     for key, value in weights.items():
         if not isinstance(value, torch.Tensor):
             continue
@@ -388,6 +389,11 @@ def load_mae_weights(model: MaskedAutoencoder, path: str | Path) -> dict[str, li
             key = key[len("module."):]
         ours = _our_name(key)
         if ours is None:
+            fixed = (model.encoder if key == "pos_embed" else model.decoder).pos_embed
+            # A table that is not MAE's sin-cos one (e.g. a fine-tuned learned one) would be
+            # silently dropped, and the weights used with the wrong positions: refuse it.
+            if value.shape == fixed.shape and (value.float() - fixed).abs().max() > 1e-4:
+                different.append(key)
             skipped.append(key)
         elif ours not in own:
             unexpected.append(key)
@@ -400,6 +406,8 @@ def load_mae_weights(model: MaskedAutoencoder, path: str | Path) -> dict[str, li
         problems.append(f"{len(mismatched)} shape mismatches (first: {mismatched[0]})")
     if unexpected:
         problems.append(f"{len(unexpected)} tensors the model does not have (first: {unexpected[0]})")
+    if different:
+        problems.append(f"{', '.join(different)} not MAE's fixed 2-D sin-cos table")
     if not problems and not any(k.startswith("encoder.") for k in mapped):
         problems.append("no encoder tensor")
     if problems:
