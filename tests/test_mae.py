@@ -155,6 +155,10 @@ def test_forward_loss_and_gradients_reach_every_parameter():
     masks = tiny_masks(2, 0.5)
     _, _, mask_given = model(images, masks=masks)
     assert mask_given is masks[2]
+    repeated = masks[0].clone()
+    repeated[0, 1] = repeated[0, 0]
+    with pytest.raises(ValueError, match="ids_keep"):
+        model(images, masks=(repeated, masks[1], masks[2]), validate=True)
 
 
 def test_occlusion_mask_maps_to_masked_tokens():

@@ -316,13 +316,15 @@ class MaskedAutoencoder(nn.Module):
 
     def forward(self, images: torch.Tensor, mask_ratio: float = 0.75,
                 masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                generator: torch.Generator | None = None):
+                generator: torch.Generator | None = None, validate: bool = False):
+        """Given masks are trusted (validate=False) as they should come from the mask makers;
+        pass validate=True for hand-made ones (a bad index is then a ValueError naming it)."""
         if masks is None:
             masks = random_masking(images.shape[0], self.encoder.num_patches, mask_ratio,
                                    generator, device=images.device)
         ids_keep, ids_restore, mask = masks
-        latent = self.encoder(images, ids_keep)
-        pred = self.decoder(latent, ids_restore)
+        latent = self.encoder(images, ids_keep, validate=validate)
+        pred = self.decoder(latent, ids_restore, validate=validate)
         loss = mae_loss(pred, images, mask, self.norm_pix_loss, self.patch_size)
         return loss, pred, mask
 
