@@ -18,6 +18,10 @@ Presets (`MAE_PRESETS`, `build_mae`): "paper" is ViT-B/16 at 224 px with MAE's d
 8 blocks, 16 heads); "tiny" is a 56 px ViT with 4 px patches, so that, like 16 px patches at
 224 px, one patch is exactly one cell of the occlusion protocol's 14 x 14 grid.
 
+Departure from MAE: the encoder keeps timm's initialisation (MAE re-initialises every linear
+xavier-uniform and the patch projection as a linear); the decoder follows MAE's. This only
+matters when training from scratch; MAE-FAU starts from pretrained MAE weights.
+
 Index tensors follow `aubench.ops.masking`: ids_keep (B, L_keep), ids_restore (B, L), mask (B, L)
 float (1 = masked). Positions are row-major on the patch grid, as the occlusion cells are.
 """
