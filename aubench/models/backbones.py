@@ -62,6 +62,18 @@ def _classifier_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def weight_problems(mismatched: list[str], missing: list[str], unexpected: list[str]) -> list[str]:
+    """What a weights file gets wrong about a model, one phrase per kind, each with its first case."""
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches (first: {mismatched[0]})")
+    if missing:
+        problems.append(f"{len(missing)} tensors missing from the file (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors the model does not have (first: {unexpected[0]})")
+    return problems
+
+
 def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
     """Load a local timm/torchvision state dict into `model`.
 
@@ -92,13 +104,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
     unexpected = [k for k in weights if k not in own]
     missing = [k for k in own if k not in weights and not is_classifier(k)
                and not k.endswith("num_batches_tracked")]
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches (first: {mismatched[0]})")
-    if missing:
-        problems.append(f"{len(missing)} tensors missing from the file (first: {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} tensors the model does not have (first: {unexpected[0]})")
+    problems = weight_problems(mismatched, missing, unexpected)
     if problems:
         raise BackboneError(f"{path} does not match backbone {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(weights, strict=False)

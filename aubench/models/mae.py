@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import Block
 
-from aubench.models.backbones import BackboneError, create_backbone
+from aubench.models.backbones import BackboneError, create_backbone, weight_problems
 from aubench.ops.masking import _masks_from_order, random_masking
 from aubench.ops.token_gather import gather_tokens, restore_tokens
 
@@ -407,11 +407,7 @@ def load_mae_weights(model: MaskedAutoencoder, path: str | Path) -> dict[str, li
             mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[ours].shape)}")
         else:
             mapped[ours] = value
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches (first: {mismatched[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} tensors the model does not have (first: {unexpected[0]})")
+    problems = weight_problems(mismatched, [], unexpected)
     if different:
         problems.append(f"{', '.join(different)} not MAE's fixed 2-D sin-cos table")
     if not problems and not any(k.startswith("encoder.") for k in mapped):
