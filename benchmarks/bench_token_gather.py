@@ -104,3 +104,36 @@ def test_restore_tokens(benchmark, device, mask_ratio, impl):
             synchronize(device)
 
     benchmark(step)
+
+
+# The MAE encoder's masked path end to end (patch embedding, gather, blocks; forward + backward),
+# with its gather done by the op ("aubench") or by MAE's torch.gather with an expanded index
+# ("torch.gather", swapped into the same encoder code). Tiny and ViT-B/16 encoders (MAE-FAU's
+# `tiny` and `paper`); the gather is a small part of the encoder, so expect a ratio near 1.
+ENCODERS = {"tiny": dict(name="vit_tiny_patch16_224", image_size=56, patch_size=4, batch=32,
+                         kwargs=dict(embed_dim=64, depth=2, num_heads=2)),
+            "vitb16": dict(name="vit_base_patch16_224", image_size=224, patch_size=16, batch=8, kwargs={})}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+@pytest.mark.parametrize("impl", ["aubench", "torch.gather"])
+def test_mae_encoder_masked_path(benchmark, monkeypatch, device, encoder, impl):
+    import aubench.models.mae as mae
+
+    spec = ENCODERS[encoder]
+    torch.manual_seed(0)
+    model = mae.MAEEncoder(spec["name"], spec["image_size"], spec["patch_size"], **spec["kwargs"]).to(device)
+    images = torch.randn(spec["batch"], 3, spec["image_size"], spec["image_size"], device=device)
+    ids_keep, _, _ = random_masking(spec["batch"], model.num_patches, 0.5,
+                                    generator=torch.Generator(device).manual_seed(0))
+    if impl == "torch.gather":
+        monkeypatch.setattr(mae, "gather_tokens", lambda x, ids, validate=False: reference.gather_tokens(x, ids))
+    benchmark.group = f"MAE encoder {encoder} fwd+bwd B{spec['batch']} mask0.5 {device}"
+    benchmark.extra_info["impl"] = impl
+
+    def step():
+        model(images, ids_keep).sum().backward()
+        synchronize(device)
+
+    benchmark.pedantic(step, rounds=5 if encoder == "vitb16" else 20, warmup_rounds=1)

@@ -336,6 +336,15 @@ class MaskedAutoencoder(nn.Module):
         """The de-artifacted image for the FAU detection module (`paste_visible`)."""
         return paste_visible(pred, images, mask, self.patch_size, norm_pix=self.norm_pix_loss)
 
+    def inpaint(self, images: torch.Tensor,
+                masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Occluded images in, reconstructed images out: the encoder sees the kept patches only,
+        the decoder fills the masked ones, the visible patches are pasted back from `images`
+        (MAE-FAU Section 3.1). No loss: the masked pixels of `images` are occluded, not targets."""
+        ids_keep, ids_restore, mask = masks
+        pred = self.decoder(self.encoder(images, ids_keep), ids_restore)
+        return self.reconstruct(images, pred, mask)
+
 
 def build_mae(preset: str = "paper", **overrides: Any) -> MaskedAutoencoder:
     """A MaskedAutoencoder from `MAE_PRESETS` ("paper" or "tiny"), with keyword overrides."""

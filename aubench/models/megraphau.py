@@ -218,31 +218,39 @@ class MEGraphAU(AUMethod):
         return {part: len(keys) for part, keys in report.items()}
 
     def init_from_stage1(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
-        """Load a stage-1 MEGraphAU's state dict into this stage-2 one.
-
-        Every tensor the two stages share (backbone, projection, AFG, classifier, BatchNorm
-        statistics included) must be in `state_dict` with its shape; stage 1's GCN is dropped.
-        Returns {"loaded": shared keys, "new": this stage's own keys (GEM, GatedGCN, edge head),
-        "dropped": stage 1's own keys}. Raises ValueError for a missing, misshapen or unknown key.
-        """
+        """Load a stage-1 MEGraphAU's state dict into this stage-2 one (`load_stage1_weights`)."""
         if self.stage != 2:
             raise ValueError("megraphau: init_from_stage1 is for a stage-2 model")
+        return load_stage1_weights(self, state_dict, "megraphau")
 
-        def own_part(key: str, stage: int) -> bool:
-            return any(key.startswith(f"net.head.{part}.") for part in MEGraphHead.STAGE_PARTS[stage])
 
-        own = self.state_dict()
-        shared = [k for k in own if not own_part(k, 2)]
-        new = [k for k in own if own_part(k, 2)]
-        dropped = [k for k in state_dict if own_part(k, 1)]
-        missing = [k for k in shared if k not in state_dict]
-        unknown = [k for k in state_dict if k not in shared and k not in dropped]
-        mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-                      for k in shared if k in state_dict and state_dict[k].shape != own[k].shape]
-        problems = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
-                    (("missing tensors", missing), ("shape mismatches", mismatched),
-                     ("tensors that are not stage 1's", unknown)) if keys]
-        if problems:
-            raise ValueError("megraphau: not a stage-1 state dict of this model: " + "; ".join(problems))
-        self.load_state_dict({k: state_dict[k] for k in shared}, strict=False)
-        return {"loaded": shared, "new": new, "dropped": dropped}
+def load_stage1_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                        name: str) -> dict[str, list[str]]:
+    """Load a stage-1 model's state dict into the stage-2 `model` whose ME-GraphAU head is at
+    `net.head` (MEGraphAU, or a method that wraps the same network with more parts).
+
+    Every tensor the two stages share (backbone, projection, AFG, classifier, BatchNorm
+    statistics included, and any other part of `model`) must be in `state_dict` with its shape;
+    stage 1's GCN is dropped. Returns {"loaded": shared keys, "new": this stage's own keys (GEM,
+    GatedGCN, edge head), "dropped": stage 1's own keys}. Raises ValueError naming `name` for a
+    missing, misshapen or unknown key.
+    """
+
+    def own_part(key: str, stage: int) -> bool:
+        return any(key.startswith(f"net.head.{part}.") for part in MEGraphHead.STAGE_PARTS[stage])
+
+    own = model.state_dict()
+    shared = [k for k in own if not own_part(k, 2)]
+    new = [k for k in own if own_part(k, 2)]
+    dropped = [k for k in state_dict if own_part(k, 1)]
+    missing = [k for k in shared if k not in state_dict]
+    unknown = [k for k in state_dict if k not in shared and k not in dropped]
+    mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in shared if k in state_dict and state_dict[k].shape != own[k].shape]
+    problems = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
+                (("missing tensors", missing), ("shape mismatches", mismatched),
+                 ("tensors that are not stage 1's", unknown)) if keys]
+    if problems:
+        raise ValueError(f"{name}: not a stage-1 state dict of this model: " + "; ".join(problems))
+    model.load_state_dict({k: state_dict[k] for k in shared}, strict=False)
+    return {"loaded": shared, "new": new, "dropped": dropped}

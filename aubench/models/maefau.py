@@ -1,0 +1,384 @@
+"""MAE-FAU: occlusion-robust AU detection by mining the latent space of a masked autoencoder.
+
+Jiang, Wang, McKeown, Wang, "Occlusion-Robust FAU Recognition by Mining Latent Space of Masked
+Autoencoders". Registered as `maefau` (the teacher and the student) and `megraphau-recon` (the
+paper's "ME-GraphAU ... reconstructed" baseline). The MAE reconstruction module is
+aubench.models.mae, the FAU detection module is ME-GraphAU's network (aubench.models.megraphau,
+aubench.models.graph_head).
+
+Network parts (one class, `MAEFAU`, builds the part its stage names in model["part"]):
+- "mae" (Section 3.1): the masked autoencoder, a timm ViT encoder that sees only the visible
+  tokens (`aubench.ops.gather_tokens`), a decoder that puts a learned mask token at the masked
+  positions (`aubench.ops.restore_tokens`), fixed 2-D sin-cos position embeddings, the
+  reconstruction loss of Eq. 1 on the masked patches only.
+- "teacher" (Sections 3.1-3.2): the occluded face -> the MAE, its mask the occluded patches
+  (the protocol's occlusion cells are the ViT's patches: a 14 x 14 grid, 16 px at 224, 4 px at
+  56) -> visible patches pasted back from the input (the de-artifacting step) -> the ME-GraphAU
+  detection module (backbone, per-token projection, AU feature generators, stage 1: top-K graph
+  + GCN; stage 2: GEM edge features, GatedGCN, edge head; cosine classifier). Loss: Eq. 4-5
+  (probability shifting by a margin m on the negative term, focusing power gamma, class weights
+  from the fold's training labels), plus lambda L_E (Eq. 9-10) in stage 2.
+- "student" (Section 3.3): every patch of the occluded image (occluded pixels as they are, no
+  mask positions anywhere) -> the MAE encoder with its position embeddings -> the feature
+  alignment (the cls token dropped, the 14 x 14 token grid average-pooled 2 x 2 to 7 x 7, the
+  downsampling layer, then two per-token fully connected LinearBlocks to the head width) -> the
+  ME-GraphAU stage-2 head. Loss Eq. 14: L_AU + lambda L_E + alpha (L_kd^AU + beta L_kd^edge),
+  Eq. 11 (`au_distillation_loss`) and Eq. 12 (`edge_distillation_loss`) against the frozen
+  teacher's outputs on the same occluded image. The teacher reads the batch's occlusion masks;
+  the student never does.
+
+Stages (`MAEFAU.stages`, the engine's multi-stage mechanism):
+  mae      uses no labels, clean images (Stage.occluded False), MAE's own random masking
+           (ratio model["mae_mask_ratio"], 0.75 as MAE), --pretrained loads MAE weights here
+  teacher1 ME-GraphAU stage 1 on reconstructed occluded faces; the MAE from `mae`, frozen
+  teacher2 ME-GraphAU stage 2, initialised from teacher1 (GCN dropped, as ME-GraphAU), MAE frozen;
+           tested as the leaderboard row `maefau-teacher`
+  student  encoder from teacher2's MAE encoder, AFG / GEM / GatedGCN / classifier / edge head
+           from teacher2's head (the paper: "the AU-specific feature generation and graph
+           learning components ... can be seamlessly adopted"), the alignment new; teacher2
+           frozen (Stage.frozen_inputs); tested as the row `maefau-student`
+Images are occluded by the preset's training occlusion (50% random patches; `--train-occlusion
+block:0.3` for the paper's block setting) in every stage but `mae`. `--epochs E` sets teacher
+stage 1's epochs; the other stages keep the preset's proportions (model["stage_epochs"],
+fractions of E, rounded, at least 1).
+
+`megraphau-recon` (Tables 2-3, "ME-GraphAU: 50% random mask reconstructed"): the same `mae`
+stage, then ME-GraphAU stages 1 and 2 trained on clean faces (every stage Stage.occluded False,
+the MAE carried along frozen and unused in training); at test time an occluded face is
+reconstructed by the MAE (its occluded patches masked, the visible ones pasted back) and then
+detected, exactly the teacher's test path. Trained clean, so it has no training occlusion.
+
+Presets: `paper` = Section 4.3 on BP4D: MAE ViT-B/16 (decoder 512 x 8, 16 heads) at 224 px,
+ME-GraphAU with Swin-B (drop path 0.5, as ME-GraphAU's code), head width 512, AdamW (0.9, 0.999)
+weight decay 5e-4, batch 48, K = 4, lambda 0.01, T = 2, alpha = 1, beta = 0.1, teacher 30 + 20
+epochs at 1e-4 / 1e-6, student 10 epochs at 1e-5. `paper-disfa` = the same with DISFA's rates
+(7.5e-5 / 1e-5, student 1e-5). `tiny` = the same architecture for a CPU: a 56 px face, a ViT
+with 4 px patches (one patch per occlusion cell, as at 224 px), 64 wide, 2 blocks; a decoder
+32 wide, 1 block; the quarter-width ResNet-18 of ME-GraphAU's tiny preset as detection backbone.
+
+Where this departs from the paper, and why:
+- The paper does not give m or gamma of Eq. 4-5: we use gamma = 1 (ME-GraphAU's loss, which
+  the paper says it extends) and m = 0.05 (the asymmetric loss's default clip [37]). Eq. 5
+  writes log(p^m) in the positive term too; we shift negatives only, as the asymmetric loss
+  [37] that Eq. 4 cites does (with the shift on positives, a positive with p < m would have
+  log 0).
+- Eq. 1 is the plain pixel L2 on the masked patches, and the teacher pastes the predicted
+  pixels into the face: our default predicts pixels (norm_pix_loss False). The official MAE's
+  per-patch normalised targets (norm_pix_loss True, a model setting) lose each masked patch's
+  mean and contrast, which cannot be recovered at test time without the occluded pixels.
+- The paper does not say how the MAE is fine-tuned on faces (its sentence on it is cut short),
+  nor whether the AU loss reaches the MAE. Here the MAE is fine-tuned first, alone, with MAE's
+  recipe (random masking 0.75, weight decay 0.05, lr 1.5e-4 x batch / 256; AdamW's betas stay
+  (0.9, 0.999), the engine's), for a third of teacher stage 1's epochs, and then kept frozen in
+  the teacher stages (Eq. 10 has no reconstruction term to keep it a reconstruction).
+- D_KL(a, b) in Eq. 11-12 is read as the divergence of the student's a from the teacher's b,
+  KL(b || a), the direction of the logit distillation the paper cites [29]. Eq. 11 and 12 are
+  averaged over frames and AUs / edges; labels play no part in them.
+- The feature alignment's layers are our choice within the paper's words ("a downsampling
+  layer and multiple fully connected layers"): 2 x 2 average pooling, two LinearBlocks.
+- Occluded patches are masked; when the images of a batch have different numbers of occluded
+  patches (blocks of slightly different areas), random visible patches are masked too until
+  all have as many (the encoder takes one number of tokens per batch); in evaluation that draw
+  is seeded by the batch's frame rows, so results repeat.
+- The ImageNet initialisation of the MAE and of the detection backbone loads only from local
+  files (--pretrained: MAE weights for the `mae` stage; model["backbone_pretrained_path"]: the
+  detection backbone); without them both start from random weights (results say so).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aubench.data.occlusion import GRID_CELLS
+from aubench.models.backbones import create_backbone
+from aubench.models.base import AUMethod, Preset, Stage, TrainState, register_method
+from aubench.models.graph_head import LinearBlock, MEGraphHead, edge_labels, edge_loss, weighted_asymmetric_loss
+from aubench.models.mae import (MAE_PRESETS, MAEEncoder, MaskedAutoencoder, load_mae_weights, mae_loss,
+                                occlusion_cells, occlusion_token_masks)
+from aubench.models.megraphau import DEFAULT_NEIGHBOURS, MEGraphAUNet, load_stage1_weights
+from aubench.ops.masking import random_masking
+
+PARTS = ("mae", "teacher", "student")
+
+_DEFAULTS: dict[str, Any] = {
+    "part": "student",              # which network this stage trains (set by stages())
+    "stage": 2,                     # the teacher's ME-GraphAU stage, 1 or 2
+    # MAE reconstruction module
+    "mae": "paper",                 # aubench.models.mae.MAE_PRESETS entry
+    "pretrained_path": None,        # MAE weights (official or timm layout), first stage only
+    "mae_mask_ratio": 0.75,
+    "norm_pix_loss": False,
+    # FAU detection module (ME-GraphAU)
+    "backbone": "swin_base_patch4_window7_224", "backbone_kwargs": {"drop_path_rate": 0.5},
+    "backbone_pretrained_path": None,
+    "width": 512, "neighbours": None, "gnn_layers": 2,
+    # losses
+    "lambda": 0.01, "gamma": 1.0, "margin": 0.05, "temperature": 2.0, "alpha": 1.0, "beta": 0.1,
+    # student feature alignment
+    "align_pool": 2,
+    # stages: epochs as fractions of Preset.epochs (teacher stage 1's), learning rates
+    "stage_epochs": {"mae": 1 / 3, "teacher1": 1.0, "teacher2": 2 / 3, "student": 1 / 3},
+    "stage_lr": {"mae": 1.5e-4 * 48 / 256, "teacher2": 1e-6, "student": 1e-5},  # teacher1: Preset.lr
+    "mae_weight_decay": 0.05,
+    "augment": True,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def au_distillation_loss(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
+                         eps: float = 1e-6) -> torch.Tensor:
+    """Eq. 11: per-AU two-way KL, KL(p_t || p_s) + KL(1 - p_t || 1 - p_s), averaged over frames
+    and AUs. Probabilities are clamped to [eps, 1 - eps] (both heads can output exactly 0)."""
+    ps = student_probs.float().clamp(eps, 1 - eps)
+    pt = teacher_probs.float().clamp(eps, 1 - eps)
+    kl = pt * (pt.log() - ps.log()) + (1 - pt) * ((1 - pt).log() - (1 - ps).log())
+    return kl.mean()
+
+
+def edge_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                           temperature: float) -> torch.Tensor:
+    """Eq. 12: T^2 KL(softmax(z_t / T) || softmax(z_s / T)) per edge, averaged over frames and
+    edges; logits (B, E, 4)."""
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)
+    return temperature ** 2 * kl.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+class FeatureAlignment(nn.Module):
+    """MAE latent tokens (B, 1 + gh * gw, D) -> face tokens (B, gh/p * gw/p, width): the cls
+    token dropped, p x p average pooling over the token grid (the downsampling layer), two
+    per-token LinearBlocks (the fully connected layers)."""
+
+    def __init__(self, dim: int, grid: tuple[int, int], width: int, pool: int = 2):
+        super().__init__()
+        if grid[0] % pool or grid[1] % pool:
+            raise ValueError(f"feature alignment: a {grid[0]} x {grid[1]} token grid does not pool by {pool}")
+        self.grid = grid
+        self.pool = nn.AvgPool2d(pool)
+        self.fc = nn.Sequential(LinearBlock(dim, width), LinearBlock(width, width))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        tokens = latent[:, 1:]
+        b, length, dim = tokens.shape
+        grid = tokens.transpose(1, 2).reshape(b, dim, *self.grid)
+        return self.fc(self.pool(grid).flatten(2).transpose(1, 2))
+
+
+def _stage_preset(preset: Preset, stage_name: str, part: str, **model: Any) -> Preset:
+    """The preset of one stage: its epochs (a fraction of preset.epochs), learning rate, weight
+    decay and model settings."""
+    cfg = {**_DEFAULTS, **preset.model}
+    fractions, rates = cfg["stage_epochs"], cfg["stage_lr"]
+    key = {"stage1": "teacher1", "stage2": "teacher2"}.get(stage_name, stage_name)
+    epochs = max(1, round(preset.epochs * fractions[key]))
+    lr = preset.lr if key == "teacher1" else rates[key]
+    weight_decay = cfg["mae_weight_decay"] if part == "mae" else preset.weight_decay
+    return Preset(**{**preset.__dict__, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
+                     "model": {**preset.model, "part": part, **model}})
+
+
+def _paper_preset(name: str = "paper", rates: tuple[float, float, float] = (1e-4, 1e-6, 1e-5)) -> Preset:
+    teacher1, teacher2, student = rates
+    model = dict(_DEFAULTS, stage_lr={**_DEFAULTS["stage_lr"], "teacher2": teacher2, "student": student})
+    return Preset(name=name, image_size=224, epochs=30, batch_size=48, optimizer="adamw", lr=teacher1,
+                  weight_decay=5e-4, schedule="cosine", warmup_epochs=0, rotation=0.0,
+                  train_occlusion="patches:0.5", model=model)
+
+
+def _tiny_preset() -> Preset:
+    # 56 px = 14 cells of 4 px: one ViT patch per occlusion cell. The detection backbone is
+    # ME-GraphAU's tiny one (quarter-width ResNet-18, 2 x 2 tokens at 56 px). Rates as the other
+    # tiny presets (2e-3; stage 2 and the student at a quarter), untuned; the MAE from scratch
+    # needs far more than MAE's fine-tuning rate, and more of the budget than at `paper`.
+    model = dict(_DEFAULTS, mae="tiny", backbone="resnet18",
+                 backbone_kwargs={"channels": (16, 32, 64, 128), "stem_width": 16}, width=32,
+                 stage_epochs={"mae": 1.0, "teacher1": 1.0, "teacher2": 0.5, "student": 0.5},
+                 stage_lr={"mae": 1e-3, "teacher2": 5e-4, "student": 5e-4})
+    return Preset(name="tiny", image_size=56, epochs=8, batch_size=16, optimizer="adamw", lr=2e-3,
+                  weight_decay=1e-4, schedule="cosine", warmup_epochs=0, rotation=0.0,
+                  train_occlusion="patches:0.5", model=model)
+
+
+@register_method("maefau")
+class MAEFAU(AUMethod):
+    """One stage of MAE-FAU (model["part"]: "mae", "teacher" or "student"); see the module docstring."""
+
+    input_kind = "frame"
+    presets = {"paper": _paper_preset(), "paper-disfa": _paper_preset("paper-disfa", (7.5e-5, 1e-5, 1e-5)),
+               "tiny": _tiny_preset()}
+
+    @classmethod
+    def stages(cls, preset: Preset) -> list[Stage]:
+        return [
+            Stage("mae", _stage_preset(preset, "mae", "mae"), uses_labels=False, occluded=False),
+            Stage("teacher1", _stage_preset(preset, "teacher1", "teacher", stage=1), init_from="mae",
+                  frozen=("mae",)),
+            Stage("teacher2", _stage_preset(preset, "teacher2", "teacher", stage=2), init_from="teacher1",
+                  frozen=("mae",), row="teacher"),
+            Stage("student", _stage_preset(preset, "student", "student"), init_from="teacher2",
+                  frozen_inputs=("teacher2",), row="student"),
+        ]
+
+    @classmethod
+    def min_image_size(cls, preset: Preset) -> int:
+        return GRID_CELLS * _mae_settings(preset)["patch_size"]
+
+    def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
+        super().__init__(num_aus, preset, class_weights)
+        unknown = sorted(set(preset.model) - set(_DEFAULTS))
+        if unknown:
+            raise ValueError(f"{self._name()}: unknown model settings {unknown}; known: {sorted(_DEFAULTS)}")
+        cfg = {**_DEFAULTS, **preset.model}
+        if cfg["part"] not in PARTS:
+            raise ValueError(f"{self._name()}: model setting part must be one of {', '.join(PARTS)}, got {cfg['part']!r}")
+        if cfg["stage"] not in (1, 2):
+            raise ValueError(f"{self._name()}: model setting stage must be 1 or 2, got {cfg['stage']!r}")
+        mae = _mae_settings(preset)
+        if preset.image_size != GRID_CELLS * mae["patch_size"]:
+            raise ValueError(f"image size {preset.image_size} is not {GRID_CELLS} ViT patches of {mae['patch_size']} "
+                             f"px: the occlusion grid's cells must be the MAE's patches (use "
+                             f"{GRID_CELLS * mae['patch_size']})")
+        neighbours = cfg["neighbours"]
+        if neighbours is None and cfg["part"] == "teacher" and cfg["stage"] == 1:
+            if num_aus not in DEFAULT_NEIGHBOURS:
+                raise ValueError(f"{self._name()}: no default number of graph neighbours for {num_aus} AUs "
+                                 f"(4 for 12, 3 for 8); set the model setting neighbours")
+            neighbours = DEFAULT_NEIGHBOURS[num_aus]
+        self.cfg = {**cfg, "neighbours": neighbours}
+        self.part = cfg["part"]
+        self.patch_size = mae["patch_size"]
+        width = int(cfg["width"])
+        if self.part in ("mae", "teacher"):
+            self.mae = MaskedAutoencoder(**mae)
+            if self.part == "mae" and cfg["pretrained_path"] is not None:
+                self.weights_report = load_mae_weights(self.mae, cfg["pretrained_path"])
+        if self.part == "teacher":
+            backbone = create_backbone(cfg["backbone"], cfg["backbone_pretrained_path"], num_classes=0,
+                                       global_pool="", **cfg["backbone_kwargs"])
+            self.net = MEGraphAUNet(backbone, num_aus, width, cfg["stage"], neighbours, int(cfg["gnn_layers"]))
+        if self.part == "student":
+            self.encoder = MAEEncoder(mae["encoder_name"], mae["image_size"], mae["patch_size"],
+                                      **mae.get("encoder_kwargs", {}))
+            self.align = FeatureAlignment(self.encoder.dim, self.encoder.grid, width, int(cfg["align_pool"]))
+            self.head = MEGraphHead(width, num_aus, 2, None, int(cfg["gnn_layers"]))
+
+    def _name(self) -> str:
+        return self.name or "maefau"
+
+    # -- the teacher's input: the MAE's reconstruction of the occluded face ---------------------
+    def token_masks(self, batch: dict[str, torch.Tensor]):
+        """(ids_keep, ids_restore, mask) of the batch's occlusion (its occluded patches masked),
+        or None when no pixel is occluded (then the reconstruction would be the input itself)."""
+        pixels = batch.get("occlusion")
+        if pixels is None or not bool(pixels.any()):
+            return None
+        cells = occlusion_cells(pixels, self.patch_size)
+        generator = None
+        if not self.training:  # the top-up draw repeats in every evaluation
+            generator = torch.Generator(device=cells.device).manual_seed(int(batch["index"].reshape(-1)[0]))
+        return occlusion_token_masks(cells, generator, device=cells.device)
+
+    def detection_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher's detection module input: the face with its occluded patches reconstructed."""
+        masks = self.token_masks(batch)
+        if masks is None:
+            return batch["image"]
+        return self.mae.inpaint(batch["image"], masks)
+
+    def outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"probs", ["edge_logits"]} of the teacher or the student on the batch's (occluded) images."""
+        if self.part == "teacher":
+            return self.net(self.detection_input(batch))
+        if self.part == "student":
+            return self.head(self.align(self.encoder(batch["image"])))  # every patch, no mask
+        raise ValueError(f"{self._name()}: the MAE stage detects no AUs")
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> dict[str, torch.Tensor]:
+        if self.part == "mae":
+            images = batch["image"]
+            masks = random_masking(images.shape[0], self.mae.encoder.num_patches, self.cfg["mae_mask_ratio"],
+                                   device=images.device)
+            loss, _, _ = self.mae(images, masks=masks)
+            return {"loss": loss, "reconstruction": loss.detach()}
+        cfg, labels = self.cfg, batch["label"]
+        out = self.outputs(batch)
+        au = weighted_asymmetric_loss(out["probs"], labels, self.class_weights, gamma=cfg["gamma"],
+                                      margin=cfg["margin"])
+        parts = {"au": au.detach()}
+        loss = au
+        if "edge_logits" in out:
+            edge = edge_loss(out["edge_logits"], edge_labels(labels))
+            loss = loss + cfg["lambda"] * edge
+            parts["edge"] = edge.detach()
+        if self.part == "student":
+            teacher = self.frozen_inputs["teacher2"]
+            with torch.no_grad():
+                target = teacher.outputs(batch)
+            kd_au = au_distillation_loss(out["probs"], target["probs"])
+            kd_edge = edge_distillation_loss(out["edge_logits"], target["edge_logits"], cfg["temperature"])
+            loss = loss + cfg["alpha"] * (kd_au + cfg["beta"] * kd_edge)
+            parts.update(kd_au=kd_au.detach(), kd_edge=kd_edge.detach())
+        return {"loss": loss, **parts}
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.outputs(batch)["probs"].float()
+
+    def inference_model(self) -> nn.Module:
+        return self  # the teacher's MAE runs at test time too
+
+    # -- stage initialisation ----------------------------------------------------------------------
+    def init_from_stage(self, stage: str, source: AUMethod) -> dict[str, Any]:
+        if self.part == "teacher" and source.part == "mae":
+            self.mae.load_state_dict(source.mae.state_dict())
+            return {"mae": len(source.mae.state_dict())}
+        if self.part == "teacher" and source.part == "teacher":
+            report = load_stage1_weights(self, source.state_dict(), self._name())
+            return {part: len(keys) for part, keys in report.items()}
+        if self.part == "student" and source.part == "teacher":
+            self.encoder.load_state_dict(source.mae.encoder.state_dict())
+            self.head.load_state_dict(source.net.head.state_dict())
+            return {"encoder": len(self.encoder.state_dict()), "head": len(self.head.state_dict()),
+                    "new": len(self.align.state_dict())}
+        raise ValueError(f"{self._name()}: a {self.part} stage cannot start from a {source.part} stage ({stage!r})")
+
+
+def _mae_settings(preset: Preset) -> dict[str, Any]:
+    """MaskedAutoencoder keyword arguments of a preset (its MAE_PRESETS entry at the preset's size)."""
+    cfg = {**_DEFAULTS, **preset.model}
+    if cfg["mae"] not in MAE_PRESETS:
+        raise ValueError(f"unknown MAE preset {cfg['mae']!r}; expected one of {', '.join(MAE_PRESETS)}")
+    return {**MAE_PRESETS[cfg["mae"]], "image_size": preset.image_size, "norm_pix_loss": bool(cfg["norm_pix_loss"])}
+
+
+def _recon_preset(preset: Preset) -> Preset:
+    return Preset(**{**preset.__dict__, "train_occlusion": "none"})
+
+
+@register_method("megraphau-recon")
+class MEGraphAURecon(MAEFAU):
+    """ME-GraphAU trained on clean faces, tested on faces the MAE reconstructed (module docstring)."""
+
+    presets = {name: _recon_preset(p) for name, p in MAEFAU.presets.items()}
+
+    @classmethod
+    def stages(cls, preset: Preset) -> list[Stage]:
+        return [
+            Stage("mae", _stage_preset(preset, "mae", "mae"), uses_labels=False, occluded=False),
+            Stage("stage1", _stage_preset(preset, "stage1", "teacher", stage=1), init_from="mae",
+                  frozen=("mae",), occluded=False),
+            Stage("stage2", _stage_preset(preset, "stage2", "teacher", stage=2), init_from="stage1",
+                  frozen=("mae",), occluded=False),
+        ]

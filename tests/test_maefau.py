@@ -1,0 +1,219 @@
+"""MAE-FAU (aubench.models.maefau): losses, the teacher's and student's inputs, stage hand-overs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from aubench.data.occlusion import frame_occlusion_mask
+from aubench.models.base import TrainState
+from aubench.models.mae import patchify
+from aubench.models.maefau import MAEFAU, MEGraphAURecon, au_distillation_loss, edge_distillation_loss
+
+TINY = MAEFAU.presets["tiny"]
+NUM_AUS = 12
+
+
+def occluded_batch(kind: str = "patches", ratio: float = 0.5, size: int = 56, frames: int = 6, seed: int = 0):
+    """A batch as the engine gives it: occluded pixels set to 0 (the normalised mean colour)."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randn(frames, 3, size, size, generator=g)
+    occlusion = torch.stack([frame_occlusion_mask(kind, ratio, row, size, size) for row in range(frames)])
+    labels = (torch.rand(frames, NUM_AUS, generator=g) < 0.4).float()
+    return {"image": clean * ~occlusion[:, None], "occlusion": occlusion, "label": labels,
+            "index": torch.arange(frames)}, clean
+
+
+def build(stage_name: str, seed: int = 0, preset=TINY, cls=MAEFAU) -> MAEFAU:
+    stage = {s.name: s for s in cls.stages(preset)}[stage_name]
+    torch.manual_seed(seed)
+    return cls(NUM_AUS, stage.preset, torch.ones(NUM_AUS))
+
+
+@pytest.fixture(scope="module")
+def chain():
+    """mae -> teacher1 -> teacher2 -> student, each initialised from the one before (as the engine)."""
+    methods = {}
+    for stage in MAEFAU.stages(TINY):
+        method = build(stage.name)
+        if stage.init_from:
+            method.init_from_stage(stage.init_from, methods[stage.init_from])
+        method.frozen_inputs = {name: methods[name].eval() for name in stage.frozen_inputs}
+        methods[stage.name] = method
+    return methods
+
+
+# ---------------------------------------------------------------------------------- losses
+
+def test_au_distillation_is_eq11_by_hand():
+    ps, pt = [0.2, 0.9, 0.5], [0.5, 0.6, 0.5]
+    by_hand = sum(t * math.log(t / s) + (1 - t) * math.log((1 - t) / (1 - s)) for s, t in zip(ps, pt)) / 3
+    got = au_distillation_loss(torch.tensor([ps]), torch.tensor([pt]))
+    assert got.item() == pytest.approx(by_hand, rel=1e-5)
+    assert au_distillation_loss(torch.tensor([pt]), torch.tensor([pt])).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_edge_distillation_is_eq12_by_hand():
+    zs, zt, T = [1.0, 0.0, -1.0, 2.0], [0.0, 3.0, 0.0, 1.0], 2.0
+
+    def soft(z):
+        e = [math.exp(v / T) for v in z]
+        return [v / sum(e) for v in e]
+
+    s, t = soft(zs), soft(zt)
+    kl = sum(b * math.log(b / a) for a, b in zip(s, t))
+    other = [0.5, 0.5, 0.5, 0.5]                     # a second edge where they agree: KL 0
+    got = edge_distillation_loss(torch.tensor([[zs, other]]), torch.tensor([[zt, other]]), T)
+    assert got.item() == pytest.approx(T * T * kl / 2, rel=1e-5)
+
+
+def test_teacher_loss_shifts_negatives_by_the_margin():
+    teacher = build("teacher1")
+    batch, _ = occluded_batch()
+    teacher.train()
+    with_margin = teacher.training_step(batch, TrainState())["au"]
+    teacher.cfg["margin"] = 0.0
+    torch.manual_seed(0)
+    without = teacher.training_step(batch, TrainState())["au"]
+    assert with_margin < without   # the shift lowers every negative's loss
+
+
+# ---------------------------------------------------------------- the teacher's input
+
+def test_teacher_masks_exactly_the_occluded_patches_and_pastes_visible_pixels_back(chain):
+    teacher = chain["teacher2"].eval()
+    batch, _ = occluded_batch()
+    ids_keep, ids_restore, mask = teacher.token_masks(batch)
+    cells = patchify(batch["occlusion"][:, None].float(), teacher.patch_size).amax(-1)   # (B, L) occluded
+    assert torch.equal(mask.bool(), cells.bool())      # 98 of 196 cells in every frame: no top-up
+    rebuilt = teacher.detection_input(batch)
+    visible = ~batch["occlusion"][:, None].expand_as(rebuilt)
+    assert torch.equal(rebuilt[visible], batch["image"][visible])
+    assert not torch.equal(rebuilt[~visible], batch["image"][~visible])   # the MAE filled the rest
+
+
+def test_teacher_without_occlusion_detects_the_image_itself(chain):
+    teacher = chain["teacher2"].eval()
+    batch, clean = occluded_batch()
+    plain = {"image": clean, "label": batch["label"], "index": batch["index"]}
+    assert teacher.token_masks(plain) is None
+    assert torch.equal(teacher.predict(plain), teacher.net(clean)["probs"].float())
+
+
+def test_teacher_evaluation_repeats_with_uneven_blocks(chain):
+    teacher = chain["teacher2"].eval()
+    batch, _ = occluded_batch("patches", 0.5, frames=8)
+    lighter, _ = occluded_batch("block", 0.3, frames=8)
+    batch["occlusion"][::2] = lighter["occlusion"][::2]   # 98 and 60 occluded cells in one batch
+    batch["image"] = batch["image"] * ~batch["occlusion"][:, None]
+    counts = patchify(batch["occlusion"][:, None].float(), 4).amax(-1).sum(1)
+    assert set(counts.tolist()) == {98.0, 60.0}        # 38 visible patches topped up in half the frames
+    assert teacher.token_masks(batch)[2].sum(1).tolist() == [98.0] * 8
+    assert torch.equal(teacher.predict(batch), teacher.predict(batch))
+
+
+# ---------------------------------------------------------------------- the student
+
+def test_student_never_reads_mask_positions(chain, monkeypatch):
+    student = chain["student"].eval()
+    batch, _ = occluded_batch()
+    before = student.predict(batch)
+    # Only the mask bookkeeping changes: other masks, none at all, another top-up seed.
+    moved = {**batch, "occlusion": batch["occlusion"].roll(7, dims=-1), "index": batch["index"] + 100}
+    stripped = {k: v for k, v in batch.items() if k != "occlusion"}
+    assert torch.equal(student.predict(moved), before)
+    assert torch.equal(student.predict(stripped), before)
+    # ... and no masked-token op runs on its path.
+    import aubench.models.mae as mae
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the student used a mask")
+
+    monkeypatch.setattr(mae, "gather_tokens", refuse)
+    monkeypatch.setattr(mae, "restore_tokens", refuse)
+    assert torch.equal(student.predict(batch), before)
+
+
+def test_student_starts_from_the_teachers_encoder_and_head(chain):
+    student, teacher = chain["student"], chain["teacher2"]
+    for key, value in teacher.mae.encoder.state_dict().items():
+        assert torch.equal(student.encoder.state_dict()[key], value), key
+    for key, value in teacher.net.head.state_dict().items():
+        assert torch.equal(student.head.state_dict()[key], value), key
+
+
+def test_student_loss_is_eq14_against_the_teacher_on_the_same_occluded_image(chain):
+    student, teacher = chain["student"], chain["teacher2"]
+    batch, _ = occluded_batch()
+    student.train()
+    teacher.eval()
+    torch.manual_seed(3)
+    parts = student.training_step(batch, TrainState())
+    cfg = student.cfg
+    expected = parts["au"] + cfg["lambda"] * parts["edge"] + cfg["alpha"] * (parts["kd_au"] + cfg["beta"] * parts["kd_edge"])
+    assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    with torch.no_grad():
+        target = teacher.outputs(batch)
+        mine = student.outputs(batch)
+    assert parts["kd_au"].item() == pytest.approx(au_distillation_loss(mine["probs"], target["probs"]).item(),
+                                                  rel=1e-4)
+    parts["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())          # the teacher gets no gradient
+    assert student.align.fc[0].fc.weight.grad is not None
+
+
+# ------------------------------------------------------------------- stages and presets
+
+def test_stages_follow_the_paper_schedule():
+    stages = {s.name: s for s in MAEFAU.stages(MAEFAU.presets["paper"])}
+    assert list(stages) == ["mae", "teacher1", "teacher2", "student"]
+    assert [s.preset.epochs for s in stages.values()] == [10, 30, 20, 10]
+    assert [stages[n].preset.lr for n in ("teacher1", "teacher2", "student")] == [1e-4, 1e-6, 1e-5]
+    disfa = {s.name: s for s in MAEFAU.stages(MAEFAU.presets["paper-disfa"])}
+    assert [disfa[n].preset.lr for n in ("teacher1", "teacher2", "student")] == [7.5e-5, 1e-5, 1e-5]
+    assert not stages["mae"].uses_labels and not stages["mae"].occluded
+    assert stages["teacher1"].frozen == stages["teacher2"].frozen == ("mae",)
+    assert stages["student"].frozen_inputs == ("teacher2",)
+    assert (stages["teacher2"].row, stages["student"].row) == ("teacher", "student")
+    paper = MAEFAU.presets["paper"]
+    assert (paper.batch_size, paper.image_size, paper.train_occlusion) == (48, 224, "patches:0.5")
+    assert {k: paper.model[k] for k in ("lambda", "temperature", "alpha", "beta")} == \
+        {"lambda": 0.01, "temperature": 2.0, "alpha": 1.0, "beta": 0.1}
+    # --epochs sets teacher stage 1's; the others keep their proportion
+    shorter = MAEFAU.stages(type(paper)(**{**paper.__dict__, "epochs": 3}))
+    assert [s.preset.epochs for s in shorter] == [1, 3, 2, 1]
+
+
+def test_reconstruction_baseline_trains_clean_and_tests_on_reconstructions():
+    stages = MEGraphAURecon.stages(MEGraphAURecon.presets["tiny"])
+    assert [s.name for s in stages] == ["mae", "stage1", "stage2"]
+    assert not any(s.occluded for s in stages)
+    assert MEGraphAURecon.presets["tiny"].train_occlusion == "none"
+    method = build("stage2", cls=MEGraphAURecon, preset=MEGraphAURecon.presets["tiny"]).eval()
+    batch, _ = occluded_batch()
+    expected = method.net(method.mae.inpaint(batch["image"], method.token_masks(batch)))["probs"]
+    assert torch.equal(method.predict(batch), expected.float())
+    assert not torch.equal(method.predict(batch), method.net(batch["image"])["probs"].float())
+
+
+def test_image_size_must_make_patches_the_occlusion_cells():
+    stage = MAEFAU.stages(TINY)[0]
+    bad = type(TINY)(**{**stage.preset.__dict__, "image_size": 64})
+    with pytest.raises(ValueError, match="14 ViT patches of 4 px"):
+        MAEFAU(NUM_AUS, bad)
+    assert MAEFAU.min_image_size(TINY) == 56
+
+
+def test_paper_sizes_beside_table4():
+    """Parameters of the paper networks (built on the meta device: no memory, no weights)."""
+    from aubench.bench import count_params
+
+    sizes = {}
+    for stage in MAEFAU.stages(MAEFAU.presets["paper"]):
+        with torch.device("meta"):
+            sizes[stage.name] = count_params(MAEFAU(NUM_AUS, stage.preset)) / 1e6
+    # ViT-B/16 MAE (111.7 M with its decoder) + ME-GraphAU Swin-B stage 2 (94.4 M); the student:
+    # the ViT-B encoder (85.8 M) + the alignment + the stage-2 head
+    assert sizes["teacher2"] == pytest.approx(111.7 + 94.4, abs=0.6)
+    assert 85.8 + 7.0 < sizes["student"] < 85.8 + 8.5
