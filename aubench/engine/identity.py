@@ -72,8 +72,9 @@ def _plain(value: Any) -> Any:
 
 def stages_identity(stages: list[Mapping] | None, preset: Mapping) -> dict[str, Any] | None:
     """name -> settings (without the name) of a run's stages (Stage.settings(), or a result's
-    "stages"); None for one plain stage: the run's preset as it is, nothing frozen or read from
-    an earlier stage, labels used (every single-stage method)."""
+    "stages"; the row name and the presets' train_occlusion left out, "occluded" only when
+    False); None for one plain stage: the run's preset as it is, nothing frozen or read from an
+    earlier stage, labels used, occluded (every single-stage method)."""
     if not stages:
         return None
     settings = []

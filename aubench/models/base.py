@@ -139,13 +139,14 @@ def check_stages(method: str, stages: list[Stage]) -> list[Stage]:
             if earlier not in seen:
                 raise ValueError(f"{where}: {earlier!r} is not an earlier stage (earlier: {seen or 'none'})")
         seen.append(stage.name)
-    rows = [stage.row for stage in stages if stage.row is not None]
-    for stage in stages:
+    rows: list[str] = []
+    for stage in (stage for stage in stages if stage.row is not None):
         where = f"{method} stage {stage.name!r}"
-        if stage.row is not None and (not isinstance(stage.row, str) or not _STAGE_NAME.fullmatch(stage.row)):
+        if not isinstance(stage.row, str) or not _STAGE_NAME.fullmatch(stage.row):
             raise ValueError(f"{where}: row {stage.row!r}: a row name is letters, digits, '_' and '-'")
-        if stage.row is not None and rows.count(stage.row) > 1:
+        if stage.row in rows:
             raise ValueError(f"{where}: two stages have the row name {stage.row!r}")
+        rows.append(stage.row)
     if rows and stages[-1].row is None:
         raise ValueError(f"{method}: stages {', '.join(repr(s.name) for s in stages if s.row is not None)} are "
                          f"leaderboard rows, so the last stage {stages[-1].name!r} must be one too (Stage.row)")
