@@ -2,7 +2,8 @@
 
 - params: millions of parameters of the inference network (`method.inference_model()`), and of
   everything trained (students, teachers, heads) beside it; for a method that trains in stages,
-  of its last stage's method (the one tested);
+  of its last stage's method (the one tested), or of the stage asked for (a leaderboard row,
+  Stage.row: the record's "method" is then the row's, "<method>-<row>");
 - inference throughput: frames per second of `method.predict` on a synthetic batch, after
   warm-up iterations, CUDA synchronised around the timed loop; batch size, precision and
   channels-last are part of the record;
@@ -11,7 +12,10 @@
 - FLOPs per frame: torch.utils.flop_counter.FlopCounterMode over one `predict` call, divided
   by the frames in the batch (FLOPs = 2 x multiply-accumulates).
 Images are random: speed does not depend on content. A clip method's batch holds batch_size
-clips of preset.clip_len frames; throughput counts frames.
+clips of preset.clip_len frames; throughput counts frames. When the measured stage trains under
+the run's training occlusion (the preset's train_occlusion, or the one given; Stage.occluded),
+the batch carries an "occlusion" mask drawn for that condition, as training batches do, so a
+method whose cost depends on the mask is measured under it; the record names the condition.
 """
 from __future__ import annotations
 
@@ -21,14 +25,20 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from aubench.engine.trainer import autocast_context, build_optimizer, freeze, resolve_precision
+from aubench.data.occlusion import condition_name, occlusion_mask
+from aubench.engine.trainer import (autocast_context, build_optimizer, condition_text, freeze,
+                                    parse_occlusion_option, resolve_precision)
 from aubench.errors import UserError
-from aubench.models.base import AUMethod, Preset, TrainState, check_image_size, create_method, method_class
+from aubench.models.base import (SINGLE_STAGE, AUMethod, Preset, TrainState, check_image_size, check_stages,
+                                 create_method, method_class, row_method_name)
 
 
 def synthetic_batch(input_kind: str, batch_size: int, num_aus: int, image_size: int, clip_len: int = 1,
-                    device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """A batch shaped like aubench.data's (random images, random 0/1 labels)."""
+                    device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+                    occlusion: tuple[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """A batch shaped like aubench.data's (random images, random 0/1 labels); with `occlusion`
+    (a parsed condition) also "occlusion", one random mask per frame, bool (B,H,W) ((B,n,H,W)
+    for clips), True = occluded."""
     g = generator or torch.Generator().manual_seed(0)
     if input_kind == "clip":
         n = clip_len
@@ -44,11 +54,16 @@ def synthetic_batch(input_kind: str, batch_size: int, num_aus: int, image_size: 
         batch = {"image": torch.randn(batch_size, 3, image_size, image_size, generator=g),
                  "label": (torch.rand(batch_size, num_aus, generator=g) < 0.3).float(),
                  "index": torch.arange(batch_size, dtype=torch.int64)}
+    if occlusion is not None:
+        frames = batch["image"].shape[:-3]
+        masks = [occlusion_mask(*occlusion, image_size, image_size, generator=g) for _ in range(frames.numel())]
+        batch["occlusion"] = torch.stack(masks).reshape(*frames, image_size, image_size)
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def frames_in(batch: dict[str, torch.Tensor]) -> int:
-    return int(batch["label"].shape[0] * (batch["label"].shape[1] if batch["label"].dim() == 3 else 1))
+    image = batch["image"]  # (B,3,H,W) or (B,n,3,H,W): a batch without labels counts too
+    return int(image.shape[0] * (image.shape[1] if image.dim() == 5 else 1))
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -93,12 +108,12 @@ def inference_throughput(method: AUMethod, batch: dict[str, torch.Tensor], preci
 
 
 def train_throughput(method: AUMethod, batch: dict[str, torch.Tensor], preset: Preset, precision: str, warmup: int,
-                     iters: int) -> dict[str, float]:
+                     iters: int, stage: str = SINGLE_STAGE) -> dict[str, float]:
     device = batch["image"].device
     method.train()
     optimizer = build_optimizer(method, preset)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    state = TrainState(epochs=1)
+    state = TrainState(epochs=1, stage=stage)
 
     def step():
         with autocast_context(device, precision):
@@ -123,8 +138,12 @@ def train_throughput(method: AUMethod, batch: dict[str, torch.Tensor], preset: P
 def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper", device: str | torch.device = "cpu",
                      batch_size: int = 8, precision: str = "auto", channels_last: bool = False, warmup: int = 2,
                      iters: int = 5, train: bool = True, image_size: int | None = None,
-                     model_overrides: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Params, FLOPs per frame and inference / train throughput of a freshly built method."""
+                     model_overrides: dict[str, Any] | None = None, seed: int = 0, stage: str | None = None,
+                     train_occlusion: str | None = None) -> dict[str, Any]:
+    """Params, FLOPs per frame and inference / train throughput of a freshly built method: of
+    the stage named `stage` (default: the last, the one tested), built with its preset and its
+    frozen inputs. `train_occlusion`: a condition as the command line writes it, None = the
+    preset's; the batch carries its mask when the stage trains under it."""
     try:
         cls = method_class(name)
     except KeyError as err:
@@ -137,9 +156,16 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
         preset_obj = preset
     if image_size is not None:
         preset_obj = Preset(**{**preset_obj.__dict__, "image_size": image_size})
-    # A method that trains in stages is measured as it is tested: its last stage's network.
-    stages = cls.stages(preset_obj)
-    preset_obj = stages[-1].preset
+    occlusion = parse_occlusion_option("--train-occlusion", train_occlusion or preset_obj.train_occlusion)
+    preset_obj = Preset(**{**preset_obj.__dict__, "train_occlusion": condition_text(occlusion)})
+    # A method that trains in stages is measured as it is tested: its last stage's network, or
+    # the stage asked for (a leaderboard row).
+    stages = check_stages(name, list(cls.stages(preset_obj)))
+    by_name = {s.name: s for s in stages}
+    if stage is not None and stage not in by_name:
+        raise UserError(f"method {name!r} has no stage {stage!r} (stages: {', '.join(by_name)})")
+    measured = by_name[stage] if stage is not None else stages[-1]
+    preset_obj = measured.preset
     check_image_size(cls, preset_obj)
     if train and batch_size < 2:
         raise UserError(f"--batch-size {batch_size}: a train step needs at least 2 samples (batch norm); "
@@ -147,21 +173,25 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     torch.manual_seed(seed)
-    method = create_method(name, num_aus, preset_obj, None, **(model_overrides or {})).to(device)
-    # The last stage's frozen parts, and the earlier stages it reads (a teacher), as in training;
-    # speed does not depend on their weights.
-    for part in stages[-1].frozen:
+
+    def build(stage_name: str) -> AUMethod:
+        """A stage's method with the earlier stages it reads (a teacher) attached, frozen, as in
+        training; speed does not depend on their weights."""
+        built = create_method(name, num_aus, by_name[stage_name].preset, None, **(model_overrides or {})).to(device)
+        built.frozen_inputs = {source: freeze(build(source)) for source in by_name[stage_name].frozen_inputs}
+        return built
+
+    method = build(measured.name)
+    for part in measured.frozen:  # the stage's frozen parts, as in training
         freeze(method.get_submodule(part))
-    earlier = {stage.name: stage for stage in stages}
-    method.frozen_inputs = {stage: freeze(create_method(name, num_aus, earlier[stage].preset, None,
-                                                        **(model_overrides or {})).to(device))
-                            for stage in stages[-1].frozen_inputs}
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
+    occlusion = occlusion if measured.occluded else None
     batch = _channels_last(synthetic_batch(cls.input_kind, batch_size, num_aus, preset_obj.image_size,
-                                           preset_obj.clip_len, device), channels_last)
+                                           preset_obj.clip_len, device, occlusion=occlusion), channels_last)
     record: dict[str, Any] = {
-        "method": name, "preset": preset_obj.name, "stage": stages[-1].name, "input_kind": cls.input_kind,
+        "method": row_method_name(name, measured), "preset": preset_obj.name, "stage": measured.name,
+        "input_kind": cls.input_kind, "occlusion": condition_name(occlusion),
         "image_size": preset_obj.image_size, "clip_len": preset_obj.clip_len, "batch_size": batch_size,
         "frames_per_batch": frames_in(batch), "precision": precision, "channels_last": channels_last,
         "device": device_name(device), "warmup": warmup, "iters": iters,
@@ -173,7 +203,10 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
     record["infer_frames_per_s"] = infer["frames_per_s"]
     record["infer_ms_per_batch"] = infer["ms_per_batch"]
     if train:
-        tr = train_throughput(method, batch, preset_obj, precision, warmup=max(1, warmup // 2), iters=max(1, iters // 2))
+        # a stage that uses no labels trains on batches without them, as in the engine
+        train_batch = batch if measured.uses_labels else {k: v for k, v in batch.items() if k not in ("label", "labeled")}
+        tr = train_throughput(method, train_batch, preset_obj, precision, warmup=max(1, warmup // 2),
+                              iters=max(1, iters // 2), stage=measured.name)
         record["train_frames_per_s"] = tr["frames_per_s"]
         record["train_ms_per_batch"] = tr["ms_per_batch"]
     return record

@@ -102,9 +102,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                        help="replace an earlier run in OUT (checkpoint, result, log) instead of refusing")
     p.add_argument("--pretrained", help="local weights for the first stage: an aubench checkpoint, or timm/torchvision "
                                         "backbone weights")
-    p.add_argument("--train-occlusion", type=_condition, default="none",
+    p.add_argument("--train-occlusion", type=_condition, default=None,
                    help="occlude the training images: none, patches:<ratio> (random cells of 1/14 of the image "
-                        "side) or block:<ratio> (one rectangle); part of the run's settings (default: none)")
+                        "side) or block:<ratio> (one rectangle); part of the run's settings (default: the method "
+                        "preset's training occlusion, none for most methods)")
     p.add_argument("--test-occlusion", type=_condition_list, default=["none"],
                    help="comma-separated test conditions (e.g. none,patches:0.5,block:0.3): the run is trained "
                         "once and tested under each, one result per condition (default: none)")
@@ -127,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train one method on one fold (every stage of a method that trains in stages), "
                                    "then test it. OUT gets last.pt (the checkpoint, naming the stage it is in), "
                                    "final_<stage>.pt (the final weights of each earlier stage), result.json (and "
-                                   "result_test-<condition>.json per occluded test condition) and log.jsonl. Into "
+                                   "result_test-<condition>.json per occluded test condition; for a method whose "
+                                   "stages are leaderboard rows result_<row>.json and result_<row>_test-<condition>"
+                                   ".json per row) and log.jsonl. Into "
                                    "an OUT that holds another run's checkpoint or result, train refuses unless "
                                    "--resume (continue it inside the stage it was in; its settings, stages "
                                    "included, must equal these) or --overwrite (replace all of its files) is given.")
@@ -141,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train and test methods over folds and label ratios; OUT/results gets one "
                                    "result JSON per (method, fold, protocol, test occlusion condition), OUT/runs "
                                    "their checkpoints and logs; each run trains once and is tested under every "
-                                   "condition. "
+                                   "condition. A method whose stages are leaderboard rows (e.g. a teacher and its "
+                                   "student) gets results per row, named <method>-<row>. "
                                    "When OUT already holds results or checkpoints of these runs, evaluate refuses "
                                    "unless --resume (keep each result made with exactly these settings, continue "
                                    "killed runs, test trained runs under the conditions not yet tested, train the "
@@ -208,13 +212,20 @@ def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
 
 
 def cmd_train(args) -> int:
-    from aubench.data.occlusion import condition_name, parse_condition
-    from aubench.engine.evaluate import train_run
-    from aubench.engine.run import protocol_name
+    from dataclasses import replace
 
-    train = condition_name(parse_condition(args.train_occlusion))
-    out = args.out or f"runs/{args.method}_fold{args.fold}_{protocol_name(args.label_ratio, train)}"
-    train_run(_run_config(args, args.method, args.fold, args.label_ratio, out), args.test_occlusion)
+    from aubench.data.occlusion import condition_name
+    from aubench.engine.evaluate import resolve_methods, train_run
+    from aubench.engine.run import protocol_name
+    from aubench.engine.trainer import resolve_preset, train_occlusion
+    from aubench.models import method_class
+
+    config = _run_config(args, args.method, args.fold, args.label_ratio, args.out or "")
+    if not args.out:  # named by the method's own training occlusion: --train-occlusion, else its preset's
+        resolve_methods([args.method])
+        train = condition_name(train_occlusion(resolve_preset(method_class(args.method), config)))
+        config = replace(config, out=f"runs/{args.method}_fold{args.fold}_{protocol_name(args.label_ratio, train)}")
+    train_run(config, args.test_occlusion)
     return 0
 
 
@@ -235,20 +246,29 @@ def cmd_bench(args) -> int:
     from aubench.bench import benchmark_method
     from aubench.engine.distributed import resolve_device
     from aubench.engine.evaluate import resolve_methods
+    from aubench.models import method_class
+    from aubench.models.base import check_stages, tested_stages
 
     device = resolve_device(args.device)
     records = []
     header = f"{'method':>10} {'preset':>6} {'params M':>9} {'GFLOPs/f':>9} {'infer f/s':>10} {'train f/s':>10}  setting"
     print(header)
     for method in resolve_methods(args.methods):
-        r = benchmark_method(method, args.num_aus, args.preset, device, args.batch_size, args.precision,
-                             args.channels_last, args.warmup, args.iters, train=not args.no_train,
-                             image_size=args.image_size)
-        records.append(r)
-        train = f"{r['train_frames_per_s']:10.1f}" if "train_frames_per_s" in r else f"{'-':>10}"
-        print(f"{method:>10} {r['preset']:>6} {r['params_m']:9.2f} {r['gflops_per_frame']:9.3f} "
-              f"{r['infer_frames_per_s']:10.1f} {train}  batch {r['batch_size']} ({r['frames_per_batch']} frames), "
-              f"{r['image_size']}px, {r['precision']}, channels_last={r['channels_last']}, {r['device']}", flush=True)
+        cls = method_class(method)
+        if args.preset not in cls.presets:
+            raise UserError(f"method {method!r} has no preset {args.preset!r}; presets: {', '.join(sorted(cls.presets))}")
+        # one record per leaderboard row of a method whose stages are rows, else one (its last stage)
+        for stage in tested_stages(check_stages(method, list(cls.stages(cls.presets[args.preset])))):
+            r = benchmark_method(method, args.num_aus, args.preset, device, args.batch_size, args.precision,
+                                 args.channels_last, args.warmup, args.iters, train=not args.no_train,
+                                 image_size=args.image_size, stage=stage.name)
+            records.append(r)
+            train = f"{r['train_frames_per_s']:10.1f}" if "train_frames_per_s" in r else f"{'-':>10}"
+            occluded = f", train occlusion {r['occlusion']}" if r["occlusion"] != "none" else ""
+            print(f"{r['method']:>10} {r['preset']:>6} {r['params_m']:9.2f} {r['gflops_per_frame']:9.3f} "
+                  f"{r['infer_frames_per_s']:10.1f} {train}  batch {r['batch_size']} ({r['frames_per_batch']} "
+                  f"frames), {r['image_size']}px, {r['precision']}, channels_last={r['channels_last']}, "
+                  f"{r['device']}{occluded}", flush=True)
     if args.json:
         from aubench.files import why_unwritable, write_json_atomic
 
@@ -287,8 +307,10 @@ def cmd_methods(args) -> int:
         cls = method_class(name)
         presets = ", ".join(f"{k} ({p.image_size}px, {p.epochs} epochs, batch {p.batch_size})"
                             for k, p in sorted(cls.presets.items()))
-        stages = [stage.name for stage in cls.stages(next(iter(cls.presets.values())))]
-        trained = f"  stages: {' -> '.join(stages)}" if len(stages) > 1 else ""
+        stages = cls.stages(next(iter(cls.presets.values())))
+        trained = f"  stages: {' -> '.join(stage.name for stage in stages)}" if len(stages) > 1 else ""
+        rows = [f"{name}-{stage.row} ({stage.name})" for stage in stages if stage.row is not None]
+        trained += f"  rows: {', '.join(rows)}" if rows else ""
         print(f"{name:>10}  {cls.input_kind:<5}  {presets}{trained}")
     return 0
 

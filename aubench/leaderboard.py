@@ -1,6 +1,8 @@
 """Leaderboard: result JSONs of `aubench evaluate` -> one table (Markdown, CSV, JSON) and plots.
 
-Rows are methods (per dataset, protocol, occlusion condition and setting), columns per-AU F1
+Rows are methods (per dataset, protocol, occlusion condition and setting; a result's "method",
+so the tested stages of a method whose stages are leaderboard rows, Stage.row, are rows of their
+own: "maefau-teacher", "maefau-student"), columns per-AU F1
 and mean F1 as mean +- std over folds (in percent, like the papers), then params, FLOPs and
 throughput. Beside our rows: the all-positive baseline of the same test splits, and numbers
 reported in the papers (aubench.reported) for the same dataset, protocol and test occlusion

@@ -2,8 +2,12 @@
 
 `train_run` trains one (method, fold) into one directory; `evaluate_runs` trains every (method,
 label ratio, fold) of a request under OUT/runs and writes one result JSON per (method, fold,
-protocol, test condition) under OUT/results. A run is trained once and tested under every test
-occlusion condition; resuming tests the conditions not yet tested with the trained checkpoint.
+protocol, test condition) under OUT/results; a method whose stages are leaderboard rows
+(Stage.row) gets one per row instead, named as the method "<method>-<row>". A run is trained
+once and tested under every test occlusion condition; resuming tests the (row, condition) pairs
+not yet tested with the trained checkpoint and the final weights of the earlier stages. The
+training occlusion, and so the protocol name, is each method's own: --train-occlusion, else its
+preset's.
 Everything is checked before anything trains: the settings of every method, and what OUT
 already holds (refused unless resume or overwrite; see the `evaluate` help).
 """
@@ -19,8 +23,9 @@ from aubench.engine.identity import (MissingKey, differences_text, identity_diff
                                      result_identity)
 from aubench.engine.trainer import (CHECKPOINT_NAME, RunConfig, check_stages_build, clear_run_files,
                                     config_identity, kept_run_files, parse_occlusion_option, resolve_precision,
-                                    resolve_preset, result_file_name, run_stages)
+                                    resolve_preset, result_file_name, run_stages, train_occlusion)
 from aubench.errors import UserError
+from aubench.models.base import SINGLE_STAGE
 
 
 @dataclass
@@ -84,22 +89,24 @@ def _print_result(result: dict[str, Any], prefix: str) -> None:
 def train_run(config: RunConfig, test_occlusions: list[str] = ("none",)) -> list[Path]:
     """`aubench train`: train one method on one fold into config.out (the Trainer refuses an OUT
     holding another run unless resume / overwrite), test it under each condition, write
-    result.json (no test occlusion) / result_test-<condition>.json beside the checkpoint."""
+    result.json (no test occlusion) / result_test-<condition>.json beside the checkpoint; for a
+    method with leaderboard rows result_<row>.json / result_<row>_test-<condition>.json per row."""
     from aubench.engine.distributed import setup_distributed
-    from aubench.engine.run import train_and_evaluate
+    from aubench.engine.run import result_row, train_and_evaluate
     from aubench.files import write_json_atomic
 
     resolve_methods([config.method])
     check_data_and_folds(config.data, [config.fold])
-    names = condition_names(list(test_occlusions))
+    condition_names(list(test_occlusions))
     env = setup_distributed(config.device)
     results = train_and_evaluate(config, test_occlusions=test_occlusions)
-    paths = [Path(config.out) / result_file_name(name) for name in names]
+    paths = [Path(config.out) / result_file_name(result["occlusion"]["test"], result_row(result))
+             for result in results]
     if env.is_main:
         for path, result in zip(paths, results):
             write_json_atomic(path, result)
             m = result["metrics"]
-            print(f"{config.method} fold {config.fold} {_run_name(result)}: mean F1 {100 * m['mean_f1']:.1f} "
+            print(f"{result['method']} fold {config.fold} {_run_name(result)}: mean F1 {100 * m['mean_f1']:.1f} "
                   f"(all-positive {100 * m['all_positive_mean_f1']:.1f}); per AU: "
                   + ", ".join(f"{au} {100 * v:.1f}" for au, v in m["f1"].items()))
         print(f"results: {', '.join(map(str, paths))}   checkpoint: {Path(config.out) / CHECKPOINT_NAME}")
@@ -108,21 +115,27 @@ def train_run(config: RunConfig, test_occlusions: list[str] = ("none",)) -> list
 
 @dataclass
 class _Unit:
-    """One trained run of an evaluation: (method, label ratio, fold), tested under every condition."""
+    """One trained run of an evaluation: (method, label ratio, fold), each tested stage tested
+    under every condition."""
 
     config: RunConfig
     identity: dict                      # config_identity of the request
-    results: dict[str, Path]            # test condition name -> result file
+    results: dict[tuple[str, str], Path]  # (tested stage, test condition name) -> result file
+    names: dict[str, str]               # tested stage -> the method name of its results
+    train: str                          # the training occlusion condition name
 
 
-def _stored_identity(path: Path) -> tuple[dict, str]:
-    """(identity, test condition name) of a stored result."""
+def _stored_result(path: Path) -> tuple[dict, str, str, str | None]:
+    """(identity, test condition name, method, tested stage) of a stored result."""
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         identity = result_identity(result)
         # A result made before occlusion conditions existed was tested without occlusion.
         test = need(result, "occlusion", "test") if "occlusion" in result else "none"
-        return identity, test
+        # A result made before leaderboard rows existed tested the last stage.
+        stages = result.get("stages") or [{"name": SINGLE_STAGE}]
+        tested = result["tested_stage"] if "tested_stage" in result else stages[-1]["name"]
+        return identity, test, need(result, "method"), tested
     except (OSError, ValueError) as err:
         raise UserError(f"--resume: {path} cannot be read ({err}); remove it or use --overwrite") from None
     except MissingKey as err:
@@ -131,20 +144,21 @@ def _stored_identity(path: Path) -> tuple[dict, str]:
 
 def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     """Train and test every (method, label ratio, fold) of the request; the result files written
-    or kept, in order (method, label ratio, fold, test condition)."""
+    or kept, in order (method, label ratio, fold, tested stage, test condition)."""
     from aubench.bench import benchmark_method
     from aubench.engine.distributed import setup_distributed
     from aubench.engine.run import protocol_name, train_and_evaluate
     from aubench.files import write_json_atomic
     from aubench.models import method_class
-    from aubench.models.base import check_image_size
+    from aubench.models.base import check_image_size, row_method_name, tested_stages
 
     template = request.run
     methods = resolve_methods(request.methods)
     file = check_data_and_folds(template.data, request.folds)
-    train = condition_name(parse_occlusion_option("--train-occlusion", template.train_occlusion))
+    if template.train_occlusion is not None:
+        parse_occlusion_option("--train-occlusion", template.train_occlusion)
     tests = dict(zip(condition_names(request.test_occlusions), request.test_occlusions))  # name -> text
-    protocols = [protocol_name(r, train) for r in request.label_ratios]
+    protocols = [protocol_name(r) for r in request.label_ratios]  # a method's train condition suffixes them all
     if len(set(protocols)) != len(protocols):
         raise UserError(f"--label-ratios {','.join(map(str, request.label_ratios))}: two ratios give the same "
                         f"protocol name ({', '.join(protocols)})")
@@ -154,19 +168,29 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     root = Path(request.out)
     units = []
     for method in methods:
-        for ratio, protocol in zip(request.label_ratios, protocols):
+        cls = method_class(method)
+        for ratio in request.label_ratios:
             for fold in request.folds:
-                config = replace(template, method=method, fold=fold, label_ratio=ratio,
-                                 out=str(root / "runs" / method / protocol / f"fold{fold}"))
-                cls = method_class(method)
+                config = replace(template, method=method, fold=fold, label_ratio=ratio)
                 preset = resolve_preset(cls, config)
+                # the method's own training occlusion: --train-occlusion, else its preset's
+                train = condition_name(train_occlusion(preset))
+                config.out = str(root / "runs" / method / protocol_name(ratio, train) / f"fold{fold}")
                 stages = run_stages(cls, preset)
                 for stage in stages:
                     check_image_size(cls, stage.preset)
                 check_stages_build(cls, file.num_aus, stages)
-                results = {test: root / "results" / f"{method}_fold{fold}_{protocol_name(ratio, train, test)}.json"
-                           for test in tests}
-                units.append(_Unit(config, config_identity(config, preset, stages, fingerprint, precision), results))
+                names = {stage.name: row_method_name(method, stage) for stage in tested_stages(stages)}
+                protocol_of = {test: protocol_name(ratio, train, test) for test in tests}
+                results = {(stage, test): root / "results" / f"{name}_fold{fold}_{protocol_of[test]}.json"
+                           for stage, name in names.items() for test in tests}
+                units.append(_Unit(config, config_identity(config, preset, stages, fingerprint, precision), results,
+                                   names, train))
+    paths = [path for u in units for path in u.results.values()]
+    clash = next((path for i, path in enumerate(paths) if path in paths[:i]), None)
+    if clash is not None:  # a row's name that is another method's ("a-b", and method "a" with row "b")
+        raise UserError(f"two results of this evaluation would be written to {clash}; evaluate those methods "
+                        f"separately, into different --out directories")
 
     def held(u: _Unit) -> list[str]:
         return ([str(p.relative_to(root)) for p in u.results.values() if p.exists()]
@@ -174,20 +198,24 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
 
     there = [u for u in units if held(u)]
     if there and not (template.resume or template.overwrite):
-        names = [held(u)[0] for u in there]
-        more = f" and {len(names) - 2} more" if len(names) > 2 else ""
-        raise UserError(f"--out {root} already holds runs of this evaluation ({', '.join(names[:2])}{more}); pass "
+        found = [held(u)[0] for u in there]
+        more = f" and {len(found) - 2} more" if len(found) > 2 else ""
+        raise UserError(f"--out {root} already holds runs of this evaluation ({', '.join(found[:2])}{more}); pass "
                         f"--resume to keep those made with the same settings, or --overwrite to replace them")
     kept: set[Path] = set()
     if template.resume:
         for u in units:
-            for test, path in u.results.items():
+            for (stage, test), path in u.results.items():
                 if not path.is_file():
                     continue
-                identity, stored_test = _stored_identity(path)
+                identity, stored_test, stored_method, stored_stage = _stored_result(path)
                 diffs = identity_differences(identity, u.identity, "result")
                 if stored_test != test:
                     diffs.append(f"occlusion.test: result {stored_test!r} vs now {test!r}")
+                if stored_method != u.names[stage]:
+                    diffs.append(f"method: result {stored_method!r} vs now {u.names[stage]!r}")
+                if stored_stage != stage:
+                    diffs.append(f"tested_stage: result {stored_stage!r} vs now {stage!r}")
                 if diffs:
                     raise UserError(f"--resume: {path} was made with other settings ({differences_text(diffs)}); "
                                     f"use --overwrite instead of --resume to replace it, or another --out")
@@ -199,28 +227,32 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
             clear_run_files(u.config.out)
 
     written = []
-    bench: dict[str, dict] = {}
+    bench: dict[tuple[str, str], dict] = {}
     for u in units:
         config = u.config
-        label = f"{config.method:>10} fold {config.fold}"
-        todo = {test: path for test, path in u.results.items() if path not in kept}
+        todo = {key: path for key, path in u.results.items() if path not in kept}
         if env.is_main:
-            for test, path in u.results.items():
+            for (stage, test), path in u.results.items():
                 if path in kept:
-                    print(f"{label} {protocol_name(config.label_ratio, train, test):>10}: kept {path} "
-                          f"(same settings)", flush=True)
+                    protocol = protocol_name(config.label_ratio, u.train, test)
+                    print(f"{u.names[stage]:>10} fold {config.fold} {protocol:>10}: kept {path} (same settings)",
+                          flush=True)
         if todo:
             # A run killed in training, or trained but not tested under every condition, resumes.
             config = replace(config, resume=template.resume and (Path(config.out) / CHECKPOINT_NAME).is_file())
-            if config.method not in bench:  # size and speed depend on the architecture only: once per method
-                bench[config.method] = benchmark_method(
-                    config.method, file.num_aus, template.preset, env.device, batch_size=request.bench_batch_size,
-                    precision=template.precision, channels_last=template.channels_last, warmup=1, iters=3,
-                    image_size=template.image_size)
-            results = train_and_evaluate(config, bench[config.method], test_occlusions=[tests[t] for t in todo])
-            for (test, path), result in zip(todo.items(), results):
+            for stage in dict.fromkeys(stage for stage, _ in todo):
+                # size and speed depend on the architecture only: once per (method, tested stage)
+                if (config.method, stage) not in bench:
+                    bench[(config.method, stage)] = benchmark_method(
+                        config.method, file.num_aus, template.preset, env.device, batch_size=request.bench_batch_size,
+                        precision=template.precision, channels_last=template.channels_last, warmup=1, iters=3,
+                        image_size=template.image_size, stage=stage, train_occlusion=template.train_occlusion)
+            benches = {stage: bench[(config.method, stage)] for stage, _ in todo}
+            conditions = [tests[test] for test in dict.fromkeys(test for _, test in todo)]
+            results = train_and_evaluate(config, benches, test_occlusions=conditions, only=set(todo))
+            for result in results:
                 if env.is_main:
-                    write_json_atomic(path, result)
-                    _print_result(result, f"{label} {_run_name(result):>10}")
+                    write_json_atomic(todo[(result["tested_stage"], result["occlusion"]["test"])], result)
+                    _print_result(result, f"{result['method']:>10} fold {config.fold} {_run_name(result):>10}")
         written += list(u.results.values())
     return written

@@ -11,15 +11,20 @@ size, optimiser, learning rate, schedule, clip length, model settings ...), fold
 seed, effective augmentation, resolved precision, --pretrained file, the data file's
 fingerprint, the training occlusion ("train_occlusion", a condition name such as "patches0.5")
 and the stages ("stages": name -> the stage's preset, what it initialises from, freezes and
-reads, whether it uses labels). The test occlusion is not part of it: one trained run is tested
-under several conditions, each in its own result. Left out on purpose, because they change
+reads, whether it uses labels and whether the training occlusion applies to it). The training
+occlusion is the resolved one (--train-occlusion, else the preset's train_occlusion), so the
+preset field itself is left out: a run of a preset that trains with patches:0.5 is the same run
+as one told --train-occlusion patches:0.5. The test occlusion is not part of it: one trained
+run is tested under several conditions, each in its own result; nor is a stage's leaderboard
+row name (Stage.row), which names results and changes nothing that is learned. Left out on purpose, because they change
 speed or bookkeeping and not what is learned: device, workers, channels-last, checkpoint
 interval, progress bars, output and data paths (the data are identified by their fingerprint),
 timestamps, versions and throughput.
 
 Settings that arrived after results were first written are left out of the identity while
 they hold their default value (no training occlusion; the one plain stage of a single-stage
-method), so results and checkpoints made before them keep their identity.
+method; a stage that the training occlusion applies to), so results and checkpoints made before
+them keep their identity.
 
 This module imports nothing heavy, so the leaderboard can use it without torch.
 """
@@ -49,6 +54,16 @@ def need(record: Mapping, *path: str) -> Any:
 
 NO_OCCLUSION = "none"  # aubench.data.occlusion.condition_name(None)
 STAGE_SETTINGS = ("name", "preset", "init_from", "frozen", "uses_labels", "frozen_inputs")  # Stage.settings()
+# Stage settings that arrived later: a stored stage without one had the default, and a stage
+# holding the default leaves it out of the identity.
+LATER_STAGE_SETTINGS = {"occluded": True}
+# Preset fields that are not identity as they stand: the run's training occlusion is there
+# resolved (identity["train_occlusion"]).
+RESOLVED_PRESET_FIELDS = ("name", "train_occlusion")
+
+
+def _preset_fields(preset: Mapping) -> dict[str, Any]:
+    return {k: v for k, v in preset.items() if k not in RESOLVED_PRESET_FIELDS}
 
 
 def _plain(value: Any) -> Any:
@@ -57,15 +72,24 @@ def _plain(value: Any) -> Any:
 
 def stages_identity(stages: list[Mapping] | None, preset: Mapping) -> dict[str, Any] | None:
     """name -> settings (without the name) of a run's stages (Stage.settings(), or a result's
-    "stages"); None for one plain stage: the run's preset as it is, nothing frozen or read from
-    an earlier stage, labels used (every single-stage method)."""
+    "stages"; the row name and the presets' train_occlusion left out, "occluded" only when
+    False); None for one plain stage: the run's preset as it is, nothing frozen or read from an
+    earlier stage, labels used, occluded (every single-stage method)."""
     if not stages:
         return None
-    settings = [{k: stage[k] for k in STAGE_SETTINGS} for stage in _plain(list(stages))]
+    settings = []
+    for stage in _plain(list(stages)):
+        one = {k: stage[k] for k in STAGE_SETTINGS}
+        one["preset"] = _preset_fields(one["preset"])
+        for key, default in LATER_STAGE_SETTINGS.items():
+            if stage.get(key, default) != default:
+                one[key] = stage[key]
+        settings.append(one)
     if len(settings) == 1:
         only = settings[0]
-        if (only["preset"] == _plain({k: v for k, v in preset.items() if k != "name"}) and only["init_from"] is None
-                and not only["frozen"] and only["uses_labels"] and not only["frozen_inputs"]):
+        if (only["preset"] == _plain(_preset_fields(preset)) and only["init_from"] is None
+                and not only["frozen"] and only["uses_labels"] and not only["frozen_inputs"]
+                and not any(key in only for key in LATER_STAGE_SETTINGS)):
             return None
     return {s["name"]: {k: v for k, v in s.items() if k != "name"} for s in settings}
 
@@ -77,7 +101,7 @@ def run_identity(config: Mapping, preset: Mapping, fingerprint: str, precision: 
     stages: [Stage.settings()] of the run's stages (or a result's "stages")."""
     identity = {"method": config["method"], "preset": config["preset"], "fold": config["fold"],
                 "label_ratio": config["label_ratio"], "seed": config["seed"],
-                **{k: v for k, v in preset.items() if k != "name"},
+                **_preset_fields(preset),
                 # what the trainer does: --no-augment, or a preset whose model turns augmentation off
                 "augment": bool(config["augment"] and preset["model"].get("augment", True)),
                 "precision": precision, "pretrained": config["pretrained"], "fingerprint": fingerprint}

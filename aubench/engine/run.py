@@ -1,4 +1,5 @@
-"""Train + test one (method, fold, protocol): one result record per test condition (read by the leaderboard)."""
+"""Train + test one (method, fold, protocol): one result record per tested stage and test
+condition (read by the leaderboard)."""
 from __future__ import annotations
 
 import platform
@@ -6,7 +7,7 @@ import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ import torch
 from aubench.data.occlusion import condition_name
 from aubench.engine.trainer import RunConfig, Trainer, parse_occlusion_option
 from aubench.leaderboard import RESULT_SCHEMA
+from aubench.models.base import row_method_name, tested_stages
 
 
 def protocol_name(label_ratio: float, train_occlusion: str = "none", test_occlusion: str = "none") -> str:
@@ -48,10 +50,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def train_and_evaluate(config: RunConfig, bench: dict[str, Any] | None = None, step_callback=None,
-                       test_occlusions: Sequence[str] = ("none",)) -> list[dict[str, Any]]:
-    """Train (every stage not finished yet), then test the last stage's method on the fold's test
-    split under each test occlusion condition; one result record per condition, in order (all ranks)."""
+def train_and_evaluate(config: RunConfig, bench: Mapping[str, dict[str, Any]] | None = None, step_callback=None,
+                       test_occlusions: Sequence[str] = ("none",),
+                       only: Collection[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Train (every stage not finished yet), then test each tested stage's method (the last
+    stage's; for a method whose stages are leaderboard rows, every row's: tested_stages) on the
+    fold's test split under each test occlusion condition; one result record per (tested stage,
+    condition), stage by stage, conditions in order (all ranks). `bench`: the size / speed record
+    of each tested stage, by stage name; `only`: the (stage name, condition name) pairs to test
+    (default: all). A row's result is the method "<method>-<row>"; every result names its
+    "tested_stage"."""
     conditions = [parse_occlusion_option("--test-occlusion", text) for text in test_occlusions]
     trainer = Trainer(config, step_callback=step_callback)
     training = trainer.fit()
@@ -61,34 +69,43 @@ def train_and_evaluate(config: RunConfig, bench: dict[str, Any] | None = None, s
     train = condition_name(trainer.train_occlusion)
     stages = [{**stage.settings(), **record} for stage, record in zip(trainer.stages, trainer.records)]
     results = []
-    for occlusion in conditions:
-        metrics = trainer.evaluate(occlusion)
-        test = condition_name(occlusion)
-        results.append({
-            "schema": RESULT_SCHEMA,
-            "method": config.method,
-            "dataset": trainer.data.dataset,
-            "fold": config.fold,
-            # the label protocol; the occlusion conditions have their own field (file names carry both)
-            "protocol": protocol_name(config.label_ratio),
-            "label_ratio": config.label_ratio,
-            "realised_label_ratio": training["labels"]["realised_label_ratio"],
-            "occlusion": {"train": train, "test": test},
-            "initialisation": training["initialisation"],
-            "au_names": trainer.data.au_names,
-            "metrics": metrics,
-            "mean_f1": metrics["mean_f1"],
-            "bench": bench or {},
-            "training": training,
-            "stages": stages,
-            "config": asdict(config),
-            "preset": trainer.preset.__dict__,
-            "precision": trainer.precision,
-            "data": {"path": str(Path(config.data).resolve()), "fingerprint": trainer.data.fingerprint,
-                     "num_test_frames": metrics["num_frames"]},
-            "device": device_name(trainer.device),
-            "world_size": trainer.env.world_size,
-            "versions": versions(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
+    for stage in tested_stages(trainer.stages):
+        for occlusion in conditions:
+            test = condition_name(occlusion)
+            if only is not None and (stage.name, test) not in only:
+                continue
+            metrics = trainer.evaluate(occlusion, stage.name)
+            results.append({
+                "schema": RESULT_SCHEMA,
+                "method": row_method_name(config.method, stage),
+                "tested_stage": stage.name,
+                "dataset": trainer.data.dataset,
+                "fold": config.fold,
+                # the label protocol; the occlusion conditions have their own field (file names carry both)
+                "protocol": protocol_name(config.label_ratio),
+                "label_ratio": config.label_ratio,
+                "realised_label_ratio": training["labels"]["realised_label_ratio"],
+                "occlusion": {"train": train, "test": test},
+                "initialisation": training["initialisation"],
+                "au_names": trainer.data.au_names,
+                "metrics": metrics,
+                "mean_f1": metrics["mean_f1"],
+                "bench": (bench or {}).get(stage.name, {}),
+                "training": training,
+                "stages": stages,
+                "config": asdict(config),
+                "preset": trainer.preset.__dict__,
+                "precision": trainer.precision,
+                "data": {"path": str(Path(config.data).resolve()), "fingerprint": trainer.data.fingerprint,
+                         "num_test_frames": metrics["num_frames"]},
+                "device": device_name(trainer.device),
+                "world_size": trainer.env.world_size,
+                "versions": versions(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            })
     return results
+
+
+def result_row(result: dict[str, Any]) -> str | None:
+    """The leaderboard row name (Stage.row) of a result of train_and_evaluate; None for a method without rows."""
+    return next(stage["row"] for stage in result["stages"] if stage["name"] == result["tested_stage"])

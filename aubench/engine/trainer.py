@@ -3,8 +3,10 @@
 A method only says what one training step computes (AUMethod.training_step) and how it
 predicts; the trainer owns the loop. A method that trains in stages declares them
 (AUMethod.stages, aubench.models.base.Stage); the trainer runs them in order through the same
-loop, each with a fresh optimiser and its own schedule, and tests the last stage's method. A
-single-stage method is one stage: the preset as it is.
+loop, each with a fresh optimiser and its own schedule, and tests the last stage's method (or,
+for a method whose stages are leaderboard rows, each row's: `Trainer.stage_method`). A
+single-stage method is one stage: the preset as it is. The training occlusion (--train-occlusion,
+else the preset's train_occlusion) applies to every stage but those with `occluded=False`.
 
 Exact resume: the checkpoint (`last.pt`, replaced atomically) holds the stage being trained
 (its index and name), the records of the stages already finished, and that stage's model,
@@ -55,17 +57,21 @@ CHECKPOINT_NAME = "last.pt"
 RESULT_NAME = "result.json"  # written beside the checkpoint by `aubench train` (test condition "none")
 LOG_NAME = "log.jsonl"
 # Every file a run writes into its directory (glob patterns): a fresh run replaces them together,
-# so a new checkpoint never sits beside an old result, stage file or log.
-RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, "result_test-*.json", "final_*.pt", LOG_NAME)
+# so a new checkpoint never sits beside an old result, stage file or log. "result_*.json": the
+# results of the other test conditions and of leaderboard rows (result_file_name).
+RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, "result_*.json", "final_*.pt", LOG_NAME)
 # Files that make a directory hold a run worth keeping (a log alone is a run that died before
 # its first checkpoint: nothing to resume or to lose).
 KEPT_RUN_FILES = tuple(name for name in RUN_FILES if name != LOG_NAME)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-def result_file_name(test_condition: str) -> str:
-    """The result file of one test condition (a condition name) in a run directory."""
-    return RESULT_NAME if test_condition == "none" else f"result_test-{test_condition}.json"
+def result_file_name(test_condition: str, row: str | None = None) -> str:
+    """The result file of one test condition (a condition name) in a run directory: result.json,
+    result_test-<condition>.json; for a leaderboard row (Stage.row) result_<row>.json,
+    result_<row>_test-<condition>.json."""
+    stem = "result" if row is None else f"result_{row}"
+    return f"{stem}.json" if test_condition == "none" else f"{stem}_test-{test_condition}.json"
 
 
 def stage_file_name(stage: str) -> str:
@@ -82,7 +88,8 @@ class RunConfig:
     fold: int = 1
     preset: str = "tiny"
     label_ratio: float = 1.0
-    train_occlusion: str = "none"      # occlusion of the training images: none, patches:<ratio>, block:<ratio>
+    train_occlusion: str | None = None  # occlusion of the training images: none, patches:<ratio>, block:<ratio>;
+                                        # None = the preset's (Preset.train_occlusion)
     epochs: int | None = None          # None = the preset's
     batch_size: int | None = None      # global batch; None = the preset's
     image_size: int | None = None      # None = the preset's
@@ -138,6 +145,17 @@ def parse_occlusion_option(option: str, text: str) -> tuple[str, float] | None:
         raise UserError(f"{option} {text!r}: {err}") from None
 
 
+def condition_text(occlusion: tuple[str, float] | None) -> str:
+    """A parsed condition as the command line writes it, one spelling per condition
+    ("patches:0.50" -> "patches:0.5")."""
+    return "none" if occlusion is None else f"{occlusion[0]}:{occlusion[1]:g}"
+
+
+def train_occlusion(preset: Preset) -> tuple[str, float] | None:
+    """The parsed training occlusion of a resolved preset (resolve_preset)."""
+    return parse_condition(preset.train_occlusion)
+
+
 def run_stages(method_cls: type[AUMethod], preset: Preset) -> list[Stage]:
     """The method's stages for the resolved preset, checked (names, references to earlier stages)."""
     return check_stages(method_cls.name, list(method_cls.stages(preset)))
@@ -145,8 +163,9 @@ def run_stages(method_cls: type[AUMethod], preset: Preset) -> list[Stage]:
 
 def config_identity(config: RunConfig, preset: Preset, stages: list[Stage], fingerprint: str,
                     precision: str) -> dict[str, Any]:
-    """The run identity (aubench.engine.identity.run_identity) of a request."""
-    train = condition_name(parse_occlusion_option("--train-occlusion", config.train_occlusion))
+    """The run identity (aubench.engine.identity.run_identity) of a request; `preset` resolved
+    (resolve_preset), so its train_occlusion is the run's."""
+    train = condition_name(train_occlusion(preset))
     return run_identity({**asdict(config), "train_occlusion": train}, preset.__dict__, fingerprint, precision,
                         [stage.settings() for stage in stages])
 
@@ -180,12 +199,21 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 def resolve_preset(method_cls: type[AUMethod], config: RunConfig) -> Preset:
-    """The method's preset with the run's overrides (epochs, batch size, image size, model settings)."""
+    """The method's preset with the run's overrides (epochs, batch size, image size, training
+    occlusion, model settings). Its train_occlusion is the run's, spelled one way (condition_text)."""
     if config.preset not in method_cls.presets:
         raise UserError(f"method {config.method!r} has no preset {config.preset!r}; "
                         f"presets: {', '.join(sorted(method_cls.presets))}")
     base = method_cls.presets[config.preset]
+    if config.train_occlusion is not None:
+        occlusion = parse_occlusion_option("--train-occlusion", config.train_occlusion)
+    else:
+        try:
+            occlusion = parse_condition(base.train_occlusion)
+        except ValueError as err:  # a mistake in the method's code, not the user's
+            raise ValueError(f"method {config.method!r} preset {base.name!r}: train_occlusion: {err}") from None
     return Preset(**{**base.__dict__, "model": {**base.model, **config.model},
+                     "train_occlusion": condition_text(occlusion),
                      "epochs": config.epochs if config.epochs is not None else base.epochs,
                      "batch_size": config.batch_size if config.batch_size is not None else base.batch_size,
                      "image_size": config.image_size if config.image_size is not None else base.image_size})
@@ -306,11 +334,10 @@ class Trainer:
         self.stages = run_stages(self.method_cls, self.preset)
         for stage in self.stages:
             self._check_stage_preset(stage)
-        occlusion = parse_occlusion_option("--train-occlusion", config.train_occlusion)
-        self.train_occlusion = occlusion
-        # One spelling per condition in checkpoints and results ("patches:0.50" -> "patches:0.5").
-        self.config = config = replace(config, train_occlusion="none" if occlusion is None
-                                       else f"{occlusion[0]}:{occlusion[1]:g}")
+        # The run's training occlusion, resolved (--train-occlusion, else the preset's) and spelled
+        # one way ("patches:0.50" -> "patches:0.5") in checkpoints and results.
+        self.train_occlusion = train_occlusion(self.preset)
+        self.config = config = replace(config, train_occlusion=self.preset.train_occlusion)
         self.precision = resolve_precision(config.precision, self.device)
         self.data: RunData = open_run_data(config.data, config.fold)
         check_stages_build(self.method_cls, self.data.num_aus, self.stages)
@@ -322,6 +349,9 @@ class Trainer:
         stats = self.data.train_label_statistics(config.label_ratio)
         self.class_weights = torch.as_tensor(stats["class_weight"], dtype=torch.float32)
         self.records: list[dict[str, Any]] = []  # one per finished stage
+        # Trained methods of earlier stages the trainer holds (what later stages read, and after
+        # fit() the tested stages it has loaded), by stage name.
+        self.trained: dict[str, AUMethod] = {}
         self.stage_index = 0
         self.method = self._build_stage(0, {})
         self.state = TrainState(epochs=self.stage.preset.epochs, stage=self.stage.name)
@@ -445,7 +475,8 @@ class Trainer:
 
     def train_dataset(self):
         """The current stage's training set: the frames or clips whose labels the protocol keeps;
-        every training frame for a stage that uses no labels."""
+        every training frame for a stage that uses no labels. Occluded by the run's training
+        occlusion unless the stage is not (Stage.occluded)."""
         stage, cfg = self.stage, self.config
         # A preset may turn augmentation off (model setting "augment"); --no-augment always does.
         augment = cfg.augment and bool(stage.preset.model.get("augment", True))
@@ -456,7 +487,7 @@ class Trainer:
         return self.data.train_dataset(self.method.input_kind, stage.preset,
                                        cfg.label_ratio if stage.uses_labels else 1.0, augment=augment,
                                        key_view=self.method.key_view, labeled_only=stage.uses_labels,
-                                       occlusion=self.train_occlusion)
+                                       occlusion=self.train_occlusion if stage.occluded else None)
 
     def train_loader(self, dataset, sampler: DistributedSampler, skip_batches: int) -> DataLoader:
         batch_size = self.per_rank_batch_size()
@@ -566,23 +597,24 @@ class Trainer:
         """Train every stage not finished yet; the training summary of the run."""
         payload = self.read_resume_checkpoint() if self.config.resume else None
         first = int(payload.get("stage", {}).get("index", 0)) if payload else 0
-        trained: dict[str, AUMethod] = {}
+        self.trained = {}
         if payload is not None:
             self.records = list(payload.get("finished_stages", []))
             needed = self._needed(first, restoring=True)
-            trained = {self.stages[i].name: self._load_stage_weights(i) for i in range(first)
-                       if self.stages[i].name in needed}
+            self.trained = {self.stages[i].name: self._load_stage_weights(i) for i in range(first)
+                            if self.stages[i].name in needed}
         for index in range(first, len(self.stages)):
             if index != self.stage_index:
-                self.method = self._build_stage(index, trained, restoring=payload is not None and index == first)
+                self.method = self._build_stage(index, self.trained,
+                                                restoring=payload is not None and index == first)
                 self.stage_index = index
             # Hold on only to what later stages read (this stage's frozen inputs it holds itself).
             needed = self._needed(index + 1, restoring=False)
-            trained = {name: method for name, method in trained.items() if name in needed}
+            self.trained = {name: method for name, method in self.trained.items() if name in needed}
             self.records.append(self._fit_stage(payload if index == first else None))
             if index + 1 < len(self.stages):
                 self._save_stage_weights()
-                trained[self.stage.name] = self.method
+                self.trained[self.stage.name] = self.method
         labels = self.data.label_report(self.config.label_ratio)
         seconds = sum(r["train_seconds"] for r in self.records)
         samples = sum(r["samples_seen"] for r in self.records)
@@ -708,13 +740,39 @@ class Trainer:
         return {k: float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
                 for k, v in out.items()}
 
-    def evaluate(self, occlusion: tuple[str, float] | None = None) -> dict[str, Any]:
-        """Metrics of the current (after fit(): the last) stage's method on the fold's test split,
+    def _stage_index(self, name: str) -> int:
+        names = [stage.name for stage in self.stages]
+        if name not in names:
+            raise ValueError(f"{self.config.method} has no stage {name!r} (stages: {', '.join(names)})")
+        return names.index(name)
+
+    def stage_method(self, name: str) -> AUMethod:
+        """The trained method of stage `name` (after fit(): the last stage, or an earlier one, to
+        test a leaderboard row), ready to predict: the current stage's; one the trainer still
+        holds (read by a later stage); else loaded from its final-weights file. Its own frozen
+        inputs are attached as in training, found or loaded the same way."""
+        index = self._stage_index(name)
+        if index == self.stage_index:
+            return self.method
+        held = {**self.method.frozen_inputs, **self.trained}
+        method = held[name] if name in held else self._load_stage_weights(index)
+        missing = [source for source in self.stages[index].frozen_inputs if source not in method.frozen_inputs]
+        if missing:  # loaded from its file: its own frozen inputs are not attached yet
+            method.frozen_inputs = {**method.frozen_inputs,
+                                    **{source: freeze(self.stage_method(source)) for source in missing}}
+        self.trained[name] = method  # kept for the next test condition
+        return method
+
+    def evaluate(self, occlusion: tuple[str, float] | None = None, stage: str | None = None) -> dict[str, Any]:
+        """Metrics of stage `stage`'s trained method (default: the current one, after fit() the
+        last) on the fold's test split, with that stage's preset (image size, batch, clip length),
         its images occluded by `occlusion` (a parsed condition) when given."""
         from aubench.engine.evaluator import evaluate_method
 
-        result = evaluate_method(self.method, self.data, self.stage.preset, self.env, precision=self.precision,
+        tested = self.stage if stage is None else self.stages[self._stage_index(stage)]
+        method = self.stage_method(tested.name)
+        result = evaluate_method(method, self.data, tested.preset, self.env, precision=self.precision,
                                  workers=self.workers, progress=self.config.progress, occlusion=occlusion)
-        self.logger.write({"event": "evaluate", "test_occlusion": condition_name(occlusion),
+        self.logger.write({"event": "evaluate", "stage": tested.name, "test_occlusion": condition_name(occlusion),
                            "mean_f1": result["mean_f1"], "all_positive_mean_f1": result["all_positive_mean_f1"]})
         return result

@@ -22,7 +22,9 @@ pre-training, then a linear probe on the frozen encoder) returns them from `stag
 the engine runs them in order with one loop (aubench.engine.trainer) and tests the last one.
 Each stage's method is a fresh instance of the class built from the stage's preset, so one class
 serves every stage and picks its network from the stage's model settings. The default is one
-stage: the preset as it is.
+stage: the preset as it is. A method whose stages are worth comparing (a teacher and the student
+distilled from it) names them as leaderboard rows (Stage.row): then every stage with a row is
+tested, and its results are the method "<method>-<row>" (tested_stages, row_method_name).
 """
 from __future__ import annotations
 
@@ -62,6 +64,11 @@ class Preset:
     clip_len: int = 1                 # frames per sample; 1 for frame methods
     rotation: float = 10.0            # training augmentation: rotation drawn from [-r, r] degrees
     model: dict[str, Any] = field(default_factory=dict)  # method-specific settings
+    # The run's training occlusion unless --train-occlusion says otherwise: a condition as the
+    # command line writes it ("none", "patches:0.5", "block:0.3"; aubench.data.occlusion). The
+    # engine reads the run's preset's (the one stages(preset) receives), never a stage preset's;
+    # Stage.occluded keeps a stage's images clean.
+    train_occlusion: str = "none"
 
 
 SINGLE_STAGE = "train"  # the name of the one stage of a method that does not train in stages
@@ -89,6 +96,15 @@ class Stage:
     frozen_inputs: earlier stages whose trained methods this one reads (a teacher to distil
         from): frozen, in eval mode, given to the method as `self.frozen_inputs[name]`; they are
         not part of its parameters, optimiser or checkpoint.
+    occluded: False: the run's training occlusion does not apply to this stage. Its training
+        images are clean and its batches carry no "occlusion" (a masked autoencoder that masks
+        clean faces itself, a detector that must learn from clean faces). True (the default):
+        under a training occlusion its images are occluded and its batches carry "occlusion",
+        bool (B,H,W) ((B,n,H,W) for clips), True = occluded.
+    row: a leaderboard row name (same characters as a stage name). When any stage of a method
+        has one, every stage with one is tested (after training, under every test condition)
+        and its results are the method "<method>-<row>"; the last stage must then have one too.
+        None on every stage: the last stage is tested, its results are the method's own.
     """
 
     name: str
@@ -97,12 +113,15 @@ class Stage:
     frozen: tuple[str, ...] = ()
     uses_labels: bool = True
     frozen_inputs: tuple[str, ...] = ()
+    occluded: bool = True
+    row: str | None = None
 
     def settings(self) -> dict[str, Any]:
-        """What the stage trains, as plain values (part of a run's identity and of its result)."""
+        """What the stage trains, as plain values (part of a run's identity and of its result;
+        the row names results and is left out of the identity, aubench.engine.identity)."""
         return {"name": self.name, "preset": {k: v for k, v in self.preset.__dict__.items() if k != "name"},
                 "init_from": self.init_from, "frozen": list(self.frozen), "uses_labels": self.uses_labels,
-                "frozen_inputs": list(self.frozen_inputs)}
+                "frozen_inputs": list(self.frozen_inputs), "occluded": self.occluded, "row": self.row}
 
 
 def check_stages(method: str, stages: list[Stage]) -> list[Stage]:
@@ -120,7 +139,29 @@ def check_stages(method: str, stages: list[Stage]) -> list[Stage]:
             if earlier not in seen:
                 raise ValueError(f"{where}: {earlier!r} is not an earlier stage (earlier: {seen or 'none'})")
         seen.append(stage.name)
+    rows: list[str] = []
+    for stage in (stage for stage in stages if stage.row is not None):
+        where = f"{method} stage {stage.name!r}"
+        if not isinstance(stage.row, str) or not _STAGE_NAME.fullmatch(stage.row):
+            raise ValueError(f"{where}: row {stage.row!r}: a row name is letters, digits, '_' and '-'")
+        if stage.row in rows:
+            raise ValueError(f"{where}: two stages have the row name {stage.row!r}")
+        rows.append(stage.row)
+    if rows and stages[-1].row is None:
+        raise ValueError(f"{method}: stages {', '.join(repr(s.name) for s in stages if s.row is not None)} are "
+                         f"leaderboard rows, so the last stage {stages[-1].name!r} must be one too (Stage.row)")
     return stages
+
+
+def tested_stages(stages: list[Stage]) -> list[Stage]:
+    """The stages whose methods are tested: those with a row name when any has one, else the last."""
+    rows = [stage for stage in stages if stage.row is not None]
+    return rows or [stages[-1]]
+
+
+def row_method_name(method: str, stage: Stage) -> str:
+    """The method name of a tested stage's results: "<method>-<row>", or the method's own without a row."""
+    return method if stage.row is None else f"{method}-{stage.row}"
 
 
 class AUMethod(nn.Module):
