@@ -156,6 +156,8 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
         preset_obj = preset
     if image_size is not None:
         preset_obj = Preset(**{**preset_obj.__dict__, "image_size": image_size})
+    if model_overrides:  # before the stages, which are derived from the model settings
+        preset_obj = Preset(**{**preset_obj.__dict__, "model": {**preset_obj.model, **model_overrides}})
     occlusion = parse_occlusion_option("--train-occlusion", train_occlusion or preset_obj.train_occlusion)
     preset_obj = Preset(**{**preset_obj.__dict__, "train_occlusion": condition_text(occlusion)})
     # A method that trains in stages is measured as it is tested: its last stage's network, or
@@ -177,7 +179,7 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
     def build(stage_name: str) -> AUMethod:
         """A stage's method with the earlier stages it reads (a teacher) attached, frozen, as in
         training; speed does not depend on their weights."""
-        built = create_method(name, num_aus, by_name[stage_name].preset, None, **(model_overrides or {})).to(device)
+        built = create_method(name, num_aus, by_name[stage_name].preset, None).to(device)
         built.frozen_inputs = {source: freeze(build(source)) for source in by_name[stage_name].frozen_inputs}
         return built
 
@@ -191,6 +193,7 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
                                            preset_obj.clip_len, device, occlusion=occlusion), channels_last)
     record: dict[str, Any] = {
         "method": row_method_name(name, measured), "preset": preset_obj.name, "stage": measured.name,
+        "model_overrides": dict(model_overrides or {}),
         "input_kind": cls.input_kind, "occlusion": condition_name(occlusion),
         "image_size": preset_obj.image_size, "clip_len": preset_obj.clip_len, "batch_size": batch_size,
         "frames_per_batch": frames_in(batch), "precision": precision, "channels_last": channels_last,

@@ -8,6 +8,7 @@ functions below) and reported the same way. Run under torchrun for data-parallel
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -83,6 +84,22 @@ def _condition(text: str) -> str:
     return text
 
 
+def _model_setting(text: str) -> tuple[str, object]:
+    """--model KEY=VALUE: VALUE as JSON (numbers, true / false, null, lists, objects), else the text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _model_overrides(pairs) -> dict:
+    return dict(pairs or [])
+
+
 _fold_list = _list_of(_integer, "fold numbers")
 _condition_list = _list_of(_condition, "occlusion conditions")
 _ratio_list = _list_of(_label_ratio, "label ratios in (0, 1]")
@@ -91,7 +108,11 @@ _name_list = _list_of(str, "names")
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="aubench HDF5 file (datasets_tools convert)")
-    p.add_argument("--preset", default="tiny", help="paper | tiny (default: tiny)")
+    p.add_argument("--preset", default="tiny", help="paper | tiny (default: tiny); `aubench methods` lists each "
+                                                    "method's presets")
+    p.add_argument("--model", type=_model_setting, action="append", metavar="KEY=VALUE",
+                   help="override one of the preset's model settings (repeatable; VALUE is JSON or text), e.g. "
+                        "--model backbone=swin_base_patch4_window7_224 --model neighbours=3; part of the run's settings")
     p.add_argument("--epochs", type=_positive, help="override the preset's epochs")
     p.add_argument("--batch-size", type=_train_batch, help="override the preset's (global) batch size (at least 2)")
     p.add_argument("--image-size", type=_positive,
@@ -165,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-aus", type=_positive, default=12)
     p.add_argument("--batch-size", type=_positive, default=8, help="at least 2 unless --no-train")
     p.add_argument("--image-size", type=_positive)
+    p.add_argument("--model", type=_model_setting, action="append", metavar="KEY=VALUE",
+                   help="override one of the preset's model settings (repeatable; VALUE is JSON or text)")
     p.add_argument("--device", help="cpu | cuda")
     p.add_argument("--precision", default="auto")
     p.add_argument("--channels-last", action="store_true")
@@ -208,7 +231,8 @@ def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
                      image_size=args.image_size, out=out, resume=args.resume, overwrite=args.overwrite,
                      pretrained=pretrained, device=args.device, seed=args.seed, precision=args.precision,
                      workers=args.workers, checkpoint_every=args.checkpoint_every, augment=not args.no_augment,
-                     channels_last=args.channels_last, progress=not args.no_progress)
+                     channels_last=args.channels_last, progress=not args.no_progress,
+                     model=_model_overrides(args.model))
 
 
 def cmd_train(args) -> int:
@@ -243,6 +267,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from dataclasses import replace
+
     from aubench.bench import benchmark_method
     from aubench.engine.distributed import resolve_device
     from aubench.engine.evaluate import resolve_methods
@@ -258,10 +284,16 @@ def cmd_bench(args) -> int:
         if args.preset not in cls.presets:
             raise UserError(f"method {method!r} has no preset {args.preset!r}; presets: {', '.join(sorted(cls.presets))}")
         # one record per leaderboard row of a method whose stages are rows, else one (its last stage)
-        for stage in tested_stages(check_stages(method, list(cls.stages(cls.presets[args.preset])))):
-            r = benchmark_method(method, args.num_aus, args.preset, device, args.batch_size, args.precision,
-                                 args.channels_last, args.warmup, args.iters, train=not args.no_train,
-                                 image_size=args.image_size, stage=stage.name)
+        preset = cls.presets[args.preset]
+        preset = replace(preset, model={**preset.model, **_model_overrides(args.model)})
+        for stage in tested_stages(check_stages(method, list(cls.stages(preset)))):
+            try:
+                r = benchmark_method(method, args.num_aus, args.preset, device, args.batch_size, args.precision,
+                                     args.channels_last, args.warmup, args.iters, train=not args.no_train,
+                                     image_size=args.image_size, stage=stage.name,
+                                     model_overrides=_model_overrides(args.model))
+            except ValueError as err:  # a setting the method refuses (BackboneError is one too)
+                raise UserError(f"method {method!r} (stage {stage.name!r}): {err}") from None
             records.append(r)
             train = f"{r['train_frames_per_s']:10.1f}" if "train_frames_per_s" in r else f"{'-':>10}"
             occluded = f", train occlusion {r['occlusion']}" if r["occlusion"] != "none" else ""

@@ -132,3 +132,23 @@ def test_demo_refuses_a_directory_of_another_demo(capsys, tmp_path):
     old = tmp_path / "old"
     (old / "run").mkdir(parents=True)
     expect_user_error(["demo", "--out", str(old)], capsys, "earlier demo")
+
+
+def test_model_settings_from_the_command_line(h5, capsys, tmp_path):
+    from aubench.cli import build_parser, _run_config
+
+    args = build_parser().parse_args(["train", "--method", "megraphau", "--data", str(h5), "--model", "neighbours=2",
+                                      "--model", "backbone=resnet18", "--model", 'backbone_kwargs={"stem_width": 8}'])
+    config = _run_config(args, args.method, 1, 1.0, "out")
+    assert config.model == {"neighbours": 2, "backbone": "resnet18", "backbone_kwargs": {"stem_width": 8}}
+    expect_user_error(["train", "--method", "megraphau", "--data", str(h5), "--model", "neighbours"], capsys,
+                      "expected KEY=VALUE")
+    expect_user_error(["train", "--method", "megraphau", "--data", str(h5), "--out", str(tmp_path / "r"),
+                       "--model", "no_such_setting=1", *FAST], capsys, "unknown model settings ['no_such_setting']")
+    code, out, _ = run_cli(["bench", "--methods", "megraphau", "--preset", "tiny", "--image-size", "32",
+                            "--batch-size", "2", "--warmup", "0", "--iters", "1", "--no-train",
+                            "--model", "width=16", "--json", str(tmp_path / "b.json")], capsys)
+    assert code == 0
+    record = json.loads((tmp_path / "b.json").read_text())[0]
+    assert record["model_overrides"] == {"width": 16}
+    assert record["params_m"] < 0.74   # a narrower head than the tiny preset's

@@ -9,7 +9,7 @@ import torch
 from aubench.data.occlusion import frame_occlusion_mask
 from aubench.models.base import TrainState
 from aubench.models.mae import patchify
-from aubench.models.maefau import MAEFAU, MEGraphAURecon, au_distillation_loss, edge_distillation_loss
+from aubench.models.maefau import MAEFAU, au_distillation_loss, edge_distillation_loss
 
 TINY = MAEFAU.presets["tiny"]
 NUM_AUS = 12
@@ -166,31 +166,33 @@ def test_student_loss_is_eq14_against_the_teacher_on_the_same_occluded_image(cha
 # ------------------------------------------------------------------- stages and presets
 
 def test_stages_follow_the_paper_schedule():
-    stages = {s.name: s for s in MAEFAU.stages(MAEFAU.presets["paper"])}
-    assert list(stages) == ["mae", "teacher1", "teacher2", "student"]
-    assert [s.preset.epochs for s in stages.values()] == [10, 30, 20, 10]
+    paper = MAEFAU.presets["paper"]
+    stages = {s.name: s for s in MAEFAU.stages(paper)}
+    assert list(stages) == ["mae", "recon1", "recon2", "teacher1", "teacher2", "student"]
+    assert [s.preset.epochs for s in stages.values()] == [10, 30, 20, 30, 20, 10]
     assert [stages[n].preset.lr for n in ("teacher1", "teacher2", "student")] == [1e-4, 1e-6, 1e-5]
     disfa = {s.name: s for s in MAEFAU.stages(MAEFAU.presets["paper-disfa"])}
     assert [disfa[n].preset.lr for n in ("teacher1", "teacher2", "student")] == [7.5e-5, 1e-5, 1e-5]
     assert not stages["mae"].uses_labels and not stages["mae"].occluded
     assert stages["teacher1"].frozen == stages["teacher2"].frozen == ("mae",)
     assert stages["student"].frozen_inputs == ("teacher2",)
-    assert (stages["teacher2"].row, stages["student"].row) == ("teacher", "student")
-    paper = MAEFAU.presets["paper"]
+    assert [s.row for s in stages.values()] == [None, None, "recon", None, "teacher", "student"]
     assert (paper.batch_size, paper.image_size, paper.train_occlusion) == (48, 224, "patches:0.5")
     assert {k: paper.model[k] for k in ("lambda", "temperature", "alpha", "beta")} == \
         {"lambda": 0.01, "temperature": 2.0, "alpha": 1.0, "beta": 0.1}
     # --epochs sets teacher stage 1's; the others keep their proportion
     shorter = MAEFAU.stages(type(paper)(**{**paper.__dict__, "epochs": 3}))
-    assert [s.preset.epochs for s in shorter] == [1, 3, 2, 1]
+    assert [s.preset.epochs for s in shorter] == [1, 3, 2, 3, 2, 1]
+    without = MAEFAU.stages(type(paper)(**{**paper.__dict__, "model": {**paper.model,
+                                                                         "reconstruction_baseline": False}}))
+    assert [s.name for s in without] == ["mae", "teacher1", "teacher2", "student"]
 
 
-def test_reconstruction_baseline_trains_clean_and_tests_on_reconstructions():
-    stages = MEGraphAURecon.stages(MEGraphAURecon.presets["tiny"])
-    assert [s.name for s in stages] == ["mae", "stage1", "stage2"]
-    assert not any(s.occluded for s in stages)
-    assert MEGraphAURecon.presets["tiny"].train_occlusion == "none"
-    method = build("stage2", cls=MEGraphAURecon, preset=MEGraphAURecon.presets["tiny"]).eval()
+def test_reconstruction_baseline_trains_clean_and_tests_on_reconstructions(chain):
+    stages = {s.name: s for s in MAEFAU.stages(TINY)}
+    assert not stages["recon1"].occluded and not stages["recon2"].occluded and stages["teacher1"].occluded
+    method = build("recon2").eval()
+    method.init_from_stage("recon1", build("recon1"))
     batch, _ = occluded_batch()
     expected = method.net(method.mae.inpaint(batch["image"], method.token_masks(batch)))["probs"]
     assert torch.equal(method.predict(batch), expected.float())
@@ -217,3 +219,94 @@ def test_paper_sizes_beside_table4():
     # the ViT-B encoder (85.8 M) + the alignment + the stage-2 head
     assert sizes["teacher2"] == pytest.approx(111.7 + 94.4, abs=0.6)
     assert 85.8 + 7.0 < sizes["student"] < 85.8 + 8.5
+
+
+# --------------------------------------------------------------------- through the engine
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from aubench.engine.checkpoint import load_checkpoint  # noqa: E402
+from aubench.engine.trainer import RunConfig, Trainer  # noqa: E402
+from fixtures_h5 import write_au_h5  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+AUS8 = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26")
+# tiny at 56 px, batch 8, --epochs 2: mae 1, recon1 2, recon2 1, teacher1 2, teacher2 1, student 1
+# epoch of 6 steps
+RUN = dict(method="maefau", preset="tiny", batch_size=8, epochs=2, progress=False, device="cpu", log_every=1)
+
+KILL_SCRIPT = """
+import json, os, signal, sys
+import aubench.models
+from aubench.engine.trainer import RunConfig, Trainer
+stage, step, config = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+
+def kill(state, parts):
+    if state.stage == stage and state.step == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer(RunConfig(**config), step_callback=kill).fit()
+"""
+
+
+@pytest.fixture(scope="module")
+def h5(tmp_path_factory):
+    return write_au_h5(tmp_path_factory.mktemp("maefau") / "au8.h5", num_subjects=6, sequence_lengths=(6, 5),
+                       au_names=AUS8)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(h5, tmp_path_factory):
+    trainer = Trainer(RunConfig(data=str(h5), out=str(tmp_path_factory.mktemp("full") / "run"), **RUN))
+    trainer.fit()
+    return trainer
+
+
+def test_the_teacher_does_not_change_during_the_student_stage(uninterrupted):
+    out = Path(uninterrupted.config.out)
+    assert [r["name"] for r in uninterrupted.records] == ["mae", "recon1", "recon2", "teacher1", "teacher2",
+                                                          "student"]
+    saved = load_checkpoint(out / "final_teacher2.pt")["model"]
+    teacher = uninterrupted.method.frozen_inputs["teacher2"]
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    for key, value in teacher.state_dict().items():   # BatchNorm statistics included
+        assert torch.equal(value, saved[key]), key
+    student = uninterrupted.method.state_dict()
+    assert not torch.equal(student["encoder.vit.blocks.0.attn.qkv.weight"],
+                           saved["mae.encoder.vit.blocks.0.attn.qkv.weight"])   # the student trained
+
+
+def test_the_student_stage_resumes_bit_identical_after_a_kill(h5, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    config = dict(data=str(h5), out=str(out), checkpoint_every=1, **RUN)
+    steps = [r["steps"] for r in uninterrupted.records]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, "student", "3", json.dumps(config)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    saved = load_checkpoint(out / "last.pt")
+    assert saved["stage"]["name"] == "student" and saved["train_state"]["step"] == 3 < steps[-1]
+    torch.manual_seed(12345)   # scramble the global RNGs: only the checkpoint can restore them
+    resumed = Trainer(RunConfig(resume=True, **config))
+    resumed.fit()
+    for key, value in uninterrupted.method.state_dict().items():
+        assert torch.equal(resumed.method.state_dict()[key], value), key
+    assert [r["final_losses"] for r in resumed.records] == [r["final_losses"] for r in uninterrupted.records]
+    assert resumed.evaluate(("patches", 0.5)) == uninterrupted.evaluate(("patches", 0.5))
+
+
+def test_pretrained_mae_weights_start_the_mae_stage(h5, tmp_path):
+    source = MAEFAU(len(AUS8), MAEFAU.stages(TINY)[0].preset).mae
+    official = {"model": {k.replace("encoder.vit.", "", 1): v for k, v in source.state_dict().items()
+                          if k.startswith("encoder.vit.")}}
+    path = tmp_path / "mae_tiny.pth"
+    torch.save(official, path)
+    trainer = Trainer(RunConfig(data=str(h5), out=str(tmp_path / "run"), pretrained=str(path), **RUN))
+    for key, value in source.encoder.state_dict().items():
+        assert torch.equal(trainer.method.mae.encoder.state_dict()[key], value), key
+    assert trainer.initialisation == f"pretrained: {path}"

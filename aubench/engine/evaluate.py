@@ -246,7 +246,8 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                     bench[(config.method, stage)] = benchmark_method(
                         config.method, file.num_aus, template.preset, env.device, batch_size=request.bench_batch_size,
                         precision=template.precision, channels_last=template.channels_last, warmup=1, iters=3,
-                        image_size=template.image_size, stage=stage, train_occlusion=template.train_occlusion)
+                        image_size=template.image_size, stage=stage, train_occlusion=template.train_occlusion,
+                        model_overrides=template.model)
             benches = {stage: bench[(config.method, stage)] for stage, _ in todo}
             conditions = [tests[test] for test in dict.fromkeys(test for _, test in todo)]
             results = train_and_evaluate(config, benches, test_occlusions=conditions, only=set(todo))

@@ -3,7 +3,7 @@ from aubench.models.base import (AUMethod, Preset, Stage, TrainState, available_
                                  method_class, register_method)
 from aubench.models import knowledge_spreader  # noqa: F401  (registers "ks")
 from aubench.models import megraphau  # noqa: F401  (registers "megraphau")
-from aubench.models import maefau  # noqa: F401  (registers "maefau", "megraphau-recon")
+from aubench.models import maefau  # noqa: F401  (registers "maefau")
 from aubench.models import resnet_baseline  # noqa: F401  (registers "resnet")
 
 __all__ = ["AUMethod", "Preset", "Stage", "TrainState", "available_methods", "create_method", "method_class",

@@ -9,8 +9,9 @@ Faithful to the official MAE (He et al., facebookresearch/mae, models_mae.py):
 - decoder: a linear from encoder to decoder width, a learned mask token put at the masked
   places with `aubench.ops.restore_tokens` (the cls token kept aside and prepended, as in MAE),
   fixed sine-cosine position embeddings, timm `Block`s, a norm and a per-patch pixel prediction.
-- loss (Eq. 1; MAE's norm_pix_loss): mean squared error per patch against targets normalised
-  per patch, averaged over the masked patches only.
+- loss (Eq. 1): mean squared error per patch, averaged over the masked patches only; with
+  norm_pix_loss (MAE's option and this class's default; MAE-FAU passes False, see
+  aubench.models.maefau) against targets normalised per patch.
 - `paste_visible`: MAE-FAU's de-artifacting step, visible patches from the input, masked ones
   from the reconstruction.
 
