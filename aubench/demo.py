@@ -5,13 +5,14 @@
    times the renderer's natural amplitude (``expressiveness=3``) so that tiny models on 64-px crops
    see them; labels are unchanged,
 2. datasets_tools.convert turns it into one HDF5 file (landmark crop, 64 px),
-3. every registered method is trained and tested with its `tiny` preset on the three standard
-   folds, under the sparse-label protocol at ratio 0.2 (one labeled frame in five, the setting
+3. every registered method is trained with its `tiny` preset on the three standard folds,
+   under the sparse-label protocol at ratio 0.2 (one labeled frame in five, the setting
    Knowledge-Spreader is built for; frame methods train on the labeled frames only; ME-GraphAU
-   trains both of its stages, 20 epochs each),
+   trains both of its stages, 20 epochs each; MAE-FAU its six stages), and tested on clean faces
+   and under 50% random patches (`DEMO_TEST_OCCLUSIONS`),
 4. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
-Sized to finish well within fifteen minutes on a 2-core CPU (ks, megraphau and resnet: 8 min 1 s
-from a fresh clone, install excluded).
+Sized to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau and resnet:
+13 min 22 s from a fresh clone, install excluded).
 """
 from __future__ import annotations
 

@@ -233,6 +233,7 @@ from pathlib import Path  # noqa: E402
 from aubench.engine.checkpoint import load_checkpoint  # noqa: E402
 from aubench.engine.trainer import RunConfig, Trainer  # noqa: E402
 from fixtures_h5 import write_au_h5  # noqa: E402
+from test_stages import KILL_SCRIPT  # noqa: E402  (kills the trainer at a given stage and step)
 
 REPO = Path(__file__).resolve().parents[1]
 AUS8 = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26")
@@ -240,18 +241,6 @@ AUS8 = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26")
 # epoch of 6 steps
 RUN = dict(method="maefau", preset="tiny", batch_size=8, epochs=2, progress=False, device="cpu", log_every=1)
 
-KILL_SCRIPT = """
-import json, os, signal, sys
-import aubench.models
-from aubench.engine.trainer import RunConfig, Trainer
-stage, step, config = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-
-def kill(state, parts):
-    if state.stage == stage and state.step == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-Trainer(RunConfig(**config), step_callback=kill).fit()
-"""
 
 
 @pytest.fixture(scope="module")
