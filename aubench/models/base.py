@@ -218,6 +218,15 @@ class AUMethod(nn.Module):
         return 1
 
 
+def model_settings(method: str, preset: Preset, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The preset's model settings over the method's defaults; ValueError naming any setting
+    the method does not know."""
+    unknown = sorted(set(preset.model) - set(defaults))
+    if unknown:
+        raise ValueError(f"{method}: unknown model settings {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **preset.model}
+
+
 def check_image_size(cls: type[AUMethod], preset: Preset) -> None:
     """UserError when preset.image_size is below what the method's backbone can take."""
     from aubench.errors import UserError

@@ -91,7 +91,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aubench.models.backbones import backbone_stride, create_backbone
-from aubench.models.base import AUMethod, Preset, TrainState, register_method
+from aubench.models.base import AUMethod, Preset, TrainState, model_settings, register_method
 from aubench.ops import make_shuffle_permutations, temporal_shuffle_features
 
 RAMP_FORMS = ("paper", "laine")
@@ -333,10 +333,7 @@ class KnowledgeSpreader(AUMethod):
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
         super().__init__(num_aus, preset, class_weights)
-        unknown = sorted(set(preset.model) - set(_DEFAULTS))
-        if unknown:
-            raise ValueError(f"ks: unknown model settings {unknown}; known: {sorted(_DEFAULTS)}")
-        cfg = {**_DEFAULTS, **preset.model}
+        cfg = model_settings("ks", preset, _DEFAULTS)
         if preset.clip_len < 2:
             raise ValueError(f"ks: clip_len must be >= 2 (one key frame plus unlabeled ones), got {preset.clip_len}")
         if cfg["ramp_form"] not in RAMP_FORMS:

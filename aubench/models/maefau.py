@@ -123,7 +123,7 @@ from torch import nn
 
 from aubench.data.occlusion import GRID_CELLS
 from aubench.models.backbones import create_backbone
-from aubench.models.base import AUMethod, Preset, Stage, TrainState, register_method
+from aubench.models.base import AUMethod, Preset, Stage, TrainState, model_settings, register_method
 from aubench.models.graph_head import LinearBlock, MEGraphHead, edge_labels, edge_loss, weighted_asymmetric_loss
 from aubench.models.mae import (MAE_PRESETS, MAEEncoder, MaskedAutoencoder, load_mae_weights, mae_loss,
                                 occlusion_cells, occlusion_token_masks)
@@ -200,8 +200,7 @@ class FeatureAlignment(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         tokens = latent[:, 1:]
-        b, length, dim = tokens.shape
-        grid = tokens.transpose(1, 2).reshape(b, dim, *self.grid)
+        grid = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
         return self.fc(self.pool(grid).flatten(2).transpose(1, 2))
 
 
@@ -275,14 +274,11 @@ class MAEFAU(AUMethod):
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
         super().__init__(num_aus, preset, class_weights)
-        unknown = sorted(set(preset.model) - set(_DEFAULTS))
-        if unknown:
-            raise ValueError(f"{self._name()}: unknown model settings {unknown}; known: {sorted(_DEFAULTS)}")
-        cfg = {**_DEFAULTS, **preset.model}
+        cfg = model_settings(self.name, preset, _DEFAULTS)
         if cfg["part"] not in PARTS:
-            raise ValueError(f"{self._name()}: model setting part must be one of {', '.join(PARTS)}, got {cfg['part']!r}")
+            raise ValueError(f"{self.name}: model setting part must be one of {', '.join(PARTS)}, got {cfg['part']!r}")
         if cfg["stage"] not in (1, 2):
-            raise ValueError(f"{self._name()}: model setting stage must be 1 or 2, got {cfg['stage']!r}")
+            raise ValueError(f"{self.name}: model setting stage must be 1 or 2, got {cfg['stage']!r}")
         mae = _mae_settings(preset)
         if preset.image_size != GRID_CELLS * mae["patch_size"]:
             raise ValueError(f"image size {preset.image_size} is not {GRID_CELLS} ViT patches of {mae['patch_size']} "
@@ -290,7 +286,7 @@ class MAEFAU(AUMethod):
                              f"{GRID_CELLS * mae['patch_size']})")
         neighbours = int(cfg["neighbours"])
         if cfg["part"] == "teacher" and cfg["stage"] == 1 and not 0 < neighbours < num_aus:
-            raise ValueError(f"{self._name()}: model setting neighbours (K of the stage-1 graph) must be in "
+            raise ValueError(f"{self.name}: model setting neighbours (K of the stage-1 graph) must be in "
                              f"1..{num_aus - 1} for {num_aus} AUs, got {neighbours}")
         self.cfg = cfg
         self.part = cfg["part"]
@@ -299,7 +295,7 @@ class MAEFAU(AUMethod):
         if self.part in ("mae", "teacher"):
             self.mae = MaskedAutoencoder(**mae)
             if self.part == "mae" and cfg["pretrained_path"] is not None:
-                self.weights_report = load_mae_weights(self.mae, cfg["pretrained_path"])
+                load_mae_weights(self.mae, cfg["pretrained_path"])
         if self.part == "teacher":
             backbone = create_backbone(cfg["backbone"], cfg["backbone_pretrained_path"], num_classes=0,
                                        global_pool="", **cfg["backbone_kwargs"])
@@ -309,9 +305,6 @@ class MAEFAU(AUMethod):
                                       **mae.get("encoder_kwargs", {}))
             self.align = FeatureAlignment(self.encoder.dim, self.encoder.grid, width, int(cfg["align_pool"]))
             self.head = MEGraphHead(width, num_aus, 2, None, int(cfg["gnn_layers"]))
-
-    def _name(self) -> str:
-        return self.name or "maefau"
 
     # -- the teacher's input: the MAE's reconstruction of the occluded face ---------------------
     def token_masks(self, batch: dict[str, torch.Tensor]):
@@ -339,7 +332,7 @@ class MAEFAU(AUMethod):
             return self.net(self.detection_input(batch))
         if self.part == "student":
             return self.head(self.align(self.encoder(batch["image"])))  # every patch, no mask
-        raise ValueError(f"{self._name()}: the MAE stage detects no AUs")
+        raise ValueError(f"{self.name}: the MAE stage detects no AUs")
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> dict[str, torch.Tensor]:
@@ -382,14 +375,14 @@ class MAEFAU(AUMethod):
             self.mae.load_state_dict(source.mae.state_dict())
             return {"mae": len(source.mae.state_dict())}
         if self.part == "teacher" and source.part == "teacher":
-            report = load_stage1_weights(self, source.state_dict(), self._name())
+            report = load_stage1_weights(self, source.state_dict(), self.name)
             return {part: len(keys) for part, keys in report.items()}
         if self.part == "student" and source.part == "teacher":
             self.encoder.load_state_dict(source.mae.encoder.state_dict())
             self.head.load_state_dict(source.net.head.state_dict())
             return {"encoder": len(self.encoder.state_dict()), "head": len(self.head.state_dict()),
                     "new": len(self.align.state_dict())}
-        raise ValueError(f"{self._name()}: a {self.part} stage cannot start from a {source.part} stage ({stage!r})")
+        raise ValueError(f"{self.name}: a {self.part} stage cannot start from a {source.part} stage ({stage!r})")
 
 
 def _mae_settings(preset: Preset) -> dict[str, Any]:

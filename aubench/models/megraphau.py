@@ -89,7 +89,7 @@ import torch
 from torch import nn
 
 from aubench.models.backbones import backbone_stride, create_backbone
-from aubench.models.base import AUMethod, Preset, Stage, TrainState, register_method
+from aubench.models.base import AUMethod, Preset, Stage, TrainState, model_settings, register_method
 from aubench.models.graph_head import LinearBlock, MEGraphHead, edge_labels, edge_loss, weighted_asymmetric_loss
 
 # The reference's K per dataset (config/BP4D_config.yaml, config/DISFA_config.yaml), by AU count.
@@ -178,10 +178,7 @@ class MEGraphAU(AUMethod):
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
         super().__init__(num_aus, preset, class_weights)
-        unknown = sorted(set(preset.model) - set(_DEFAULTS))
-        if unknown:
-            raise ValueError(f"megraphau: unknown model settings {unknown}; known: {sorted(_DEFAULTS)}")
-        cfg = {**_DEFAULTS, **preset.model}
+        cfg = model_settings("megraphau", preset, _DEFAULTS)
         stage = cfg["stage"]
         if stage not in (1, 2):
             raise ValueError(f"megraphau: model setting stage must be 1 or 2, got {stage!r}")

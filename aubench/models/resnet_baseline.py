@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aubench.models.backbones import backbone_stride, create_backbone
-from aubench.models.base import AUMethod, Preset, TrainState, register_method
+from aubench.models.base import AUMethod, Preset, TrainState, model_settings, register_method
 
 
 def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
@@ -59,13 +59,10 @@ class ResNetBaseline(AUMethod):
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
         super().__init__(num_aus, preset, class_weights)
-        known = {"backbone", "backbone_kwargs", "pretrained_path", "dropout", "augment"}
-        unknown = sorted(set(preset.model) - known)
-        if unknown:
-            raise ValueError(f"resnet: unknown model settings {unknown}; known: {sorted(known)}")
-        settings = preset.model
-        self.net = ResNetAU(settings.get("backbone", "resnet50"), num_aus, settings.get("pretrained_path"),
-                            settings.get("dropout", 0.0), settings.get("backbone_kwargs"))
+        settings = model_settings("resnet", preset, {"backbone": "resnet50", "backbone_kwargs": None,
+                                                      "pretrained_path": None, "dropout": 0.0, "augment": True})
+        self.net = ResNetAU(settings["backbone"], num_aus, settings["pretrained_path"], settings["dropout"],
+                            settings["backbone_kwargs"])
 
     @classmethod
     def min_image_size(cls, preset: Preset) -> int:
