@@ -11,8 +11,8 @@
    trains both of its stages, 20 epochs each; MAE-FAU its six stages), and tested on clean faces
    and under 50% random patches (`DEMO_TEST_OCCLUSIONS`),
 4. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
-Sized to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau and resnet:
-13 min 22 s from a fresh clone, install excluded).
+Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau and resnet: 13 min
+22 s and, in a slower later run, 15 min 52 s from a fresh clone, install excluded).
 """
 from __future__ import annotations
 
