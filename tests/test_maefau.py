@@ -9,9 +9,10 @@ import torch
 from aubench.data.occlusion import frame_occlusion_mask
 from aubench.models.base import TrainState
 from aubench.models.mae import patchify
-from aubench.models.maefau import MAEFAU, au_distillation_loss, edge_distillation_loss
+from aubench.models.maefau import MAEFAU, FeatureAlignment, au_distillation_loss, edge_distillation_loss
 
 TINY = MAEFAU.presets["tiny"]
+TINY_RECON = type(TINY)(**{**TINY.__dict__, "model": {**TINY.model, "reconstruction_baseline": True}})
 NUM_AUS = 12
 
 
@@ -163,36 +164,56 @@ def test_student_loss_is_eq14_against_the_teacher_on_the_same_occluded_image(cha
     assert student.align.fc[0].fc.weight.grad is not None
 
 
+def test_alignment_merging_keeps_where_a_cue_lies_in_its_window():
+    """The learned downsampling tells apart two latents that differ only in where, inside one
+    2 x 2 window, a token sits; average pooling cannot."""
+    torch.manual_seed(0)
+    latent = torch.randn(2, 1 + 14 * 14, 8)
+    swapped = latent.clone()
+    first, diagonal = 1 + 0, 1 + 14 + 1   # tokens (0, 0) and (1, 1), after the cls token
+    swapped[:, [first, diagonal]] = latent[:, [diagonal, first]]
+    merge = FeatureAlignment(8, (14, 14), 16, pool=2).eval()
+    average = FeatureAlignment(8, (14, 14), 16, pool=2, downsample="avg").eval()
+    assert merge(latent).shape == average(latent).shape == (2, 49, 16)
+    assert not torch.allclose(merge(latent), merge(swapped))
+    assert torch.allclose(average(latent), average(swapped), atol=1e-6)
+    with pytest.raises(ValueError, match="downsample must be one of merge, avg"):
+        FeatureAlignment(8, (14, 14), 16, downsample="max")
+
+
 # ------------------------------------------------------------------- stages and presets
 
 def test_stages_follow_the_paper_schedule():
     paper = MAEFAU.presets["paper"]
     stages = {s.name: s for s in MAEFAU.stages(paper)}
-    assert list(stages) == ["mae", "recon1", "recon2", "teacher1", "teacher2", "student"]
-    assert [s.preset.epochs for s in stages.values()] == [10, 30, 20, 30, 20, 10]
+    assert list(stages) == ["mae", "teacher1", "teacher2", "student"]
+    assert [s.preset.epochs for s in stages.values()] == [10, 30, 20, 10]
     assert [stages[n].preset.lr for n in ("teacher1", "teacher2", "student")] == [1e-4, 1e-6, 1e-5]
     disfa = {s.name: s for s in MAEFAU.stages(MAEFAU.presets["paper-disfa"])}
     assert [disfa[n].preset.lr for n in ("teacher1", "teacher2", "student")] == [7.5e-5, 1e-5, 1e-5]
     assert not stages["mae"].uses_labels and not stages["mae"].occluded
     assert stages["teacher1"].frozen == stages["teacher2"].frozen == ("mae",)
     assert stages["student"].frozen_inputs == ("teacher2",)
-    assert [s.row for s in stages.values()] == [None, None, "recon", None, "teacher", "student"]
+    assert [s.row for s in stages.values()] == [None, None, "teacher", "student"]
     assert (paper.batch_size, paper.image_size, paper.train_occlusion) == (48, 224, "patches:0.5")
     assert {k: paper.model[k] for k in ("lambda", "temperature", "alpha", "beta")} == \
         {"lambda": 0.01, "temperature": 2.0, "alpha": 1.0, "beta": 0.1}
     # --epochs sets teacher stage 1's; the others keep their proportion
     shorter = MAEFAU.stages(type(paper)(**{**paper.__dict__, "epochs": 3}))
-    assert [s.preset.epochs for s in shorter] == [1, 3, 2, 3, 2, 1]
-    without = MAEFAU.stages(type(paper)(**{**paper.__dict__, "model": {**paper.model,
-                                                                         "reconstruction_baseline": False}}))
-    assert [s.name for s in without] == ["mae", "teacher1", "teacher2", "student"]
+    assert [s.preset.epochs for s in shorter] == [1, 3, 2, 1]
+    # the reconstruction baseline is asked for by a model setting (--model reconstruction_baseline=true)
+    with_recon = MAEFAU.stages(type(paper)(**{**paper.__dict__, "model": {**paper.model,
+                                                                            "reconstruction_baseline": True}}))
+    assert [s.name for s in with_recon] == ["mae", "recon1", "recon2", "teacher1", "teacher2", "student"]
+    assert [s.preset.epochs for s in with_recon] == [10, 30, 20, 30, 20, 10]
+    assert [s.row for s in with_recon] == [None, None, "recon", None, "teacher", "student"]
 
 
-def test_reconstruction_baseline_trains_clean_and_tests_on_reconstructions(chain):
-    stages = {s.name: s for s in MAEFAU.stages(TINY)}
+def test_reconstruction_baseline_trains_clean_and_tests_on_reconstructions():
+    stages = {s.name: s for s in MAEFAU.stages(TINY_RECON)}
     assert not stages["recon1"].occluded and not stages["recon2"].occluded and stages["teacher1"].occluded
-    method = build("recon2").eval()
-    method.init_from_stage("recon1", build("recon1"))
+    method = build("recon2", preset=TINY_RECON).eval()
+    method.init_from_stage("recon1", build("recon1", preset=TINY_RECON))
     batch, _ = occluded_batch()
     expected = method.net(method.mae.inpaint(batch["image"], method.token_masks(batch)))["probs"]
     assert torch.equal(method.predict(batch), expected.float())
@@ -216,9 +237,10 @@ def test_paper_sizes_beside_table4():
         with torch.device("meta"):
             sizes[stage.name] = count_params(MAEFAU(NUM_AUS, stage.preset)) / 1e6
     # ViT-B/16 MAE (111.7 M with its decoder) + ME-GraphAU Swin-B stage 2 (94.4 M); the student:
-    # the ViT-B encoder (85.8 M) + the alignment + the stage-2 head
+    # the ViT-B encoder (85.8 M) + the alignment (2 x 2 merging 768 -> 512: 1.57 M, two
+    # LinearBlocks: 0.53 M) + the stage-2 head (7.1 M)
     assert sizes["teacher2"] == pytest.approx(111.7 + 94.4, abs=0.6)
-    assert 85.8 + 7.0 < sizes["student"] < 85.8 + 8.5
+    assert sizes["student"] == pytest.approx(85.8 + 2.1 + 7.1, abs=0.3)
 
 
 # --------------------------------------------------------------------- through the engine
@@ -237,7 +259,7 @@ from test_stages import KILL_SCRIPT  # noqa: E402  (kills the trainer at a given
 
 REPO = Path(__file__).resolve().parents[1]
 AUS8 = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26")
-# tiny at 56 px, batch 8, --epochs 2: mae 1, recon1 2, recon2 1, teacher1 2, teacher2 1, student 1
+# tiny at 56 px, batch 8, --epochs 2: mae 1, teacher1 2, teacher2 1, student 1
 # epoch of 6 steps
 RUN = dict(method="maefau", preset="tiny", batch_size=8, epochs=2, progress=False, device="cpu", log_every=1)
 
@@ -258,8 +280,7 @@ def uninterrupted(h5, tmp_path_factory):
 
 def test_the_teacher_does_not_change_during_the_student_stage(uninterrupted):
     out = Path(uninterrupted.config.out)
-    assert [r["name"] for r in uninterrupted.records] == ["mae", "recon1", "recon2", "teacher1", "teacher2",
-                                                          "student"]
+    assert [r["name"] for r in uninterrupted.records] == ["mae", "teacher1", "teacher2", "student"]
     saved = load_checkpoint(out / "final_teacher2.pt")["model"]
     teacher = uninterrupted.method.frozen_inputs["teacher2"]
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
