@@ -10,7 +10,9 @@
 - train throughput: frames per second of a full optimiser step (forward, losses, backward,
   optimiser) through the engine's own step code;
 - FLOPs per frame: torch.utils.flop_counter.FlopCounterMode over one `predict` call, divided
-  by the frames in the batch (FLOPs = 2 x multiply-accumulates).
+  by the frames in the batch (FLOPs = 2 x multiply-accumulates). Attention runs on PyTorch's
+  math backend while it is counted: the counter sees no FLOPs in the fused CPU attention
+  kernel, so ViT and Swin attention would otherwise count on a GPU and vanish on a CPU.
 Images are random: speed does not depend on content. A clip method's batch holds batch_size
 clips of preset.clip_len frames; throughput counts frames. When the measured stage trains under
 the run's training occlusion (the preset's train_occlusion, or the one given; Stage.occluded),
@@ -23,6 +25,7 @@ import time
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from aubench.data.occlusion import condition_name, occlusion_mask
@@ -85,7 +88,7 @@ def _channels_last(batch: dict[str, torch.Tensor], enabled: bool) -> dict[str, t
 def flops_per_frame(method: AUMethod, batch: dict[str, torch.Tensor]) -> float:
     method.eval()
     counter = FlopCounterMode(display=False)
-    with counter:
+    with sdpa_kernel(SDPBackend.MATH), counter:
         method.predict(batch)
     return counter.get_total_flops() / frames_in(batch)
 

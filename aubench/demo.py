@@ -8,11 +8,11 @@
 3. every registered method is trained with its `tiny` preset on the three standard folds,
    under the sparse-label protocol at ratio 0.2 (one labeled frame in five, the setting
    Knowledge-Spreader is built for; frame methods train on the labeled frames only; ME-GraphAU
-   trains both of its stages, 20 epochs each; MAE-FAU its six stages), and tested on clean faces
-   and under 50% random patches (`DEMO_TEST_OCCLUSIONS`),
+   trains both of its stages, 20 epochs each; MAE-FAU its four: MAE, teacher stages 1 and 2,
+   student), and tested on clean faces and under 50% random patches (`DEMO_TEST_OCCLUSIONS`),
 4. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
-Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau and resnet: 13 min
-22 s and, in a slower later run, 15 min 52 s from a fresh clone, install excluded).
+Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau and resnet: 10 min
+20 s, install excluded; the README has the fresh-clone figure).
 """
 from __future__ import annotations
 

@@ -55,6 +55,12 @@ def test_au_distillation_is_eq11_by_hand():
     assert au_distillation_loss(torch.tensor([pt]), torch.tensor([pt])).item() == pytest.approx(0, abs=1e-7)
 
 
+def test_au_distillation_pulls_a_student_probability_of_zero_towards_the_teacher():
+    student = torch.tensor([[0.0, 0.3]], requires_grad=True)   # the cosine head can give exactly 0
+    au_distillation_loss(student, torch.tensor([[0.7, 0.3]])).backward()
+    assert student.grad[0, 0] < 0 and student.grad[0, 1].abs() < 1e-4
+
+
 def test_edge_distillation_is_eq12_by_hand():
     zs, zt, T = [1.0, 0.0, -1.0, 2.0], [0.0, 3.0, 0.0, 1.0], 2.0
 

@@ -80,8 +80,9 @@ Where this departs from the paper, and why:
   writes log(p^m) in the positive term too; we shift negatives only, as the asymmetric loss
   [37] that Eq. 4 cites does (with the shift on positives, a positive with p < m would have
   log 0).
-- Eq. 1 is the plain pixel L2 on the masked patches, and the teacher pastes the predicted
-  pixels into the face: our default predicts pixels (norm_pix_loss False). The official MAE's
+- Eq. 1 is computed as MAE's code computes it: the mean squared error over the masked
+  patches' pixels (the paper writes an unsquared L2 norm). The teacher pastes the predicted
+  pixels into the face, so our default predicts pixels (norm_pix_loss False). The official MAE's
   per-patch normalised targets (norm_pix_loss True, a model setting) lose each masked patch's
   mean and contrast, which cannot be recovered at test time without the occluded pixels.
 - The paper does not say how the MAE is fine-tuned on faces (its sentence on it is cut short).
@@ -102,9 +103,18 @@ Where this departs from the paper, and why:
   schedule, so that it differs from the teacher only in its training images (clean instead of
   reconstructed occluded faces); ME-GraphAU's own recipe (m = 0, lambda 0.05, 20 + 20 epochs)
   is the registered `megraphau` method.
-- D_KL(a, b) in Eq. 11-12 is read as the divergence of the student's a from the teacher's b,
-  KL(b || a), the direction of the logit distillation the paper cites [29]. Eq. 11 and 12 are
+- D_KL(p^s, p^t) in Eq. 11-12 is computed as KL(p^t || p^s) (`F.kl_div(log p_s, p_t)`: the
+  teacher's distribution is the target), the direction of the logit distillation the paper
+  cites [29]; read literally, the paper's argument order is the reverse. Eq. 11 and 12 are
   averaged over frames and AUs / edges; labels play no part in them.
+- In Eq. 5 the focusing weight (p^m)^gamma carries no gradient and the class weights w_i are
+  normalised to mean 1 (the paper's w_i = N (1/r_i) / sum_j 1/r_j), as in ME-GraphAU's code
+  (aubench.models.graph_head.weighted_asymmetric_loss).
+- The detection module is ME-GraphAU's as aubench builds it, with the departures from the
+  paper's Eq. 2 and Eq. 8 that aubench.models.graph_head documents: the stage-1 adjacency is
+  normalised D^-1/2 A D^-1/2 with ties at the K-th similarity kept, the edge cross-attention
+  takes its query from node j (the reference code's order), and the GatedGCN follows the
+  reference code (1/N, softmax over sigmoid gates).
 - The feature alignment's layers are our choice within the paper's words ("a downsampling
   layer and multiple fully connected layers"): the downsampling is a learned patch merging (a
   p-strided p x p convolution over the token grid, p = model["align_pool"], to the head's
@@ -174,9 +184,10 @@ _DEFAULTS: dict[str, Any] = {
 def au_distillation_loss(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
                          eps: float = 1e-6) -> torch.Tensor:
     """Eq. 11: per-AU two-way KL, KL(p_t || p_s) + KL(1 - p_t || 1 - p_s), averaged over frames
-    and AUs. Probabilities are clamped to [eps, 1 - eps] (both heads can output exactly 0)."""
-    ps = student_probs.float().clamp(eps, 1 - eps)
-    pt = teacher_probs.float().clamp(eps, 1 - eps)
+    and AUs. Probabilities are squeezed into [eps, 1 - eps] (p (1 - 2 eps) + eps): both heads can
+    output exactly 0, and a squeeze, unlike a clamp, keeps the student's gradient there."""
+    ps = student_probs.float() * (1 - 2 * eps) + eps
+    pt = teacher_probs.float() * (1 - 2 * eps) + eps
     kl = pt * (pt.log() - ps.log()) + (1 - pt) * ((1 - pt).log() - (1 - ps).log())
     return kl.mean()
 
