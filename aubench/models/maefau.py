@@ -64,15 +64,17 @@ at 56 px (as 2 x 2 windows give Swin-B's 7 x 7 map at 224 px); teacher 20 + 13 e
 paper's 3 : 2), 6 MAE epochs and 12 student epochs (sized for the CPU demo: the ViT student
 trained from scratch needs more than the paper's third of teacher stage 1's epochs).
 
-Size at `paper`, 224 px, 12 AUs (`aubench bench --preset paper`, FLOPs from FlopCounterMode,
-MACs = FLOPs / 2; the teacher under 50% patches): teacher 206.03 M parameters (MAE 111.66 M with
-its decoder + ME-GraphAU Swin-B stage 2 94.38 M), 31.85 GMACs; student 93.41 M (ViT-B encoder
-85.65 M + alignment 0.66 M + stage-2 head 7.11 M), 19.68 GMACs; ME-GraphAU Swin-B 94.38 M,
-18.25 GMACs. Table 4 gives 201.47 M / 30.29, 91.26 M / 18.63 and 94.38 M / 21.28: ME-GraphAU's
-parameters agree exactly; its MACs differ as the megraphau module explains (the reference
-code's repeated GEM projections); the teacher and student come out 2-5% larger than printed, a
-difference the paper's layer choices (which it does not list) would have to explain. Counted
-as we count, the student costs slightly more than ME-GraphAU, where Table 4 has it cheaper.
+Size at `paper`, 224 px, 12 AUs (`aubench bench --preset paper`, FLOPs from FlopCounterMode with
+attention products counted, MACs = FLOPs / 2; the teacher under 50% patches): teacher 206.03 M
+parameters (MAE 111.66 M with its decoder + ME-GraphAU Swin-B stage 2 94.38 M), 32.35 GMACs;
+student 94.86 M (ViT-B encoder 85.65 M + alignment 2.10 M, of which 1.57 M the patch merging,
++ stage-2 head 7.11 M), 20.46 GMACs; ME-GraphAU Swin-B 94.38 M, 18.25 GMACs. Table 4 gives
+201.47 M / 30.29, 91.26 M / 18.63 and 94.38 M / 21.28: ME-GraphAU's parameters agree exactly;
+its MACs differ as the megraphau module explains (the reference code's repeated GEM
+projections); the teacher comes out 2% larger in parameters and 7% in MACs, the student 4% and
+10% (its learned patch merging included), differences the paper's layer choices (which it does
+not list) would have to explain. Counted as we count, the student costs more than ME-GraphAU,
+where Table 4 has it cheaper.
 
 Where this departs from the paper, and why:
 - The paper does not give m or gamma of Eq. 4-5: we use gamma = 1 (ME-GraphAU's loss, which
