@@ -6,6 +6,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# The project's extras: test (the suite's tools); add faces for --landmarks detect (dlib), whose
+# tests skip without it: make test EXTRAS=test,faces
+EXTRAS ?= test
+comma  := ,
+# one stamp per set of extras: asking for another set installs it
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: venv install build demo test test-all bench bench-summary clean
 
@@ -16,34 +22,34 @@ $(PY):
 # torch first (the extension builds against the installed torch), then the project.
 # build_config.py decides CPU or CPU+CUDA kernels; it speaks up only when a CUDA toolkit is
 # left unused (pip -q would hide the line setup.py prints).
-$(VENV)/.installed: $(PY) pyproject.toml setup.py build_config.py
+$(STAMP): $(PY) pyproject.toml setup.py build_config.py
 	$(PIP) install -q $(TORCH_PINS)
 	$(PIP) install -q ninja pybind11
 	$(PY) build_config.py --notice
-	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PIP) install -q --no-build-isolation -e '.[$(EXTRAS)]'
 	touch $@
 
-venv: $(VENV)/.installed
-install: $(VENV)/.installed
+venv: $(STAMP)
+install: $(STAMP)
 
 # Rebuild the extension in place after editing csrc/ (AUBENCH_CUDA=0 for a fast CPU-only build).
-build: $(VENV)/.installed
+build: $(STAMP)
 	$(PY) build_config.py
 	$(PY) setup.py build_ext --inplace
 
-demo: $(VENV)/.installed
+demo: $(STAMP)
 	$(VENV)/bin/aubench demo
 
-test: $(VENV)/.installed
+test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: $(VENV)/.installed
+test-all: $(STAMP)
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed
+bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-json=benchmarks/results/latest.json
 
-bench-summary: $(VENV)/.installed
+bench-summary: $(STAMP)
 	$(PY) benchmarks/summary.py
 
 clean:

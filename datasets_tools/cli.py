@@ -12,9 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-from .convert import READERS, FrameOptions, convert
+from .convert import LANDMARK_MODES, NO_FACE_POLICIES, READERS, FrameOptions, convert
 from .errors import DatasetError
+from .face_detect import DEFAULT_MAX_SIDE
 from .faces import CROPS
+from .images import SPLITS as IMAGES_SPLITS
 
 MAX_REPORTED_SKIPS = 20
 
@@ -35,14 +37,16 @@ def _default_workers() -> int:
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a raw dataset tree into one HDF5 file",
-                       description="Convert a raw BP4D / DISFA / BP4D+ / MME tree into one HDF5 file "
-                                   "(schema version 1) with the standard folds and statistics. The file is "
+                       description="Convert a raw BP4D / DISFA / BP4D+ / MME tree, or a folder tree of "
+                                   "unlabeled face images (images), into one HDF5 file (schema version 2) "
+                                   "with the standard folds and statistics. The file is "
                                    "written as OUT.partial and renamed when complete; rerunning a killed "
                                    "conversion resumes it. One conversion at a time writes OUT: a run holds "
                                    "the lock OUT.lock (released by the OS if the run dies, even by kill -9), "
                                    "and a second run for the same OUT stops at once, naming the first one's "
                                    "pid. An existing OUT is refused unless --overwrite is given.")
-    p.add_argument("dataset", choices=sorted(READERS), help="raw layout to read")
+    p.add_argument("dataset", choices=sorted(READERS), help="raw layout to read (images: a folder tree of "
+                                                             "unlabeled face images)")
     p.add_argument("raw_root", type=Path, help="the dataset's root folder, as shipped")
     p.add_argument("out", type=Path, help="output .h5 file (written as OUT.partial, renamed when complete; "
                                            "locked by OUT.lock while a run writes it)")
@@ -51,9 +55,26 @@ def _add_convert(sub) -> None:
                    help="jpeg: JPEG bytes per frame (default); raw: uint8 HxWx3 arrays")
     p.add_argument("--crop", choices=CROPS, default="center",
                    help="face crop: none (resize whole frame), center (default), haar (OpenCV cascade, centre "
-                        "fallback), landmarks (box from landmark files)")
-    p.add_argument("--landmarks", type=Path, default=None,
-                   help="landmark folder (<sequence>.csv); default <root>/Landmarks when present")
+                        "fallback), landmarks (square box around the landmarks), align (similarity transform "
+                        "putting the eye centres and mouth at fixed places; 68-point landmarks)")
+    p.add_argument("--landmarks", default="file", metavar="{" + ",".join(LANDMARK_MODES) + "}",
+                   help="where the 68-point landmarks come from: file (the tree's Landmarks/<sequence>.csv, or "
+                        "--landmarks-dir, when present; the default), detect (dlib's face detector and shape "
+                        "predictor on every frame; needs pip install 'aubench[faces]') or none")
+    p.add_argument("--landmarks-dir", type=Path, default=None,
+                   help="landmark folder (<sequence>.csv) for --landmarks file; default <root>/Landmarks")
+    p.add_argument("--no-face", choices=NO_FACE_POLICIES, default="skip",
+                   help="--landmarks detect: a frame where no face is found is skipped (default) or kept without "
+                        "landmarks (centre crop); either way it is counted and listed in OUT.skipped.txt")
+    p.add_argument("--predictor", type=Path, default=None,
+                   help="--landmarks detect: a dlib 68-point shape predictor file (default: the one the faces "
+                        "extra installs)")
+    p.add_argument("--detect-max-side", type=_positive_int, default=DEFAULT_MAX_SIDE,
+                   help=f"--landmarks detect: frames are shrunk to this longer side for the face detector "
+                        f"({DEFAULT_MAX_SIDE}); the landmarks are placed at full resolution")
+    p.add_argument("--images-split", choices=IMAGES_SPLITS, default="folders",
+                   help="images: folds over the top-level folders (default, at least 3) or over a seeded "
+                        "random split of the images (random, --folds-seed)")
     p.add_argument("--camera", choices=("left", "right"), default="left", help="DISFA camera (left)")
     p.add_argument("--threshold", type=_positive_int, default=2, help="DISFA occurrence = intensity >= this (2)")
     p.add_argument("--workers", type=_positive_int, default=_default_workers(),
@@ -70,11 +91,20 @@ def _add_convert(sub) -> None:
 
 
 def _run_convert(args) -> int:
-    options = FrameOptions(image_size=args.image_size, image_format=args.image_format, crop=args.crop)
-    result = convert(args.dataset, args.raw_root, args.out, options, landmarks_dir=args.landmarks,
+    mode, landmarks_dir = args.landmarks, args.landmarks_dir
+    if mode not in LANDMARK_MODES:
+        if not Path(mode).is_dir():
+            raise DatasetError(f"--landmarks {mode!r}: choose one of {', '.join(LANDMARK_MODES)} (a landmark "
+                               f"folder goes to --landmarks-dir)")
+        mode, landmarks_dir = "file", Path(mode)  # the earlier spelling, --landmarks DIR
+    options = FrameOptions(image_size=args.image_size, image_format=args.image_format, crop=args.crop,
+                           landmarks=mode, no_face=args.no_face,
+                           predictor=None if args.predictor is None else str(args.predictor),
+                           detect_max_side=args.detect_max_side)
+    result = convert(args.dataset, args.raw_root, args.out, options, landmarks_dir=landmarks_dir,
                      camera=args.camera, threshold=args.threshold, workers=args.workers,
                      skip_bad=args.skip_bad, folds_seed=args.folds_seed, progress=not args.quiet,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, images_split=args.images_split)
     if result.resumed_sequences:
         print(f"resumed after {result.resumed_sequences} finished sequence(s) of an interrupted run")
     print(f"wrote {result.frames} frames ({result.sequences} sequences, {result.subjects} subjects) to {args.out}")
@@ -91,6 +121,9 @@ def _run_convert(args) -> int:
         if len(result.skips) > MAX_REPORTED_SKIPS:
             print(f"  ... {len(result.skips) - MAX_REPORTED_SKIPS} more")
         print(f"  every skipped frame is listed in {result.skipped_listing}")
+    if result.no_face_kept:
+        print(f"kept {len(result.no_face_kept)} frame(s) where no face was found, without landmarks "
+              f"(--no-face keep); listed in {result.skipped_listing}")
     for note, count in sorted(result.notes.items()):
         print(f"note: {note} ({count} frame(s))")
     return 0

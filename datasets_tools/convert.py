@@ -10,24 +10,31 @@ import sys
 import warnings
 import zipfile
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from . import bp4d, bp4d_plus, disfa
+from . import bp4d, bp4d_plus, disfa, images
 from .errors import DatasetError, Report, Skip
+from .face_detect import DEFAULT_MAX_SIDE, detector_for, unavailable_reason
 from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
+from .landmarks import NUM_POINTS, SCHEME
 from .folds import choose_folds
 from .hdf5_writer import CONVERTER_VERSION, FrameWriter
 from .output import OutputLock, check_output, skipped_path
 from .pool import process_pool
 from .raw import DatasetPlan, SequencePlan, attach_landmarks, child
 
-READERS = {"bp4d": bp4d.plan, "disfa": disfa.plan, "bp4d-plus": bp4d_plus.plan, "mme": bp4d_plus.plan_mme}
+READERS = {"bp4d": bp4d.plan, "disfa": disfa.plan, "bp4d-plus": bp4d_plus.plan, "mme": bp4d_plus.plan_mme,
+           "images": images.plan}
 JPEG_QUALITY = 95
+
+
+LANDMARK_MODES = ("file", "detect", "none")
+NO_FACE_POLICIES = ("skip", "keep")
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,12 @@ class FrameOptions:
     image_format: str = "jpeg"
     crop: str = "center"
     margin: float = DEFAULT_MARGIN
+    # Where landmarks come from: "file" (the tree's landmark files, when it has them), "detect"
+    # (dlib on every frame, datasets_tools.face_detect) or "none" (not stored).
+    landmarks: str = "file"
+    no_face: str = "skip"           # detect: a frame without a face is skipped, or kept without landmarks
+    predictor: str | None = None    # detect: a 68-point dlib predictor file (default: the packaged one)
+    detect_max_side: int = DEFAULT_MAX_SIDE  # detect: frames are shrunk to this longer side for the detector
 
 
 @dataclass
@@ -47,7 +60,8 @@ class ConvertResult:
     notes: dict
     resumed_sequences: int
     split_source: str
-    skipped_listing: Path | None = None  # OUT.skipped.txt, written when frames were skipped
+    skipped_listing: Path | None = None  # OUT.skipped.txt, written when frames were skipped (or kept without a face)
+    no_face_kept: list = field(default_factory=list)  # --no-face keep: frames stored without landmarks
 
 
 # ---- frame processing (runs in worker processes; each keeps its open zip / video) ----------
@@ -115,18 +129,33 @@ def encode(bgr: np.ndarray, image_format: str) -> np.ndarray:
     return data.reshape(-1)
 
 
+NO_FACE = "no face"                   # the report's kind of frames skipped because detection found no face
+NO_FACE_KEPT = "no face, kept without landmarks"   # ... and of those kept (--no-face keep): stored, listed
+
+
 def process_chunk(job):
-    """One chunk of one sequence -> list of (stored image, landmarks, note, error) per frame."""
+    """One chunk of one sequence -> list of (stored image, landmarks, note, error, no_face) per
+    frame; no_face: detection found no face (the image is None when such frames are skipped)."""
     kind, container, members, landmarks, options = job
+    detect = detector_for(options.predictor, options.detect_max_side) if options.landmarks == "detect" else None
     out = []
     for i, member in enumerate(members):
         image, error = decode(kind, container, member)
         if image is None:
-            out.append((None, None, None, error))
+            out.append((None, None, None, error, False))
             continue
         points = None if landmarks is None else landmarks[i]
+        no_face = False
+        if detect is not None:
+            points = detect(image)
+            no_face = points is None
+            if no_face and options.no_face == "skip":
+                out.append((None, None, None, None, True))
+                continue
+            if no_face:
+                points = np.full((NUM_POINTS, 2), np.nan, np.float32)
         face, mapped, note = crop_face(image, options.crop, options.image_size, points, options.margin)
-        out.append((encode(face, options.image_format), mapped, note, None))
+        out.append((encode(face, options.image_format), mapped, note, None, no_face))
     return out
 
 
@@ -199,7 +228,7 @@ def _results(jobs, workers: int):
 def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir: Path | None = None,
             camera: str = "left", threshold: int = 2, workers: int = 1, skip_bad: bool = False,
             folds_seed: int = 0, progress: bool = True, fail_after_sequences: int | None = None,
-            overwrite: bool = False) -> ConvertResult:
+            overwrite: bool = False, images_split: str = "folders") -> ConvertResult:
     """Convert a raw dataset tree into one HDF5 file. An existing ``out`` is refused unless
     ``overwrite``; a ``.partial`` of an interrupted run is resumed; one run at a time writes ``out``
     (``output.OutputLock``). ``fail_after_sequences`` raises after that many sequences were written
@@ -221,22 +250,35 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
         raise DatasetError("raw dataset folder not found (RAW_ROOT)", str(root))
     if workers < 1:
         raise DatasetError(f"--workers {workers} must be at least 1")
+    if options.landmarks not in LANDMARK_MODES:
+        raise DatasetError(f"--landmarks {options.landmarks!r}: choose one of {', '.join(LANDMARK_MODES)}")
+    if options.no_face not in NO_FACE_POLICIES:
+        raise DatasetError(f"--no-face {options.no_face!r}: choose one of {', '.join(NO_FACE_POLICIES)}")
+    if options.landmarks == "detect":
+        reason = unavailable_reason(options.predictor)
+        if reason:
+            raise DatasetError(reason)
+        detector_for(options.predictor, options.detect_max_side)  # a bad predictor file fails here, once
+    if options.landmarks == "none" and landmarks_dir is not None:
+        raise DatasetError("--landmarks none with a landmarks folder: drop one of the two")
 
     check_output(out, overwrite)
     with OutputLock(out):
         return _convert_locked(dataset, root, out, options, landmarks_dir=landmarks_dir, camera=camera,
                                threshold=threshold, workers=workers, skip_bad=skip_bad, folds_seed=folds_seed,
-                               progress=progress, fail_after_sequences=fail_after_sequences)
+                               progress=progress, fail_after_sequences=fail_after_sequences,
+                               images_split=images_split)
 
 
 def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir, camera: str,
                     threshold: int, workers: int, skip_bad: bool, folds_seed: int, progress: bool,
-                    fail_after_sequences: int | None) -> ConvertResult:
+                    fail_after_sequences: int | None, images_split: str) -> ConvertResult:
     """The conversion proper, while this run holds the output's lock."""
     report = Report(skip_bad=skip_bad)
     settings = {"camera": camera, "threshold": threshold}
-    plan = READERS[dataset](root, _Settings(progress=progress, **settings), report)
-    if landmarks_dir is None and dataset == "disfa" and camera == "right":
+    plan = READERS[dataset](root, _Settings(progress=progress, images_split=images_split, folds_seed=folds_seed,
+                                            **settings), report)
+    if options.landmarks == "file" and landmarks_dir is None and dataset == "disfa" and camera == "right":
         # the right camera's landmarks live in Landmarks/RightCamera/ (when provided)
         default = child(root, "Landmarks")
         right = child(default, "RightCamera") if default is not None else None
@@ -244,26 +286,31 @@ def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, 
         if landmarks_dir is None and default is not None:
             print("note: DISFA right camera: no Landmarks/RightCamera/ folder, landmarks not stored", file=sys.stderr)
             landmarks_dir = False
-    if landmarks_dir is not False:
+    if options.landmarks == "file" and landmarks_dir is not False:
         attach_landmarks(plan, landmarks_dir, root)
-    has_landmarks = plan.sequences[0].landmarks is not None
-    if options.crop == "landmarks" and not has_landmarks:
-        raise DatasetError("--crop landmarks needs landmark files (<root>/Landmarks/<sequence>.csv or --landmarks DIR)",
-                           str(root))
+    if options.landmarks == "detect":
+        num_points = NUM_POINTS
+    else:
+        num_points = plan.sequences[0].landmarks.shape[1] if plan.sequences[0].landmarks is not None else None
+    if options.crop in ("landmarks", "align") and not num_points:
+        raise DatasetError(f"--crop {options.crop} needs landmarks: landmark files (<root>/Landmarks/<sequence>.csv "
+                           f"or --landmarks-dir DIR) or --landmarks detect", str(root))
+    if options.crop == "align" and num_points != NUM_POINTS:
+        raise DatasetError(f"--crop align needs the {NUM_POINTS} points of the {SCHEME} scheme; the landmark "
+                           f"files hold {num_points} per frame (use --landmarks detect)", str(root))
     planning_skips = list(report.skips)
     report.skips.clear()
 
     key = fingerprint(plan, options, settings if dataset == "disfa" else {})
     writer = FrameWriter(out, key, len(plan.au_names), options.image_size, options.image_format,
-                         plan.sequences[0].intensity is not None,
-                         plan.sequences[0].landmarks.shape[1] if has_landmarks else None)
+                         plan.sequences[0].intensity is not None, num_points)
     try:
         resumed = len(writer.done)
         start_sequence = writer.done[-1][0] + 1 if writer.done else 0
         total = sum(len(s) for s in plan.sequences[start_sequence:])
         bar = tqdm(total=total, desc=f"convert {plan.dataset}", unit="frame", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True)
-        buffer = _SequenceBuffer()
+        buffer = _SequenceBuffer(num_points)
         written_this_run = 0
         for index, start, stop, results in _results(_jobs(plan, start_sequence, options), workers):
             seq = plan.sequences[index]
@@ -273,7 +320,7 @@ def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, 
                 writer.append(len(writer.done), *buffer.frames())
                 skips, notes = buffer.take_problems()
                 writer.finish_sequence(index, buffer.kept, skips, notes)
-                buffer = _SequenceBuffer()
+                buffer = _SequenceBuffer(num_points)
                 written_this_run += 1
                 if fail_after_sequences is not None and written_this_run >= fail_after_sequences:
                     raise RuntimeError(f"injected failure after {written_this_run} sequence(s)")
@@ -291,7 +338,8 @@ class _Settings:
 class _SequenceBuffer:
     """Frames of the sequence being converted, until it is complete and can be appended."""
 
-    def __init__(self):
+    def __init__(self, num_points: int | None):
+        self.num_points = num_points
         self.parts = []
         self.skips: list = []
         self.notes: Counter = Counter()
@@ -299,7 +347,13 @@ class _SequenceBuffer:
 
     def add(self, seq: SequencePlan, start: int, stop: int, results, report: Report) -> None:
         images, points, keep = [], [], np.zeros(stop - start, dtype=bool)
-        for i, (image, mapped, note, error) in enumerate(results):
+        for i, (image, mapped, note, error, no_face) in enumerate(results):
+            if no_face:  # expected with detection, never an error: listed as skipped or as kept
+                kind, detail = (NO_FACE, "--no-face skip") if image is None else (NO_FACE_KEPT, "--no-face keep")
+                self.skips.append(Skip(seq.name, int(seq.frame_no[start + i]), kind,
+                                       "the face detector found no face").to_list())
+                if image is None:
+                    continue
             if error is not None:
                 member = seq.members[start + i]
                 where = seq.container if seq.source_kind != "files" else member
@@ -318,8 +372,8 @@ class _SequenceBuffer:
         rows = slice(start, stop)
         self.parts.append((seq.frame_no[rows][keep], seq.label[rows][keep],
                            None if seq.intensity is None else seq.intensity[rows][keep], images,
-                           None if seq.landmarks is None else np.asarray(points, np.float32).reshape(
-                               -1, *seq.landmarks.shape[1:])))
+                           None if self.num_points is None else np.asarray(points, np.float32).reshape(
+                               -1, self.num_points, 2)))
         self.kept += int(keep.sum())
 
     def frames(self):
@@ -361,17 +415,27 @@ def _finalize(writer: FrameWriter, plan: DatasetPlan, options: FrameOptions, rep
     attrs = {"dataset": plan.dataset, "au_names": list(plan.au_names), "label_rule": plan.label_rule,
              "image_size": np.array([options.image_size, options.image_size], dtype=np.int64),
              "image_format": options.image_format, "crop": options.crop, "source_root": plan.source_root,
-             "split_seed": folds_seed}
+             "split_seed": folds_seed, "labeled": True}
     attrs.update(plan.extras)
-    skips = list(planning_skips) + [Skip(*s) for s in writer.saved_skips]
+    listed = list(planning_skips) + [Skip(*s) for s in writer.saved_skips]
+    skips = [s for s in listed if s.kind != NO_FACE_KEPT]
+    no_face_kept = [s for s in listed if s.kind == NO_FACE_KEPT]
     notes = dict(writer.saved_notes)
     notes.update(report.notes)  # planning notes (e.g. a video longer than its labels)
     for name in emptied:
         notes[f"{name}: every frame skipped, sequence not stored"] = 1
     attrs["skipped_frames"] = len(skips)
     attrs["skip_reasons"] = json.dumps(dict(Counter(s.kind for s in skips)))
+    attrs["landmarks_source"] = options.landmarks if writer.num_points else "none"
+    if writer.num_points:
+        attrs["landmark_scheme"] = SCHEME if writer.num_points == NUM_POINTS else f"unknown ({writer.num_points} points)"
+    if options.landmarks == "detect":
+        attrs["no_face_frames"] = sum(s.kind in (NO_FACE, NO_FACE_KEPT) for s in listed)
+        attrs["no_face_policy"] = options.no_face
     writer.finalize(attrs, [seq.name for seq, _ in kept], [subject_row[seq.subject] for seq, _ in kept],
-                    subjects, [length for _, length in kept], test_folds, split_source, [str(s) for s in skips])
+                    subjects, [length for _, length in kept], test_folds, split_source,
+                    [str(s) for s in skips + no_face_kept])
     return ConvertResult(frames=sum(length for _, length in kept), sequences=len(kept), subjects=len(subjects),
                          skips=skips, notes=notes, resumed_sequences=resumed, split_source=split_source,
-                         skipped_listing=skipped_path(writer.out) if skips else None)
+                         skipped_listing=skipped_path(writer.out) if skips or no_face_kept else None,
+                         no_face_kept=no_face_kept)

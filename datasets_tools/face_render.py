@@ -6,9 +6,10 @@ and per-AU amounts (0..1) into curves and landmark points in that frame; ``FaceR
 them into a picture with a per-frame head pose and draws them with OpenCV (anti-aliased,
 sub-pixel polygons), then applies the identity's lighting and sensor noise.
 
-Landmarks: ``LANDMARK_NAMES`` (P = 54 points) in this order: 5 points per brow (inner to
-outer; image-left brow first), 6 per eye, 5 nose points, 18 mouth
-points and 9 jaw points from the left ear level over the chin to the right ear level.
+Landmarks: the 68 points of aubench's one scheme (iBUG 300-W, datasets_tools.landmarks), sampled
+on the drawn curves; ``LANDMARK_NAMES`` names them in that order (brow, eye and lip points
+counted from the face's middle outwards or from image-left to image-right, the jaw from the
+image-left ear level over the chin, jaw_8, to the right).
 """
 
 from __future__ import annotations
@@ -26,19 +27,20 @@ AU_INDEX = {au: i for i, au in enumerate(RENDERED_AUS)}
 
 
 def _landmark_names() -> list[str]:
-    names = []
-    for side in ("left", "right"):  # image-left, image-right
-        names += [f"{side}_brow_{k}" for k in range(5)]  # inner -> outer
-    for side in ("left", "right"):
-        names += [f"{side}_eye_inner", f"{side}_eye_upper_inner", f"{side}_eye_upper_outer",
-                  f"{side}_eye_outer", f"{side}_eye_lower_outer", f"{side}_eye_lower_inner"]
-    names += ["nose_root", "nose_tip", "nose_left_ala", "nose_right_ala", "subnasale"]
-    names += ["mouth_left_corner", "mouth_right_corner"]
-    names += [f"upper_lip_outer_{k}" for k in range(5)]  # image left -> right
-    names += [f"lower_lip_outer_{k}" for k in range(5)]
-    names += [f"upper_lip_inner_{k}" for k in range(3)]
-    names += [f"lower_lip_inner_{k}" for k in range(3)]
-    names += [f"jaw_{k}" for k in range(9)]  # left ear level -> chin (jaw_4) -> right
+    """Names of the 68 points, in the iBUG order of datasets_tools.landmarks."""
+    names = [f"jaw_{k}" for k in range(17)]                       # 0-16
+    names += [f"left_brow_{k}" for k in range(4, -1, -1)]         # 17-21: outer -> inner
+    names += [f"right_brow_{k}" for k in range(5)]                # 22-26: inner -> outer
+    names += ["nose_root", "nose_bridge_1", "nose_bridge_2", "nose_tip",          # 27-30
+              "nose_left_ala", "nose_left_nostril", "subnasale", "nose_right_nostril", "nose_right_ala"]
+    names += ["left_eye_outer", "left_eye_upper_outer", "left_eye_upper_inner",   # 36-41
+              "left_eye_inner", "left_eye_lower_inner", "left_eye_lower_outer"]
+    names += ["right_eye_inner", "right_eye_upper_inner", "right_eye_upper_outer",  # 42-47
+              "right_eye_outer", "right_eye_lower_outer", "right_eye_lower_inner"]
+    names += ["mouth_left_corner"] + [f"upper_lip_outer_{k}" for k in range(5)]     # 48-53
+    names += ["mouth_right_corner"] + [f"lower_lip_outer_{k}" for k in range(4, -1, -1)]  # 54-59
+    names += ["inner_left_corner"] + [f"upper_lip_inner_{k}" for k in range(3)]     # 60-63
+    names += ["inner_right_corner"] + [f"lower_lip_inner_{k}" for k in range(2, -1, -1)]  # 64-67
     return names
 
 
@@ -164,7 +166,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
     """
     a = {au: float(amounts[i]) for i, au in enumerate(RENDERED_AUS)}
     g: dict = {}
-    lm = []
+    lm: dict = {}  # landmark name -> (x, y)
 
     # Brows: AU1 raises the inner end, AU2 the outer end, AU4 pulls them down and together,
     # AU9 drags the inner ends down a little.
@@ -178,7 +180,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
                  - 0.12 * a[1] * (1 - tt) ** 1.3 - 0.13 * a[2] * tt ** 1.3
                  + 0.06 * a[4] * (1 - 0.6 * tt) + 0.03 * a[9] * (1 - tt))
             return np.stack([x, y], 1)
-        lm.append(centre(t))
+        lm.update(zip([f"{side}_brow_{k}" for k in range(5)], centre(t)))
         c = centre(td)
         th = idn.brow_th * (1.15 - 0.55 * td)[:, None]
         g[f"{side}_brow"] = np.concatenate([c - [0, 1] * th / 2, (c + [0, 1] * th / 2)[::-1]])
@@ -201,7 +203,9 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
         g[f"{side}_iris"] = (cx + gaze[0] * idn.eye_w * 0.35, cy + gaze[1] * 0.015 + 0.004)
         g[f"{side}_crease"] = upper[2:-2] - [0, 0.03 + 0.25 * open_u]
         g[f"{side}_under"] = lower[3:-3] + [0, 0.03 + 0.2 * idn.eye_lo]
-        lm.append(np.stack([upper[0], upper[4], upper[10], upper[-1], lower[10], lower[4]]))
+        lm.update(zip([f"{side}_eye_{n}" for n in ("inner", "upper_inner", "upper_outer", "outer",
+                                                   "lower_outer", "lower_inner")],
+                      (upper[0], upper[4], upper[10], upper[-1], lower[10], lower[4])))
         g[f"{side}_crow"] = [((upper[-1][0] + sgn * 0.025, upper[-1][1] + k * 0.02),
                               (upper[-1][0] + sgn * 0.1, upper[-1][1] + k * 0.045)) for k in (-1, 0, 1)]
         g[f"{side}_cheek"] = ((sgn * (idn.eye_x + 0.03), idn.eye_y + 0.27 - 0.07 * a[6] - 0.03 * a[12]
@@ -217,7 +221,11 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
     ala_l = (-ala_w, idn.nose_y + 0.01 + ala_dy)
     ala_r = (ala_w, idn.nose_y + 0.01 + ala_dy)
     subn = (0.0, idn.nose_y + 0.055 + ala_dy * 0.5)
-    lm.append(np.array([(0.0, idn.eye_y), tip, ala_l, ala_r, subn]))
+    root = np.array([0.0, idn.eye_y])
+    lm.update(nose_root=root, nose_bridge_1=root + (np.array(tip) - root) / 3,
+              nose_bridge_2=root + 2 * (np.array(tip) - root) / 3, nose_tip=tip, nose_left_ala=ala_l,
+              nose_left_nostril=(np.array(ala_l) + subn) / 2, subnasale=subn,
+              nose_right_nostril=(np.array(ala_r) + subn) / 2, nose_right_ala=ala_r)
     g["nose_tip"], g["ala"], g["subnasale"] = tip, (ala_l, ala_r), subn
     g["nose_bridge"] = [np.array([(sgn * 0.055, idn.eye_y + 0.03), (sgn * 0.065, idn.nose_y - 0.09)])
                         for sgn in (-1, 1)]
@@ -258,12 +266,14 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
     g["mouth_line"] = np.stack([xs, (y_ui + y_li) / 2], 1)
     g["gap"] = float(local_gap.max())
     g["tongue"] = ((0.0, float(y_li[12]) + 0.01 * a[19]), (0.07 * a[19] + 1e-3, 0.045 * a[19] + 1e-3))
-    pick = [6, 9, 12, 15, 18]
-    lm.append(np.array([(xs[0], y_base[0]), (xs[-1], y_base[-1])]))
-    lm.append(np.stack([xs[pick], y_uo[pick]], 1))
-    lm.append(np.stack([xs[pick], y_lo[pick]], 1))
-    lm.append(np.stack([xs[[8, 12, 16]], y_ui[[8, 12, 16]]], 1))
-    lm.append(np.stack([xs[[8, 12, 16]], y_li[[8, 12, 16]]], 1))
+    outer, inner = [4, 8, 12, 16, 20], [6, 12, 18]  # image left -> right
+    lm.update(mouth_left_corner=(xs[0], y_base[0]), mouth_right_corner=(xs[-1], y_base[-1]),
+              inner_left_corner=(xs[1], (y_ui[1] + y_li[1]) / 2),
+              inner_right_corner=(xs[-2], (y_ui[-2] + y_li[-2]) / 2))
+    lm.update(zip([f"upper_lip_outer_{k}" for k in range(5)], np.stack([xs[outer], y_uo[outer]], 1)))
+    lm.update(zip([f"lower_lip_outer_{k}" for k in range(5)], np.stack([xs[outer], y_lo[outer]], 1)))
+    lm.update(zip([f"upper_lip_inner_{k}" for k in range(3)], np.stack([xs[inner], y_ui[inner]], 1)))
+    lm.update(zip([f"lower_lip_inner_{k}" for k in range(3)], np.stack([xs[inner], y_li[inner]], 1)))
     corner_l, corner_r = (xs[0], y_base[0]), (xs[-1], y_base[-1])
     g["dimples"] = [_curve((c[0] + s * 0.02, c[1] - 0.03), (c[0] + s * 0.04, c[1]),
                            (c[0] + s * 0.02, c[1] + 0.03), 6) for c, s in ((corner_l, -1), (corner_r, 1))]
@@ -283,7 +293,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
         w = np.clip((y + 0.05) / (idn.chin_y + 0.05), 0, 1) ** 1.5
         y = y + jaw * w - 0.05 * a[17] * st ** 8
         return np.stack([x, y], 1)
-    lm.append(jaw_points(_linspace(0, np.pi, 9)))
+    lm.update(zip([f"jaw_{k}" for k in range(17)], jaw_points(_linspace(0, np.pi, 17))))
     jaw_dense = jaw_points(_linspace(0, np.pi, 40))
     phi = _linspace(0, np.pi, 30)
     cranium = np.stack([idn.face_w * 1.02 * np.cos(phi), -0.15 - 0.85 * np.sin(phi)], 1)
@@ -298,7 +308,7 @@ def face_geometry(idn: Identity, amounts: np.ndarray, blink: float = 0.0,
     g["hair_top"] = np.concatenate([
         np.stack([idn.face_w * 1.07 * np.cos(phi), -0.1 - 0.96 * np.sin(phi)], 1),
         _curve((-idn.face_w * 1.0, -0.25), (0, 2 * hl + 0.25), (idn.face_w * 1.0, -0.25), 15)])
-    g["landmarks"] = np.concatenate(lm)
+    g["landmarks"] = np.array([lm[name] for name in LANDMARK_NAMES], dtype=np.float64)
     g["levels"] = {
         "forehead": 0.5 * max(a[1], a[2]), "glabella": 0.55 * a[4] + 0.2 * a[9],
         "crow": 0.55 * a[6], "cheek": 0.12 + 0.35 * a[6] + 0.25 * a[13],

@@ -1,5 +1,7 @@
 """Face cropping: choose a square box (centre, Haar cascade or landmarks), cut it out with black
-padding where it leaves the frame, resize, and map landmarks into the stored image's pixels."""
+padding where it leaves the frame, resize, and map landmarks into the stored image's pixels; or
+align the face (a similarity transform that puts its eye centres and mouth where
+datasets_tools.landmarks says) and cut the square from the aligned frame."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import os
 import cv2
 import numpy as np
 
-CROPS = ("none", "center", "haar", "landmarks")
+from .landmarks import NUM_POINTS, alignment_matrix, transform_points
+
+CROPS = ("none", "center", "haar", "landmarks", "align")
 DEFAULT_MARGIN = 0.25          # box grows by this fraction of its side on every side
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 HAAR_WORK_SIZE = 320           # detect on a copy whose longer side is at most this (speed)
@@ -106,7 +110,9 @@ def crop_face(bgr: np.ndarray, method: str, size: int, points: np.ndarray | None
 
     "none" resizes the whole frame (aspect not kept); "center" takes the largest centred square;
     "haar" and "landmarks" take a square around the face with ``margin`` and fall back to the
-    centre square (returning a note, which the converter counts) when there is no face box.
+    centre square (returning a note, which the converter counts) when there is no face box;
+    "align" warps the frame by the similarity of `landmarks.alignment_matrix` (68 points needed;
+    the same centre-square fallback without them), and maps every landmark through it.
     """
     height, width = bgr.shape[:2]
     note = None
@@ -124,6 +130,11 @@ def crop_face(bgr: np.ndarray, method: str, size: int, points: np.ndarray | None
         box = landmark_box(points, margin)
         if box is None:
             box, note = center_box(height, width), "landmarks: no landmarks for the frame, centre crop used"
+    elif method == "align":
+        matrix = None if points is None or points.shape[0] != NUM_POINTS else alignment_matrix(points, size)
+        if matrix is not None:
+            return warp_similarity(bgr, matrix, size), transform_points(points, matrix), None
+        box, note = center_box(height, width), "align: no landmarks for the frame, centre crop used"
     else:
         raise ValueError(f"unknown crop {method!r}; choose one of {', '.join(CROPS)}")
     x0, y0, side = (int(round(v)) for v in box)
@@ -133,3 +144,21 @@ def crop_face(bgr: np.ndarray, method: str, size: int, points: np.ndarray | None
     if points is not None:
         mapped = ((points - np.array([x0, y0], np.float32)) * np.float32(size / side)).astype(np.float32)
     return out, mapped, note
+
+
+def warp_similarity(bgr: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """The size x size output of the 2 x 3 similarity `matrix` (frame pixels -> output pixels),
+    black outside the frame. A strong shrink first area-averages the frame down to twice the
+    output's scale, as a resize would, so the bilinear warp does not alias."""
+    scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    if scale < 0.5:
+        factor = 2 * scale
+        height, width = bgr.shape[:2]
+        small = (max(1, round(width * factor)), max(1, round(height * factor)))
+        bgr = cv2.resize(bgr, small, interpolation=cv2.INTER_AREA)
+        # a point x of the frame is at (x + 0.5) * f - 0.5 in the shrunk copy (pixel centres)
+        fx, fy = small[0] / width, small[1] / height
+        to_small = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])
+        matrix = np.asarray(matrix, np.float64) @ np.linalg.inv(to_small)
+    return cv2.warpAffine(bgr, np.asarray(matrix, np.float64), (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -109,7 +109,8 @@ def fold_statistics(label: np.ndarray) -> dict[str, np.ndarray]:
     if occurring.any():
         weight[occurring] = 1.0 / rate[occurring]
         weight[~occurring] = weight[occurring].max()
-    weight = weight / weight.mean()
+    if weight.size:  # an unlabeled file has no AU
+        weight = weight / weight.mean()
     joint = positive.T @ positive          # both positive
     given = positive.T @ known             # AU_i positive and AU_j known
     cooccurrence = np.divide(joint, given, out=np.zeros_like(joint), where=given > 0)

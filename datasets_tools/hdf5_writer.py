@@ -1,4 +1,4 @@
-"""The HDF5 writer (schema version 1, docs/hdf5_schema.md).
+"""The HDF5 writer (schema version 2, docs/hdf5_schema.md).
 
 Frames are appended sequence by sequence into ``<out>.partial`` in the output folder. After each
 finished sequence a progress marker (fingerprint of the inputs and options, rows written,
@@ -22,7 +22,7 @@ from .errors import DatasetError
 from .folds import fold_statistics
 from .output import partial_path, skipped_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CONVERTER_VERSION = "1.0"
 STRING = h5py.string_dtype()
 PROGRESS = "_progress"
@@ -38,6 +38,7 @@ class FrameWriter:
         self.out = Path(out)
         self.path = partial_path(self.out)
         self.fingerprint = fingerprint
+        self.num_points = num_points
         self.image_format = image_format
         self.file = self._resume() if self.path.exists() else None
         self.resumed = self.file is not None
@@ -73,7 +74,9 @@ class FrameWriter:
             frames.create_dataset("image", (0, image_size, image_size, 3), maxshape=(None, image_size, image_size, 3),
                                   dtype=np.uint8, chunks=(1, image_size, image_size, 3))
         chunk = 4096
-        frames.create_dataset("label", (0, num_aus), maxshape=(None, num_aus), dtype=np.int8, chunks=(chunk, num_aus))
+        # an unlabeled file (num_aus 0) still has its (N, 0) label array; HDF5 wants chunks of >= 1
+        frames.create_dataset("label", (0, num_aus), maxshape=(None, num_aus or None), dtype=np.int8,
+                              chunks=(chunk, max(num_aus, 1)))
         if has_intensity:
             frames.create_dataset("intensity", (0, num_aus), maxshape=(None, num_aus), dtype=np.int8,
                                   chunks=(chunk, num_aus))

@@ -267,7 +267,7 @@ def attach_landmarks(plan: DatasetPlan, landmarks_dir: Path | None, root: Path) 
         if landmarks_dir is None or not landmarks_dir.is_dir():
             return
     else:
-        require_dir(landmarks_dir, "landmarks folder (--landmarks)")
+        require_dir(landmarks_dir, "landmarks folder (--landmarks-dir)")
     files = {p.stem.lower(): p for p in landmarks_dir.iterdir() if p.suffix.lower() == ".csv"}
     if not files:
         raise DatasetError("landmarks folder holds no .csv files", str(landmarks_dir))

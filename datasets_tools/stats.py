@@ -71,7 +71,7 @@ def compute_stats(path: Path) -> dict:
 
 def format_stats(stats: dict) -> str:
     names = stats["au_names"]
-    width = max(len(n) for n in names) + 1
+    width = max((len(n) for n in names), default=2) + 1  # an unlabeled file (images) has no AU
     lines = [f"{stats['dataset']}: {stats['frames']} frames, {stats['sequences']} sequences, "
              f"{stats['subjects']} subjects, {stats['distinct_combinations']} distinct AU combinations",
              f"split: {stats['split_source']}"]

@@ -1,4 +1,4 @@
-"""``datasets_tools verify``: check a converted file against schema version 1 and itself.
+"""``datasets_tools verify``: check a converted file against its schema (version 2, or 1) and itself.
 
 Checks: schema (attributes, datasets, dtypes, shapes), counts add up, indices in range,
 sequences contiguous and sorted by frame number, folds disjoint and covering, every image
@@ -19,12 +19,15 @@ from tqdm import tqdm
 
 from .folds import fold_statistics
 from .hdf5_writer import SCHEMA_VERSION
+from .landmarks import NUM_POINTS
+from .landmarks import SCHEME as LANDMARK_SCHEME
 from .pool import process_pool
 from .stats import _strings, open_h5
 
 ROOT_ATTRS = ("schema_version", "dataset", "au_names", "label_rule", "image_size", "image_format", "crop",
               "source_root", "converter_version", "created")
-DATASETS = ("BP4D", "DISFA", "BP4D+", "MME")
+DATASETS = ("BP4D", "DISFA", "BP4D+", "MME", "images")
+READ_VERSIONS = (1, SCHEMA_VERSION)  # version 1 files (no landmark scheme, always labeled) still verify
 DECODE_CHUNK = 512
 RAW_CHUNK = 64  # raw frames are read (not decoded) in smaller blocks: 64 x 256 x 256 x 3 bytes
 # What h5py raises when the bytes of a file are damaged (garbage in a heap, a B-tree, a header).
@@ -105,8 +108,9 @@ def _verify(f: h5py.File, path: Path, workers: int, progress: bool, check_images
     unreadable = _unreadable_datasets(f)
     if unreadable:
         return unreadable
-    if int(f.attrs["schema_version"]) != SCHEMA_VERSION:
-        return [f"schema_version {f.attrs['schema_version']} is not {SCHEMA_VERSION}"]
+    version = int(f.attrs["schema_version"])
+    if version not in READ_VERSIONS:
+        return [f"schema_version {f.attrs['schema_version']} is not one of {', '.join(map(str, READ_VERSIONS))}"]
     if str(f.attrs["dataset"]) not in DATASETS:
         problems.append(f"dataset {f.attrs['dataset']!r} is not one of {', '.join(DATASETS)}")
     au_names = _strings(f.attrs["au_names"])
@@ -153,6 +157,22 @@ def _verify(f: h5py.File, path: Path, workers: int, progress: bool, check_images
         lm = f["frames/landmarks"]
         if lm.ndim != 3 or lm.shape[0] != n or lm.shape[2] != 2 or lm.dtype != np.float32:
             problems.append(f"frames/landmarks shape {lm.shape} {lm.dtype}, expected (N, P, 2) float32")
+        elif version >= 2:
+            scheme = str(f.attrs.get("landmark_scheme", ""))
+            if not scheme:
+                problems.append("frames/landmarks present but the landmark_scheme attribute is missing")
+            elif scheme == LANDMARK_SCHEME and lm.shape[1] != NUM_POINTS:
+                problems.append(f"landmark_scheme {scheme} but frames/landmarks holds {lm.shape[1]} points "
+                                f"per frame, not {NUM_POINTS}")
+    elif version >= 2 and "landmark_scheme" in f.attrs:
+        problems.append("landmark_scheme attribute without frames/landmarks")
+    if version >= 2:
+        if "labeled" not in f.attrs:
+            problems.append("missing root attribute labeled")
+        elif not bool(f.attrs["labeled"]) and num_aus:
+            problems.append(f"labeled is false but au_names lists {num_aus} AUs")
+        elif bool(f.attrs["labeled"]) and not num_aus:
+            problems.append("labeled is true but au_names is empty")
 
     subjects = _strings(f["subjects/name"][:])
     names = _strings(f["sequences/name"][:])

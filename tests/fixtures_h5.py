@@ -1,4 +1,5 @@
-"""Small aubench HDF5 files (schema version 1) written directly with h5py, for data tests.
+"""Small aubench HDF5 files (schema version 1 by default, 2 on request) written directly with
+h5py, for data tests.
 
 `write_au_h5` follows docs/hdf5_schema.md field by field, so the readers can be tested without the
 converter. Frame images are smooth colour gradients whose colours depend on the row, with a
@@ -63,12 +64,15 @@ def write_au_h5(path, *, image_format: str = "raw", num_subjects: int = 6,
                 unknown_rate: float = 0.1, constant_per_sequence: bool = False,
                 seed: int = 0, label_override: np.ndarray | None = None,
                 images: np.ndarray | None = None, jpeg_quality: int = 95,
-                schema_version: int = 1, au_names=AU_NAMES) -> Path:
+                schema_version: int = 1, au_names=AU_NAMES, landmarks: np.ndarray | None = None,
+                landmark_scheme: str | None = "ibug68") -> Path:
     """Write a small aubench HDF5 file and return its path.
 
     Every subject gets one sequence per entry of `sequence_lengths`; subjects are dealt into
     `num_folds` test groups round-robin (fold k tests group k, trains on the rest).
     `images` (N, H, W, 3) uint8 replaces the generated test pattern; `au_names` sets the AUs.
+    `landmarks` (N, P, 2) float32 are stored as frames/landmarks; a version 2 file also records
+    `landmark_scheme` (when not None) and `labeled`.
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -133,6 +137,12 @@ def write_au_h5(path, *, image_format: str = "raw", num_subjects: int = 6,
         frames.create_dataset("subject", data=frame_subject)
         frames.create_dataset("sequence", data=np.asarray(frame_sequence, dtype=np.int32))
         frames.create_dataset("frame_no", data=np.asarray(frame_no, dtype=np.int32))
+        if landmarks is not None:
+            frames.create_dataset("landmarks", data=np.asarray(landmarks, dtype=np.float32))
+        if schema_version >= 2:
+            f.attrs["labeled"] = bool(len(au_names))
+            if landmarks is not None and landmark_scheme is not None:
+                f.attrs["landmark_scheme"] = landmark_scheme
         seq = f.create_group("sequences")
         seq.create_dataset("name", data=np.array(seq_names, dtype=object), dtype=str_dt)
         seq.create_dataset("subject", data=np.asarray(seq_subject, dtype=np.int32))

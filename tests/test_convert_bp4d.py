@@ -73,7 +73,10 @@ def test_standard_folds_and_statistics(converted):
 
 def test_root_attributes(converted, bp4d_tree):
     with h5py.File(converted, "r") as f:
-        assert f.attrs["schema_version"] == 1 and f.attrs["dataset"] == "BP4D"
+        assert f.attrs["schema_version"] == 2 and f.attrs["dataset"] == "BP4D" and f.attrs["labeled"]
+        points = f["frames/landmarks"].shape[1]
+        assert f.attrs["landmarks_source"] == "file" and f.attrs["landmark_scheme"] == (
+            "ibug68" if points == 68 else f"unknown ({points} points)")
         assert [a.decode() if isinstance(a, bytes) else a for a in f.attrs["au_names"]] == [
             "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
         assert list(f.attrs["image_size"]) == [16, 16] and f.attrs["crop"] == "center"

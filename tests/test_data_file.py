@@ -112,8 +112,8 @@ def test_missing_key_is_named(tmp_path, key):
 
 
 def test_schema_version_mismatch(tmp_path):
-    p = write_au_h5(tmp_path / "v2.h5", schema_version=2)
-    with pytest.raises(ValueError, match=r"v2\.h5.*schema_version is 2.*version 1"):
+    p = write_au_h5(tmp_path / "v3.h5", schema_version=3)
+    with pytest.raises(ValueError, match=r"v3\.h5.*schema_version is 3.*versions 1, 2"):
         AUFile(p)
 
 

@@ -261,9 +261,15 @@ def test_bad_landmarks_file(tree, tmp_path):
 
 def test_landmark_crop_needs_landmarks(tree, tmp_path):
     root, _ = tree
-    with pytest.raises(DatasetError, match="--crop landmarks needs landmark files"):
-        convert("bp4d", root, tmp_path / "o.h5", FrameOptions(image_size=8, crop="landmarks"), progress=False)
-    with pytest.raises(DatasetError, match="landmarks folder \\(--landmarks\\) not found"):
+    for crop in ("landmarks", "align"):
+        with pytest.raises(DatasetError, match=f"--crop {crop} needs landmarks: landmark files.*--landmarks detect"):
+            convert("bp4d", root, tmp_path / "o.h5", FrameOptions(image_size=8, crop=crop), progress=False)
+    with pytest.raises(DatasetError, match="--crop landmarks needs landmarks"):
+        convert("bp4d", root, tmp_path / "o.h5", FrameOptions(image_size=8, crop="landmarks", landmarks="none"),
+                progress=False)
+    with pytest.raises(DatasetError, match="--landmarks 'guess': choose one of file, detect, none"):
+        convert("bp4d", root, tmp_path / "o.h5", FrameOptions(image_size=8, landmarks="guess"), progress=False)
+    with pytest.raises(DatasetError, match="landmarks folder \\(--landmarks-dir\\) not found"):
         run(root, tmp_path, landmarks_dir=tmp_path / "nowhere")
 
 

@@ -4,7 +4,11 @@ Items follow docs/hdf5_schema.md:
 - `FrameDataset`: {"image": float32 (3,H,W), "label": float32 (U,), "index": int64}
 - `ClipDataset`:  {"image": float32 (n,3,H,W), "label": float32 (n,U), "labeled": bool (n,),
                    "key_position": int64, "index": int64 (n,)}
-plus "occlusion" when an occlusion spec is given: bool (H,W) for a frame, (n,H,W) for a clip.
+plus "occlusion" when an occlusion spec is given: bool (H,W) for a frame, (n,H,W) for a clip,
+and "landmarks" when the file stores 68-point landmarks (datasets_tools.landmarks; `landmarks`
+argument): float32 (68,2) for a frame, (n,68,2) for a clip, in the item's image pixels after
+resizing and augmentation (flip, rotation: the points move with the pixels; NaN where a frame has
+none); "key_landmarks" beside "key_image".
 Labels are 1 / 0 with -1 for unknown, and also -1 where the sparse-label protocol hides a label.
 
 uint8 fast path: with `normalize=False` the "image" is uint8 (3,H,W) / (n,3,H,W) instead,
@@ -39,7 +43,8 @@ from .occlusion import frame_occlusion_mask, occlusion_mask, parse_occlusion
 from .samplers import (check_label_ratio, sparse_label_mask, sparse_label_report,
                        visible_label_statistics)
 from .transforms import (IMAGENET_MEAN_UINT8, ClipAugment, normalize, parse_image_size,
-                         resize_images, to_float_tensor, to_normalized_tensor, to_uint8_tensor)
+                         resize_images, resize_points, to_float_tensor, to_normalized_tensor,
+                         to_uint8_tensor)
 
 _MEAN_UINT8 = torch.tensor(IMAGENET_MEAN_UINT8, dtype=torch.uint8).view(3, 1, 1)
 
@@ -48,8 +53,13 @@ class _AUDatasetBase(Dataset):
     """What frame and clip datasets share: the file, fold rows, labels, image pipeline."""
 
     def __init__(self, path, fold, split, image_size, augment, occlusion, label_ratio, seed,
-                 normalize):
+                 normalize, landmarks=None):
         self.file = path if isinstance(path, AUFile) else AUFile(path)
+        if landmarks is None:  # carry them when the file has them
+            landmarks = self.file.has_scheme_landmarks
+        elif landmarks:
+            self.file.require_landmarks("a dataset with landmarks=True")
+        self.landmarks = bool(landmarks)
         self.fold = fold
         self.split = split
         self.rows = self.file.rows(fold, split)
@@ -98,27 +108,37 @@ class _AUDatasetBase(Dataset):
         return torch.from_numpy(labels)
 
     def _images(self, rows: np.ndarray, index: int, frames: np.ndarray | None = None,
-                view: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                view: int = 0, points: np.ndarray | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(len(rows), 3, H, W) images, normalised float32 (or uint8 with normalize=False),
-        augmented and occluded as configured, with one random draw for all of them; and the
+        augmented and occluded as configured, with one random draw for all of them; the
         occlusion masks, bool (len(rows), H, W) (or None): each row's fixed mask on evaluation
-        splits, one random draw for all rows on the train split. `frames`: the rows' uint8
-        images when already read. `view` > 0 draws an independent second view of the same rows
-        (seeded from (seed, index, view))."""
+        splits, one random draw for all rows on the train split; and the landmarks, float32
+        (len(rows), 68, 2), moved with the pixels (or None without landmarks). `frames`,
+        `points`: the rows' uint8 images and stored landmarks when already read. `view` > 0
+        draws an independent second view of the same rows (seeded from (seed, index, view))."""
         if frames is None:
             frames = self.file.read_images(rows)
+        stored_size = frames.shape[-3:-1]
         frames = resize_images(frames, self.image_size)
+        if self.landmarks:
+            if points is None:
+                points = self.file.read_landmarks(rows)
+            points = torch.from_numpy(resize_points(points, stored_size, self.image_size))
         generator = self._generator(index, view)
+        params = None if self.augment is None else self.augment.draw(generator)
         if not self.normalize:
             images = to_uint8_tensor(frames)
-            if self.augment is not None:
-                images = self.augment(images, generator=generator)
-        elif self.augment is not None:
-            images = normalize(self.augment(to_float_tensor(frames), generator=generator))
+            if params is not None:
+                images = self.augment.apply(images, params)
+        elif params is not None:
+            images = normalize(self.augment.apply(to_float_tensor(frames), params))
         else:
             images = to_normalized_tensor(frames)
+        if points is not None and params is not None:
+            points = self.augment.apply_points(points, params, self.image_size)
         if self.occlusion is None:
-            return images, None
+            return images, None, points
         if self.fixed_occlusion:
             mask = torch.stack([frame_occlusion_mask(*self.occlusion, row, *self.image_size)
                                 for row in np.asarray(rows).tolist()])
@@ -129,7 +149,7 @@ class _AUDatasetBase(Dataset):
             images = images.masked_fill(mask[:, None], 0.0)
         else:
             images = torch.where(mask[:, None], _MEAN_UINT8, images)
-        return images, mask
+        return images, mask, points
 
     def close(self) -> None:
         """Close the h5py handle of this process (it reopens on the next read)."""
@@ -152,13 +172,16 @@ class FrameDataset(_AUDatasetBase):
         seed: makes augmentation and training occlusion a function of (seed, index).
         normalize: True: "image" is ImageNet-normalised float32. False: the uint8 fast path,
             "image" is uint8 (3,H,W); normalise batches with `normalize_images` (on the GPU).
+        landmarks: None (default): items carry "landmarks" when the file stores 68-point ones;
+            True: they must (ValueError naming the file otherwise); False: never.
     """
 
     def __init__(self, path, fold: int | None = 1, split: str = "train", image_size=None,
                  augment=False, occlusion=None, label_ratio: float = 1.0,
-                 labeled_only: bool = False, seed: int | None = None, normalize: bool = True):
+                 labeled_only: bool = False, seed: int | None = None, normalize: bool = True,
+                 landmarks: bool | None = None):
         super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
-                         normalize)
+                         normalize, landmarks)
         self.labeled_only = bool(labeled_only)
         if self.labeled_only:
             self.rows = self.rows[self.labeled_mask[self.rows]]
@@ -177,14 +200,18 @@ class FrameDataset(_AUDatasetBase):
                 raise IndexError(f"index {index} out of range for {len(self)} frames")
         rows = self.rows[indices]
         frames = self.file.read_image_list(rows)
+        points = self.file.read_landmarks(rows) if self.landmarks else None
         labels = self._labels(rows)
         items = []
         for k, (index, row) in enumerate(zip(indices, rows.tolist())):
-            images, mask = self._images(rows[k:k + 1], index % len(self), frames[k][None])
+            images, mask, moved = self._images(rows[k:k + 1], index % len(self), frames[k][None],
+                                               points=None if points is None else points[k:k + 1])
             item = {"image": images[0], "label": labels[k],
                     "index": torch.tensor(row, dtype=torch.int64)}
             if mask is not None:
                 item["occlusion"] = mask[0]
+            if moved is not None:
+                item["landmarks"] = moved[0]
             items.append(item)
         return items
 
@@ -211,11 +238,12 @@ class ClipDataset(_AUDatasetBase):
 
     def __init__(self, path, fold: int | None = 1, split: str = "train", clip_len: int = 5,
                  label_ratio: float = 1.0, image_size=None, augment=False, occlusion=None,
-                 seed: int | None = None, normalize: bool = True, key_view: bool = False):
+                 seed: int | None = None, normalize: bool = True, key_view: bool = False,
+                 landmarks: bool | None = None):
         if isinstance(clip_len, bool) or int(clip_len) != clip_len or clip_len < 1:
             raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
         super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
-                         normalize)
+                         normalize, landmarks)
         self.clip_len = int(clip_len)
         if key_view and split != "train":
             raise ValueError(f"key_view is for the train split (clips with a key frame), not {split!r}")
@@ -285,11 +313,14 @@ class ClipDataset(_AUDatasetBase):
             index %= len(self)
             clips.append((index, *self.clip_rows(index, key_position)))
         n = self.clip_len
-        frames = self.file.read_images(np.concatenate([rows for _, rows, _ in clips]))
+        all_rows = np.concatenate([rows for _, rows, _ in clips])
+        frames = self.file.read_images(all_rows)
+        points = self.file.read_landmarks(all_rows) if self.landmarks else None
         items = []
         for k, (index, rows, key) in enumerate(clips):
             clip_frames = frames[k * n:(k + 1) * n]
-            images, mask = self._images(rows, index, clip_frames)
+            clip_points = None if points is None else points[k * n:(k + 1) * n]
+            images, mask, moved = self._images(rows, index, clip_frames, points=clip_points)
             labels = self._labels(rows)
             labeled = self.labeled_mask[rows].copy()
             if self.key_rows is not None:  # one label per training clip: its key frame's
@@ -304,9 +335,15 @@ class ClipDataset(_AUDatasetBase):
                 "index": torch.from_numpy(rows.astype(np.int64)),
             }
             if self.key_view:
-                item["key_image"] = self._images(rows[key:key + 1], index, clip_frames[key:key + 1],
-                                                 view=1)[0][0]
+                key_image, _, key_points = self._images(
+                    rows[key:key + 1], index, clip_frames[key:key + 1], view=1,
+                    points=None if clip_points is None else clip_points[key:key + 1])
+                item["key_image"] = key_image[0]
+                if key_points is not None:
+                    item["key_landmarks"] = key_points[0]
             if mask is not None:
                 item["occlusion"] = mask
+            if moved is not None:
+                item["landmarks"] = moved
             items.append(item)
         return items

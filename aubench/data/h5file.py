@@ -1,4 +1,4 @@
-"""Read-only access to one aubench HDF5 file (schema version 1, see docs/hdf5_schema.md).
+"""Read-only access to one aubench HDF5 file (schema version 2 or 1, see docs/hdf5_schema.md).
 
 `AUFile` validates the file once, keeps the small per-frame metadata (labels, subject and
 sequence indices, the sequence table, the folds) in memory, and reads images through an h5py
@@ -16,7 +16,9 @@ import cv2
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READ_VERSIONS = (1, 2)   # version 1 files read as before: labeled, landmarks of no known scheme
+LANDMARK_SCHEME = "ibug68"  # the one scheme aubench uses (datasets_tools.landmarks)
 SPLITS = ("train", "test", "all")
 
 REQUIRED_ROOT_ATTRS = (
@@ -95,9 +97,10 @@ class AUFile:
             if key not in f.attrs:
                 self._fail(f"not an aubench HDF5 file: root attribute '{key}' is missing")
         version = int(np.asarray(f.attrs["schema_version"]).reshape(-1)[0])
-        if version != SCHEMA_VERSION:
-            self._fail(f"schema_version is {version}, this aubench reads version "
-                       f"{SCHEMA_VERSION}; convert the dataset again with datasets_tools")
+        if version not in READ_VERSIONS:
+            self._fail(f"schema_version is {version}, this aubench reads versions "
+                       f"{', '.join(map(str, READ_VERSIONS))}; convert the dataset again with datasets_tools")
+        self.schema_version = version
         for key in REQUIRED_DATASETS:
             if key not in f:
                 self._fail(f"not an aubench HDF5 file: dataset '{key}' is missing")
@@ -116,6 +119,12 @@ class AUFile:
             self._fail(f"image_size attribute must be [H, W], got {size.tolist()}")
         self.image_size = (int(size[0]), int(size[1]))
 
+        # Version 2 says whether the file holds labels (an `images` conversion does not) and which
+        # scheme its landmarks follow; version 1 files are labeled and name no scheme.
+        self.labeled = bool(f.attrs.get("labeled", True))
+        self.num_landmarks = int(f["frames/landmarks"].shape[1]) if "frames/landmarks" in f else 0
+        self.landmark_scheme = (_as_str(f.attrs["landmark_scheme"])
+                                if self.num_landmarks and "landmark_scheme" in f.attrs else None)
         self.labels = np.asarray(f["frames/label"][()], dtype=np.int8)
         self.frame_subject = np.asarray(f["frames/subject"][()], dtype=np.int64)
         self.frame_sequence = np.asarray(f["frames/sequence"][()], dtype=np.int64)
@@ -266,6 +275,46 @@ class AUFile:
             for key in sorted(fold["attrs"]):
                 add(f"fold{k}:attr:{key}", fold["attrs"][key])
         return digest.hexdigest()
+
+    @property
+    def has_scheme_landmarks(self) -> bool:
+        """True when the file stores landmarks of aubench's 68-point scheme."""
+        return self.landmark_scheme == LANDMARK_SCHEME
+
+    def require_landmarks(self, purpose: str) -> None:
+        """ValueError naming the file and `purpose` unless it has 68-point (ibug68) landmarks."""
+        if self.has_scheme_landmarks:
+            return
+        if not self.num_landmarks:
+            why = "stores no landmarks"
+        elif self.landmark_scheme is None:
+            why = (f"stores {self.num_landmarks} landmarks per frame but names no scheme (a schema "
+                   f"version {self.schema_version} file, written before aubench recorded one)")
+        else:
+            why = f"stores landmarks of the scheme {self.landmark_scheme!r}, not {LANDMARK_SCHEME!r}"
+        self._fail(f"{purpose} needs the 68-point {LANDMARK_SCHEME} landmarks, and this file {why}; "
+                   f"convert the dataset again with `datasets_tools convert ... --landmarks detect` (or "
+                   f"--landmarks file with 68-point landmark files)")
+
+    def require_labels(self, purpose: str) -> None:
+        """ValueError naming the file and `purpose` when the file holds no AU labels."""
+        if not self.labeled or not self.num_aus:
+            self._fail(f"{purpose} needs AU labels, and this file holds none (dataset "
+                       f"{self.dataset!r}, label rule: {_as_str(self.attrs.get('label_rule', ''))})")
+
+    def read_landmarks(self, rows) -> np.ndarray:
+        """float32 (len(rows), 68, 2) landmarks of frame `rows` in stored-image pixels (NaN where
+        a frame has none); only for files with 68-point landmarks (require_landmarks)."""
+        self.require_landmarks("reading landmarks")
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size == 0:
+            return np.zeros((0, self.num_landmarks, 2), dtype=np.float32)
+        if rows.min() < 0 or rows.max() >= self.num_frames:
+            raise IndexError(f"{self.path}: frame rows must be in 0..{self.num_frames - 1}, "
+                             f"got {rows.min()}..{rows.max()}")
+        self._images()  # opens this process's handle
+        unique, picked = np.unique(rows, return_inverse=True)
+        return np.asarray(self._handle["frames/landmarks"][unique], dtype=np.float32)[picked]
 
     # ------------------------------------------------------------------ images
     def _images(self):

@@ -8,10 +8,13 @@ Both routes give the same values: `normalize_images(to_uint8_tensor(x))` equals
 `to_normalized_tensor(x)` bit for bit in float32.
 Augmentation works on float tensors in [0, 1] or on uint8 tensors with
 torchvision.transforms.v2 functional ops; its parameters are drawn once per sample, so every
-frame of a clip gets the same rotation, flip and colour change.
+frame of a clip gets the same rotation, flip and colour change. Landmarks (68-point scheme,
+datasets_tools.landmarks) follow the pixels through `resize_points` and
+`ClipAugment.apply_points`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -19,6 +22,8 @@ import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+
+from datasets_tools.landmarks import MIRROR
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +43,16 @@ def parse_image_size(image_size) -> tuple[int, int] | None:
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"image_size must be a positive int or (H, W), got {image_size!r}")
     return size
+
+
+def resize_points(points: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """(..., 2) pixel coordinates of an image of from_size (H, W) resized to to_size (pixel
+    centres at whole numbers: x -> (x + 0.5) * W' / W - 0.5, as OpenCV resizes)."""
+    (h, w), (h2, w2) = from_size, to_size
+    if (h, w) == (h2, w2):
+        return points
+    scale = np.array([w2 / w, h2 / h], dtype=np.float32)
+    return ((np.asarray(points, dtype=np.float32) + 0.5) * scale - 0.5).astype(np.float32)
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -159,6 +174,28 @@ class ClipAugment:
             "contrast": 1 + (2 * u[3] - 1) * self.contrast,
             "saturation": 1 + (2 * u[4] - 1) * self.saturation,
         }
+
+    @staticmethod
+    def apply_points(points: torch.Tensor, params: dict, size: tuple[int, int]) -> torch.Tensor:
+        """Move (..., 68, 2) landmarks of images of `size` (H, W) as `apply` moves the pixels:
+        a flip maps x to W - 1 - x and swaps each left point with its right twin
+        (datasets_tools.landmarks.MIRROR: a left eye corner stays a left eye corner); a rotation
+        turns them by the angle (counter-clockwise as displayed) about the pixel grid's centre
+        ((W - 1) / 2, (H - 1) / 2), where torchvision turns the image. (torchvision's own
+        keypoint rotation pivots half a pixel away from its image rotation, hence our own.)
+        Colour changes leave them; NaN stays NaN."""
+        height, width = size
+        out = points.to(torch.float32).clone()
+        if params["flip"]:
+            out[..., 0] = width - 1 - out[..., 0]
+            out = out[..., list(MIRROR), :]
+        if params["angle"] != 0:
+            theta = math.radians(params["angle"])
+            cos, sin = math.cos(theta), math.sin(theta)
+            dx, dy = out[..., 0] - (width - 1) / 2, out[..., 1] - (height - 1) / 2
+            out = torch.stack([(width - 1) / 2 + cos * dx + sin * dy,
+                               (height - 1) / 2 - sin * dx + cos * dy], dim=-1)
+        return out
 
     @staticmethod
     def apply(images: torch.Tensor, params: dict) -> torch.Tensor:

@@ -94,7 +94,14 @@ def open_dataset_file(path: str | Path) -> AUFile:
 
 
 def open_run_data(path: str | Path, fold: int) -> RunData:
+    """The fold of a labeled file that a run trains on and is scored on (an unlabeled file, an
+    `images` conversion, is refused with a message saying so)."""
     file = open_dataset_file(path)
+    try:
+        file.require_labels("training and testing a method")
+    except ValueError as err:
+        raise UserError(f"--data {err}; an unlabeled face collection serves self-supervised "
+                        f"pre-training, not training and testing") from None
     if not isinstance(fold, int) or not 1 <= fold <= file.num_folds:
         raise UserError(f"--fold {fold} is out of range: {path} has folds 1..{file.num_folds}")
     return RunData(Path(path), fold, file)
