@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import bp4d, bp4d_plus, disfa, images
 from .errors import DatasetError, Report, Skip
-from .face_detect import DEFAULT_MAX_SIDE, detector_for, unavailable_reason
+from .face_detect import DEFAULT_MAX_SIDE, detector_for, detector_identity, unavailable_reason
 from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
 from .landmarks import NUM_POINTS, SCHEME
 from .folds import choose_folds
@@ -258,9 +258,9 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
         reason = unavailable_reason(options.predictor)
         if reason:
             raise DatasetError(reason)
-        detector_for(options.predictor, options.detect_max_side)  # a bad predictor file fails here, once
-    if options.landmarks == "none" and landmarks_dir is not None:
-        raise DatasetError("--landmarks none with a landmarks folder: drop one of the two")
+    if options.landmarks != "file" and landmarks_dir is not None:
+        raise DatasetError(f"--landmarks {options.landmarks} with a landmarks folder (--landmarks-dir): the "
+                           f"folder is read by --landmarks file only; drop one of the two")
 
     check_output(out, overwrite)
     with OutputLock(out):
@@ -274,6 +274,8 @@ def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, 
                     threshold: int, workers: int, skip_bad: bool, folds_seed: int, progress: bool,
                     fail_after_sequences: int | None, images_split: str) -> ConvertResult:
     """The conversion proper, while this run holds the output's lock."""
+    if options.landmarks == "detect":
+        detector_for(options.predictor, options.detect_max_side)  # a bad predictor file fails here, once
     report = Report(skip_bad=skip_bad)
     settings = {"camera": camera, "threshold": threshold}
     plan = READERS[dataset](root, _Settings(progress=progress, images_split=images_split, folds_seed=folds_seed,
@@ -301,16 +303,22 @@ def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, 
     planning_skips = list(report.skips)
     report.skips.clear()
 
-    key = fingerprint(plan, options, settings if dataset == "disfa" else {})
+    extras = dict(settings) if dataset == "disfa" else {}
+    if options.landmarks == "detect":  # another predictor file or dlib gives other landmarks: no resume
+        extras["detector"] = detector_identity(options.predictor)
+    key = fingerprint(plan, options, extras)
+    # an image collection keeps each frame's file (relative to DIR): its frame numbers are only
+    # positions in a folder or shard
+    source_root = plan.source_root if dataset == "images" else None
     writer = FrameWriter(out, key, len(plan.au_names), options.image_size, options.image_format,
-                         plan.sequences[0].intensity is not None, num_points)
+                         plan.sequences[0].intensity is not None, num_points, has_source=source_root is not None)
     try:
         resumed = len(writer.done)
         start_sequence = writer.done[-1][0] + 1 if writer.done else 0
         total = sum(len(s) for s in plan.sequences[start_sequence:])
         bar = tqdm(total=total, desc=f"convert {plan.dataset}", unit="frame", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True)
-        buffer = _SequenceBuffer(num_points)
+        buffer = _SequenceBuffer(num_points, source_root)
         written_this_run = 0
         for index, start, stop, results in _results(_jobs(plan, start_sequence, options), workers):
             seq = plan.sequences[index]
@@ -320,7 +328,7 @@ def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, 
                 writer.append(len(writer.done), *buffer.frames())
                 skips, notes = buffer.take_problems()
                 writer.finish_sequence(index, buffer.kept, skips, notes)
-                buffer = _SequenceBuffer(num_points)
+                buffer = _SequenceBuffer(num_points, source_root)
                 written_this_run += 1
                 if fail_after_sequences is not None and written_this_run >= fail_after_sequences:
                     raise RuntimeError(f"injected failure after {written_this_run} sequence(s)")
@@ -338,8 +346,9 @@ class _Settings:
 class _SequenceBuffer:
     """Frames of the sequence being converted, until it is complete and can be appended."""
 
-    def __init__(self, num_points: int | None):
+    def __init__(self, num_points: int | None, source_root: str | None = None):
         self.num_points = num_points
+        self.source_root = source_root  # set: keep each frame's file path relative to it
         self.parts = []
         self.skips: list = []
         self.notes: Counter = Counter()
@@ -348,17 +357,17 @@ class _SequenceBuffer:
     def add(self, seq: SequencePlan, start: int, stop: int, results, report: Report) -> None:
         images, points, keep = [], [], np.zeros(stop - start, dtype=bool)
         for i, (image, mapped, note, error, no_face) in enumerate(results):
+            member = seq.members[start + i]
+            where = seq.container if seq.source_kind != "files" else member
+            if seq.source_kind == "zip":
+                where = f"{seq.container}:{member}"
             if no_face:  # expected with detection, never an error: listed as skipped or as kept
-                kind, detail = (NO_FACE, "--no-face skip") if image is None else (NO_FACE_KEPT, "--no-face keep")
+                kind = NO_FACE if image is None else NO_FACE_KEPT
                 self.skips.append(Skip(seq.name, int(seq.frame_no[start + i]), kind,
-                                       "the face detector found no face").to_list())
+                                       f"the face detector found no face [{where}]").to_list())
                 if image is None:
                     continue
             if error is not None:
-                member = seq.members[start + i]
-                where = seq.container if seq.source_kind != "files" else member
-                if seq.source_kind == "zip":
-                    where = f"{seq.container}:{member}"
                 before = len(report.skips)
                 report.problem(error, sequence=seq.name, frame_no=int(seq.frame_no[start + i]), path=where,
                                kind="bad image")
@@ -370,10 +379,13 @@ class _SequenceBuffer:
             images.append(image)
             points.append(mapped)
         rows = slice(start, stop)
+        sources = None
+        if self.source_root is not None:  # the images layout: each frame's file, relative to DIR
+            sources = [os.path.relpath(m, self.source_root) for m, k in zip(seq.members[rows], keep) if k]
         self.parts.append((seq.frame_no[rows][keep], seq.label[rows][keep],
                            None if seq.intensity is None else seq.intensity[rows][keep], images,
                            None if self.num_points is None else np.asarray(points, np.float32).reshape(
-                               -1, self.num_points, 2)))
+                               -1, self.num_points, 2), sources))
         self.kept += int(keep.sum())
 
     def frames(self):
@@ -382,7 +394,8 @@ class _SequenceBuffer:
         intensity = None if self.parts[0][2] is None else np.concatenate([p[2] for p in self.parts])
         images = [image for p in self.parts for image in p[3]]
         landmarks = None if self.parts[0][4] is None else np.concatenate([p[4] for p in self.parts])
-        return frame_no, label, intensity, images, landmarks
+        sources = None if self.parts[0][5] is None else [path for p in self.parts for path in p[5]]
+        return frame_no, label, intensity, images, landmarks, sources
 
     def take_problems(self):
         return self.skips, dict(self.notes)

@@ -59,6 +59,17 @@ def unavailable_reason(predictor: Path | None = None) -> str | None:
     return None
 
 
+def detector_identity(predictor: Path | None = None) -> str:
+    """What the landmarks depend on besides the frames: dlib's version and the predictor file's
+    path, size and modification time (part of a conversion's fingerprint, so a resume never mixes
+    two predictors)."""
+    import dlib
+
+    path = Path(predictor) if predictor is not None else packaged_predictor()
+    st = path.stat()
+    return f"dlib {dlib.__version__}; {path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
 class LandmarkDetector:
     """Callable: BGR uint8 frame -> float32 (68, 2) landmarks in its pixels, or None (no face)."""
 

@@ -10,7 +10,7 @@ import os
 import cv2
 import numpy as np
 
-from .landmarks import NUM_POINTS, alignment_matrix, transform_points
+from .landmarks import NUM_POINTS, alignment_matrix, scale_points, transform_points
 
 CROPS = ("none", "center", "haar", "landmarks", "align")
 DEFAULT_MARGIN = 0.25          # box grows by this fraction of its side on every side
@@ -118,7 +118,7 @@ def crop_face(bgr: np.ndarray, method: str, size: int, points: np.ndarray | None
     note = None
     if method == "none":
         out = resize(bgr, size)
-        mapped = None if points is None else points * np.array([size / width, size / height], np.float32)
+        mapped = None if points is None else scale_points(points, np.array([size / width, size / height]))
         return out, mapped, note
     if method == "center":
         box = center_box(height, width)
@@ -140,10 +140,9 @@ def crop_face(bgr: np.ndarray, method: str, size: int, points: np.ndarray | None
     x0, y0, side = (int(round(v)) for v in box)
     side = max(side, 1)
     out = resize(cut_square(bgr, box), size)
-    mapped = None
-    if points is not None:
-        mapped = ((points - np.array([x0, y0], np.float32)) * np.float32(size / side)).astype(np.float32)
+    mapped = None if points is None else scale_points(points - np.array([x0, y0], np.float32), size / side)
     return out, mapped, note
+
 
 
 def warp_similarity(bgr: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:

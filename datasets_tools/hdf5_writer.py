@@ -34,7 +34,7 @@ def string_array(values) -> np.ndarray:
 
 class FrameWriter:
     def __init__(self, out: Path, fingerprint: str, num_aus: int, image_size: int, image_format: str,
-                 has_intensity: bool, num_points: int | None):
+                 has_intensity: bool, num_points: int | None, has_source: bool = False):
         self.out = Path(out)
         self.path = partial_path(self.out)
         self.fingerprint = fingerprint
@@ -43,7 +43,7 @@ class FrameWriter:
         self.file = self._resume() if self.path.exists() else None
         self.resumed = self.file is not None
         if self.file is None:
-            self._create(num_aus, image_size, image_format, has_intensity, num_points)
+            self._create(num_aus, image_size, image_format, has_intensity, num_points, has_source)
         self.identity = self._identity()
         progress = self.file[PROGRESS].attrs
         self.rows = int(progress["rows"])
@@ -64,7 +64,7 @@ class FrameWriter:
         self.path.unlink()
         return None
 
-    def _create(self, num_aus, image_size, image_format, has_intensity, num_points):
+    def _create(self, num_aus, image_size, image_format, has_intensity, num_points, has_source):
         f = self.file = h5py.File(self.path, "w")
         frames = f.create_group("frames")
         if image_format == "jpeg":
@@ -85,6 +85,8 @@ class FrameWriter:
         if num_points:
             frames.create_dataset("landmarks", (0, num_points, 2), maxshape=(None, num_points, 2),
                                   dtype=np.float32, chunks=(256, num_points, 2))
+        if has_source:
+            frames.create_dataset("source", (0,), maxshape=(None,), dtype=STRING, chunks=(chunk,))
         progress = f.create_group(PROGRESS)
         progress.attrs.update({"fingerprint": self.fingerprint, "rows": 0, "done": "[]", "skips": "[]",
                                "notes": "{}"})
@@ -100,7 +102,7 @@ class FrameWriter:
             if ds.shape[0] != rows:
                 ds.resize(rows, axis=0)
 
-    def append(self, sequence_row: int, frame_no, label, intensity, images: list, landmarks) -> None:
+    def append(self, sequence_row: int, frame_no, label, intensity, images: list, landmarks, sources=None) -> None:
         """Append one block of frames (all of one sequence, in frame order)."""
         n = len(frame_no)
         if n == 0:
@@ -124,6 +126,8 @@ class FrameWriter:
         frames["frame_no"][start:stop] = frame_no
         if "landmarks" in frames:
             frames["landmarks"][start:stop] = landmarks
+        if "source" in frames:
+            frames["source"][start:stop] = string_array(sources)
         self.rows = stop
 
     def finish_sequence(self, plan_index: int, length: int, skips: list, notes: dict) -> None:

@@ -3,10 +3,11 @@ self-supervised pre-training), converted with face detection, alignment and land
 labels (``datasets_tools convert images DIR OUT.h5 --landmarks detect --crop align``).
 
 Every folder that holds images (.jpg, .jpeg, .png, .bmp, any case; hidden files and folders
-ignored) is one sequence, its images in name order, numbered 1, 2, ... as frames (the file keeps
-each image's path relative to DIR in the sequence name and frame order, so a frame can be traced
-back). The file holds no AU (``au_names`` empty, ``labeled`` false), and aubench's methods that
-train on labels refuse it.
+ignored) is one sequence, its images in name order, numbered 1, 2, ... as frames; the file keeps
+each frame's image path relative to DIR in ``frames/source``. The file holds no AU
+(``au_names`` empty, ``labeled`` false), and ``aubench train`` / ``evaluate`` refuse it as
+``--data``. Pass ``--landmarks detect --crop align`` for detected landmarks and aligned faces
+(the defaults, as for every layout, are landmark files and a centre crop).
 
 Folds (--images-split):
 - ``folders`` (the default): the subjects are DIR's top-level folders (images lying directly in

@@ -16,8 +16,8 @@ image's left):
           60-67   inner lip: left corner 60, upper 61-63, right corner 64, lower 65-67 from right
                   to left
 
-It is the layout of dlib's 68-point shape predictor and of OpenFace, on which the AU literature
-defines its AU centres (EAC-Net, JAA-Net). Coordinates are (x, y) pixels with pixel centres at
+It is the layout of dlib's 68-point shape predictor and of OpenFace; EAC-Net defines its AU
+centres on it, and JAA-Net on its 49 inner points (without the jaw and the inner mouth corners). Coordinates are (x, y) pixels with pixel centres at
 whole numbers (OpenCV's and dlib's convention): the left-most pixel column is x = 0, so a
 horizontal flip maps x to width - 1 - x. A missing point is NaN.
 """
@@ -124,10 +124,19 @@ def alignment_matrix(points: np.ndarray, size: int) -> np.ndarray | None:
     left, right = eye_centres(points)
     mouth = mouth_centre(points)
     source = np.stack([left, right, mouth])
-    if not np.isfinite(source).all():
+    # missing points, or placeholders such as all zeros (some tools write (0, 0) for a failed
+    # frame): no face to align
+    if not np.isfinite(source).all() or np.linalg.norm(right - left) < 1.0:
         return None
     target = np.array([CANONICAL_LEFT_EYE, CANONICAL_RIGHT_EYE, CANONICAL_MOUTH]) * size - 0.5
     return similarity_fit(source, target)
+
+
+def scale_points(points: np.ndarray, scale) -> np.ndarray:
+    """(..., 2) points of an image resized by `scale` ((sx, sy) or one factor), moved as OpenCV
+    moves its pixels: pixel centres sit at whole numbers, so x -> (x + 0.5) * sx - 0.5."""
+    scale = np.asarray(scale, dtype=np.float64)
+    return ((np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

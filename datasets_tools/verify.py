@@ -166,6 +166,8 @@ def _verify(f: h5py.File, path: Path, workers: int, progress: bool, check_images
                                 f"per frame, not {NUM_POINTS}")
     elif version >= 2 and "landmark_scheme" in f.attrs:
         problems.append("landmark_scheme attribute without frames/landmarks")
+    if "frames/source" in f and f["frames/source"].shape != (n,):
+        problems.append(f"frames/source shape {f['frames/source'].shape}, expected {(n,)}")
     if version >= 2:
         if "labeled" not in f.attrs:
             problems.append("missing root attribute labeled")

@@ -267,6 +267,10 @@ def test_landmark_crop_needs_landmarks(tree, tmp_path):
     with pytest.raises(DatasetError, match="--crop landmarks needs landmarks"):
         convert("bp4d", root, tmp_path / "o.h5", FrameOptions(image_size=8, crop="landmarks", landmarks="none"),
                 progress=False)
+    for mode in ("none", "detect"):
+        with pytest.raises(DatasetError, match=f"--landmarks {mode} with a landmarks folder"):
+            convert("bp4d", root, tmp_path / "o.h5", FrameOptions(image_size=8, landmarks=mode),
+                    landmarks_dir=root / "Landmarks", progress=False)
     with pytest.raises(DatasetError, match="--landmarks 'guess': choose one of file, detect, none"):
         convert("bp4d", root, tmp_path / "o.h5", FrameOptions(image_size=8, landmarks="guess"), progress=False)
     with pytest.raises(DatasetError, match="landmarks folder \\(--landmarks-dir\\) not found"):

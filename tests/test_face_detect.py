@@ -65,8 +65,9 @@ def test_a_missing_predictor_file_is_named(tmp_path):
 @needs_faces
 def test_detector_finds_synthetic_faces_and_their_68_points():
     """At least 95% of synthetic frames get a face; the points' mean error, normalised by the
-    distance between the true eye centres (the NME of face alignment), is under 0.15 on average
-    (these faces are drawn, not photographed)."""
+    distance between the true eye centres (the NME of face alignment), is under 0.12 on average
+    and 0.11 at the median (measured on these 45 frames: 0.105 and 0.098; the faces are drawn,
+    not photographed)."""
     detector = face_detect.LandmarkDetector()
     frames = synthetic_frames(45)
     errors = []
@@ -78,7 +79,7 @@ def test_detector_finds_synthetic_faces_and_their_68_points():
         left, right = eye_centres(truth)
         errors.append(np.linalg.norm(found - truth, axis=1).mean() / np.linalg.norm(right - left))
     assert len(errors) >= 0.95 * len(frames)
-    assert np.mean(errors) < 0.15 and np.median(errors) < 0.15
+    assert np.mean(errors) < 0.12 and np.median(errors) < 0.11
 
 
 @needs_faces
@@ -122,7 +123,7 @@ def test_frames_without_a_face_are_counted_and_listed(tree_with_a_blank, tmp_pat
     result = convert("bp4d", root, out, FrameOptions(image_size=64, crop="align", landmarks="detect",
                                                      no_face=policy), progress=False)
     listing = result.skipped_listing.read_text()
-    assert f"{sequence} frame {frame}: " in listing
+    assert f"{sequence} frame {frame}: " in listing and f"{frame}.jpg]" in listing   # the frame's file
     with h5py.File(out) as f:
         assert f.attrs["landmark_scheme"] == "ibug68" and f.attrs["landmarks_source"] == "detect"
         assert f.attrs["no_face_frames"] == 1 and f.attrs["no_face_policy"] == policy
@@ -175,6 +176,11 @@ def test_images_conversion_round_trips_without_labels(face_folders, tmp_path):
     assert np.abs(stored.astype(int) - expected.astype(int)).mean() < 4   # JPEG round trip
     with pytest.raises(UserError, match=r"faces\.h5.*needs AU labels, and this file holds none"):
         open_run_data(out, 1)
+    assert list(h5py.File(out)["frames/source"].asstr()[:3]) == ["a/x/img00.jpg", "a/x/img01.png",
+                                                                  "a/y/deep/img02.jpg"]
+    from aubench.cli import main as aubench_main
+    for command in (["train", "--method", "resnet"], ["evaluate", "--methods", "resnet"]):
+        assert aubench_main([*command, "--data", str(out), "--out", str(tmp_path / "run")]) == 2
 
 
 def test_images_split_by_folders_needs_three_and_random_split_deals_shards(face_folders, tmp_path):

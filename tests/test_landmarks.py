@@ -37,12 +37,16 @@ def centroid(channel: np.ndarray) -> np.ndarray:
 def test_mirror_pairs_left_and_right_twins():
     assert sorted(MIRROR) == list(range(NUM_POINTS))
     assert all(MIRROR[MIRROR[i]] == i for i in range(NUM_POINTS))
-    names = fr.LANDMARK_NAMES
-    for i, j in enumerate(MIRROR):
-        if i != j:  # a twin's name is its own with left and right swapped
-            swapped = names[i].replace("left", "#").replace("right", "left").replace("#", "right")
-            assert names[j] == swapped or (names[i].startswith(("jaw", "lower_lip", "upper_lip"))), (names[i], names[j])
     assert [i for i in range(NUM_POINTS) if MIRROR[i] == i] == [8, 27, 28, 29, 30, 33, 51, 57, 62, 66]
+    names = fr.LANDMARK_NAMES
+    for i, j in enumerate(MIRROR):   # a named left point's twin is the right point of that name
+        if "left" in names[i] or "right" in names[i]:
+            swapped = names[i].replace("left", "#").replace("right", "left").replace("#", "right")
+            assert names[j] == swapped, (names[i], names[j])
+    # the renderer's neutral face is symmetric about x = 0: mirroring every point and renumbering
+    # by MIRROR gives the same 68 points back (jaw and lip pairs included)
+    points = fr.face_geometry(fr.make_identity(np.random.default_rng(1)), np.zeros(len(fr.RENDERED_AUS)))["landmarks"]
+    np.testing.assert_allclose((points * [-1, 1])[list(MIRROR)], points, atol=1e-9)
 
 
 def test_renderer_writes_the_68_points_in_ibug_order():
@@ -70,12 +74,24 @@ def test_a_flip_moves_every_point_to_its_mirrored_twin():
 
 # ------------------------------------------------------------------------------ alignment
 
+def dot_centroid(with_dot: np.ndarray, without: np.ndarray, near, radius: int = 4) -> np.ndarray:
+    """(x, y) of what a painted dot changed in an image (the weighted centre of the difference of
+    the two images in the window around `near`)."""
+    x, y = (int(round(v)) for v in near)
+    window = np.s_[y - radius:y + radius + 1, x - radius:x + radius + 1]
+    change = np.abs(with_dot[window].astype(np.float64) - without[window].astype(np.float64)).sum(-1)
+    return centroid(change) + [x - radius, y - radius]
+
+
 def test_aligned_crop_puts_the_eye_centres_where_the_transform_says():
-    image, p = rendered(roll=0.3, size=(240, 200))
-    for i in (36, 39, 42, 45, 48, 54):   # paint the corners so the pixels can be checked
-        cv2.circle(image, (int(round(p[i, 0])), int(round(p[i, 1]))), 0, (0, 0, 255), -1)
+    clean, p = rendered(roll=0.3, size=(480, 400))
+    image = clean.copy()
+    dots = np.round(p[[36, 39, 42, 45]])
+    for x, y in dots:   # paint 2 x 2 red dots at the eye corners: their pixels must land where the
+        image[int(y):int(y) + 2, int(x):int(x) + 2] = (0, 0, 255)   # transform sends the points
     size = 96
     face, mapped, note = crop_face(image, "align", size, p)
+    without, _, _ = crop_face(clean, "align", size, p)
     assert note is None and face.shape == (size, size, 3)
     matrix = alignment_matrix(p, size)
     np.testing.assert_allclose(mapped, transform_points(p, matrix), atol=1e-4)
@@ -86,12 +102,30 @@ def test_aligned_crop_puts_the_eye_centres_where_the_transform_says():
     np.testing.assert_allclose(right, np.array(CANONICAL_RIGHT_EYE) * size - 0.5, atol=0.04 * size)
     np.testing.assert_allclose(mouth_centre(mapped), np.array(CANONICAL_MOUTH) * size - 0.5, atol=0.06 * size)
     assert abs(right[1] - left[1]) < 0.02 * size   # the roll is undone
-    # the painted pixels moved where the transform moved their points
-    for i in (36, 39, 42, 45):
-        x, y = mapped[i]
-        window = face[int(y) - 3:int(y) + 4, int(x) - 3:int(x) + 4].astype(int)
-        red = window[..., 2] - window[..., :2].mean(-1)
-        assert red.max() > 40, fr.LANDMARK_NAMES[i]
+    for dot in dots:   # a dot's centre (+0.5: 2 x 2 pixels) goes where the transform says (to 0.3 px:
+        expected = transform_points(dot + 0.5, matrix)   # an area shrink, then a bilinear warp, in uint8)
+        np.testing.assert_allclose(dot_centroid(face, without, expected), expected, atol=0.3)
+
+
+@pytest.mark.parametrize("crop", ["center", "landmarks", "none"])
+def test_square_crops_move_the_landmarks_with_the_pixels(crop):
+    clean, p = rendered(size=(200, 160))
+    image = clean.copy()
+    x, y = np.round(p[45])
+    image[int(y):int(y) + 2, int(x):int(x) + 2] = (0, 0, 255)
+    p = p.copy()
+    p[45] = (x + 0.5, y + 0.5)   # the dot's centre
+    face, mapped, _ = crop_face(image, crop, 64, p)
+    without, _, _ = crop_face(clean, crop, 64, p)
+    np.testing.assert_allclose(dot_centroid(face, without, mapped[45], radius=3), mapped[45], atol=0.1)
+
+
+def test_degenerate_landmarks_fall_back_instead_of_failing():
+    image, p = rendered()
+    zeros = np.zeros_like(p)   # what some landmark tools write for a frame they could not fit
+    assert alignment_matrix(zeros, 64) is None
+    face, _, note = crop_face(image, "align", 64, zeros)
+    assert face.shape == (64, 64, 3) and note.startswith("align: no landmarks")
 
 
 def test_align_without_landmarks_falls_back_to_the_centre_crop_with_a_note():
@@ -207,6 +241,14 @@ def test_augmented_frames_and_their_landmarks_agree_pixel_for_pixel(tmp_path):
         image = image - image.min()
         np.testing.assert_allclose(centroid(image), moved[found].numpy(), atol=0.35)
     assert 0 < flips < 12
+    # a clip's key view has its own draw, and its landmarks follow its own pixels
+    clips = ClipDataset(path, 1, "train", clip_len=3, augment=ds.augment, seed=2, key_view=True)
+    for i in range(6):
+        item = clips[i]
+        key = item["key_landmarks"]
+        found = 36 if torch.isfinite(key[36]).all() else 45
+        image = item["key_image"][0].numpy()
+        np.testing.assert_allclose(centroid(image - image.min()), key[found].numpy(), atol=0.35)
     # occlusion blanks cells after the augmentation and leaves the points where they are
     occluded = FrameDataset(path, 1, "train", augment=ds.augment, seed=1, occlusion=("patches", 0.5))
     for i in range(4):
@@ -225,3 +267,20 @@ def test_a_version_1_file_reads_and_says_what_it_lacks(tmp_path):
     plain = write_au_h5(tmp_path / "plain.h5", schema_version=2)
     with pytest.raises(ValueError, match="stores no landmarks.*--landmarks detect"):
         AUFile(plain).require_landmarks("RRL's AU attention maps")
+
+
+def test_the_engine_gives_landmarks_to_methods_that_use_them_only(tmp_path):
+    from aubench.engine.data_access import open_run_data
+    from aubench.errors import UserError
+    from aubench.models.base import Preset
+
+    preset = Preset(name="t", image_size=32, epochs=1, batch_size=2)
+    path, _ = landmark_file(tmp_path)
+    data = open_run_data(path, 1)
+    assert "landmarks" not in data.train_dataset("frame", preset, 1.0, augment=False)[0]
+    assert data.train_dataset("frame", preset, 1.0, augment=False, landmarks=True)[0]["landmarks"].shape == (68, 2)
+    assert data.test_dataset("clip", Preset(name="t", image_size=32, epochs=1, batch_size=2, clip_len=3),
+                             landmarks=True)[0]["landmarks"].shape == (3, 68, 2)
+    plain = open_run_data(write_au_h5(tmp_path / "plain.h5", schema_version=2), 1)
+    with pytest.raises(UserError, match=r"--data .*plain\.h5: .*needs the 68-point ibug68 landmarks.*stores no landmarks"):
+        plain.train_dataset("frame", preset, 1.0, augment=False, landmarks=True)

@@ -23,7 +23,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from datasets_tools.landmarks import MIRROR
+from datasets_tools.landmarks import MIRROR, scale_points
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,8 +51,7 @@ def resize_points(points: np.ndarray, from_size: tuple[int, int], to_size: tuple
     (h, w), (h2, w2) = from_size, to_size
     if (h, w) == (h2, w2):
         return points
-    scale = np.array([w2 / w, h2 / h], dtype=np.float32)
-    return ((np.asarray(points, dtype=np.float32) + 0.5) * scale - 0.5).astype(np.float32)
+    return scale_points(points, (w2 / w, h2 / h))
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:

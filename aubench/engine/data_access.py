@@ -61,26 +61,35 @@ class RunData:
     # device (aubench.engine.trainer.move_batch), so workers and host-to-device copies move 4x
     # fewer bytes.
     def train_dataset(self, input_kind: str, preset: Preset, label_ratio: float, augment, key_view: bool = False,
-                      labeled_only: bool = True, occlusion=None):
+                      labeled_only: bool = True, occlusion=None, landmarks: bool = False):
         """Frame methods are supervised: with `labeled_only` they train on the frames whose labels
         the protocol keeps (a stage that uses no labels passes False: every training frame).
-        `occlusion`: a parsed condition (aubench.data.occlusion), drawn afresh for every item."""
-        if input_kind == "clip":
-            return ClipDataset(self.file, self.fold, "train", clip_len=preset.clip_len, label_ratio=label_ratio,
-                               image_size=preset.image_size, augment=augment, normalize=False,
-                               key_view=key_view, occlusion=occlusion)
-        return FrameDataset(self.file, self.fold, "train", image_size=preset.image_size, augment=augment,
-                            label_ratio=label_ratio, labeled_only=labeled_only, normalize=False, occlusion=occlusion)
+        `occlusion`: a parsed condition (aubench.data.occlusion), drawn afresh for every item.
+        `landmarks`: items carry them (a method that uses them; the file must have them)."""
+        try:
+            if input_kind == "clip":
+                return ClipDataset(self.file, self.fold, "train", clip_len=preset.clip_len, label_ratio=label_ratio,
+                                   image_size=preset.image_size, augment=augment, normalize=False,
+                                   key_view=key_view, occlusion=occlusion, landmarks=landmarks)
+            return FrameDataset(self.file, self.fold, "train", image_size=preset.image_size, augment=augment,
+                                label_ratio=label_ratio, labeled_only=labeled_only, normalize=False,
+                                occlusion=occlusion, landmarks=landmarks)
+        except ValueError as err:  # no 68-point landmarks in the file
+            raise UserError(f"--data {err}") from None
 
-    def test_dataset(self, input_kind: str, preset: Preset, occlusion=None):
+    def test_dataset(self, input_kind: str, preset: Preset, occlusion=None, landmarks: bool = False):
         """The test split; under `occlusion` every frame gets the same mask in every evaluation,
         of every method and run (aubench.data.occlusion.frame_occlusion_mask: a function of the
         frame's row and the condition only)."""
-        if input_kind == "clip":
-            return ClipDataset(self.file, self.fold, "test", clip_len=preset.clip_len, image_size=preset.image_size,
-                               normalize=False, occlusion=occlusion)
-        return FrameDataset(self.file, self.fold, "test", image_size=preset.image_size, normalize=False,
-                            occlusion=occlusion)
+        try:
+            if input_kind == "clip":
+                return ClipDataset(self.file, self.fold, "test", clip_len=preset.clip_len,
+                                   image_size=preset.image_size, normalize=False, occlusion=occlusion,
+                                   landmarks=landmarks)
+            return FrameDataset(self.file, self.fold, "test", image_size=preset.image_size, normalize=False,
+                                occlusion=occlusion, landmarks=landmarks)
+        except ValueError as err:
+            raise UserError(f"--data {err}") from None
 
 
 def open_dataset_file(path: str | Path) -> AUFile:
@@ -93,15 +102,21 @@ def open_dataset_file(path: str | Path) -> AUFile:
         raise UserError(f"--data {path}: not a usable aubench dataset file: {err}") from None
 
 
-def open_run_data(path: str | Path, fold: int) -> RunData:
-    """The fold of a labeled file that a run trains on and is scored on (an unlabeled file, an
-    `images` conversion, is refused with a message saying so)."""
+def open_labeled_file(path: str | Path) -> AUFile:
+    """A dataset file that runs can train and be scored on; an unlabeled one (an `images`
+    conversion) is refused, naming it."""
     file = open_dataset_file(path)
     try:
         file.require_labels("training and testing a method")
     except ValueError as err:
-        raise UserError(f"--data {err}; an unlabeled face collection serves self-supervised "
-                        f"pre-training, not training and testing") from None
+        raise UserError(f"--data {err}; an unlabeled face collection is pre-training data, which no "
+                        f"method reads yet") from None
+    return file
+
+
+def open_run_data(path: str | Path, fold: int) -> RunData:
+    """The fold of a labeled file that a run trains on and is scored on."""
+    file = open_labeled_file(path)
     if not isinstance(fold, int) or not 1 <= fold <= file.num_folds:
         raise UserError(f"--fold {fold} is out of range: {path} has folds 1..{file.num_folds}")
     return RunData(Path(path), fold, file)

@@ -56,10 +56,10 @@ def resolve_methods(names: list[str]) -> list[str]:
 
 
 def check_data_and_folds(path: str, folds: list[int]):
-    """The opened dataset file, once every fold is known to be in it."""
-    from aubench.engine.data_access import open_dataset_file
+    """The opened dataset file, once it is known to be labeled and to have every fold."""
+    from aubench.engine.data_access import open_labeled_file
 
-    file = open_dataset_file(path)
+    file = open_labeled_file(path)
     bad = [k for k in folds if not 1 <= k <= file.num_folds]
     if bad:
         raise UserError(f"--fold {bad[0]} is out of range: {path} has folds 1..{file.num_folds}")

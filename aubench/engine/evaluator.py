@@ -29,7 +29,7 @@ def predict_test_split(method: AUMethod, data: RunData, preset: Preset, env: Dis
                        occlusion: tuple[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(test rows (T,), mean probabilities (T,U)) for every test frame, under `occlusion` (a
     parsed condition, aubench.data.occlusion) when given."""
-    dataset = data.test_dataset(method.input_kind, preset, occlusion)
+    dataset = data.test_dataset(method.input_kind, preset, occlusion, landmarks=method.uses_landmarks)
     if env.distributed:
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=False)
     else:

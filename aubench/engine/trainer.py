@@ -487,7 +487,8 @@ class Trainer:
         return self.data.train_dataset(self.method.input_kind, stage.preset,
                                        cfg.label_ratio if stage.uses_labels else 1.0, augment=augment,
                                        key_view=self.method.key_view, labeled_only=stage.uses_labels,
-                                       occlusion=self.train_occlusion if stage.occluded else None)
+                                       occlusion=self.train_occlusion if stage.occluded else None,
+                                       landmarks=self.method.uses_landmarks)
 
     def train_loader(self, dataset, sampler: DistributedSampler, skip_batches: int) -> DataLoader:
         batch_size = self.per_rank_batch_size()

@@ -170,6 +170,9 @@ class AUMethod(nn.Module):
     name: str = ""
     input_kind: str = "frame"  # "frame" | "clip"
     key_view: bool = False     # clip methods: batches also carry "key_image", a second view of the key frame
+    # batches also carry "landmarks" (68-point, moved with the pixels; "key_landmarks" with
+    # key_view): the data file must have them (aubench.data.AUFile.require_landmarks)
+    uses_landmarks: bool = False
     presets: dict[str, Preset] = {}
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
