@@ -11,8 +11,8 @@
    trains both of its stages, 20 epochs each; MAE-FAU its four: MAE, teacher stages 1 and 2,
    student), and tested on clean faces and under 50% random patches (`DEMO_TEST_OCCLUSIONS`),
 4. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
-Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau and resnet: 10 min
-20 s, install excluded; the README has the fresh-clone figure).
+Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau and resnet: 11 min
+47 s from a fresh clone, install excluded).
 """
 from __future__ import annotations
 

@@ -254,13 +254,13 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
         raise DatasetError(f"--landmarks {options.landmarks!r}: choose one of {', '.join(LANDMARK_MODES)}")
     if options.no_face not in NO_FACE_POLICIES:
         raise DatasetError(f"--no-face {options.no_face!r}: choose one of {', '.join(NO_FACE_POLICIES)}")
+    if options.landmarks != "file" and landmarks_dir is not None:
+        raise DatasetError(f"--landmarks {options.landmarks} with a landmarks folder (--landmarks-dir): the "
+                           f"folder is read by --landmarks file only; drop one of the two")
     if options.landmarks == "detect":
         reason = unavailable_reason(options.predictor)
         if reason:
             raise DatasetError(reason)
-    if options.landmarks != "file" and landmarks_dir is not None:
-        raise DatasetError(f"--landmarks {options.landmarks} with a landmarks folder (--landmarks-dir): the "
-                           f"folder is read by --landmarks file only; drop one of the two")
 
     check_output(out, overwrite)
     with OutputLock(out):
