@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -36,12 +37,31 @@ from aubench.models.base import (SINGLE_STAGE, AUMethod, Preset, TrainState, che
                                  create_method, method_class, row_method_name)
 
 
+# AU names of a measured batch with this many AUs (BP4D's 12, DISFA's 8), for methods whose
+# networks depend on which AUs they detect (RRL's attention maps)
+BENCH_AU_NAMES = {12: ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"],
+                  8: ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"]}
+
+
+def face_template(image_size: int) -> torch.Tensor:
+    """(68, 2) landmarks of a neutral synthetic face filling a square image of `image_size` px."""
+    import numpy as np
+
+    from datasets_tools import face_render
+
+    identity = face_render.make_identity(np.random.default_rng(0))
+    canonical = face_render.face_geometry(identity, np.zeros(len(face_render.RENDERED_AUS)))["landmarks"]
+    return torch.tensor(image_size / 2 + canonical * image_size * 0.4, dtype=torch.float32)
+
+
 def synthetic_batch(input_kind: str, batch_size: int, num_aus: int, image_size: int, clip_len: int = 1,
                     device: torch.device | str = "cpu", generator: torch.Generator | None = None,
-                    occlusion: tuple[str, float] | None = None) -> dict[str, torch.Tensor]:
+                    occlusion: tuple[str, float] | None = None, landmarks: bool = False,
+                    views: int = 1) -> dict[str, torch.Tensor]:
     """A batch shaped like aubench.data's (random images, random 0/1 labels); with `occlusion`
     (a parsed condition) also "occlusion", one random mask per frame, bool (B,H,W) ((B,n,H,W)
-    for clips), True = occluded."""
+    for clips), True = occluded; with `landmarks` a neutral face's 68 points for every frame;
+    with views = 2 a second view ("image2", "landmarks2")."""
     g = generator or torch.Generator().manual_seed(0)
     if input_kind == "clip":
         n = clip_len
@@ -61,6 +81,12 @@ def synthetic_batch(input_kind: str, batch_size: int, num_aus: int, image_size: 
         frames = batch["image"].shape[:-3]
         masks = [occlusion_mask(*occlusion, image_size, image_size, generator=g) for _ in range(frames.numel())]
         batch["occlusion"] = torch.stack(masks).reshape(*frames, image_size, image_size)
+    if landmarks:
+        batch["landmarks"] = face_template(image_size).expand(*batch["image"].shape[:-3], 68, 2).clone()
+    if views == 2:
+        batch["image2"] = torch.randn(batch["image"].shape, generator=g)
+        if landmarks:
+            batch["landmarks2"] = batch["landmarks"].clone()
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -142,11 +168,12 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
                      batch_size: int = 8, precision: str = "auto", channels_last: bool = False, warmup: int = 2,
                      iters: int = 5, train: bool = True, image_size: int | None = None,
                      model_overrides: dict[str, Any] | None = None, seed: int = 0, stage: str | None = None,
-                     train_occlusion: str | None = None) -> dict[str, Any]:
+                     train_occlusion: str | None = None, au_names: list[str] | None = None) -> dict[str, Any]:
     """Params, FLOPs per frame and inference / train throughput of a freshly built method: of
     the stage named `stage` (default: the last, the one tested), built with its preset and its
     frozen inputs. `train_occlusion`: a condition as the command line writes it, None = the
-    preset's; the batch carries its mask when the stage trains under it."""
+    preset's; the batch carries its mask when the stage trains under it. `au_names`: the AUs
+    (default: BP4D's 12 or DISFA's 8 when num_aus says so)."""
     try:
         cls = method_class(name)
     except KeyError as err:
@@ -183,6 +210,8 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
         """A stage's method with the earlier stages it reads (a teacher) attached, frozen, as in
         training; speed does not depend on their weights."""
         built = create_method(name, num_aus, by_name[stage_name].preset, None).to(device)
+        built.set_training_data(list(au_names or BENCH_AU_NAMES.get(num_aus, [f"AU{k + 1}" for k in range(num_aus)])),
+                                {"cooccurrence": np.eye(num_aus), "au_rate": np.full(num_aus, 0.5)})
         built.frozen_inputs = {source: freeze(build(source)) for source in by_name[stage_name].frozen_inputs}
         return built
 
@@ -193,7 +222,8 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
         method = method.to(memory_format=torch.channels_last)
     occlusion = occlusion if measured.occluded else None
     batch = _channels_last(synthetic_batch(cls.input_kind, batch_size, num_aus, preset_obj.image_size,
-                                           preset_obj.clip_len, device, occlusion=occlusion), channels_last)
+                                           preset_obj.clip_len, device, occlusion=occlusion,
+                                           landmarks=method.uses_landmarks, views=method.views), channels_last)
     record: dict[str, Any] = {
         "method": row_method_name(name, measured), "preset": preset_obj.name, "stage": measured.name,
         "model_overrides": dict(model_overrides or {}),

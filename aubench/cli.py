@@ -123,6 +123,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                        help="replace an earlier run in OUT (checkpoint, result, log) instead of refusing")
     p.add_argument("--pretrained", help="local weights for the first stage: an aubench checkpoint, or timm/torchvision "
                                         "backbone weights")
+    p.add_argument("--pretrain-data", help="an aubench HDF5 file (labeled or not, e.g. `datasets_tools convert "
+                                           "images`) whose frames a self-supervised pre-training stage learns "
+                                           "from instead of the fold's training frames; the run's own file "
+                                           "gives its fold's training subjects; part of the run's settings")
     p.add_argument("--train-occlusion", type=_condition, default=None,
                    help="occlude the training images: none, patches:<ratio> (random cells of 1/14 of the image "
                         "side) or block:<ratio> (one rectangle); part of the run's settings (default: the method "
@@ -222,11 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
     from aubench.engine.trainer import RunConfig
+    from aubench.models.base import split_method
 
     # An absolute --pretrained path: it is part of the run's identity, which must not depend on
     # the directory a rerun starts from.
     pretrained = str(Path(args.pretrained).resolve()) if args.pretrained else None
-    return RunConfig(method=method, data=args.data, fold=fold, preset=args.preset, label_ratio=label_ratio,
+    name, variant = split_method(method)
+    return RunConfig(method=name, variant=variant, data=args.data, fold=fold, preset=args.preset,
+                     label_ratio=label_ratio, pretrain_data=args.pretrain_data,
                      train_occlusion=args.train_occlusion, epochs=args.epochs, batch_size=args.batch_size,
                      image_size=args.image_size, out=out, resume=args.resume, overwrite=args.overwrite,
                      pretrained=pretrained, device=args.device, seed=args.seed, precision=args.precision,
@@ -247,7 +254,7 @@ def cmd_train(args) -> int:
     config = _run_config(args, args.method, args.fold, args.label_ratio, args.out or "")
     if not args.out:  # named by the method's own training occlusion: --train-occlusion, else its preset's
         resolve_methods([args.method])
-        train = condition_name(train_occlusion(resolve_preset(method_class(args.method), config)))
+        train = condition_name(train_occlusion(resolve_preset(method_class(config.method), config)))
         config = replace(config, out=f"runs/{args.method}_fold{args.fold}_{protocol_name(args.label_ratio, train)}")
     train_run(config, args.test_occlusion)
     return 0

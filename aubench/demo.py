@@ -8,8 +8,10 @@
 3. every registered method is trained with its `tiny` preset on the three standard folds,
    under the sparse-label protocol at ratio 0.2 (one labeled frame in five, the setting
    Knowledge-Spreader is built for; frame methods train on the labeled frames only; ME-GraphAU
-   trains both of its stages, 20 epochs each; MAE-FAU its four: MAE, teacher stages 1 and 2,
-   student), and tested on clean faces and under 50% random patches (`DEMO_TEST_OCCLUSIONS`),
+   trains both of its stages, 15 epochs each; MAE-FAU its four: MAE, teacher stages 1 and 2,
+   student; RRL pre-trains on every training frame with its labels unused, then fits its linear
+   probe on the labeled ones), and tested on clean faces and under 50% random patches
+   (`DEMO_TEST_OCCLUSIONS`),
 4. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
 Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau and resnet: 11 min
 47 s from a fresh clone, install excluded).

@@ -312,8 +312,9 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
 
 
 def _ratio_key(protocol: str) -> float:
+    labels = protocol.split("+")[0]   # "sparse0.2+linear-probe": the label protocol, then the evaluation
     try:
-        return 1.0 if protocol == "full" else float(protocol.removeprefix("sparse") or 0)
+        return 1.0 if labels == "full" else float(labels.removeprefix("sparse") or 0)
     except ValueError:  # a protocol name aubench does not write: sort it last
         return float("inf")
 

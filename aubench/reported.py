@@ -4,7 +4,9 @@ Each entry names its source (paper and table). Scores are F1 in percent, per AU 
 over AUs, as the papers report them (their own training, not ours), on the standard
 subject-exclusive 3-fold protocols. An entry holds:
 - "protocol": "full" (all training labels) or "sparse<r>" (the sparse-label protocol at label
-  ratio r, as aubench.engine.run.protocol_name names it: Knowledge-Spreader's label ratios);
+  ratio r, as aubench.engine.run.protocol_name names it: Knowledge-Spreader's label ratios),
+  with "+linear-probe" for a linear classifier on a frozen self-supervised encoder (as
+  AUMethod.evaluation marks RRL's results);
 - "occlusion": {"train", "test"} conditions as aubench.data.condition_name names them
   ("none", "patches0.5", "block0.3"): the MAE-FAU paper's occlusion protocol;
 - "f1": every AU of the dataset, None where the paper gives no per-AU figure (tables of means
@@ -196,26 +198,39 @@ for _ratio, _pair in _KS_EAC.items():
 # on frozen features, all training labels) beside supervised methods. JAA-Net is listed above
 # with the same figures. Four printed averages differ from the mean of their per-AU figures
 # (DRML 48.3 vs 47.7 and 26.7 vs 26.1, TC-Net 52.0 vs 52.2, RRL 50.2 vs 50.6): kept, marked.
+PROBE = "full+linear-probe"  # the self-supervised rows: a linear classifier on the frozen encoder
 _RRL_T1 = f"{RRL}, Table 1"
 _RRL_T2 = f"{RRL}, Table 2"
 REPORTED += [
     _entry("AlexNet", "BP4D", [40.3, 39.0, 41.7, 62.8, 54.2, 75.1, 78.1, 44.7, 32.9, 47.3, 27.3, 40.1], 48.6, _RRL_T2),
     _entry("DRML", "BP4D", [36.4, 41.8, 43.0, 55.0, 67.0, 66.3, 65.8, 54.1, 33.2, 48.0, 31.7, 30.0], 48.3, _RRL_T2,
            paper_mean_differs=True),
-    _entry("FAb-Net", "BP4D", [33.4, 24.8, 41.0, 73.5, 66.2, 78.8, 84.7, 57.9, 21.2, 55.7, 26.8, 37.9], 50.2, _RRL_T2),
-    _entry("TCAE", "BP4D", [33.5, 32.2, 43.8, 73.7, 67.7, 80.1, 81.5, 57.4, 26.5, 54.5, 23.2, 31.8], 50.5, _RRL_T2),
+    _entry("FAb-Net", "BP4D", [33.4, 24.8, 41.0, 73.5, 66.2, 78.8, 84.7, 57.9, 21.2, 55.7, 26.8, 37.9], 50.2, _RRL_T2,
+           protocol=PROBE),
+    _entry("TCAE", "BP4D", [33.5, 32.2, 43.8, 73.7, 67.7, 80.1, 81.5, 57.4, 26.5, 54.5, 23.2, 31.8], 50.5, _RRL_T2,
+           protocol=PROBE),
     _entry("TC-Net (k=1)", "BP4D", [35.2, 25.5, 30.2, 71.3, 69.6, 81.3, 83.3, 59.1, 30.3, 56.1, 27.0, 33.4], 50.2,
-           _RRL_T2),
+           _RRL_T2, protocol=PROBE),
     _entry("TC-Net", "BP4D", [42.3, 24.3, 44.1, 71.8, 70.5, 77.6, 83.3, 61.2, 31.6, 51.6, 29.8, 38.6], 52.0, _RRL_T2,
-           paper_mean_differs=True),
+           protocol=PROBE, paper_mean_differs=True),
     _entry("RRL", "BP4D", [42.0, 35.7, 34.0, 67.4, 67.8, 79.1, 80.6, 63.9, 28.6, 48.6, 26.5, 32.4], 50.2, _RRL_T2,
-           paper_mean_differs=True),
+           protocol=PROBE, paper_mean_differs=True),
     _entry("DRML", "DISFA", [17.3, 17.7, 37.4, 29.0, 10.7, 37.7, 38.5, 20.1], 26.7, _RRL_T1, paper_mean_differs=True),
-    _entry("FAb-Net", "DISFA", [27.5, 19.6, 28.7, 45.2, 20.9, 65.6, 67.9, 24.0], 37.4, _RRL_T1),
-    _entry("TCAE", "DISFA", [24.8, 25.5, 37.3, 34.7, 31.1, 59.6, 58.1, 25.2], 37.0, _RRL_T1),
-    _entry("TC-Net (k=1)", "DISFA", [10.8, 20.7, 43.3, 37.6, 12.2, 68.7, 62.9, 46.2], 37.8, _RRL_T1),
-    _entry("TC-Net", "DISFA", [18.7, 27.4, 35.1, 33.6, 20.7, 67.5, 68.0, 43.8], 39.4, _RRL_T1),
-    _entry("RRL", "DISFA", [15.4, 15.9, 49.5, 48.8, 22.1, 70.3, 81.4, 46.8], 43.8, _RRL_T1),
+    _entry("FAb-Net", "DISFA", [27.5, 19.6, 28.7, 45.2, 20.9, 65.6, 67.9, 24.0], 37.4, _RRL_T1, protocol=PROBE),
+    _entry("TCAE", "DISFA", [24.8, 25.5, 37.3, 34.7, 31.1, 59.6, 58.1, 25.2], 37.0, _RRL_T1, protocol=PROBE),
+    _entry("TC-Net (k=1)", "DISFA", [10.8, 20.7, 43.3, 37.6, 12.2, 68.7, 62.9, 46.2], 37.8, _RRL_T1, protocol=PROBE),
+    _entry("TC-Net", "DISFA", [18.7, 27.4, 35.1, 33.6, 20.7, 67.5, 68.0, 43.8], 39.4, _RRL_T1, protocol=PROBE),
+    _entry("RRL", "DISFA", [15.4, 15.9, 49.5, 48.8, 22.1, 70.3, 81.4, 46.8], 43.8, _RRL_T1, protocol=PROBE),
+]
+# Table 3 (BP4D, components) and Table 4 (BP4D, encoder): means only, named as aubench's variants.
+_RRL_T3 = f"{RRL}, Table 3"
+_RRL_T4 = f"{RRL}, Table 4"
+REPORTED += [
+    _entry("RRL: global", "BP4D", None, 48.0, _RRL_T3, protocol=PROBE),
+    _entry("RRL: global+local", "BP4D", None, 48.9, _RRL_T3, protocol=PROBE),
+    _entry("RRL: global+relation", "BP4D", None, 49.5, _RRL_T3, protocol=PROBE),
+    _entry("RRL: VGG-16 encoder", "BP4D", None, 48.8, _RRL_T4, protocol=PROBE),
+    _entry("RRL: Swin-T, no augmentation", "BP4D", None, 49.1, _RRL_T4, protocol=PROBE),
 ]
 
 

@@ -251,19 +251,13 @@ def test_paper_sizes_beside_table4():
 
 # --------------------------------------------------------------------- through the engine
 
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from aubench.engine.checkpoint import load_checkpoint  # noqa: E402
 from aubench.engine.trainer import RunConfig, Trainer  # noqa: E402
 from fixtures_h5 import write_au_h5  # noqa: E402
-from test_stages import KILL_SCRIPT  # noqa: E402  (kills the trainer at a given stage and step)
+from test_stages import kill_inside  # noqa: E402  (kills the trainer at a given stage and step)
 
-REPO = Path(__file__).resolve().parents[1]
 AUS8 = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26")
 # tiny at 56 px, batch 8, --epochs 2: mae 1, teacher1 2, teacher2 1, student 1
 # epoch of 6 steps
@@ -301,11 +295,7 @@ def test_the_student_stage_resumes_bit_identical_after_a_kill(h5, tmp_path, unin
     out = tmp_path / "run"
     config = dict(data=str(h5), out=str(out), checkpoint_every=1, **RUN)
     steps = [r["steps"] for r in uninterrupted.records]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, "student", "3", json.dumps(config)],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    saved = load_checkpoint(out / "last.pt")
+    saved = kill_inside(config, "student", 3)
     assert saved["stage"]["name"] == "student" and saved["train_state"]["step"] == 3 < steps[-1]
     torch.manual_seed(12345)   # scramble the global RNGs: only the checkpoint can restore them
     resumed = Trainer(RunConfig(resume=True, **config))

@@ -153,6 +153,7 @@ def test_training_masks_are_new_every_epoch(h5):
 
 from aubench import leaderboard  # noqa: E402
 from aubench.errors import UserError  # noqa: E402
+from aubench import reported  # noqa: E402
 from aubench.reported import AUS as REPORTED_AUS, REPORTED, protocol_of, reported_for  # noqa: E402
 from test_leaderboard import AUS, fake_result  # noqa: E402
 
@@ -287,7 +288,7 @@ def test_reported_entries_are_well_formed():
     for entry in REPORTED:
         what = f"{entry['method']} {entry['dataset']} {entry['protocol']} {entry['occlusion']}"
         assert list(entry["f1"]) == reference[entry["dataset"]], what
-        assert entry["source"] and entry["protocol"] in protocols, what
+        assert entry["source"] and entry["protocol"] in protocols | {reported.PROBE}, what
         for name in entry["occlusion"].values():
             leaderboard.parse_condition_name(name)
         scores = list(entry["f1"].values())
@@ -297,6 +298,11 @@ def test_reported_entries_are_well_formed():
         key = (entry["method"], entry["dataset"], entry["protocol"], tuple(entry["occlusion"].values()))
         assert key not in seen, f"two entries for {what}"
         seen.add(key)
+    # the self-supervised tables: RRL's linear-probe rows on both datasets, its ablations on BP4D
+    for dataset in ("BP4D", "DISFA"):
+        assert "RRL" in {r["method"] for r in reported_for(dataset, reported.PROBE, "none")}, dataset
+    assert {"RRL: global", "RRL: global+local", "RRL: global+relation"} <= {
+        r["method"] for r in reported_for("BP4D", reported.PROBE, "none")}
     # the label-ratio tables: Knowledge-Spreader at every ratio it reports, on both datasets
     for dataset in ("BP4D", "DISFA"):
         ks = {r["protocol"] for r in REPORTED if r["method"] == "KS" and r["dataset"] == dataset}

@@ -20,7 +20,7 @@ from torch import nn
 import aubench.models  # noqa: F401  (registers the methods)
 from aubench.cli import main
 from aubench.engine.checkpoint import load_checkpoint
-from aubench.engine.trainer import RunConfig, Trainer
+from aubench.engine.trainer import CHECKPOINT_NAME, RunConfig, Trainer
 from aubench.errors import UserError
 from aubench.models.base import _METHODS, AUMethod, Preset, Stage, register_method
 from aubench.models.megraphau import MEGraphAU
@@ -236,6 +236,16 @@ Trainer(RunConfig(**config), step_callback=kill).fit()
 """
 
 
+def kill_inside(config: dict, stage: str, step: int, timeout: int = 600) -> dict:
+    """Train with `config` (RunConfig fields) in a child process killed by SIGKILL right after
+    optimiser step `step` of `stage`; the checkpoint it left."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, stage, str(step), json.dumps(config)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    return load_checkpoint(Path(config["out"]) / CHECKPOINT_NAME)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(h5, tmp_path_factory):
     trainer = Trainer(RunConfig(data=str(h5), out=str(tmp_path_factory.mktemp("full") / "run"), **MEGRAPH))
@@ -249,11 +259,7 @@ def uninterrupted(h5, tmp_path_factory):
 def test_a_killed_process_resumes_bit_identical_inside_any_stage(h5, tmp_path, uninterrupted, stage, step, every):
     out = tmp_path / "run"
     config = dict(data=str(h5), out=str(out), checkpoint_every=every, **MEGRAPH)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, stage, str(step), json.dumps(config)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    saved = load_checkpoint(out / "last.pt")
+    saved = kill_inside(config, stage, step, timeout=300)
     if every == 1:
         assert saved["stage"]["name"] == stage and saved["train_state"]["step"] == step
         assert saved["train_state"]["batch_in_epoch"] == 2                      # mid-epoch (epoch 2 of 2)

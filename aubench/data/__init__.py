@@ -10,14 +10,14 @@ from .occlusion import (block_mask, condition_name, frame_occlusion_mask, occlus
                         patch_mask)
 from .samplers import (KeyPositionBatchSampler, sparse_label_mask, sparse_label_report,
                        visible_label_statistics)
-from .transforms import (IMAGENET_MEAN, IMAGENET_MEAN_UINT8, IMAGENET_STD, ClipAugment,
+from .transforms import (IMAGENET_MEAN, IMAGENET_MEAN_UINT8, IMAGENET_STD, ClipAugment, ViewAugment,
                          normalize_images, to_normalized_tensor, to_uint8_tensor)
 
 __all__ = [
     "AUFile", "SCHEMA_VERSION", "decode_jpeg",
     "FrameDataset", "ClipDataset",
     "KeyPositionBatchSampler", "sparse_label_mask", "sparse_label_report", "visible_label_statistics",
-    "ClipAugment", "to_normalized_tensor", "to_uint8_tensor", "normalize_images",
+    "ClipAugment", "ViewAugment", "to_normalized_tensor", "to_uint8_tensor", "normalize_images",
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_MEAN_UINT8",
     "occlusion_mask", "patch_mask", "block_mask", "frame_occlusion_mask", "parse_condition",
     "condition_name",

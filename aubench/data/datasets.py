@@ -65,9 +65,13 @@ class _AUDatasetBase(Dataset):
         self.rows = self.file.rows(fold, split)
         self.label_ratio = check_label_ratio(label_ratio)
         self.image_size = parse_image_size(image_size) or self.file.image_size
-        self.augment = ClipAugment() if augment is True else (augment or None)
-        if self.augment is not None and not callable(getattr(self.augment, "draw", None)):
-            raise ValueError(f"augment must be a bool or a ClipAugment, got {augment!r}")
+        # a pair (view 1's, view 2's) for two-view items; else one augmentation for every view
+        self.view_augments = tuple(augment) if isinstance(augment, (tuple, list)) else None
+        self.augment = ClipAugment() if augment is True else (
+            self.view_augments[0] if self.view_augments else (augment or None))
+        for aug in self.view_augments or (self.augment,):
+            if aug is not None and not callable(getattr(aug, "draw", None)):
+                raise ValueError(f"augment must be a bool, a ClipAugment or a pair of augmentations, got {augment!r}")
         self.occlusion = parse_occlusion(occlusion)
         # evaluation splits get each frame's fixed mask, the train split random ones
         self.fixed_occlusion = split != "train"
@@ -126,17 +130,18 @@ class _AUDatasetBase(Dataset):
                 points = self.file.read_landmarks(rows)
             points = torch.from_numpy(resize_points(points, stored_size, self.image_size))
         generator = self._generator(index, view)
-        params = None if self.augment is None else self.augment.draw(generator)
+        augment = self.view_augments[view] if self.view_augments else self.augment
+        params = None if augment is None else augment.draw(generator)
         if not self.normalize:
             images = to_uint8_tensor(frames)
             if params is not None:
-                images = self.augment.apply(images, params)
+                images = augment.apply(images, params)
         elif params is not None:
-            images = normalize(self.augment.apply(to_float_tensor(frames), params))
+            images = normalize(augment.apply(to_float_tensor(frames), params))
         else:
             images = to_normalized_tensor(frames)
         if points is not None and params is not None:
-            points = self.augment.apply_points(points, params, self.image_size)
+            points = augment.apply_points(points, params, self.image_size)
         if self.occlusion is None:
             return images, None, points
         if self.fixed_occlusion:
@@ -174,14 +179,21 @@ class FrameDataset(_AUDatasetBase):
             "image" is uint8 (3,H,W); normalise batches with `normalize_images` (on the GPU).
         landmarks: None (default): items carry "landmarks" when the file stores 68-point ones;
             True: they must (ValueError naming the file otherwise); False: never.
+        views: 2 = items also carry "image2" (and "landmarks2", "occlusion2"), a second view of
+            the frame with its own draw; `augment` may then be a pair (view 1's, view 2's).
     """
 
     def __init__(self, path, fold: int | None = 1, split: str = "train", image_size=None,
                  augment=False, occlusion=None, label_ratio: float = 1.0,
                  labeled_only: bool = False, seed: int | None = None, normalize: bool = True,
-                 landmarks: bool | None = None):
+                 landmarks: bool | None = None, views: int = 1):
         super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
                          normalize, landmarks)
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views!r}")
+        if self.view_augments is not None and len(self.view_augments) != views:
+            raise ValueError(f"{len(self.view_augments)} augmentations for {views} view(s)")
+        self.views = views
         self.labeled_only = bool(labeled_only)
         if self.labeled_only:
             self.rows = self.rows[self.labeled_mask[self.rows]]
@@ -212,6 +224,14 @@ class FrameDataset(_AUDatasetBase):
                 item["occlusion"] = mask[0]
             if moved is not None:
                 item["landmarks"] = moved[0]
+            if self.views == 2:
+                images, mask, moved = self._images(rows[k:k + 1], index % len(self), frames[k][None], view=1,
+                                                   points=None if points is None else points[k:k + 1])
+                item["image2"] = images[0]
+                if mask is not None:
+                    item["occlusion2"] = mask[0]
+                if moved is not None:
+                    item["landmarks2"] = moved[0]
             items.append(item)
         return items
 

@@ -215,3 +215,56 @@ class ClipAugment:
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment float (..., 3, H, W) images in [0, 1] (or uint8) with one draw for all."""
         return self.apply(images, self.draw(generator))
+
+
+@dataclass(frozen=True)
+class ViewAugment:
+    """One view's augmentation for self-supervised pre-training, drawn once per sample: BYOL's
+    recipe without its random crops (they cut AUs away): horizontal flip, colour jitter
+    (brightness, contrast, saturation, hue) with probability `jitter_p`, greyscale with
+    probability `grey_p`, Gaussian blur with probability `blur_p` (sigma drawn from `blur_sigma`
+    px at 224 px, scaled with the image; kernel a tenth of the side). Two views take two of
+    these with different values (BYOL: blur 1.0 and 0.1). Landmarks follow the flip."""
+
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grey_p: float = 0.2
+    blur_p: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def draw(self, generator: torch.Generator | None = None) -> dict:
+        u = torch.rand(9, generator=generator).tolist()
+        jitter = u[1] < self.jitter_p
+        return {
+            "flip": u[0] < self.flip_p, "angle": 0.0,
+            "brightness": 1 + (2 * u[2] - 1) * self.brightness if jitter else 1.0,
+            "contrast": 1 + (2 * u[3] - 1) * self.contrast if jitter else 1.0,
+            "saturation": 1 + (2 * u[4] - 1) * self.saturation if jitter else 1.0,
+            "hue": (2 * u[5] - 1) * self.hue if jitter else 0.0,
+            "grey": u[6] < self.grey_p,
+            "blur": self.blur_sigma[0] + u[8] * (self.blur_sigma[1] - self.blur_sigma[0]) if u[7] < self.blur_p else 0.0,
+        }
+
+    @staticmethod
+    def apply(images: torch.Tensor, params: dict) -> torch.Tensor:
+        """Apply drawn parameters to float (..., 3, H, W) images in [0, 1] or uint8 ones."""
+        out = ClipAugment.apply(images, params)   # flip and brightness / contrast / saturation
+        if params["hue"]:
+            out = TF.adjust_hue(out, params["hue"])
+        if params["grey"]:
+            out = TF.rgb_to_grayscale(out, num_output_channels=3)
+        if params["blur"]:
+            side = max(out.shape[-2:])
+            sigma = params["blur"] * side / 224
+            kernel = max(3, int(side * 0.1) // 2 * 2 + 1)
+            out = TF.gaussian_blur(out, [kernel, kernel], [sigma, sigma])
+        return out
+
+    apply_points = staticmethod(ClipAugment.apply_points)  # only the flip moves points
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(images, self.draw(generator))

@@ -61,7 +61,7 @@ class RunData:
     # device (aubench.engine.trainer.move_batch), so workers and host-to-device copies move 4x
     # fewer bytes.
     def train_dataset(self, input_kind: str, preset: Preset, label_ratio: float, augment, key_view: bool = False,
-                      labeled_only: bool = True, occlusion=None, landmarks: bool = False):
+                      labeled_only: bool = True, occlusion=None, landmarks: bool = False, views: int = 1):
         """Frame methods are supervised: with `labeled_only` they train on the frames whose labels
         the protocol keeps (a stage that uses no labels passes False: every training frame).
         `occlusion`: a parsed condition (aubench.data.occlusion), drawn afresh for every item.
@@ -73,7 +73,7 @@ class RunData:
                                    key_view=key_view, occlusion=occlusion, landmarks=landmarks)
             return FrameDataset(self.file, self.fold, "train", image_size=preset.image_size, augment=augment,
                                 label_ratio=label_ratio, labeled_only=labeled_only, normalize=False,
-                                occlusion=occlusion, landmarks=landmarks)
+                                occlusion=occlusion, landmarks=landmarks, views=views)
         except ValueError as err:  # no 68-point landmarks in the file
             raise UserError(f"--data {err}") from None
 
@@ -120,3 +120,50 @@ def open_run_data(path: str | Path, fold: int) -> RunData:
     if not isinstance(fold, int) or not 1 <= fold <= file.num_folds:
         raise UserError(f"--fold {fold} is out of range: {path} has folds 1..{file.num_folds}")
     return RunData(Path(path), fold, file)
+
+
+@dataclass
+class PretrainData:
+    """The frames a pre-training stage (Stage.pretraining) learns from when the run is given
+    --pretrain-data: the fold's training subjects when it is the run's own file, every frame of
+    another file. Test subjects of the fold never reach pre-training."""
+
+    path: Path
+    file: AUFile
+    fold: int | None
+    split: str          # "train" (the run's own file) or "all" (another file)
+
+    @property
+    def fingerprint(self) -> str:
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = self.file.fingerprint()
+        return self._fingerprint
+
+    def dataset(self, preset: Preset, augment, landmarks: bool = False, views: int = 1) -> FrameDataset:
+        try:
+            return FrameDataset(self.file, self.fold, self.split, image_size=preset.image_size, augment=augment,
+                                normalize=False, landmarks=landmarks, views=views)
+        except ValueError as err:
+            raise UserError(f"--pretrain-data {err}") from None
+
+
+def open_pretrain_data(path: str | Path, run: RunData) -> PretrainData:
+    """--pretrain-data for a run on `run`'s file and fold (labeled or not, e.g. an `images`
+    conversion). A file holding subjects named like the fold's test subjects, of the same dataset,
+    is refused: its frames could be the test faces."""
+    try:
+        file = AUFile(path)
+    except FileNotFoundError:
+        raise UserError(f"--pretrain-data {path}: no such file") from None
+    except (ValueError, OSError, KeyError) as err:
+        raise UserError(f"--pretrain-data {path}: not a usable aubench dataset file: {err}") from None
+    if file.fingerprint() == run.fingerprint:
+        return PretrainData(Path(path), file, run.fold, "train")
+    test = set(run.file.fold_subjects(run.fold)[1])
+    shared = sorted(test & set(file.subjects))
+    if file.dataset == run.dataset and shared:
+        raise UserError(f"--pretrain-data {path}: holds {len(shared)} of fold {run.fold}'s test subjects "
+                        f"({', '.join(shared[:3])}{'...' if len(shared) > 3 else ''}) of {run.dataset}; test "
+                        f"subjects never reach pre-training (pass the run's own file to pre-train on its "
+                        f"training subjects)")
+    return PretrainData(Path(path), file, None, "all")

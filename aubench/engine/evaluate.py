@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from aubench.data.occlusion import condition_name
+from aubench.engine.data_access import RunData, open_pretrain_data
 from aubench.engine.identity import (MissingKey, differences_text, identity_differences, need,
                                      result_identity)
-from aubench.engine.trainer import (CHECKPOINT_NAME, RunConfig, check_stages_build, clear_run_files,
-                                    config_identity, kept_run_files, parse_occlusion_option, resolve_precision,
-                                    resolve_preset, result_file_name, run_stages, train_occlusion)
+from aubench.engine.trainer import (CHECKPOINT_NAME, RunConfig, check_pretraining, check_stages_build,
+                                    clear_run_files, config_identity, kept_run_files, parse_occlusion_option,
+                                    resolve_precision, resolve_preset, result_file_name, run_stages,
+                                    train_occlusion)
 from aubench.errors import UserError
-from aubench.models.base import SINGLE_STAGE
+from aubench.models.base import SINGLE_STAGE, split_method, variant_settings
 
 
 @dataclass
@@ -43,15 +45,22 @@ class EvaluateRequest:
 
 
 def resolve_methods(names: list[str]) -> list[str]:
-    """Registered method names ("all": every one); UserError naming an unknown one."""
-    from aubench.models import available_methods
+    """Registered method names, or a method's named variant ("rrl:global"); "all": every method.
+    UserError naming an unknown one."""
+    from aubench.models import available_methods, method_class
+    from aubench.models.base import split_method, variant_settings
 
     known = available_methods()
     if names == ["all"]:
         return known
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UserError(f"unknown method {unknown[0]!r}; available methods: {', '.join(known)}")
+    for spec in names:
+        name, variant = split_method(spec)
+        if name not in known:
+            raise UserError(f"unknown method {name!r}; available methods: {', '.join(known)}")
+        try:
+            variant_settings(method_class(name), variant)
+        except ValueError as err:
+            raise UserError(str(err)) from None
     return names
 
 
@@ -167,11 +176,18 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     fingerprint = file.fingerprint()
     root = Path(request.out)
     units = []
+    pretrain_fingerprint = None
+    if template.pretrain_data is not None:
+        pretrain_fingerprint = open_pretrain_data(template.pretrain_data, RunData(Path(template.data), request.folds[0],
+                                                                                  file)).fingerprint
     for method in methods:
-        cls = method_class(method)
+        name, variant = split_method(method)
+        cls = method_class(name)
         for ratio in request.label_ratios:
             for fold in request.folds:
-                config = replace(template, method=method, fold=fold, label_ratio=ratio)
+                if template.pretrain_data is not None:  # its test subjects are refused, fold by fold
+                    open_pretrain_data(template.pretrain_data, RunData(Path(template.data), fold, file))
+                config = replace(template, method=name, variant=variant, fold=fold, label_ratio=ratio)
                 preset = resolve_preset(cls, config)
                 # the method's own training occlusion: --train-occlusion, else its preset's
                 train = condition_name(train_occlusion(preset))
@@ -180,12 +196,13 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                 for stage in stages:
                     check_image_size(cls, stage.preset)
                 check_stages_build(cls, file.num_aus, stages)
+                check_pretraining(name, stages, template.pretrain_data)
                 names = {stage.name: row_method_name(method, stage) for stage in tested_stages(stages)}
                 protocol_of = {test: protocol_name(ratio, train, test) for test in tests}
                 results = {(stage, test): root / "results" / f"{name}_fold{fold}_{protocol_of[test]}.json"
                            for stage, name in names.items() for test in tests}
-                units.append(_Unit(config, config_identity(config, preset, stages, fingerprint, precision), results,
-                                   names, train))
+                units.append(_Unit(config, config_identity(config, preset, stages, fingerprint, precision,
+                                                           pretrain_fingerprint), results, names, train))
     paths = [path for u in units for path in u.results.values()]
     clash = next((path for i, path in enumerate(paths) if path in paths[:i]), None)
     if clash is not None:  # a row's name that is another method's ("a-b", and method "a" with row "b")
@@ -241,14 +258,16 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
             # A run killed in training, or trained but not tested under every condition, resumes.
             config = replace(config, resume=template.resume and (Path(config.out) / CHECKPOINT_NAME).is_file())
             for stage in dict.fromkeys(stage for stage, _ in todo):
-                # size and speed depend on the architecture only: once per (method, tested stage)
-                if (config.method, stage) not in bench:
-                    bench[(config.method, stage)] = benchmark_method(
+                # size and speed depend on the architecture only: once per (method variant, tested stage)
+                key = (config.method, config.variant, stage)
+                if key not in bench:
+                    bench[key] = benchmark_method(
                         config.method, file.num_aus, template.preset, env.device, batch_size=request.bench_batch_size,
                         precision=template.precision, channels_last=template.channels_last, warmup=1, iters=3,
                         image_size=template.image_size, stage=stage, train_occlusion=template.train_occlusion,
-                        model_overrides=template.model)
-            benches = {stage: bench[(config.method, stage)] for stage, _ in todo}
+                        model_overrides={**variant_settings(method_class(config.method), config.variant),
+                                         **template.model}, au_names=file.au_names)
+            benches = {stage: bench[(config.method, config.variant, stage)] for stage, _ in todo}
             conditions = [tests[test] for test in dict.fromkeys(test for _, test in todo)]
             results = train_and_evaluate(config, benches, test_occlusions=conditions, only=set(todo))
             for result in results:

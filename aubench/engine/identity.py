@@ -9,7 +9,7 @@ One definition serves every check that asks "may these go together?":
 The identity: method, preset name and every resolved preset field (epochs, batch size, image
 size, optimiser, learning rate, schedule, clip length, model settings ...), fold, label ratio,
 seed, effective augmentation, resolved precision, --pretrained file, the data file's
-fingerprint, the training occlusion ("train_occlusion", a condition name such as "patches0.5")
+fingerprint (and the --pretrain-data file's, when given), the training occlusion ("train_occlusion", a condition name such as "patches0.5")
 and the stages ("stages": name -> the stage's preset, what it initialises from, freezes and
 reads, whether it uses labels and whether the training occlusion applies to it). The training
 occlusion is the resolved one (--train-occlusion, else the preset's train_occlusion), so the
@@ -56,14 +56,17 @@ NO_OCCLUSION = "none"  # aubench.data.occlusion.condition_name(None)
 STAGE_SETTINGS = ("name", "preset", "init_from", "frozen", "uses_labels", "frozen_inputs")  # Stage.settings()
 # Stage settings that arrived later: a stored stage without one had the default, and a stage
 # holding the default leaves it out of the identity.
-LATER_STAGE_SETTINGS = {"occluded": True}
+LATER_STAGE_SETTINGS = {"occluded": True, "pretraining": False}
 # Preset fields that are not identity as they stand: the run's training occlusion is there
 # resolved (identity["train_occlusion"]).
 RESOLVED_PRESET_FIELDS = ("name", "train_occlusion")
+# Preset fields that arrived later: left out while they hold their default.
+LATER_PRESET_FIELDS = {"weight_decay_end": None}
 
 
 def _preset_fields(preset: Mapping) -> dict[str, Any]:
-    return {k: v for k, v in preset.items() if k not in RESOLVED_PRESET_FIELDS}
+    return {k: v for k, v in preset.items() if k not in RESOLVED_PRESET_FIELDS
+            and not (k in LATER_PRESET_FIELDS and v == LATER_PRESET_FIELDS[k])}
 
 
 def _plain(value: Any) -> Any:
@@ -95,10 +98,11 @@ def stages_identity(stages: list[Mapping] | None, preset: Mapping) -> dict[str, 
 
 
 def run_identity(config: Mapping, preset: Mapping, fingerprint: str, precision: str,
-                 stages: list[Mapping] | None = None) -> dict[str, Any]:
+                 stages: list[Mapping] | None = None, pretrain_fingerprint: str | None = None) -> dict[str, Any]:
     """The identity of a run. config: asdict(RunConfig) (or a result's "config"); preset: the
     resolved Preset's fields (or a result's "preset"); precision: resolved ("fp32", "bf16" ...);
-    stages: [Stage.settings()] of the run's stages (or a result's "stages")."""
+    stages: [Stage.settings()] of the run's stages (or a result's "stages");
+    pretrain_fingerprint: the --pretrain-data file's (None without one: left out)."""
     identity = {"method": config["method"], "preset": config["preset"], "fold": config["fold"],
                 "label_ratio": config["label_ratio"], "seed": config["seed"],
                 **_preset_fields(preset),
@@ -111,6 +115,8 @@ def run_identity(config: Mapping, preset: Mapping, fingerprint: str, precision: 
     stage_settings = stages_identity(stages, preset)
     if stage_settings is not None:
         identity["stages"] = stage_settings
+    if pretrain_fingerprint is not None:
+        identity["pretrain_fingerprint"] = pretrain_fingerprint
     return _plain(identity)
 
 
@@ -132,7 +138,7 @@ def result_identity(result: Mapping) -> dict[str, Any]:
         if missing:
             raise MissingKey(f"stages.{i}.{missing[0]}")
     return run_identity(config, result["preset"], need(result, "data", "fingerprint"), need(result, "precision"),
-                        stages)
+                        stages, result["data"].get("pretrain_fingerprint"))
 
 
 def show(key: str, value: Any) -> str:

@@ -15,7 +15,7 @@ import torch
 from aubench.data.occlusion import condition_name
 from aubench.engine.trainer import RunConfig, Trainer, parse_occlusion_option
 from aubench.leaderboard import RESULT_SCHEMA
-from aubench.models.base import row_method_name, tested_stages
+from aubench.models.base import method_label, row_method_name, tested_stages
 
 
 def protocol_name(label_ratio: float, train_occlusion: str = "none", test_occlusion: str = "none") -> str:
@@ -77,12 +77,14 @@ def train_and_evaluate(config: RunConfig, bench: Mapping[str, dict[str, Any]] | 
             metrics = trainer.evaluate(occlusion, stage.name)
             results.append({
                 "schema": RESULT_SCHEMA,
-                "method": row_method_name(config.method, stage),
+                "method": row_method_name(method_label(config.method, config.variant), stage),
                 "tested_stage": stage.name,
                 "dataset": trainer.data.dataset,
                 "fold": config.fold,
-                # the label protocol; the occlusion conditions have their own field (file names carry both)
-                "protocol": protocol_name(config.label_ratio),
+                # the label protocol (and how the method is evaluated: "+linear-probe"); the occlusion
+                # conditions have their own field (file names carry both)
+                "protocol": protocol_name(config.label_ratio) + (f"+{trainer.method_cls.evaluation}"
+                                                                 if trainer.method_cls.evaluation else ""),
                 "label_ratio": config.label_ratio,
                 "realised_label_ratio": training["labels"]["realised_label_ratio"],
                 "occlusion": {"train": train, "test": test},
@@ -97,7 +99,9 @@ def train_and_evaluate(config: RunConfig, bench: Mapping[str, dict[str, Any]] | 
                 "preset": trainer.preset.__dict__,
                 "precision": trainer.precision,
                 "data": {"path": str(Path(config.data).resolve()), "fingerprint": trainer.data.fingerprint,
-                         "num_test_frames": metrics["num_frames"]},
+                         "num_test_frames": metrics["num_frames"],
+                         **({"pretrain_path": str(trainer.pretrain.path.resolve()),
+                             "pretrain_fingerprint": trainer.pretrain.fingerprint} if trainer.pretrain else {})},
                 "device": device_name(trainer.device),
                 "world_size": trainer.env.world_size,
                 "versions": versions(),

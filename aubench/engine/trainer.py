@@ -44,14 +44,14 @@ from aubench.data import normalize_images
 from aubench.engine.checkpoint import (capture_rng_state, is_checkpoint_payload, load_checkpoint,
                                        read_weights_file, restore_rng_state, save_checkpoint)
 from aubench.data.occlusion import condition_name, parse_condition
-from aubench.engine.data_access import RunData, open_run_data
+from aubench.engine.data_access import RunData, open_pretrain_data, open_run_data
 from aubench.engine.distributed import DistEnv, setup_distributed
 from aubench.engine.identity import differences_text, identity_differences, run_identity
 from aubench.engine.logging import JsonlLogger, plain
 from aubench.errors import UserError
 from aubench.models.backbones import BackboneError
 from aubench.models.base import (AUMethod, Preset, Stage, TrainState, check_image_size, check_stages,
-                                 method_class)
+                                 method_class, variant_settings)
 
 CHECKPOINT_NAME = "last.pt"
 RESULT_NAME = "result.json"  # written beside the checkpoint by `aubench train` (test condition "none")
@@ -85,6 +85,7 @@ class RunConfig:
 
     method: str
     data: str
+    variant: str | None = None         # a named variant of the method (AUMethod.variants): its model settings
     fold: int = 1
     preset: str = "tiny"
     label_ratio: float = 1.0
@@ -97,6 +98,7 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False            # a fresh run may replace the run files already in `out`
     pretrained: str | None = None
+    pretrain_data: str | None = None   # the frames of pre-training stages (Stage.pretraining); None = the fold's
     device: str | None = None          # None = cuda when available
     seed: int = 0
     precision: str = "auto"            # auto = bf16 (fp16 without bf16 support) on GPU, fp32 on CPU
@@ -162,12 +164,22 @@ def run_stages(method_cls: type[AUMethod], preset: Preset) -> list[Stage]:
 
 
 def config_identity(config: RunConfig, preset: Preset, stages: list[Stage], fingerprint: str,
-                    precision: str) -> dict[str, Any]:
+                    precision: str, pretrain_fingerprint: str | None = None) -> dict[str, Any]:
     """The run identity (aubench.engine.identity.run_identity) of a request; `preset` resolved
     (resolve_preset), so its train_occlusion is the run's."""
     train = condition_name(train_occlusion(preset))
     return run_identity({**asdict(config), "train_occlusion": train}, preset.__dict__, fingerprint, precision,
-                        [stage.settings() for stage in stages])
+                        [stage.settings() for stage in stages], pretrain_fingerprint)
+
+
+def check_pretraining(method: str, stages: list[Stage], pretrain_data: str | None) -> None:
+    """UserError when --pretrain-data is given to a method without a pre-training stage, or a
+    pre-training stage would see labels."""
+    for stage in stages:
+        if stage.pretraining and stage.uses_labels:
+            raise UserError(f"{method} stage {stage.name!r}: a pre-training stage must use no labels")
+    if pretrain_data is not None and not any(stage.pretraining for stage in stages):
+        raise UserError(f"--pretrain-data: {method} has no pre-training stage")
 
 
 def check_stages_build(method_cls: type[AUMethod], num_aus: int, stages: list[Stage]) -> None:
@@ -212,7 +224,11 @@ def resolve_preset(method_cls: type[AUMethod], config: RunConfig) -> Preset:
             occlusion = parse_condition(base.train_occlusion)
         except ValueError as err:  # a mistake in the method's code, not the user's
             raise ValueError(f"method {config.method!r} preset {base.name!r}: train_occlusion: {err}") from None
-    return Preset(**{**base.__dict__, "model": {**base.model, **config.model},
+    try:
+        variant = variant_settings(method_cls, config.variant)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return Preset(**{**base.__dict__, "model": {**base.model, **variant, **config.model},
                      "train_occlusion": condition_text(occlusion),
                      "epochs": config.epochs if config.epochs is not None else base.epochs,
                      "batch_size": config.batch_size if config.batch_size is not None else base.batch_size,
@@ -306,7 +322,7 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     non_blocking = device.type == "cuda"
     batch = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
              for k, v in batch.items()}
-    for key in ("image", "key_image"):
+    for key in ("image", "image2", "key_image"):
         if key in batch and batch[key].dtype == torch.uint8:
             batch[key] = normalize_images(batch[key])
     return batch
@@ -341,13 +357,16 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device)
         self.data: RunData = open_run_data(config.data, config.fold)
         check_stages_build(self.method_cls, self.data.num_aus, self.stages)
-        self.identity = config_identity(config, self.preset, self.stages, self.data.fingerprint, self.precision)
+        check_pretraining(config.method, self.stages, config.pretrain_data)
+        self.pretrain = open_pretrain_data(config.pretrain_data, self.data) if config.pretrain_data else None
+        self.identity = config_identity(config, self.preset, self.stages, self.data.fingerprint, self.precision,
+                                        self.pretrain.fingerprint if self.pretrain else None)
         if self.device.type == "cpu" and config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         # Class weights from the labels this run may see: under a label ratio < 1 the kept labels
         # only, never the file's dense per-fold statistics.
-        stats = self.data.train_label_statistics(config.label_ratio)
-        self.class_weights = torch.as_tensor(stats["class_weight"], dtype=torch.float32)
+        self.label_statistics = self.data.train_label_statistics(config.label_ratio)
+        self.class_weights = torch.as_tensor(self.label_statistics["class_weight"], dtype=torch.float32)
         self.records: list[dict[str, Any]] = []  # one per finished stage
         # Trained methods of earlier stages the trainer holds (what later stages read, and after
         # fit() the tested stages it has loaded), by stage name.
@@ -411,6 +430,7 @@ class Trainer:
             preset = Preset(**{**preset.__dict__, "model": {**preset.model, **overrides}})
         method = self.method_cls(self.data.num_aus, preset, class_weights)
         method.preset = stage.preset
+        method.set_training_data(self.data.au_names, self.label_statistics)
         if self.config.channels_last:
             method = method.to(memory_format=torch.channels_last)
         return method.to(self.device)
@@ -483,12 +503,15 @@ class Trainer:
         if augment:
             from aubench.data import ClipAugment
 
-            augment = ClipAugment(degrees=stage.preset.rotation)
+            augment = self.method.train_augment() or ClipAugment(degrees=stage.preset.rotation)
+        if stage.pretraining and self.pretrain is not None:
+            return self.pretrain.dataset(stage.preset, augment, landmarks=self.method.uses_landmarks,
+                                         views=self.method.views)
         return self.data.train_dataset(self.method.input_kind, stage.preset,
                                        cfg.label_ratio if stage.uses_labels else 1.0, augment=augment,
                                        key_view=self.method.key_view, labeled_only=stage.uses_labels,
                                        occlusion=self.train_occlusion if stage.occluded else None,
-                                       landmarks=self.method.uses_landmarks)
+                                       landmarks=self.method.uses_landmarks, views=self.method.views)
 
     def train_loader(self, dataset, sampler: DistributedSampler, skip_batches: int) -> DataLoader:
         batch_size = self.per_rank_batch_size()
@@ -651,7 +674,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total_steps, warmup, preset.schedule))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.state = TrainState(epochs=preset.epochs, stage=stage.name)
+        self.state = TrainState(epochs=preset.epochs, stage=stage.name, total_steps=total_steps)
         self.progress = {"seconds": 0.0, "samples": 0, "losses": {}, "initialisation": self.initialisation}
         if payload is not None:
             self.restore(payload, optimizer, scheduler, scaler)
@@ -733,13 +756,26 @@ class Trainer:
                                      f"rate or --precision fp32")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        self._schedule_weight_decay(optimizer)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         self.state.step += 1
         self.state.batch_in_epoch += 1
+        self.method.on_step_end(self.state)
         return {k: float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
                 for k, v in out.items()}
+
+    def _schedule_weight_decay(self, optimizer) -> None:
+        """Preset.weight_decay_end: the step's weight decay on a half cosine from weight_decay."""
+        preset = self.stage.preset
+        if preset.weight_decay_end is None:
+            return
+        progress = min(self.state.step / max(1, self.state.total_steps - 1), 1.0)
+        decay = preset.weight_decay_end + (preset.weight_decay - preset.weight_decay_end) * 0.5 * (
+            1 + math.cos(math.pi * progress))
+        for group in optimizer.param_groups:
+            group["weight_decay"] = decay
 
     def _stage_index(self, name: str) -> int:
         names = [stage.name for stage in self.stages]

@@ -5,6 +5,7 @@ from aubench.models import knowledge_spreader  # noqa: F401  (registers "ks")
 from aubench.models import megraphau  # noqa: F401  (registers "megraphau")
 from aubench.models import maefau  # noqa: F401  (registers "maefau")
 from aubench.models import resnet_baseline  # noqa: F401  (registers "resnet")
+from aubench.models import rrl  # noqa: F401  (registers "rrl")
 
 __all__ = ["AUMethod", "Preset", "Stage", "TrainState", "available_methods", "create_method", "method_class",
            "register_method"]

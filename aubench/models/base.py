@@ -45,6 +45,7 @@ class TrainState:
     batch_in_epoch: int = 0
     epochs: int = 1         # total epochs of this stage
     stage: str = "train"    # the stage being trained (Stage.name)
+    total_steps: int = 1    # optimiser steps of this stage (epochs x steps per epoch)
 
 
 @dataclass
@@ -69,6 +70,9 @@ class Preset:
     # engine reads the run's preset's (the one stages(preset) receives), never a stage preset's;
     # Stage.occluded keeps a stage's images clean.
     train_occlusion: str = "none"
+    # None: constant weight decay. A value: the weight decay moves from weight_decay to this on a
+    # half cosine over the stage's steps (DINO's and RRL's 0.04 -> 0.4).
+    weight_decay_end: float | None = None
 
 
 SINGLE_STAGE = "train"  # the name of the one stage of a method that does not train in stages
@@ -96,6 +100,9 @@ class Stage:
     frozen_inputs: earlier stages whose trained methods this one reads (a teacher to distil
         from): frozen, in eval mode, given to the method as `self.frozen_inputs[name]`; they are
         not part of its parameters, optimiser or checkpoint.
+    pretraining: True: a self-supervised pre-training stage. Given --pretrain-data FILE it
+        learns from that file's frames (aubench.engine.data_access.open_pretrain_data) instead
+        of the run's training frames; it must then use no labels.
     occluded: False: the run's training occlusion does not apply to this stage. Its training
         images are clean and its batches carry no "occlusion" (a masked autoencoder that masks
         clean faces itself, a detector that must learn from clean faces). True (the default):
@@ -115,13 +122,15 @@ class Stage:
     frozen_inputs: tuple[str, ...] = ()
     occluded: bool = True
     row: str | None = None
+    pretraining: bool = False
 
     def settings(self) -> dict[str, Any]:
         """What the stage trains, as plain values (part of a run's identity and of its result;
         the row names results and is left out of the identity, aubench.engine.identity)."""
         return {"name": self.name, "preset": {k: v for k, v in self.preset.__dict__.items() if k != "name"},
                 "init_from": self.init_from, "frozen": list(self.frozen), "uses_labels": self.uses_labels,
-                "frozen_inputs": list(self.frozen_inputs), "occluded": self.occluded, "row": self.row}
+                "frozen_inputs": list(self.frozen_inputs), "occluded": self.occluded, "row": self.row,
+                "pretraining": self.pretraining}
 
 
 def check_stages(method: str, stages: list[Stage]) -> list[Stage]:
@@ -159,6 +168,31 @@ def tested_stages(stages: list[Stage]) -> list[Stage]:
     return rows or [stages[-1]]
 
 
+VARIANT_MARK = ":"  # "rrl:global" names the variant "global" of method "rrl"
+
+
+def split_method(spec: str) -> tuple[str, str | None]:
+    """ "rrl:global" -> ("rrl", "global"); "rrl" -> ("rrl", None)."""
+    name, mark, variant = spec.partition(VARIANT_MARK)
+    return name, (variant if mark else None)
+
+
+def method_label(method: str, variant: str | None) -> str:
+    """The name results and the leaderboard give a method's variant ("rrl:global")."""
+    return method if variant is None else f"{method}{VARIANT_MARK}{variant}"
+
+
+def variant_settings(cls: type["AUMethod"], variant: str | None) -> dict[str, Any]:
+    """The model settings of a named variant of `cls` (AUMethod.variants); ValueError naming the
+    variants there are."""
+    if variant is None:
+        return {}
+    if variant not in cls.variants:
+        known = ", ".join(method_label(cls.name, v) for v in cls.variants) or "none"
+        raise ValueError(f"method {cls.name!r} has no variant {variant!r}; its variants: {known}")
+    return dict(cls.variants[variant])
+
+
 def row_method_name(method: str, stage: Stage) -> str:
     """The method name of a tested stage's results: "<method>-<row>", or the method's own without a row."""
     return method if stage.row is None else f"{method}-{stage.row}"
@@ -171,9 +205,20 @@ class AUMethod(nn.Module):
     input_kind: str = "frame"  # "frame" | "clip"
     key_view: bool = False     # clip methods: batches also carry "key_image", a second view of the key frame
     # batches also carry "landmarks" (68-point, moved with the pixels; "key_landmarks" with
-    # key_view): the data file must have them (aubench.data.AUFile.require_landmarks)
+    # key_view, "landmarks2" with views = 2): the data file must have them
+    # (aubench.data.AUFile.require_landmarks)
     uses_landmarks: bool = False
+    # frame methods: 2 = training batches carry two augmented views of each frame, "image" and
+    # "image2", each with its own draw of `train_augment()` (self-supervised pre-training)
+    views: int = 1
     presets: dict[str, Preset] = {}
+    # how the tested network is evaluated when that is not plain supervised training: results'
+    # protocol gets "+<evaluation>" ("sparse0.2+linear-probe"), so the leaderboard puts such
+    # rows (and the papers' rows of that protocol) in their own section
+    evaluation: str | None = None
+    # named variants (ablations): name -> model settings; `aubench evaluate --methods rrl:global`
+    # runs one, and its results are the method "rrl:global"
+    variants: dict[str, dict[str, Any]] = {}
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
         super().__init__()
@@ -209,6 +254,21 @@ class AUMethod(nn.Module):
 
     def on_epoch_start(self, state: TrainState) -> None:
         """Hook for epoch-dependent behaviour (ramp-ups, gates); default does nothing."""
+
+    def on_step_end(self, state: TrainState) -> None:
+        """Hook after each optimiser step (state.step already counts it), e.g. to move a target
+        network's exponential moving average; default does nothing."""
+
+    def train_augment(self):
+        """The training augmentation of this method's stage (an object with `draw(generator)`,
+        `apply(images, params)` and `apply_points(points, params, size)`, as
+        aubench.data.ClipAugment), or None for the engine's default ClipAugment."""
+        return None
+
+    def set_training_data(self, au_names: list[str], statistics: dict) -> None:
+        """The engine hands every stage the run's AU names and the statistics of the training
+        labels the protocol lets the run see ("au_rate", "class_weight", "cooccurrence" =
+        P(AU_j | AU_i); numpy): never the labels a protocol hides. Default: ignores them."""
 
     def inference_model(self) -> nn.Module:
         """The network used at test time (for parameter counts, FLOPs and throughput)."""

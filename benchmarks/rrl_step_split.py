@@ -1,0 +1,105 @@
+"""Where one RRL pre-training step spends its time: the encoder, the Sinkhorn plan, the rest.
+
+    python benchmarks/rrl_step_split.py --preset paper --batch-size 8 --json out.json
+
+One step = the online network on both views (forward and backward), the target on both views
+(forward), the three losses, in both directions, as `RRL.training_step` and the engine do it.
+Its parts, each timed alone on the same batch (mean of --iters after --warmup):
+- encoder: the online encoder's forward and backward on the two views plus the target encoder's
+  forward on them;
+- sinkhorn: the two batched `aubench.ops.sinkhorn` calls of the relation loss, forward and
+  backward (the plan differentiated, the default);
+- rest = step - encoder - sinkhorn: the projector and predictor, attention maps and pooling, the
+  losses and the optimiser-free remainder of the backward pass.
+Random images and a neutral face's landmarks (speed does not depend on content).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from aubench.bench import BENCH_AU_NAMES, device_name, synthetic_batch
+from aubench.engine.run import versions
+from aubench.models.base import TrainState
+from aubench.models.rrl import RRL, _stage_preset, relation_loss
+
+
+def timed(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.mean(times)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="paper", choices=sorted(RRL.presets))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    preset = _stage_preset(RRL.presets[args.preset], "pretrain")
+    method = RRL(12, preset).train()
+    method.set_training_data(BENCH_AU_NAMES[12], {"cooccurrence": np.eye(12) * 0.5 + 0.25})
+    batch = synthetic_batch("frame", args.batch_size, 12, preset.image_size, landmarks=True, views=2)
+    batch = {k: v for k, v in batch.items() if k not in ("label", "labeled")}
+    state = TrainState(total_steps=100)
+
+    def step():
+        method.zero_grad(set_to_none=True)
+        method.training_step(batch, state)["loss"].backward()
+
+    def encoder():
+        method.zero_grad(set_to_none=True)
+        loss = sum(method.online.encoder(batch[view])[0].sum() for view in ("image", "image2"))
+        loss.backward()
+        with torch.no_grad():
+            for view in ("image", "image2"):
+                method.target.encoder(batch[view])
+
+    # the relation loss's inputs, as one direction of the step makes them
+    with torch.no_grad():
+        o_g, o_loc = method._vectors(method.online, batch["image"], batch["landmarks"])
+        t_g, t_loc = method._vectors(method.target, batch["image2"], batch["landmarks2"])
+    o_loc.requires_grad_(True)
+    o_g.requires_grad_(True)
+    cfg = method.cfg
+
+    def sinkhorn_part():
+        for _ in range(2):   # two directions
+            loss, _ = relation_loss(o_loc, t_loc, o_g, t_g, method.cost, cfg["sinkhorn_eps"], cfg["sinkhorn_iters"],
+                                    True, cfg["sinkhorn_tol"])
+            loss.backward()
+
+    t_step = timed(step, args.warmup, args.iters)
+    t_encoder = timed(encoder, args.warmup, args.iters)
+    t_sinkhorn = timed(sinkhorn_part, args.warmup, args.iters)
+    record = {
+        "preset": args.preset, "encoder": cfg["encoder"], "image_size": preset.image_size,
+        "batch_size": args.batch_size, "device": device_name(torch.device("cpu")), "versions": versions(),
+        "step_s": t_step, "encoder_s": t_encoder, "sinkhorn_s": t_sinkhorn,
+        "rest_s": t_step - t_encoder - t_sinkhorn,
+        "share": {"encoder": t_encoder / t_step, "sinkhorn": t_sinkhorn / t_step,
+                  "rest": (t_step - t_encoder - t_sinkhorn) / t_step},
+    }
+    print(json.dumps(record, indent=2))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
