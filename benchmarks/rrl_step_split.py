@@ -1,4 +1,5 @@
-"""Where one RRL pre-training step spends its time: the encoder, the Sinkhorn plan, the rest.
+"""Where one RRL pre-training step spends its time: the encoder, the Sinkhorn plan, the AU
+attention maps, the rest.
 
     python benchmarks/rrl_step_split.py --preset paper --batch-size 8 --json out.json
 
@@ -9,8 +10,9 @@ Its parts, each timed alone on the same batch (mean of --iters after --warmup):
   forward on them;
 - sinkhorn: the two batched `aubench.ops.sinkhorn` calls of the relation loss, forward and
   backward (the plan differentiated, the default);
-- rest = step - encoder - sinkhorn: the projector and predictor, attention maps and pooling, the
-  losses and the optimiser-free remainder of the backward pass.
+- maps: the AU attention maps of the two views (made once per view, shared by both networks);
+- rest = step - encoder - sinkhorn - maps: the local network, pooling, projector and predictor,
+  the losses and the remainder of the backward pass (no optimiser step).
 Random images and a neutral face's landmarks (speed does not depend on content).
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from aubench.bench import BENCH_AU_NAMES, device_name, synthetic_batch
 from aubench.engine.run import versions
+from aubench.models.au_attention import au_attention_maps
 from aubench.models.base import TrainState
 from aubench.models.rrl import RRL, _stage_preset, relation_loss
 
@@ -71,8 +74,9 @@ def main(argv=None) -> int:
 
     # the relation loss's inputs, as one direction of the step makes them
     with torch.no_grad():
-        o_g, o_loc = method._vectors(method.online, batch["image"], batch["landmarks"])
-        t_g, t_loc = method._vectors(method.target, batch["image2"], batch["landmarks2"])
+        o_g, o_loc = method._vectors(method.online, batch["image"], batch["landmarks"], {})
+        t_g, t_loc = method._vectors(method.target, batch["image2"], batch["landmarks2"], {})
+        map_size = tuple(method.online.encoder(batch["image"])[1].shape[-2:])
     o_loc.requires_grad_(True)
     o_g.requires_grad_(True)
     cfg = method.cfg
@@ -83,16 +87,21 @@ def main(argv=None) -> int:
                                     True, cfg["sinkhorn_tol"])
             loss.backward()
 
+    def maps_part():
+        for view in ("landmarks", "landmarks2"):
+            au_attention_maps(batch[view], method.au_names, (preset.image_size, preset.image_size), map_size)
+
     t_step = timed(step, args.warmup, args.iters)
     t_encoder = timed(encoder, args.warmup, args.iters)
     t_sinkhorn = timed(sinkhorn_part, args.warmup, args.iters)
+    t_maps = timed(maps_part, args.warmup, args.iters)
+    t_rest = t_step - t_encoder - t_sinkhorn - t_maps
     record = {
         "preset": args.preset, "encoder": cfg["encoder"], "image_size": preset.image_size,
         "batch_size": args.batch_size, "device": device_name(torch.device("cpu")), "versions": versions(),
-        "step_s": t_step, "encoder_s": t_encoder, "sinkhorn_s": t_sinkhorn,
-        "rest_s": t_step - t_encoder - t_sinkhorn,
-        "share": {"encoder": t_encoder / t_step, "sinkhorn": t_sinkhorn / t_step,
-                  "rest": (t_step - t_encoder - t_sinkhorn) / t_step},
+        "step_s": t_step, "encoder_s": t_encoder, "sinkhorn_s": t_sinkhorn, "maps_s": t_maps, "rest_s": t_rest,
+        "share": {"encoder": t_encoder / t_step, "sinkhorn": t_sinkhorn / t_step, "maps": t_maps / t_step,
+                  "rest": t_rest / t_step},
     }
     print(json.dumps(record, indent=2))
     if args.json:

@@ -302,6 +302,7 @@ def test_evaluate_runs_named_variants_as_their_own_rows(h5, tmp_path):
     result = json.loads(paths[0].read_text())
     assert result["method"] == "rrl:global" and result["preset"]["model"]["losses"] == ["global"]
     assert result["preset"]["model"]["probe_features"] == "global"   # no trained local network to read
+    assert result["protocol"] == "full+linear-probe"   # the leaderboard's section of self-supervised probes
     assert paths[0].name == "rrl:global_fold1_full.json"
     with pytest.raises(UserError, match="method 'rrl' has no variant 'best'; its variants: rrl:global"):
         evaluate_runs(EvaluateRequest(methods=["rrl:best"], run=request.run, out=str(tmp_path / "x")))
@@ -315,3 +316,22 @@ def test_an_au_never_seen_positive_keeps_its_own_vector_cheapest():
     method.set_training_data(BP4D, {"cooccurrence": cooccurrence})
     assert torch.diagonal(method.cost).abs().max() == 0
     assert torch.allclose(method.cost[4, :4], torch.ones(4))
+
+
+@pytest.mark.parametrize("rows,cols,out", [(64, 64, (16, 16)), (56, 56, (14, 14)), (60, 48, (7, 5))])
+def test_smoothing_and_pooling_matrices_equal_a_replicate_padded_blur_then_area_pooling(rows, cols, out):
+    from aubench.models.au_attention import smooth_and_pool_matrix
+
+    sigma = 3 / 224 * max(rows, cols)
+    radius = max(1, math.ceil(3 * sigma))
+    kernel = torch.exp(-torch.arange(-radius, radius + 1.0) ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    maps = (torch.rand(2, 3, rows, cols, generator=torch.Generator().manual_seed(1)) > 0.7).float()
+    flat = maps.reshape(-1, 1, rows, cols)
+    flat = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (radius, radius, 0, 0), mode="replicate"),
+                                      kernel.view(1, 1, 1, -1))
+    flat = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (0, 0, radius, radius), mode="replicate"),
+                                      kernel.view(1, 1, -1, 1))
+    expected = torch.nn.functional.adaptive_avg_pool2d(flat.reshape(maps.shape), out)
+    got = smooth_and_pool_matrix(rows, out[0], sigma) @ maps @ smooth_and_pool_matrix(cols, out[1], sigma).T
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)

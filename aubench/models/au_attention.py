@@ -55,16 +55,20 @@ def au_centres(landmarks: torch.Tensor, au_names) -> torch.Tensor:
     return centres + offset
 
 
-def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+def smooth_and_pool_matrix(size: int, out: int, sigma: float) -> torch.Tensor:
+    """(out, size): a 1-D Gaussian blur of `sigma` cells (edges replicated) followed by the area
+    average down to `out` cells (F.adaptive_avg_pool1d's bins). Both are linear, so a map's blur
+    and pooling is `rows_matrix @ map @ cols_matrix.T`: two small matrix products instead of
+    two convolutions over every single-channel map, which cost more than a tiny encoder."""
     radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
     kernel = kernel / kernel.sum()
-    b, k, h, w = maps.shape
-    flat = maps.reshape(b * k, 1, h, w)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return flat.reshape(b, k, h, w)
+    blur = torch.zeros(size, size, dtype=torch.float64)
+    source = (torch.arange(size)[:, None] + offsets.long()[None]).clamp(0, size - 1)   # replicate
+    blur.scatter_add_(1, source, kernel.expand(size, -1).contiguous())
+    pool = F.adaptive_avg_pool1d(torch.eye(size, dtype=torch.float64)[None], out)[0].T   # (out, size)
+    return (pool @ blur).float()
 
 
 def au_attention_maps(landmarks: torch.Tensor, au_names, image_size: tuple[int, int],
@@ -82,8 +86,10 @@ def au_attention_maps(landmarks: torch.Tensor, au_names, image_size: tuple[int, 
     dx = (xs.view(1, 1, 1, 1, -1) - centres[..., 0, None, None]) / (AXES[0] * r.view(-1, 1, 1, 1, 1))
     dy = (ys.view(1, 1, 1, -1, 1) - centres[..., 1, None, None]) / (AXES[1] * r.view(-1, 1, 1, 1, 1))
     inside = ((dx ** 2 + dy ** 2) <= 1.0).any(dim=2).float()            # (B, K, H, W): either centre
-    maps = _gaussian_blur(inside, SIGMA_AT_224 / 224 * max(rows, cols))  # 3 px at 224, in raster cells
-    maps = F.adaptive_avg_pool2d(maps, map_size)
+    sigma = SIGMA_AT_224 / 224 * max(rows, cols)                        # 3 px at 224, in raster cells
+    to_rows = smooth_and_pool_matrix(rows, map_size[0], sigma).to(landmarks.device)
+    to_cols = smooth_and_pool_matrix(cols, map_size[1], sigma).to(landmarks.device)
+    maps = to_rows @ inside @ to_cols.T                                 # blurred, area-averaged
     peak = maps.amax(dim=(2, 3), keepdim=True)
     maps = torch.where(peak > 0, maps / peak.clamp(min=1e-12), torch.ones_like(maps))
     missing = ~torch.isfinite(landmarks).all(dim=2).all(dim=1)         # frames without landmarks

@@ -270,6 +270,7 @@ class RRL(AUMethod):
     """One stage of RRL (model["part"]: "pretrain" or "probe"); see the module docstring."""
 
     input_kind = "frame"
+    evaluation = "linear-probe"   # results' protocol: "full+linear-probe", "sparse0.2+linear-probe"
     presets = {"paper": _paper_preset(), "tiny": _tiny_preset()}
     variants = {
         # Table 3; without the local and relation losses the local network is never trained, so
@@ -357,13 +358,17 @@ class RRL(AUMethod):
         raise ValueError(f"{self.name}: a {self.part} stage cannot start from a {source.part} stage ({stage!r})")
 
     # -- pre-training -------------------------------------------------------------------------
-    def _vectors(self, branch: _Branch, images: torch.Tensor, landmarks: torch.Tensor):
-        """(global vector (B, C), AU vectors (B, K, C)) of one view through `branch`."""
+    def _vectors(self, branch: _Branch, images: torch.Tensor, landmarks: torch.Tensor, maps: dict):
+        """(global vector (B, C), AU vectors (B, K, C)) of one view through `branch`. `maps` caches
+        the view's attention maps by feature-map size: both networks read the same view, and the
+        maps cost more than a tiny encoder's forward pass."""
         global_vector, local_map = branch.encoder(images)
         if self.au_names is None:
             raise RuntimeError(f"{self.name}: set_training_data was not called (the engine gives the AU names)")
-        attention = au_attention_maps(landmarks, self.au_names, tuple(images.shape[-2:]), tuple(local_map.shape[-2:]))
-        return global_vector, attention_pool(local_map, attention)
+        size = tuple(local_map.shape[-2:])
+        if size not in maps:
+            maps[size] = au_attention_maps(landmarks, self.au_names, tuple(images.shape[-2:]), size)
+        return global_vector, attention_pool(local_map, maps[size])
 
     def _direction(self, online_view, target_view) -> dict[str, torch.Tensor]:
         """The losses with the online network on one view and the target on the other."""
@@ -389,8 +394,8 @@ class RRL(AUMethod):
             logits = self.head(self._probe_features(batch))
             loss = probe_loss(logits, batch["label"], self.au_rate if self.cfg["probe_weighting"] == "balanced" else None)
             return {"loss": loss, "bce": loss.detach()}
-        first = (batch["image"], batch["landmarks"])
-        second = (batch["image2"], batch["landmarks2"])
+        first = (batch["image"], batch["landmarks"], {})
+        second = (batch["image2"], batch["landmarks2"], {})
         forward, backward = self._direction(first, second), self._direction(second, first)
         weights = self.cfg["loss_weights"]
         parts = {name: (forward[name] + backward[name]) / 2 for name in forward}
