@@ -5,7 +5,8 @@ attention maps, the rest.
 
 One step = the online network on both views (forward and backward), the target on both views
 (forward), the three losses, in both directions, as `RRL.training_step` and the engine do it.
-Its parts, each timed alone on the same batch (mean of --iters after --warmup):
+Its parts, each timed alone on the same batch (median of --iters rounds after --warmup, the
+parts taking turns in each round):
 - encoder: the online encoder's forward and backward on the two views plus the target encoder's
   forward on them;
 - sinkhorn: the two batched `aubench.ops.sinkhorn` calls of the relation loss, forward and
@@ -32,15 +33,19 @@ from aubench.models.base import TrainState
 from aubench.models.rrl import RRL, _stage_preset, relation_loss
 
 
-def timed(fn, warmup: int, iters: int) -> float:
+def timed_rounds(parts: dict, warmup: int, iters: int) -> dict:
+    """Median seconds of each part, the parts run in turn in every round so that a slow spell of
+    the machine touches all of them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in parts.values():
+            fn()
+    times = {name: [] for name in parts}
     for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.mean(times)
+        for name, fn in parts.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv=None) -> int:
@@ -48,7 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="paper", choices=sorted(RRL.presets))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -91,10 +96,9 @@ def main(argv=None) -> int:
         for view in ("landmarks", "landmarks2"):
             au_attention_maps(batch[view], method.au_names, (preset.image_size, preset.image_size), map_size)
 
-    t_step = timed(step, args.warmup, args.iters)
-    t_encoder = timed(encoder, args.warmup, args.iters)
-    t_sinkhorn = timed(sinkhorn_part, args.warmup, args.iters)
-    t_maps = timed(maps_part, args.warmup, args.iters)
+    median = timed_rounds({"step": step, "encoder": encoder, "sinkhorn": sinkhorn_part, "maps": maps_part},
+                          args.warmup, args.iters)
+    t_step, t_encoder, t_sinkhorn, t_maps = (median[k] for k in ("step", "encoder", "sinkhorn", "maps"))
     t_rest = t_step - t_encoder - t_sinkhorn - t_maps
     record = {
         "preset": args.preset, "encoder": cfg["encoder"], "image_size": preset.image_size,
