@@ -13,8 +13,8 @@
    probe on the labeled ones), and tested on clean faces and under 50% random patches
    (`DEMO_TEST_OCCLUSIONS`),
 4. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
-Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau and resnet: 11 min
-47 s from a fresh clone, install excluded).
+Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau, resnet and rrl:
+10 min 42 s from a fresh clone, install excluded).
 """
 from __future__ import annotations
 

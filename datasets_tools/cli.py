@@ -12,7 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from .convert import LANDMARK_MODES, NO_FACE_POLICIES, READERS, FrameOptions, convert
+from .affwild2 import DEFAULT_KFOLDS as AFFWILD2_KFOLDS
+from .affwild2 import SPLITS as AFFWILD2_SPLITS
+from .convert import (DEFAULT_CROP, DEFAULT_IMAGE_SIZE, LANDMARK_MODES, LAYOUT_DEFAULTS, NO_FACE_POLICIES, READERS,
+                      FrameOptions, convert)
 from .errors import DatasetError
 from .face_detect import DEFAULT_MAX_SIDE
 from .faces import CROPS
@@ -37,8 +40,9 @@ def _default_workers() -> int:
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a raw dataset tree into one HDF5 file",
-                       description="Convert a raw BP4D / DISFA / BP4D+ / MME tree, or a folder tree of "
-                                   "unlabeled face images (images), into one HDF5 file (schema version 2) "
+                       description="Convert a raw BP4D / DISFA / BP4D+ / MME / Aff-Wild2 (ABAW) tree, or a "
+                                   "folder tree of unlabeled face images (images), into one HDF5 file (schema "
+                                   "version 2) "
                                    "with the standard folds and statistics. The file is "
                                    "written as OUT.partial and renamed when complete; rerunning a killed "
                                    "conversion resumes it. One conversion at a time writes OUT: a run holds "
@@ -50,11 +54,14 @@ def _add_convert(sub) -> None:
     p.add_argument("raw_root", type=Path, help="the dataset's root folder, as shipped")
     p.add_argument("out", type=Path, help="output .h5 file (written as OUT.partial, renamed when complete; "
                                            "locked by OUT.lock while a run writes it)")
-    p.add_argument("--image-size", type=_positive_int, default=256, help="stored square side in pixels (256)")
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help=f"stored square side in pixels ({DEFAULT_IMAGE_SIZE}; affwild2: "
+                        f"{LAYOUT_DEFAULTS['affwild2']['image_size']}, the size its faces ship at)")
     p.add_argument("--image-format", choices=("jpeg", "raw"), default="jpeg",
                    help="jpeg: JPEG bytes per frame (default); raw: uint8 HxWx3 arrays")
-    p.add_argument("--crop", choices=CROPS, default="center",
-                   help="face crop: none (resize whole frame), center (default), haar (OpenCV cascade, centre "
+    p.add_argument("--crop", choices=CROPS, default=None,
+                   help="face crop: none (resize whole frame; the default for affwild2, whose faces come cropped "
+                        "and aligned), center (the default otherwise), haar (OpenCV cascade, centre "
                         "fallback), landmarks (square box around the landmarks), align (similarity transform "
                         "putting the eye centres and mouth at fixed places; 68-point landmarks)")
     p.add_argument("--landmarks", default="file", metavar="{" + ",".join(LANDMARK_MODES) + "}",
@@ -75,6 +82,12 @@ def _add_convert(sub) -> None:
     p.add_argument("--images-split", choices=IMAGES_SPLITS, default="folders",
                    help="images: folds over the top-level folders (default, at least 3) or over a seeded "
                         "random split of the images (random, --folds-seed)")
+    p.add_argument("--affwild2-split", choices=AFFWILD2_SPLITS, default="official",
+                   help="affwild2: official (default; one fold: train on Train_Set, test on Validation_Set) or "
+                        "kfold (--affwild2-folds folds over the Train_Set videos; Validation_Set left out); the "
+                        "file's split_scheme attribute records it")
+    p.add_argument("--affwild2-folds", type=_positive_int, default=AFFWILD2_KFOLDS,
+                   help=f"affwild2 --affwild2-split kfold: number of folds ({AFFWILD2_KFOLDS})")
     p.add_argument("--camera", choices=("left", "right"), default="left", help="DISFA camera (left)")
     p.add_argument("--threshold", type=_positive_int, default=2, help="DISFA occurrence = intensity >= this (2)")
     p.add_argument("--workers", type=_positive_int, default=_default_workers(),
@@ -97,14 +110,18 @@ def _run_convert(args) -> int:
             raise DatasetError(f"--landmarks {mode!r}: choose one of {', '.join(LANDMARK_MODES)} (a landmark "
                                f"folder goes to --landmarks-dir)")
         mode, landmarks_dir = "file", Path(mode)  # the earlier spelling, --landmarks DIR
-    options = FrameOptions(image_size=args.image_size, image_format=args.image_format, crop=args.crop,
+    defaults = LAYOUT_DEFAULTS.get(args.dataset, {})
+    crop = args.crop or defaults.get("crop", DEFAULT_CROP)
+    image_size = args.image_size or defaults.get("image_size", DEFAULT_IMAGE_SIZE)
+    options = FrameOptions(image_size=image_size, image_format=args.image_format, crop=crop,
                            landmarks=mode, no_face=args.no_face,
                            predictor=None if args.predictor is None else str(args.predictor),
                            detect_max_side=args.detect_max_side)
     result = convert(args.dataset, args.raw_root, args.out, options, landmarks_dir=landmarks_dir,
                      camera=args.camera, threshold=args.threshold, workers=args.workers,
                      skip_bad=args.skip_bad, folds_seed=args.folds_seed, progress=not args.quiet,
-                     overwrite=args.overwrite, images_split=args.images_split)
+                     overwrite=args.overwrite, images_split=args.images_split,
+                     affwild2_split=args.affwild2_split, affwild2_folds=args.affwild2_folds)
     if result.resumed_sequences:
         print(f"resumed after {result.resumed_sequences} finished sequence(s) of an interrupted run")
     print(f"wrote {result.frames} frames ({result.sequences} sequences, {result.subjects} subjects) to {args.out}")
@@ -136,7 +153,8 @@ def _add_synth(sub) -> None:
         if e.name != f"{__package__}.synth":
             raise
         synth = None
-    p = sub.add_parser("synth", help="write a synthetic raw dataset tree (BP4D / DISFA / BP4D+ / MME layout)")
+    p = sub.add_parser("synth", help="write a synthetic raw dataset tree (BP4D / DISFA / BP4D+ / MME / Aff-Wild2 "
+                                     "layout)")
     if synth is None:
         p.set_defaults(func=lambda args: _fail("the synthetic generator (datasets_tools.synth) is not installed"))
         return

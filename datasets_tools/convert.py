@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from . import bp4d, bp4d_plus, disfa, images
+from . import affwild2, bp4d, bp4d_plus, disfa, images
 from .errors import DatasetError, Report, Skip
 from .face_detect import DEFAULT_MAX_SIDE, detector_for, detector_identity, unavailable_reason
 from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
@@ -29,7 +29,12 @@ from .pool import process_pool
 from .raw import DatasetPlan, SequencePlan, attach_landmarks, child
 
 READERS = {"bp4d": bp4d.plan, "disfa": disfa.plan, "bp4d-plus": bp4d_plus.plan, "mme": bp4d_plus.plan_mme,
-           "images": images.plan}
+           "affwild2": affwild2.plan, "images": images.plan}
+# Command-line defaults of --crop and --image-size, per layout: frames are centre-cropped to 256 px,
+# but Aff-Wild2's faces come cropped and aligned at 112 px: stored as they are (no re-crop, no
+# upsampling; aubench resizes on reading to what a method asks for).
+DEFAULT_CROP, DEFAULT_IMAGE_SIZE = "center", 256
+LAYOUT_DEFAULTS = {"affwild2": {"crop": "none", "image_size": affwild2.FACE_SIZE}}
 JPEG_QUALITY = 95
 
 
@@ -228,11 +233,13 @@ def _results(jobs, workers: int):
 def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir: Path | None = None,
             camera: str = "left", threshold: int = 2, workers: int = 1, skip_bad: bool = False,
             folds_seed: int = 0, progress: bool = True, fail_after_sequences: int | None = None,
-            overwrite: bool = False, images_split: str = "folders") -> ConvertResult:
+            overwrite: bool = False, images_split: str = "folders", affwild2_split: str = "official",
+            affwild2_folds: int = affwild2.DEFAULT_KFOLDS) -> ConvertResult:
     """Convert a raw dataset tree into one HDF5 file. An existing ``out`` is refused unless
     ``overwrite``; a ``.partial`` of an interrupted run is resumed; one run at a time writes ``out``
     (``output.OutputLock``). ``fail_after_sequences`` raises after that many sequences were written
-    in this run (tests use it to simulate a killed conversion)."""
+    in this run (tests use it to simulate a killed conversion). ``affwild2_split`` ("official" or
+    "kfold") and ``affwild2_folds`` choose Aff-Wild2's folds (``affwild2.py``)."""
     root, out = Path(root), Path(out)
     if dataset not in READERS:
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(READERS)}")
@@ -267,18 +274,21 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
         return _convert_locked(dataset, root, out, options, landmarks_dir=landmarks_dir, camera=camera,
                                threshold=threshold, workers=workers, skip_bad=skip_bad, folds_seed=folds_seed,
                                progress=progress, fail_after_sequences=fail_after_sequences,
-                               images_split=images_split)
+                               images_split=images_split, affwild2_split=affwild2_split,
+                               affwild2_folds=affwild2_folds)
 
 
 def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir, camera: str,
                     threshold: int, workers: int, skip_bad: bool, folds_seed: int, progress: bool,
-                    fail_after_sequences: int | None, images_split: str) -> ConvertResult:
+                    fail_after_sequences: int | None, images_split: str, affwild2_split: str,
+                    affwild2_folds: int) -> ConvertResult:
     """The conversion proper, while this run holds the output's lock."""
     if options.landmarks == "detect":
         detector_for(options.predictor, options.detect_max_side)  # a bad predictor file fails here, once
     report = Report(skip_bad=skip_bad)
     settings = {"camera": camera, "threshold": threshold}
     plan = READERS[dataset](root, _Settings(progress=progress, images_split=images_split, folds_seed=folds_seed,
+                                            affwild2_split=affwild2_split, affwild2_folds=affwild2_folds,
                                             **settings), report)
     if options.landmarks == "file" and landmarks_dir is None and dataset == "disfa" and camera == "right":
         # the right camera's landmarks live in Landmarks/RightCamera/ (when provided)
@@ -415,7 +425,10 @@ def _finalize(writer: FrameWriter, plan: DatasetPlan, options: FrameOptions, rep
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            test_folds, split_source = choose_folds(plan.dataset, dict(counts), folds_seed)
+            if plan.choose_folds is not None:  # a layout with its own split scheme (Aff-Wild2)
+                test_folds, split_source = plan.choose_folds(dict(counts), folds_seed)
+            else:
+                test_folds, split_source = choose_folds(plan.dataset, dict(counts), folds_seed)
         except ValueError as e:
             raise DatasetError(str(e), plan.source_root) from None
     for w in caught:

@@ -52,6 +52,13 @@ class Report:
         """A per-frame (or per-sequence) problem: raise, or record a skip of ``kind``."""
         if not self.skip_bad:
             raise DatasetError(message + " (use --skip-bad to skip such frames)", path, line)
+        self.skip(message, sequence=sequence, frame_no=frame_no, path=path, line=line, kind=kind)
+
+    def skip(self, message: str, *, sequence: str, frame_no: int | None = None, path: str | None = None,
+             line: int | None = None, kind: str) -> None:
+        """A frame left out in either mode: for gaps the dataset itself has (e.g. Aff-Wild2 ships
+        no face image for frames where its face detector failed), which are expected, not errors,
+        but are still listed and counted like every skip."""
         where = f"{path}" + (f", line {line}" if line is not None else "") if path else ""
         self.skips.append(Skip(sequence, frame_no, kind, message + (f" [{where}]" if where else "")))
 

@@ -10,6 +10,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -59,6 +60,9 @@ class DatasetPlan:
     source_root: str
     sequences: list[SequencePlan]
     extras: dict = field(default_factory=dict)
+    # How a layout with its own split scheme (Aff-Wild2) chooses its folds: (frame count per
+    # subject, --folds-seed) -> (test subjects per fold, split_source). None: folds.choose_folds.
+    choose_folds: Callable[[dict[str, int], int], tuple[list[list[str]], str]] | None = None
 
 
 def au_name(number: int) -> str:

@@ -52,6 +52,8 @@ def compute_stats(path: Path) -> dict:
                       "subjects": len(subjects), "sequences": int(len(seq_subject)),
                       **_label_summary(label, au_names), "split_source": str(folds.attrs["split_source"]),
                       "folds": []}
+            if "split_scheme" in f.attrs:  # Aff-Wild2: "official" or "kfold"
+                result["split_scheme"] = str(f.attrs["split_scheme"])
             for k in range(1, num_folds + 1):
                 group = folds[f"fold{k}"]
                 entry = {"fold": k}

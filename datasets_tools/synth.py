@@ -1,4 +1,5 @@
-"""Synthetic AU datasets written in the raw distribution layouts of BP4D, DISFA, BP4D+ and MME.
+"""Synthetic AU datasets written in the raw distribution layouts of BP4D, DISFA, BP4D+, MME and
+Aff-Wild2 (ABAW).
 
 Faces are drawn by ``face_render`` with every AU of the layout moving the face the way it
 moves a real one, so the whole pipeline (convert -> HDF5 -> training -> F1) runs and is tested
@@ -27,7 +28,19 @@ BP4D+ (``bp4d-plus``) and MME (``mme``)
     ``2D+3D/F001/T1/<frame>.jpg``) for more frames than are coded, plus a few images of the
     uncoded tasks; intensities in ``AU_INT/AU06/F001_T1_AU06.csv``.
     MME subjects are named F001..F140 and M001..M093 (233 subjects).
-All layouts
+Aff-Wild2 (``affwild2``)
+    ``Annotations/AU_Detection_Challenge/{Train_Set,Validation_Set}/<video>.txt``: the AU header
+    line, then one line per frame (frame i on line i + 1), values 0/1, runs of ``-1`` lines (not
+    annotated). About a quarter of the videos are in Validation_Set; every third video shows two
+    people, ``<video>_left`` and ``<video>_right``, each with its own file and face folder (both in
+    the same set). ``cropped_aligned/<video>/<frame:05d>.jpg``: faces rendered at twice the crop
+    size and aligned by ``faces.crop_face(..., "align")`` (eye centres and mouth at fixed places)
+    into ``frame_size`` squares (default 112 x 112), as the challenge ships them. Some annotated
+    frames have no face image (a missed detection), most ``-1`` frames have none, and a few images
+    lie past the last annotated frame (no annotation line). Video lengths vary between half of
+    ``frames`` and ``frames``. No landmark files (the challenge ships none); the truth lists the
+    frames without an image (``no_image``).
+All other layouts
     ``Landmarks/<sequence>.csv`` (``F001_T1.csv``, ``SN001.csv``; DISFA's right camera in
     ``Landmarks/RightCamera/SN001.csv``): header ``frame,x0,y0,...,x53,y53``, one row per
     image frame, (x, y) in original-frame pixels, points in ``face_render.LANDMARK_NAMES`` order.
@@ -52,8 +65,11 @@ import numpy as np
 from scipy.signal import lfilter
 from tqdm import tqdm
 
+from . import affwild2
 from .face_render import (AU_INDEX, LANDMARK_NAMES, RENDERED_AUS, FaceRenderer, face_geometry,
                           intensity_to_amount, make_identity)
+from .faces import crop_face
+from .landmarks import alignment_matrix, transform_points
 
 TRUTH_FILE = "synth_truth.json"
 TRUTH_FORMAT = 1
@@ -69,6 +85,22 @@ DISFA_SUBJECTS = tuple(f"SN{k:03d}" for k in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
 
 def _names(prefix: str, count: int) -> tuple:
     return tuple(f"{prefix}{k:03d}" for k in range(1, count + 1))
+
+
+# Aff-Wild2 video names in the challenge's style; every third video shows two people (_left / _right).
+AFFWILD2_VIDEOS = tuple(f"{k}-30-1280x720" for k in range(1, 61))
+
+
+def _affwild2_people(video: str) -> tuple:
+    """The sequences of one synthetic Aff-Wild2 video: one person, or two (suffixes _left, _right)."""
+    return affwild2.PERSON_SUFFIXES if AFFWILD2_VIDEOS.index(video) % 3 == 2 else ("",)
+
+
+def _affwild2_set(position: int, count: int) -> str:
+    """The official set of the video at ``position`` of the ``count`` videos written: every fourth
+    from the third is a Validation_Set video (of two videos, the second), the others Train_Set."""
+    validation = position % 4 == 2 or (count == 2 and position == 1)
+    return affwild2.VALIDATION_SET if validation else affwild2.TRAIN_SET
 
 
 @dataclass(frozen=True)
@@ -97,6 +129,10 @@ LAYOUTS = {
     "mme": Layout("mme", "MME", _names("F", 140) + _names("M", 93), ("T1", "T6", "T7", "T8"),
                   ("T2", "T3", "T4", "T5", "T9", "T10"), (1040, 1392), 25, OCC_HEADER_AUS,
                   BP4D_BENCHMARK_AUS, INTENSITY_AUS, (400, 900)),
+    # subjects are videos; frame_size is the size of the cropped and aligned faces
+    "affwild2": Layout("affwild2", affwild2.DATASET, AFFWILD2_VIDEOS, ("",), (),
+                       (affwild2.FACE_SIZE, affwild2.FACE_SIZE), 30, affwild2.AFFWILD2_AUS, affwild2.AFFWILD2_AUS,
+                       (), (300, 1500)),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +180,11 @@ PROFILES["bp4d-plus"] = RateProfile(
     {k: 0.8 * v for k, v in PROFILES["bp4d"].coverage.items()}, PROFILES["bp4d"].independent,
     0.03, 4.0, (1.5, 5.0), _BP4D_TASKS)
 PROFILES["mme"] = PROFILES["bp4d-plus"]
+# In the wild: much talking (AU25 is the most frequent AU of Aff-Wild2), smiles, few rarer AUs.
+PROFILES["affwild2"] = RateProfile(
+    {"smile": 0.3, "surprise": 0.06, "frown": 0.08, "disgust": 0.03, "sadness": 0.04, "fear": 0.02,
+     "pain": 0.02, "talk": 0.5, "press": 0.04, "embarrass": 0.04},
+    {7: 0.15, 25: 0.15, 26: 0.08}, 0.02, 3.0, (1.0, 4.5))
 
 
 def _seed(*parts) -> int:
@@ -369,6 +410,7 @@ class SequencePlan:
     zero_pad: int
     seed: int
     from_real: bool
+    official_set: str = ""    # Aff-Wild2: Train_Set or Validation_Set
 
 
 def _pick_subjects(layout: Layout, subjects, available=None) -> list:
@@ -390,9 +432,10 @@ def _pick_subjects(layout: Layout, subjects, available=None) -> list:
 
 
 def _pick_tasks(layout: Layout, tasks) -> list:
-    if layout.name == "disfa":
+    if layout.name in ("disfa", "affwild2"):
         if tasks is not None:
-            raise ValueError("tasks=: DISFA has one sequence per subject, no tasks")
+            unit = "subject" if layout.name == "disfa" else "person of a video"
+            raise ValueError(f"tasks=: {layout.dataset} has one sequence per {unit}, no tasks")
         return [""]
     if tasks is None:
         return list(layout.tasks)
@@ -475,12 +518,51 @@ def _plan_disfa_sequence(layout, subject, seed, frames, real) -> SequencePlan:
                         _motion(rng, n, layout.fps), 0, _seed(seed, layout.name, subject), real is not None)
 
 
+def _plan_affwild2_video(layout, video, official_set, seed, frames) -> list:
+    """The sequences (one per person) of one Aff-Wild2 video: annotation lines for frames 1..n with
+    runs of -1 lines, and the frames that have a face image: not every annotated one (a missed
+    detection), few of the -1 ones, and a few past the last annotation line."""
+    rng = np.random.default_rng(_seed(seed, layout.name, video))
+    lo, hi = layout.default_frames if frames is None else (max(1, (frames + 1) // 2), frames)
+    n = int(rng.integers(lo, hi + 1))  # both people of a video: the video's length
+    plans = []
+    for person in _affwild2_people(video):
+        name = video + person
+        rng = np.random.default_rng(_seed(seed, layout.name, name))
+        total = n + int(rng.integers(1, 4))  # frames n + 1.. have an image but no annotation line
+        render = simulate_intensities(rng, total, layout.name)
+        intensity = _quantise(render[:n], layout.coded_aus)
+        labels = (intensity >= 1).astype(np.int8)
+        unknown = np.zeros(n, dtype=bool)
+        for _ in range(max(1, n // 100)):
+            start = int(rng.integers(0, n))
+            unknown[start:start + int(rng.integers(1, max(2, n // 10) + 1))] = True
+        labels[unknown] = -1
+        intensity[unknown] = -1
+        has_image = np.ones(total, dtype=bool)
+        annotated = has_image[:n]  # a view: writes go to has_image
+        annotated[unknown] = rng.random(int(unknown.sum())) < 0.3
+        labelled = np.flatnonzero(~unknown)
+        missed = labelled[rng.random(len(labelled)) < 0.04]
+        if len(missed) == 0 and len(labelled) >= 2:  # every person has a missed face ...
+            missed = rng.choice(labelled, 1)
+        if len(missed) == len(labelled) and len(labelled):  # ... and keeps an annotated one
+            missed = missed[1:]
+        annotated[missed] = False
+        motion = {key: value[has_image] for key, value in _motion(rng, total, layout.fps).items()}
+        plans.append(SequencePlan(name, video, "", np.arange(1, n + 1), labels, intensity,
+                                  np.flatnonzero(has_image) + 1, render[has_image], motion, 5,
+                                  _seed(seed, layout.name, name), False, official_set))
+    return plans
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering jobs (run in worker processes; everything they need travels in the job).
 
 def _identity(seed, layout_name, subject):
     rng = np.random.default_rng(_seed(seed, layout_name, "identity", subject))
-    return make_identity(rng, female=subject.startswith("F"))
+    # BP4D-style names say F or M; an Aff-Wild2 person (a sequence) gets a drawn one
+    return make_identity(rng, female=None if layout_name == "affwild2" else subject.startswith("F"))
 
 
 def _frame_name(frame: int, pad: int) -> str:
@@ -502,8 +584,9 @@ class _Frames:
         self.noise_pick = rng.integers(0, 3, len(plan.image_frames))
         self._placeholder = None
 
-    def frame(self, i):
-        """-> (jpeg bytes, landmarks (P, 2), box (4,)) of image row i."""
+    def frame(self, i, encode=True):
+        """-> (jpeg bytes (None unless encode), BGR image (None for placeholders), landmarks (P, 2),
+        box (4,)) of image row i."""
         m = self.plan.motion
         pose = self.renderer.pose(m["dx"][i] + self.offset[0], m["dy"][i] + self.offset[1], m["ds"][i],
                                   m["roll"][i], m["yaw"][i] + self.yaw_offset)
@@ -511,6 +594,8 @@ class _Frames:
         if self.images:
             img, lm, box = self.renderer.render(self.amounts[i], pose, m["blink"][i], gaze,
                                                 int(self.noise_pick[i]))
+            if not encode:
+                return None, img, lm, box
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             return buf.tobytes(), img, lm, box
         g = face_geometry(self.renderer.idn, self.amounts[i], m["blink"][i], gaze)
@@ -566,6 +651,8 @@ def _render_job(job) -> dict:
         boxes[plan.name] = np.array(bx, np.float32)
         return boxes
 
+    if kind == "aligned":
+        return _render_aligned(job, root)
     archive = zipfile.ZipFile(root / job["zip"], "w", zipfile.ZIP_STORED) if kind == "zip" else None
     try:
         for plan in job["plans"]:
@@ -599,6 +686,28 @@ def _render_job(job) -> dict:
     return boxes
 
 
+def _render_aligned(job, root: Path) -> dict:
+    """Aff-Wild2: each face rendered at twice the crop size, then aligned and cut to the crop size by
+    the converter's own --crop align (eye centres and mouth at fixed places), as the challenge's
+    cropped_aligned faces are; -> {sequence name: face boxes (n_images, 4) in crop pixels}."""
+    plan = job["plans"][0]
+    frames, size = _Frames(job, plan), job["crop_size"]
+    folder = root / affwild2.FACES_DIR / plan.name
+    folder.mkdir(parents=True, exist_ok=True)
+    placeholder = cv2.imencode(".jpg", np.full((size, size, 3), 128, np.uint8))[1].tobytes()
+    boxes = []
+    for i, frame in enumerate(plan.image_frames):
+        _, image, points, _ = frames.frame(i, encode=False)
+        if image is None:  # images=False: a grey placeholder, the landmarks aligned all the same
+            data, points = placeholder, transform_points(points, alignment_matrix(points, size))
+        else:
+            face, points, _ = crop_face(image, "align", size, points)
+            data = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, job["jpeg_quality"]])[1].tobytes()
+        (folder / affwild2.face_file(int(frame))).write_bytes(data)
+        boxes.append(np.concatenate([points.min(0), points.max(0)]))
+    return {plan.name: np.array(boxes, np.float32).reshape(-1, 4)}
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     if dst.exists():
         dst.unlink()
@@ -619,13 +728,15 @@ class SynthSequence:
     frame_no: np.ndarray      # int64 (n,) coded frame numbers (DISFA: 1..n)
     labels: np.ndarray        # int8 (n, A) 1/0, -1 unknown (code 9); DISFA: intensity >= 2
     intensity: np.ndarray     # int8 (n, A) 0..5, -1 unknown
-    face_box: np.ndarray      # float32 (n, 4) x0, y0, x1, y1 in original-frame pixels
+    face_box: np.ndarray      # float32 (n, 4) x0, y0, x1, y1 in original-frame pixels (Aff-Wild2: in the
+                              # aligned crop; NaN where a frame has no image)
     image_frames: tuple       # (first, last) frame number with an image
     zero_pad: int             # image file name width (0 = no padding)
     label_file: str           # relative to the root
     image_source: str         # folder, "zip:member-prefix" or video, relative to the root
     seed: int
     from_real: bool
+    no_image: tuple = ()      # frames in image_frames' range without an image (Aff-Wild2)
 
 
 @dataclass
@@ -665,7 +776,7 @@ class SynthTruth:
                 "intensity": s.intensity.tolist(), "face_box": np.round(s.face_box, 2).tolist(),
                 "image_frames": list(s.image_frames), "zero_pad": s.zero_pad,
                 "label_file": s.label_file, "image_source": s.image_source, "seed": s.seed,
-                "from_real": s.from_real})
+                "from_real": s.from_real, "no_image": list(s.no_image)})
         return {"format": TRUTH_FORMAT, "layout": self.layout, "dataset": self.dataset, "root": self.root,
                 "seed": self.seed, "frame_size": list(self.frame_size), "images": self.images,
                 "labels_from": self.labels_from, "au_numbers": list(self.au_numbers),
@@ -694,7 +805,8 @@ class SynthTruth:
         seqs = [SynthSequence(s["name"], s["subject"], s["task"], arr(s["frame_no"], np.int64, 0),
                               arr(s["labels"], np.int8, width), arr(s["intensity"], np.int8, width),
                               arr(s["face_box"], np.float32, 4), tuple(s["image_frames"]), s["zero_pad"],
-                              s["label_file"], s["image_source"], s["seed"], s["from_real"])
+                              s["label_file"], s["image_source"], s["seed"], s["from_real"],
+                              tuple(s.get("no_image", ())))
                 for s in d["sequences"]]
         return cls(d["layout"], d["dataset"], d["root"], d["seed"], tuple(d["frame_size"]), d["images"],
                    d["labels_from"], tuple(d["au_numbers"]), tuple(d["benchmark_aus"]),
@@ -754,6 +866,9 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
         raise ValueError(f"layout {layout!r}: expected one of {sorted(LAYOUTS)}")
     lay = LAYOUTS[layout]
     size = parse_frame_size(frame_size) if frame_size is not None else lay.frame_size
+    if layout == "affwild2" and size[0] != size[1]:
+        raise ValueError(f"frame size {size[0]}x{size[1]}: Aff-Wild2's cropped and aligned faces are square "
+                         f"(e.g. {affwild2.FACE_SIZE}x{affwild2.FACE_SIZE})")
     if frames is not None and frames < 1:
         raise ValueError(f"frames={frames}: must be at least 1")
     if workers < 1:
@@ -769,6 +884,12 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
         real = read_real_disfa(labels_from) if labels_from is not None else None
         for s in _pick_subjects(lay, subjects, sorted(real) if real else None):
             plans.append(_plan_disfa_sequence(lay, s, seed, frames, real[s] if real else None))
+    elif layout == "affwild2":
+        if labels_from is not None:
+            raise ValueError("labels_from is available for the bp4d and disfa layouts, not affwild2")
+        videos = _pick_subjects(lay, subjects)
+        for position, video in enumerate(videos):
+            plans += _plan_affwild2_video(lay, video, _affwild2_set(position, len(videos)), seed, frames)
     else:
         real = None
         if labels_from is not None:
@@ -791,19 +912,26 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
 
     sequences = []
     for p in plans:
-        at = np.searchsorted(p.image_frames, p.frame_no)
+        # face boxes of the coded frames; NaN where a frame has no image (Aff-Wild2)
+        has_image = np.isin(p.frame_no, p.image_frames)
+        box = np.full((len(p.frame_no), 4), np.nan, np.float32)
+        box[has_image] = boxes[p.name][np.searchsorted(p.image_frames, p.frame_no[has_image])]
+        first, last = int(p.image_frames[0]), int(p.image_frames[-1])
+        no_image = tuple(int(f) for f in np.setdiff1d(np.arange(first, last + 1), p.image_frames))
         if layout == "disfa":
             label_file = f"ActionUnit_Labels/{p.subject}/{p.subject}_au1.txt"
             source = f"Videos_LeftCamera/LeftVideo{p.subject}_comp.avi"
+        elif layout == "affwild2":
+            label_file = "/".join((*affwild2.ANNOTATION_DIR, p.official_set, f"{p.name}.txt"))
+            source = f"{affwild2.FACES_DIR}/{p.name}"
         else:
             label_file = f"AUCoding/AU_OCC/{p.subject}_{p.task}.csv"
             source = (f"2D+/{p.subject}/{p.task}" if layout == "bp4d" else
                       f"2D+3D/{p.subject}.zip:{p.subject}/{p.task}" if zip_images else
                       f"2D+3D/{p.subject}/{p.task}")
         sequences.append(SynthSequence(p.name, p.subject, p.task, p.frame_no.astype(np.int64), p.labels,
-                                       p.intensity, boxes[p.name][at],
-                                       (int(p.image_frames[0]), int(p.image_frames[-1])), p.zero_pad,
-                                       label_file, source, p.seed, p.from_real))
+                                       p.intensity, box, (first, last), p.zero_pad, label_file, source, p.seed,
+                                       p.from_real, no_image))
     truth = SynthTruth(layout, lay.dataset, str(root), seed, tuple(size), bool(images),
                        str(labels_from) if labels_from is not None else None, lay.coded_aus,
                        lay.benchmark_aus, lay.intensity_aus, list(LANDMARK_NAMES), sequences)
@@ -827,6 +955,11 @@ def _make_jobs(lay, root, plans, size, seed, images, zip_images, quality, uncode
         for p in plans:
             jobs.append(dict(common, kind="files", plans=[p], identity=_identity(seed, lay.name, p.subject),
                              image_dir="2D+"))
+    elif lay.name == "affwild2":  # one person per job, drawn at twice the crop size
+        width, height = size
+        for p in plans:
+            jobs.append(dict(common, kind="aligned", plans=[p], identity=_identity(seed, lay.name, p.name),
+                             frame_size=(2 * width, 2 * height), crop_size=width))
     else:
         by_subject: dict = {}
         for p in plans:
@@ -873,6 +1006,12 @@ def _run_jobs(jobs, workers, progress) -> dict:
 
 
 def _write_labels(lay, root, plans, intensity_files) -> None:
+    if lay.name == "affwild2":
+        for p in plans:
+            path = root.joinpath(*affwild2.ANNOTATION_DIR, p.official_set, f"{p.name}.txt")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(affwild2.annotation_text(p.labels))
+        return
     if lay.name == "disfa":
         for p in plans:
             for j, au in enumerate(DISFA_AUS):
@@ -895,11 +1034,14 @@ def _write_labels(lay, root, plans, intensity_files) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", required=True, choices=sorted(LAYOUTS), help="raw layout to write")
     parser.add_argument("out_root", help="folder to write the raw dataset tree into")
-    parser.add_argument("--subjects", type=int, default=None, help="number of subjects (default: all)")
+    parser.add_argument("--subjects", type=int, default=None,
+                        help="number of subjects (affwild2: videos; default: all)")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks, e.g. T1,T2 (BP4D/BP4D+/MME)")
     parser.add_argument("--frames", type=int, default=None,
-                        help="frames per sequence (with --labels-from: keep the first N)")
-    parser.add_argument("--frame-size", default=None, help="WxH, e.g. 256x256 (default: the real size)")
+                        help="frames per sequence (with --labels-from: keep the first N; affwild2: the longest "
+                             "video, lengths vary down to half of it)")
+    parser.add_argument("--frame-size", default=None,
+                        help="WxH, e.g. 256x256 (default: the real size; affwild2: the aligned faces, 112x112)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labels-from", default=None,
                         help="folder of real label lists (bp4d/, disfa/, disfa_intensity/) to drive the faces")

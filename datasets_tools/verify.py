@@ -26,7 +26,10 @@ from .stats import _strings, open_h5
 
 ROOT_ATTRS = ("schema_version", "dataset", "au_names", "label_rule", "image_size", "image_format", "crop",
               "source_root", "converter_version", "created")
-DATASETS = ("BP4D", "DISFA", "BP4D+", "MME", "images")
+DATASETS = ("BP4D", "DISFA", "BP4D+", "MME", "Aff-Wild2", "images")
+# split_scheme (root attribute, Aff-Wild2): "official" is one fixed train/test fold whose test
+# subjects do not cover the file; "kfold" is cross-validation like the other files' folds.
+SPLIT_SCHEMES = ("official", "kfold")
 READ_VERSIONS = (1, SCHEMA_VERSION)  # version 1 files (no landmark scheme, always labeled) still verify
 DECODE_CHUNK = 512
 RAW_CHUNK = 64  # raw frames are read (not decoded) in smaller blocks: 64 x 256 x 256 x 3 bytes
@@ -225,7 +228,17 @@ def _verify(f: h5py.File, path: Path, workers: int, progress: bool, check_images
     num_folds = int(folds.attrs.get("num_folds", 0))
     if "split_source" not in folds.attrs:
         problems.append("folds has no split_source attribute")
-    if num_folds < 2 or sorted(folds) != sorted(f"fold{k}" for k in range(1, num_folds + 1)):
+    scheme = str(f.attrs["split_scheme"]) if "split_scheme" in f.attrs else None
+    fixed_split = scheme == "official"  # one train/test fold: its test subjects need not cover the file
+    if scheme is not None and scheme not in SPLIT_SCHEMES:
+        problems.append(f"split_scheme {scheme!r} is not one of {', '.join(SPLIT_SCHEMES)}")
+    if fixed_split and num_folds != 1:
+        problems.append(f"split_scheme official (one train/test fold) but num_folds is {num_folds}")
+    elif not fixed_split and num_folds < 2:
+        problems.append(f"num_folds is {num_folds}; a cross-validation split needs at least 2 folds"
+                        + (f" (split_scheme {scheme})" if scheme else ""))
+        return problems
+    if num_folds < 1 or sorted(folds) != sorted(f"fold{k}" for k in range(1, num_folds + 1)):
         problems.append(f"folds holds {sorted(folds)}, expected fold1..fold{num_folds}")
         return problems
     all_subjects = set(subjects)
@@ -248,8 +261,10 @@ def _verify(f: h5py.File, path: Path, workers: int, progress: bool, check_images
             if stored is None or stored.shape != value.shape or not np.allclose(stored, value, atol=1e-6):
                 problems.append(f"fold{k}/{key} does not match the statistics recomputed from the labels")
     union = set().union(*tests)
-    if union != all_subjects or sum(len(t) for t in tests) != len(all_subjects):
+    if not fixed_split and (union != all_subjects or sum(len(t) for t in tests) != len(all_subjects)):
         problems.append("test subjects of the folds are not disjoint and covering")
+    if any(not t for t in tests):
+        problems.append("a fold has no test subjects")
 
     if check_images and n:
         problems += _check_all_images(str(path), n, height, width, workers, progress,
