@@ -1,4 +1,4 @@
-"""`aubench` command line: train, evaluate, bench, leaderboard, methods, demo.
+"""`aubench` command line: train, evaluate, predictions, bench, leaderboard, methods, demo.
 
 User mistakes raise aubench.errors.UserError; main() prints "aubench: error: ..." and exits
 with status 2, without a traceback. Bad argument values are caught while parsing (the type
@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "final_<stage>.pt (the final weights of each earlier stage), result.json (and "
                                    "result_test-<condition>.json per occluded test condition; for a method whose "
                                    "stages are leaderboard rows result_<row>.json and result_<row>_test-<condition>"
-                                   ".json per row) and log.jsonl. Into "
+                                   ".json per row), each result with its per-frame predictions beside it "
+                                   "(<stem>.predictions.npz; `aubench predictions` exports them), and log.jsonl. Into "
                                    "an OUT that holds another run's checkpoint or result, train refuses unless "
                                    "--resume (continue it inside the stage it was in; its settings, stages "
                                    "included, must equal these) or --overwrite (replace all of its files) is given.")
@@ -167,12 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="train and test methods over folds; one result JSON each",
                        description="Train and test methods over folds and label ratios; OUT/results gets one "
-                                   "result JSON per (method, fold, protocol, test occlusion condition), OUT/runs "
+                                   "result JSON per (method, fold, protocol, test occlusion condition), each with "
+                                   "its per-frame predictions beside it (<stem>.predictions.npz), OUT/runs "
                                    "their checkpoints and logs; each run trains once and is tested under every "
                                    "condition. A method whose stages are leaderboard rows (e.g. a teacher and its "
                                    "student) gets results per row, named <method>-<row>. "
                                    "When OUT already holds results or checkpoints of these runs, evaluate refuses "
-                                   "unless --resume (keep each result made with exactly these settings, continue "
+                                   "unless --resume (keep each result made with exactly these settings whose "
+                                   "predictions file is intact, continue "
                                    "killed runs, test trained runs under the conditions not yet tested, train the "
                                    "rest; a result made with other settings is an error "
                                    "naming the file and the settings that differ) or --overwrite (replace them "
@@ -183,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--bench-batch-size", type=_train_batch, default=4, help="batch size of the size/speed measurement")
     _add_run_options(p)
+
+    p = sub.add_parser("predictions", help="export a result's per-frame AU probabilities as CSV",
+                       description="Export the per-frame predictions kept beside a result JSON (its "
+                                   "<stem>.predictions.npz, checked against the sha256 the result records) as "
+                                   "CSV in the layout of OpenFace / LibreFace: one row per test frame, in the "
+                                   "HDF5 file's row order: sequence, frame (the dataset's frame number), then "
+                                   "per AU its probability and its 0/1 detection at the result's threshold "
+                                   "(AU01_p, AU01_c, ...).")
+    p.add_argument("result", help="a result JSON written by `aubench train` or `aubench evaluate`")
+    p.add_argument("--csv", required=True, help="the CSV file to write (missing folders are created)")
 
     p = sub.add_parser("bench", help="params, FLOPs and throughput of methods")
     p.add_argument("--methods", type=_name_list, default=["all"])
@@ -273,6 +286,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predictions(args) -> int:
+    from aubench.engine.predictions import export_csv
+
+    frames = export_csv(args.result, args.csv)
+    print(f"{frames} frames: {args.csv}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from dataclasses import replace
 
@@ -360,8 +381,8 @@ def cmd_demo(args) -> int:
     return run_demo(args.out, args.methods, args.device, args.seed)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench, "leaderboard": cmd_leaderboard,
-            "methods": cmd_methods, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predictions": cmd_predictions, "bench": cmd_bench,
+            "leaderboard": cmd_leaderboard, "methods": cmd_methods, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,7 +103,7 @@ def read(path: Path) -> dict:
 
 
 def results_in(out: Path) -> dict[str, dict]:
-    return {p.name: read(p) for p in sorted((out / "results").iterdir())}
+    return {p.name: read(p) for p in sorted((out / "results").glob("*.json"))}
 
 
 # ------------------------------------------------------------------ a preset's training occlusion

@@ -329,7 +329,9 @@ def test_an_occlusion_sweep_trains_once_and_writes_one_result_per_condition(h5, 
     assert main(args) == 0
     results = out / "results"
     plain, occluded = results / "megraphau_fold1_full.json", results / "megraphau_fold1_full_test-patches0.5.json"
-    assert sorted(p.name for p in results.iterdir()) == sorted([plain.name, occluded.name])
+    assert sorted(p.name for p in results.glob("*.json")) == sorted([plain.name, occluded.name])
+    assert sorted(p.name for p in results.glob("*.predictions.npz")) == sorted(  # each result has its own
+        [p.with_suffix(".predictions.npz").name for p in (plain, occluded)])
     a, b = json.loads(plain.read_text()), json.loads(occluded.read_text())
     assert (a["protocol"], a["occlusion"]) == ("full", {"train": "none", "test": "none"})
     assert (b["protocol"], b["occlusion"]) == ("full", {"train": "none", "test": "patches0.5"})

@@ -10,6 +10,9 @@ training occlusion, and so the protocol name, is each method's own: --train-occl
 preset's.
 Everything is checked before anything trains: the settings of every method, and what OUT
 already holds (refused unless resume or overwrite; see the `evaluate` help).
+Every result JSON has its per-frame predictions beside it (<stem>.predictions.npz,
+aubench.engine.predictions); resuming keeps a result only with its predictions file unchanged
+(the sha256 the result records), and tests again one whose file is missing or altered.
 """
 from __future__ import annotations
 
@@ -99,10 +102,11 @@ def train_run(config: RunConfig, test_occlusions: list[str] = ("none",)) -> list
     """`aubench train`: train one method on one fold into config.out (the Trainer refuses an OUT
     holding another run unless resume / overwrite), test it under each condition, write
     result.json (no test occlusion) / result_test-<condition>.json beside the checkpoint; for a
-    method with leaderboard rows result_<row>.json / result_<row>_test-<condition>.json per row."""
+    method with leaderboard rows result_<row>.json / result_<row>_test-<condition>.json per row;
+    each with its predictions file (<stem>.predictions.npz) beside it."""
     from aubench.engine.distributed import setup_distributed
+    from aubench.engine.predictions import write_result
     from aubench.engine.run import result_row, train_and_evaluate
-    from aubench.files import write_json_atomic
 
     resolve_methods([config.method])
     check_data_and_folds(config.data, [config.fold])
@@ -110,10 +114,10 @@ def train_run(config: RunConfig, test_occlusions: list[str] = ("none",)) -> list
     env = setup_distributed(config.device)
     results = train_and_evaluate(config, test_occlusions=test_occlusions)
     paths = [Path(config.out) / result_file_name(result["occlusion"]["test"], result_row(result))
-             for result in results]
+             for result, _ in results]
     if env.is_main:
-        for path, result in zip(paths, results):
-            write_json_atomic(path, result)
+        for path, (result, predictions) in zip(paths, results):
+            write_result(path, result, predictions)
             m = result["metrics"]
             print(f"{result['method']} fold {config.fold} {_run_name(result)}: mean F1 {100 * m['mean_f1']:.1f} "
                   f"(all-positive {100 * m['all_positive_mean_f1']:.1f}); per AU: "
@@ -134,8 +138,8 @@ class _Unit:
     train: str                          # the training occlusion condition name
 
 
-def _stored_result(path: Path) -> tuple[dict, str, str, str | None]:
-    """(identity, test condition name, method, tested stage) of a stored result."""
+def _stored_result(path: Path) -> tuple[dict, str, str, str | None, dict]:
+    """(identity, test condition name, method, tested stage, the record) of a stored result."""
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         identity = result_identity(result)
@@ -144,7 +148,7 @@ def _stored_result(path: Path) -> tuple[dict, str, str, str | None]:
         # A result made before leaderboard rows existed tested the last stage.
         stages = result.get("stages") or [{"name": SINGLE_STAGE}]
         tested = result["tested_stage"] if "tested_stage" in result else stages[-1]["name"]
-        return identity, test, need(result, "method"), tested
+        return identity, test, need(result, "method"), tested, result
     except (OSError, ValueError) as err:
         raise UserError(f"--resume: {path} cannot be read ({err}); remove it or use --overwrite") from None
     except MissingKey as err:
@@ -156,8 +160,8 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     or kept, in order (method, label ratio, fold, tested stage, test condition)."""
     from aubench.bench import benchmark_method
     from aubench.engine.distributed import setup_distributed
+    from aubench.engine.predictions import predictions_path, predictions_problem, write_result
     from aubench.engine.run import protocol_name, train_and_evaluate
-    from aubench.files import write_json_atomic
     from aubench.models import method_class
     from aubench.models.base import check_image_size, row_method_name, tested_stages
 
@@ -225,7 +229,7 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
             for (stage, test), path in u.results.items():
                 if not path.is_file():
                     continue
-                identity, stored_test, stored_method, stored_stage = _stored_result(path)
+                identity, stored_test, stored_method, stored_stage, stored = _stored_result(path)
                 diffs = identity_differences(identity, u.identity, "result")
                 if stored_test != test:
                     diffs.append(f"occlusion.test: result {stored_test!r} vs now {test!r}")
@@ -236,11 +240,19 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                 if diffs:
                     raise UserError(f"--resume: {path} was made with other settings ({differences_text(diffs)}); "
                                     f"use --overwrite instead of --resume to replace it, or another --out")
+                # A result is made only with its per-frame predictions: without them (lost, altered,
+                # or a result from before predictions were kept) it is tested again.
+                problem = predictions_problem(path, stored)
+                if problem:
+                    if env.is_main:
+                        print(f"--resume: {path}: {problem}; testing it again", flush=True)
+                    continue
                 kept.add(path)
     if template.overwrite and env.is_main:  # all at once: a rerun after a crash then finds only new runs
         for u in there:
             for path in u.results.values():
                 path.unlink(missing_ok=True)
+                predictions_path(path).unlink(missing_ok=True)
             clear_run_files(u.config.out)
 
     written = []
@@ -270,9 +282,9 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
             benches = {stage: bench[(config.method, config.variant, stage)] for stage, _ in todo}
             conditions = [tests[test] for test in dict.fromkeys(test for _, test in todo)]
             results = train_and_evaluate(config, benches, test_occlusions=conditions, only=set(todo))
-            for result in results:
+            for result, predictions in results:
                 if env.is_main:
-                    write_json_atomic(todo[(result["tested_stage"], result["occlusion"]["test"])], result)
+                    write_result(todo[(result["tested_stage"], result["occlusion"]["test"])], result, predictions)
                     _print_result(result, f"{result['method']:>10} fold {config.fold} {_run_name(result):>10}")
         written += list(u.results.values())
     return written

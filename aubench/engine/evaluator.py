@@ -5,7 +5,9 @@ every sequence, and a frame covered by several clips gets the mean of its predic
 (batch["index"] holds each prediction's frame row). Under DDP every rank predicts its shard
 (DistributedSampler pads with repeats, harmless because predictions are averaged per row); the
 per-row sums and counts are summed over ranks, then metrics are computed on rank 0's copy
-(every rank has the same numbers).
+(every rank has the same numbers). The metrics are computed from the per-frame probabilities as
+they are stored beside the result (aubench.engine.predictions: float32), so that file gives the
+result's metrics back exactly.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from tqdm.auto import tqdm
 
 from aubench.engine.data_access import RunData
 from aubench.engine.distributed import DistEnv, all_reduce_sum
+from aubench.engine.predictions import Predictions, predictions_of_test_split
 from aubench.engine.trainer import autocast_context, move_batch
-from aubench.metrics import au_metrics
 from aubench.models.base import AUMethod, Preset
 
 
@@ -66,11 +68,20 @@ def predict_test_split(method: AUMethod, data: RunData, preset: Preset, env: Dis
     return rows, (sums / counts[:, None]).cpu().numpy()
 
 
+def evaluate_with_predictions(method: AUMethod, data: RunData, preset: Preset, env: DistEnv,
+                              precision: str = "fp32", workers: int = 0, progress: bool = False,
+                              occlusion: tuple[str, float] | None = None) -> tuple[dict[str, Any], Predictions]:
+    """(metrics, per-frame predictions) of `method` on the fold's test split (occluded by
+    `occlusion` when given): the metrics (aubench.metrics.au_metrics) are those of the
+    predictions as stored (float32), so the predictions file reproduces them exactly."""
+    rows, probabilities = predict_test_split(method, data, preset, env, precision, workers, progress=progress,
+                                             occlusion=occlusion)
+    predictions = predictions_of_test_split(data.file, rows, probabilities)
+    return predictions.metrics(data.file.labels), predictions
+
+
 def evaluate_method(method: AUMethod, data: RunData, preset: Preset, env: DistEnv, precision: str = "fp32",
                     workers: int = 0, progress: bool = False, occlusion: tuple[str, float] | None = None
                     ) -> dict[str, Any]:
-    """Metrics (aubench.metrics.au_metrics) of `method` on the fold's test split (occluded by
-    `occlusion` when given)."""
-    rows, probabilities = predict_test_split(method, data, preset, env, precision, workers, progress=progress,
-                                             occlusion=occlusion)
-    return au_metrics(data.file.labels[rows], probabilities, data.au_names)
+    """The metrics of evaluate_with_predictions."""
+    return evaluate_with_predictions(method, data, preset, env, precision, workers, progress, occlusion)[0]

@@ -1,5 +1,6 @@
 """Train + test one (method, fold, protocol): one result record per tested stage and test
-condition (read by the leaderboard)."""
+condition (read by the leaderboard), each with the per-frame predictions it was computed from
+(written beside it: aubench.engine.predictions.write_result)."""
 from __future__ import annotations
 
 import platform
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from aubench.data.occlusion import condition_name
+from aubench.engine.predictions import Predictions
 from aubench.engine.trainer import RunConfig, Trainer, parse_occlusion_option
 from aubench.leaderboard import RESULT_SCHEMA
 from aubench.models.base import method_label, row_method_name, tested_stages
@@ -52,11 +54,13 @@ def versions() -> dict[str, str]:
 
 def train_and_evaluate(config: RunConfig, bench: Mapping[str, dict[str, Any]] | None = None, step_callback=None,
                        test_occlusions: Sequence[str] = ("none",),
-                       only: Collection[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+                       only: Collection[tuple[str, str]] | None = None
+                       ) -> list[tuple[dict[str, Any], Predictions]]:
     """Train (every stage not finished yet), then test each tested stage's method (the last
     stage's; for a method whose stages are leaderboard rows, every row's: tested_stages) on the
     fold's test split under each test occlusion condition; one result record per (tested stage,
-    condition), stage by stage, conditions in order (all ranks). `bench`: the size / speed record
+    condition), stage by stage, conditions in order (all ranks), each with its per-frame
+    predictions: (result, Predictions) pairs. `bench`: the size / speed record
     of each tested stage, by stage name; `only`: the (stage name, condition name) pairs to test
     (default: all). A row's result is the method "<method>-<row>"; every result names its
     "tested_stage"."""
@@ -74,8 +78,8 @@ def train_and_evaluate(config: RunConfig, bench: Mapping[str, dict[str, Any]] | 
             test = condition_name(occlusion)
             if only is not None and (stage.name, test) not in only:
                 continue
-            metrics = trainer.evaluate(occlusion, stage.name)
-            results.append({
+            metrics, predictions = trainer.evaluate_with_predictions(occlusion, stage.name)
+            results.append(({
                 "schema": RESULT_SCHEMA,
                 "method": row_method_name(method_label(config.method, config.variant), stage),
                 "tested_stage": stage.name,
@@ -106,7 +110,7 @@ def train_and_evaluate(config: RunConfig, bench: Mapping[str, dict[str, Any]] | 
                 "world_size": trainer.env.world_size,
                 "versions": versions(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
+            }, predictions))
     return results
 
 

@@ -59,10 +59,13 @@ LOG_NAME = "log.jsonl"
 # Every file a run writes into its directory (glob patterns): a fresh run replaces them together,
 # so a new checkpoint never sits beside an old result, stage file or log. "result_*.json": the
 # results of the other test conditions and of leaderboard rows (result_file_name).
-RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, "result_*.json", "final_*.pt", LOG_NAME)
+# "result*.predictions.npz": each result's per-frame predictions (aubench.engine.predictions).
+PREDICTION_FILES = "result*.predictions.npz"
+RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, "result_*.json", "final_*.pt", LOG_NAME, PREDICTION_FILES)
 # Files that make a directory hold a run worth keeping (a log alone is a run that died before
-# its first checkpoint: nothing to resume or to lose).
-KEPT_RUN_FILES = tuple(name for name in RUN_FILES if name != LOG_NAME)
+# its first checkpoint: nothing to resume or to lose; a predictions file belongs to its result,
+# and is nothing without it).
+KEPT_RUN_FILES = tuple(name for name in RUN_FILES if name not in (LOG_NAME, PREDICTION_FILES))
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -804,12 +807,17 @@ class Trainer:
         """Metrics of stage `stage`'s trained method (default: the current one, after fit() the
         last) on the fold's test split, with that stage's preset (image size, batch, clip length),
         its images occluded by `occlusion` (a parsed condition) when given."""
-        from aubench.engine.evaluator import evaluate_method
+        return self.evaluate_with_predictions(occlusion, stage)[0]
+
+    def evaluate_with_predictions(self, occlusion: tuple[str, float] | None = None, stage: str | None = None):
+        """(metrics, per-frame predictions: aubench.engine.predictions.Predictions) of `evaluate`."""
+        from aubench.engine.evaluator import evaluate_with_predictions
 
         tested = self.stage if stage is None else self.stages[self._stage_index(stage)]
         method = self.stage_method(tested.name)
-        result = evaluate_method(method, self.data, tested.preset, self.env, precision=self.precision,
-                                 workers=self.workers, progress=self.config.progress, occlusion=occlusion)
+        metrics, predictions = evaluate_with_predictions(method, self.data, tested.preset, self.env,
+                                                         precision=self.precision, workers=self.workers,
+                                                         progress=self.config.progress, occlusion=occlusion)
         self.logger.write({"event": "evaluate", "stage": tested.name, "test_occlusion": condition_name(occlusion),
-                           "mean_f1": result["mean_f1"], "all_positive_mean_f1": result["all_positive_mean_f1"]})
-        return result
+                           "mean_f1": metrics["mean_f1"], "all_positive_mean_f1": metrics["all_positive_mean_f1"]})
+        return metrics, predictions
