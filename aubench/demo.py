@@ -14,7 +14,7 @@
    (`DEMO_TEST_OCCLUSIONS`),
 4. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
 Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau, resnet and rrl:
-10 min 42 s from a fresh clone, install excluded).
+10 min 45 s from a fresh clone, install excluded).
 """
 from __future__ import annotations
 
@@ -121,7 +121,8 @@ def run_demo(out: str | Path = "demo_run", methods=("all",), device: str | None 
     print(table)
     print(f"[demo] finished in {time.perf_counter() - started:.0f} s")
     print(f"[demo] dataset:     {data}")
-    print(f"[demo] results:     {out / 'run' / 'results'} (one JSON per method and fold)")
+    print(f"[demo] results:     {out / 'run' / 'results'} (one JSON per method, fold and test condition, "
+          f"each with its per-frame predictions)")
     print(f"[demo] leaderboard: {out / 'leaderboard.md'} .csv .json, plots: {', '.join(map(str, plots))}")
     print(f"[demo] again, with more runs: aubench leaderboard {out / 'run'} --format md --plot out.png")
     return 0
