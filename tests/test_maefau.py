@@ -256,7 +256,7 @@ from pathlib import Path  # noqa: E402
 from aubench.engine.checkpoint import load_checkpoint  # noqa: E402
 from aubench.engine.trainer import RunConfig, Trainer  # noqa: E402
 from fixtures_h5 import write_au_h5  # noqa: E402
-from test_stages import kill_inside  # noqa: E402  (kills the trainer at a given stage and step)
+from test_stages import assert_same, kill_inside, resumed_run, trained_once  # noqa: E402
 
 AUS8 = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26")
 # tiny at 56 px, batch 8, --epochs 2: mae 1, teacher1 2, teacher2 1, student 1
@@ -273,9 +273,7 @@ def h5(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(h5, tmp_path_factory):
-    trainer = Trainer(RunConfig(data=str(h5), out=str(tmp_path_factory.mktemp("full") / "run"), **RUN))
-    trainer.fit()
-    return trainer
+    return trained_once(h5, tmp_path_factory.mktemp("full") / "run", RUN)
 
 
 def test_the_teacher_does_not_change_during_the_student_stage(uninterrupted):
@@ -297,11 +295,8 @@ def test_the_student_stage_resumes_bit_identical_after_a_kill(h5, tmp_path, unin
     steps = [r["steps"] for r in uninterrupted.records]
     saved = kill_inside(config, "student", 3)
     assert saved["stage"]["name"] == "student" and saved["train_state"]["step"] == 3 < steps[-1]
-    torch.manual_seed(12345)   # scramble the global RNGs: only the checkpoint can restore them
-    resumed = Trainer(RunConfig(resume=True, **config))
-    resumed.fit()
-    for key, value in uninterrupted.method.state_dict().items():
-        assert torch.equal(resumed.method.state_dict()[key], value), key
+    resumed = resumed_run(config)
+    assert_same(uninterrupted.method.state_dict(), resumed.method.state_dict())
     assert [r["final_losses"] for r in resumed.records] == [r["final_losses"] for r in uninterrupted.records]
     assert resumed.evaluate(("patches", 0.5)) == uninterrupted.evaluate(("patches", 0.5))
 

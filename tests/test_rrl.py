@@ -191,7 +191,7 @@ from aubench.engine.evaluate import EvaluateRequest, evaluate_runs  # noqa: E402
 from aubench.engine.trainer import RunConfig, Trainer  # noqa: E402
 from aubench.errors import UserError  # noqa: E402
 from fixtures_h5 import AU_NAMES, write_au_h5  # noqa: E402
-from test_stages import kill_inside  # noqa: E402  (kills the trainer at a given stage and step)
+from test_stages import assert_same, kill_inside, resumed_run, trained_once  # noqa: E402
 
 # tiny at 64 px, batch 8, 2 pre-training epochs of 11 steps, a 2-epoch probe
 RUN = dict(method="rrl", preset="tiny", batch_size=8, epochs=2, progress=False, device="cpu", log_every=1,
@@ -213,9 +213,7 @@ def h5(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(h5, tmp_path_factory):
-    trainer = Trainer(RunConfig(data=str(h5), out=str(tmp_path_factory.mktemp("full") / "run"), **RUN))
-    trainer.fit()
-    return trainer
+    return trained_once(h5, tmp_path_factory.mktemp("full") / "run", RUN)
 
 
 def test_the_probe_leaves_the_pretrained_encoder_unchanged(uninterrupted):
@@ -234,11 +232,8 @@ def test_pretraining_resumes_bit_identical_after_a_kill(h5, tmp_path, uninterrup
     config = dict(data=str(h5), out=str(out), checkpoint_every=1, **RUN)
     saved = kill_inside(config, "pretrain", 5)
     assert saved["stage"]["name"] == "pretrain" and saved["train_state"]["step"] == 5
-    torch.manual_seed(12345)   # scramble the global RNGs: only the checkpoint can restore them
-    resumed = Trainer(RunConfig(resume=True, **config))
-    resumed.fit()
-    for key, value in uninterrupted.method.state_dict().items():
-        assert torch.equal(resumed.method.state_dict()[key], value), key
+    resumed = resumed_run(config)
+    assert_same(uninterrupted.method.state_dict(), resumed.method.state_dict())
     assert [r["final_losses"] for r in resumed.records] == [r["final_losses"] for r in uninterrupted.records]
 
 

@@ -236,6 +236,23 @@ Trainer(RunConfig(**config), step_callback=kill).fit()
 """
 
 
+def trained_once(h5, out, run: dict):
+    """A Trainer fitted uninterrupted on `h5` into `out` with `run` (RunConfig fields): the
+    reference a killed and resumed run must match."""
+    trainer = Trainer(RunConfig(data=str(h5), out=str(out), **run))
+    trainer.fit()
+    return trainer
+
+
+def resumed_run(config: dict):
+    """A Trainer that resumes `config`'s killed run and trains it to the end, the global RNGs
+    scrambled first: only the checkpoint can restore them."""
+    torch.manual_seed(12345)
+    resumed = Trainer(RunConfig(resume=True, **config))
+    resumed.fit()
+    return resumed
+
+
 def kill_inside(config: dict, stage: str, step: int, timeout: int = 600) -> dict:
     """Train with `config` (RunConfig fields) in a child process killed by SIGKILL right after
     optimiser step `step` of `stage`; the checkpoint it left."""

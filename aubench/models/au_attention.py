@@ -16,6 +16,7 @@ average.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -42,10 +43,15 @@ def check_aus(au_names) -> None:
                          f"{', '.join(AU_CENTRES)}); use a file whose AUs are among those")
 
 
+def inner_eye_distance(landmarks: torch.Tensor) -> torch.Tensor:
+    """r = |x39 - x42| (B,): the unit of the centres' offsets and of the ellipses' axes."""
+    return (landmarks[:, 39, 0] - landmarks[:, 42, 0]).abs()
+
+
 def au_centres(landmarks: torch.Tensor, au_names) -> torch.Tensor:
     """(B, 68, 2) landmarks -> (B, K, 2, 2) centres (x, y) of each AU."""
     check_aus(au_names)
-    r = (landmarks[:, 39, 0] - landmarks[:, 42, 0]).abs()            # (B,)
+    r = inner_eye_distance(landmarks)                                  # (B,)
     pairs = torch.tensor([AU_CENTRES[au][0] for au in au_names], device=landmarks.device)   # (K, 2)
     shift = torch.tensor([AU_CENTRES[au][1] for au in au_names], dtype=landmarks.dtype,
                          device=landmarks.device)                      # (K,)
@@ -55,6 +61,7 @@ def au_centres(landmarks: torch.Tensor, au_names) -> torch.Tensor:
     return centres + offset
 
 
+@functools.lru_cache(maxsize=32)   # a run asks for the same few shapes at every step
 def smooth_and_pool_matrix(size: int, out: int, sigma: float) -> torch.Tensor:
     """(out, size): a 1-D Gaussian blur of `sigma` cells (edges replicated) followed by the area
     average down to `out` cells (F.adaptive_avg_pool1d's bins). Both are linear, so a map's blur
@@ -79,7 +86,7 @@ def au_attention_maps(landmarks: torch.Tensor, au_names, image_size: tuple[int, 
     rows, cols = (min(RASTER * m, s) for m, s in zip(map_size, image_size))
     landmarks = landmarks.float()
     centres = au_centres(torch.nan_to_num(landmarks), au_names)        # (B, K, 2, 2), image pixels
-    r = (landmarks[:, 39, 0] - landmarks[:, 42, 0]).abs().nan_to_num(0.0).clamp(min=1.0)
+    r = inner_eye_distance(landmarks).nan_to_num(0.0).clamp(min=1.0)
     # the raster's cell centres, in image pixels (pixel centres at whole numbers)
     ys = (torch.arange(rows, dtype=torch.float32, device=landmarks.device) + 0.5) * height / rows - 0.5
     xs = (torch.arange(cols, dtype=torch.float32, device=landmarks.device) + 0.5) * width / cols - 0.5
