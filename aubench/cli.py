@@ -1,4 +1,4 @@
-"""`aubench` command line: train, evaluate, predictions, bench, leaderboard, methods, demo.
+"""`aubench` command line: train, evaluate, predictions, smooth, ensemble, bench, leaderboard, methods, demo.
 
 User mistakes raise aubench.errors.UserError; main() prints "aubench: error: ..." and exits
 with status 2, without a traceback. Bad argument values are caught while parsing (the type
@@ -60,13 +60,14 @@ def _label_ratio(text: str) -> float:
     return value
 
 
-def _list_of(item, what: str):
-    """An argparse type: a comma-separated, non-empty list without repeats, each item parsed by `item`."""
+def _list_of(item, what: str, repeats: bool = False):
+    """An argparse type: a comma-separated, non-empty list (without repeats unless `repeats`), each
+    item parsed by `item`."""
     def parse(text: str) -> list:
         values = [item(x.strip()) for x in text.split(",") if x.strip()]
         if not values:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
-        repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        repeated = None if repeats else next((v for i, v in enumerate(values) if v in values[:i]), None)
         if repeated is not None:
             raise argparse.ArgumentTypeError(f"{repeated} is listed twice")
         return values
@@ -82,6 +83,32 @@ def _condition(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+def _smoothing(text: str):
+    """--smooth: a temporal filter (aubench.engine.postprocess.Smoothing)."""
+    from aubench.engine.postprocess import parse_smoothing
+
+    try:
+        return parse_smoothing(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+SMOOTH_HELP = ("also write each result smoothed along each sequence: gaussian:<kernel size>:<sigma> (the RegNetY + "
+               "ViViT paper's gaussian:51:3.0), each AU's probabilities filtered per sequence, never across "
+               "sequences, before thresholding; written beside the result as <stem>_smooth-gaussian-k51-s3.json, "
+               "its protocol \"<protocol>+smooth-gaussian-k51-s3\" (a leaderboard section of its own)")
 
 
 def _model_setting(text: str) -> tuple[str, object]:
@@ -104,6 +131,7 @@ _fold_list = _list_of(_integer, "fold numbers")
 _condition_list = _list_of(_condition, "occlusion conditions")
 _ratio_list = _list_of(_label_ratio, "label ratios in (0, 1]")
 _name_list = _list_of(str, "names")
+_weight_list = _list_of(_weight, "positive weights", repeats=True)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -143,6 +171,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true",
                    help="train and test in channels-last memory format (faster convolutions on most CPUs and GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--smooth", type=_smoothing, metavar="SPEC", help=SMOOTH_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +225,44 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(AU01_p, AU01_c, ...).")
     p.add_argument("result", help="a result JSON written by `aubench train` or `aubench evaluate`")
     p.add_argument("--csv", required=True, help="the CSV file to write (missing folders are created)")
+
+    p = sub.add_parser("smooth", help="smooth existing results along each sequence, without retraining",
+                       description="Smooth the per-frame predictions of existing results (every result with "
+                                   "predictions under the run directories, or the result files named) along each "
+                                   "sequence, never across sequences, and write each smoothed result beside its "
+                                   "source as <stem>_smooth-<name>.json, scored against the labels of the data "
+                                   "file the source was tested on. A smoothed result already there, made from the "
+                                   "same predictions with the same filter, is kept.")
+    p.add_argument("runs", nargs="+", help="run directories (aubench evaluate OUT) or result JSON files")
+    p.add_argument("--smooth", type=_smoothing, required=True, metavar="SPEC",
+                   help="gaussian:<kernel size>:<sigma>, e.g. gaussian:51:3.0 (the RegNetY + ViViT paper's)")
+    p.add_argument("--methods", type=_name_list, help="only the results of these methods (comma-separated)")
+    p.add_argument("--data", help="the data file the results were tested on, when it has moved (its fingerprint "
+                                  "must be the one the results record)")
+
+    p = sub.add_parser("ensemble", help="fuse the per-frame predictions of several runs into ensemble results",
+                       description="Fuse the per-frame probabilities of two or more members by (weighted) average, "
+                                   "fold by fold, for every (protocol, test condition) all members have, and write "
+                                   "ordinary results into OUT/results (<name>_fold<k>_<protocol>...json, each with "
+                                   "its predictions), which the leaderboard shows as a row named NAME. A member is "
+                                   "a method's results in a RUN (a run directory or result files): each RUN gives "
+                                   "the methods of --methods it holds, or its only method. Members whose folds, "
+                                   "datasets, data files, AU sets, test rows, thresholds or training occlusion "
+                                   "differ are refused. An ensemble result already in OUT made from the same "
+                                   "members' predictions and weights is kept; one made otherwise is replaced only "
+                                   "with --overwrite.")
+    p.add_argument("runs", nargs="+", help="run directories (aubench evaluate OUT) or result JSON files")
+    p.add_argument("--name", required=True, help="the ensemble's name in results and the leaderboard")
+    p.add_argument("--out", required=True, help="directory for the ensemble's results (OUT/results)")
+    p.add_argument("--methods", type=_name_list, help="the members' methods (comma-separated), taken from each RUN "
+                                                      "that holds them")
+    p.add_argument("--weights", type=_weight_list, help="one positive weight per member, in member order (RUN "
+                                                        "order, then --methods order); normalised to sum 1 "
+                                                        "(default: equal)")
+    p.add_argument("--smooth", type=_smoothing, metavar="SPEC",
+                   help="also smooth the fused predictions: gaussian:<kernel size>:<sigma>, e.g. gaussian:51:3.0")
+    p.add_argument("--overwrite", action="store_true", help="replace ensemble results made from other inputs")
+    p.add_argument("--data", help="the data file the members were tested on, when it has moved")
 
     p = sub.add_parser("bench", help="params, FLOPs and throughput of methods")
     p.add_argument("--methods", type=_name_list, default=["all"])
@@ -269,7 +336,7 @@ def cmd_train(args) -> int:
         resolve_methods([args.method])
         train = condition_name(train_occlusion(resolve_preset(method_class(config.method), config)))
         config = replace(config, out=f"runs/{args.method}_fold{args.fold}_{protocol_name(args.label_ratio, train)}")
-    train_run(config, args.test_occlusion)
+    train_run(config, args.test_occlusion, args.smooth)
     return 0
 
 
@@ -279,7 +346,7 @@ def cmd_evaluate(args) -> int:
 
     request = EvaluateRequest(methods=args.methods, run=_run_config(args, "", 1, 1.0, args.out), out=args.out,
                               folds=args.folds, label_ratios=args.label_ratios, test_occlusions=args.test_occlusion,
-                              bench_batch_size=args.bench_batch_size)
+                              bench_batch_size=args.bench_batch_size, smoothing=args.smooth)
     written = evaluate_runs(request)
     if setup_distributed(args.device).is_main:
         print(f"{len(written)} results in {Path(args.out) / 'results'}; table: aubench leaderboard {args.out}")
@@ -291,6 +358,24 @@ def cmd_predictions(args) -> int:
 
     frames = export_csv(args.result, args.csv)
     print(f"{frames} frames: {args.csv}", file=sys.stderr)
+    return 0
+
+
+def cmd_smooth(args) -> int:
+    from aubench.engine.postprocess import TestLabels, raw_results, smooth_results
+
+    written = smooth_results(raw_results(args.runs, args.methods), args.smooth, TestLabels(args.data))
+    print(f"{len(written)} smoothed results; table: aubench leaderboard {' '.join(args.runs)}", file=sys.stderr)
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from aubench.engine.postprocess import make_ensemble
+
+    written = make_ensemble(args.runs, args.name, args.out, args.methods, args.weights, args.smooth,
+                            args.overwrite, args.data)
+    print(f"{len(written)} ensemble results in {Path(args.out) / 'results'}; table: aubench leaderboard "
+          f"{' '.join(args.runs)} {args.out}", file=sys.stderr)
     return 0
 
 
@@ -381,7 +466,8 @@ def cmd_demo(args) -> int:
     return run_demo(args.out, args.methods, args.device, args.seed)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predictions": cmd_predictions, "bench": cmd_bench,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predictions": cmd_predictions, "smooth": cmd_smooth,
+            "ensemble": cmd_ensemble, "bench": cmd_bench,
             "leaderboard": cmd_leaderboard, "methods": cmd_methods, "demo": cmd_demo}
 
 

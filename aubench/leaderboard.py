@@ -49,7 +49,10 @@ the row is labelled with what was mixed, e.g. "resnet [mixed: epochs 1/2]". The 
 baseline gets one row per data file. In a run directory, files that are not valid JSON and
 results that lack a field are skipped with a warning naming the file; a result file named on
 the command line must be valid. Results of different occlusion conditions (train or test) are
-never averaged together, not even with --merge."""
+never averaged together, not even with --merge. Sections are per dataset (named with its split
+scheme where the file records one: "Aff-Wild2 (official split)"), protocol and test condition;
+smoothed results (protocol "<protocol>+smooth-gaussian-k51-s3", `aubench smooth`) have their own
+section beside the raw one, and an ensemble (`aubench ensemble`) is a row like a method."""
 
 CONDITION_KINDS = ("patches", "block")  # as aubench.data.occlusion.OCCLUSION_KINDS
 
@@ -160,6 +163,20 @@ def find_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return results
 
 
+def split_scheme(result: dict[str, Any]) -> str | None:
+    """How the result's data file splits the dataset into folds, where the dataset has several ways
+    (Aff-Wild2: "official", "kfold"); None for the standard cross-validation folds."""
+    scheme = (result.get("data") or {}).get("split_scheme")
+    return scheme if isinstance(scheme, str) else None
+
+
+def dataset_label(result: dict[str, Any]) -> str:
+    """The dataset as the leaderboard names it: with the split scheme where it records one
+    ("Aff-Wild2 (official split)"), so results of different splits are never averaged together."""
+    scheme = split_scheme(result)
+    return f"{result['dataset']} ({scheme} split)" if scheme else result["dataset"]
+
+
 def _stat(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)) if arr.size > 1 else 0.0}
@@ -206,11 +223,13 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
                ) -> list[dict[str, Any]]:
     """Aggregated rows per (dataset, protocol); ours first (best mean F1 first). See GROUPING."""
     au_sets: dict[str, list[str]] = {}
+    split_of: dict[str, tuple[str, str | None]] = {}  # section dataset label -> (dataset, split scheme)
     for r in results:
         problem = result_problem(r)
         if problem:
             raise UserError(f"{r.get('_file', 'a result record')}: incomplete result: {problem}")
-        dataset = r["dataset"]
+        r["_dataset"] = dataset = dataset_label(r)
+        split_of[dataset] = (r["dataset"], split_scheme(r))
         if dataset in au_sets and au_sets[dataset] != r["au_names"]:
             raise UserError(f"AU set mismatch in {dataset} results: {r['_file']} has {r['au_names']}, "
                             f"others have {au_sets[dataset]}")
@@ -222,13 +241,13 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
     # the occlusion conditions always (they have their columns).
     by_dataset_method: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in results:
-        by_dataset_method[(r["dataset"], r["method"])].append(r["_settings"])
+        by_dataset_method[(r["_dataset"], r["method"])].append(r["_settings"])
     shown: dict[tuple[str, str], list[str]] = {}
     for key, settings in by_dataset_method.items():
         keys = [k for k in _varying(settings) if not _shown_apart(k)]
         per_protocol = defaultdict(set)
         for r in results:
-            if (r["dataset"], r["method"]) == key:
+            if (r["_dataset"], r["method"]) == key:
                 per_protocol[r["protocol"]].add(r["label_ratio"])
         if all(len(ratios) == 1 for ratios in per_protocol.values()):
             keys = [k for k in keys if k != "label_ratio"]
@@ -244,13 +263,13 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
             return ("mixed: " + ", ".join(
                 f"{k} " + "/".join(dict.fromkeys(_label_value(k, r["_settings"].get(k)) for r in runs))
                 for k in mixed)) if mixed else ""
-        keys = shown[(runs[0]["dataset"], runs[0]["method"])]
+        keys = shown[(runs[0]["_dataset"], runs[0]["method"])]
         return ", ".join(f"{k}={_label_value(k, runs[0]['_settings'].get(k))}" for k in keys)
 
     # sections: (dataset, protocol, test condition); rows in a section: (method, settings)
     groups: dict[tuple[str, str, str], dict[tuple[str, str], list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
-        groups[(r["dataset"], r["protocol"], conditions(r)[1])][(r["method"], group_key(r))].append(r)
+        groups[(r["_dataset"], r["protocol"], conditions(r)[1])][(r["method"], group_key(r))].append(r)
 
     def section_order(key: tuple[str, str, str]):
         dataset, protocol, test = key
@@ -297,7 +316,7 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
                 "source": "predicts every AU present",
             })
         if include_reported:
-            for rep in reported_for(dataset, protocol, test):
+            for rep in reported_for(*split_of[dataset], protocol, test):
                 rows.append({
                     "kind": "reported", "method": rep["method"], "setting": "", "dataset": dataset,
                     "protocol": protocol, "occlusion_train": rep["occlusion"]["train"], "occlusion_test": test,

@@ -31,6 +31,12 @@ Splits (``--affwild2-split``, recorded in the root attribute ``split_scheme``):
 - ``kfold``: ``--affwild2-folds`` K (default 5, as the ViViT-ensemble paper) folds over the
   Train_Set videos, balanced by frame count (``folds.balanced_split``, ``--folds-seed``); the
   Validation_Set is not converted into such a file (a note says how many of its videos were left).
+  Departure from the ViViT-ensemble paper: its Table 1 trains on k-fold parts of the Train_Set and
+  scores every fold's model on the Validation_Set; here each fold tests on its held-out Train_Set
+  videos, so that a file's folds are a cross-validation that covers it, as for every other dataset
+  (train and test subjects of a fold partition the file; `verify` checks it). The paper's setting
+  per fold is the official split's test set with a fifth of the training videos left out, which
+  no file of ours holds.
 """
 
 from __future__ import annotations

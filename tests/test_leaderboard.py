@@ -52,7 +52,7 @@ def test_formats_agree(run_dir):
     md_rows = [[c.strip() for c in line.strip("|").split("|")] for line in md if not line.startswith("| method")]
     assert len(as_json) == len(as_csv) == len(md_rows) == len(rows)
     kinds = [r["kind"] for r in rows]
-    reported = len(reported_for("BP4D", "full")) + len(reported_for("BP4D", "sparse0.1"))
+    reported = len(reported_for("BP4D", None, "full")) + len(reported_for("BP4D", None, "sparse0.1"))
     assert kinds.count("ours") == 4 and kinds.count("baseline") == 2 and kinds.count("reported") == reported
     for j, c, m in zip(as_json, as_csv, md_rows):
         assert j["method"] == c["method"] and m[0].startswith(j["method"])

@@ -155,6 +155,7 @@ from aubench import leaderboard  # noqa: E402
 from aubench.errors import UserError  # noqa: E402
 from aubench import reported  # noqa: E402
 from aubench.reported import AUS as REPORTED_AUS, REPORTED, protocol_of, reported_for  # noqa: E402
+from aubench.reported import SMOOTHED_PROTOCOL  # noqa: E402
 from test_leaderboard import AUS, fake_result  # noqa: E402
 
 # (method, train condition) -> {test condition: F1 of folds 1, 2, 3 (None: fold not run)}
@@ -280,7 +281,10 @@ def test_reported_entries_are_well_formed():
 
     from aubench.engine.run import protocol_name
 
-    reference = {"BP4D": [f"AU{n}" for n in BP4D_AUS], "DISFA": [f"AU{n}" for n in DISFA_AUS]}
+    from datasets_tools.affwild2 import AFFWILD2_AUS
+
+    reference = {"BP4D": [f"AU{n}" for n in BP4D_AUS], "DISFA": [f"AU{n}" for n in DISFA_AUS],
+                 "Aff-Wild2": [f"AU{n}" for n in AFFWILD2_AUS]}
     assert REPORTED_AUS == reference
     protocols = {protocol_name(r) for r in (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)}
     assert all(protocol_of(r) == protocol_name(r) for r in (0.01, 0.15, 0.5, 1.0))
@@ -288,21 +292,23 @@ def test_reported_entries_are_well_formed():
     for entry in REPORTED:
         what = f"{entry['method']} {entry['dataset']} {entry['protocol']} {entry['occlusion']}"
         assert list(entry["f1"]) == reference[entry["dataset"]], what
-        assert entry["source"] and entry["protocol"] in protocols | {reported.PROBE}, what
+        assert entry["source"] and entry["protocol"] in protocols | {reported.PROBE, SMOOTHED_PROTOCOL}, what
+        assert entry["split"] == ("official" if entry["dataset"] == "Aff-Wild2" else None), what
         for name in entry["occlusion"].values():
             leaderboard.parse_condition_name(name)
         scores = list(entry["f1"].values())
         assert all(s is None or 0 <= s <= 100 for s in scores) and 0 < entry["mean_f1"] <= 100, what
         if None not in scores and not entry["paper_mean_differs"]:
             assert abs(np.mean(scores) - entry["mean_f1"]) <= 0.6, what
-        key = (entry["method"], entry["dataset"], entry["protocol"], tuple(entry["occlusion"].values()))
+        key = (entry["method"], entry["dataset"], entry["split"], entry["protocol"],
+               tuple(entry["occlusion"].values()))
         assert key not in seen, f"two entries for {what}"
         seen.add(key)
     # the self-supervised tables: RRL's linear-probe rows on both datasets, its ablations on BP4D
     for dataset in ("BP4D", "DISFA"):
-        assert "RRL" in {r["method"] for r in reported_for(dataset, reported.PROBE, "none")}, dataset
+        assert "RRL" in {r["method"] for r in reported_for(dataset, None, reported.PROBE, "none")}, dataset
     assert {"RRL: global", "RRL: global+local", "RRL: global+relation"} <= {
-        r["method"] for r in reported_for("BP4D", reported.PROBE, "none")}
+        r["method"] for r in reported_for("BP4D", None, reported.PROBE, "none")}
     # the label-ratio tables: Knowledge-Spreader at every ratio it reports, on both datasets
     for dataset in ("BP4D", "DISFA"):
         ks = {r["protocol"] for r in REPORTED if r["method"] == "KS" and r["dataset"] == dataset}
@@ -310,7 +316,7 @@ def test_reported_entries_are_well_formed():
     # the occlusion tables: ME-GraphAU clean, under 50% patches and a 30% block, on both datasets
     for dataset in ("BP4D", "DISFA"):
         for test in ("patches0.5", "block0.3"):
-            methods = {r["method"] for r in reported_for(dataset, "full", test)}
+            methods = {r["method"] for r in reported_for(dataset, None, "full", test)}
             assert {"ME-GraphAU", "ME-GraphAU + MAE reconstruction", "MAE-FAU teacher",
                     "MAE-FAU student"} <= methods, (dataset, test)
 

@@ -13,6 +13,8 @@ already holds (refused unless resume or overwrite; see the `evaluate` help).
 Every result JSON has its per-frame predictions beside it (<stem>.predictions.npz,
 aubench.engine.predictions); resuming keeps a result only with its predictions file unchanged
 (the sha256 the result records), and tests again one whose file is missing or altered.
+With a smoothing filter (--smooth, aubench.engine.postprocess) every result, kept ones included,
+is also written smoothed beside itself; replacing a result removes the smoothed ones made from it.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class EvaluateRequest:
     label_ratios: list[float] = field(default_factory=lambda: [1.0])
     test_occlusions: list[str] = field(default_factory=lambda: ["none"])
     bench_batch_size: int = 4          # batch of the size / speed measurement
+    smoothing: Any = None              # aubench.engine.postprocess.Smoothing: also write smoothed results
 
 
 def resolve_methods(names: list[str]) -> list[str]:
@@ -98,13 +101,15 @@ def _print_result(result: dict[str, Any], prefix: str) -> None:
           f"(all-positive {100 * result['metrics']['all_positive_mean_f1']:5.1f})", flush=True)
 
 
-def train_run(config: RunConfig, test_occlusions: list[str] = ("none",)) -> list[Path]:
+def train_run(config: RunConfig, test_occlusions: list[str] = ("none",), smoothing=None) -> list[Path]:
     """`aubench train`: train one method on one fold into config.out (the Trainer refuses an OUT
     holding another run unless resume / overwrite), test it under each condition, write
     result.json (no test occlusion) / result_test-<condition>.json beside the checkpoint; for a
     method with leaderboard rows result_<row>.json / result_<row>_test-<condition>.json per row;
-    each with its predictions file (<stem>.predictions.npz) beside it."""
+    each with its predictions file (<stem>.predictions.npz) beside it; with `smoothing`
+    (aubench.engine.postprocess.Smoothing) each also smoothed (<stem>_smooth-<name>.json)."""
     from aubench.engine.distributed import setup_distributed
+    from aubench.engine.postprocess import remove_smoothed, smooth_results
     from aubench.engine.predictions import write_result
     from aubench.engine.run import result_row, train_and_evaluate
 
@@ -117,11 +122,14 @@ def train_run(config: RunConfig, test_occlusions: list[str] = ("none",)) -> list
              for result, _ in results]
     if env.is_main:
         for path, (result, predictions) in zip(paths, results):
+            remove_smoothed(path)
             write_result(path, result, predictions)
             m = result["metrics"]
             print(f"{result['method']} fold {config.fold} {_run_name(result)}: mean F1 {100 * m['mean_f1']:.1f} "
                   f"(all-positive {100 * m['all_positive_mean_f1']:.1f}); per AU: "
                   + ", ".join(f"{au} {100 * v:.1f}" for au, v in m["f1"].items()))
+        if smoothing is not None:
+            paths += smooth_results(paths, smoothing)
         print(f"results: {', '.join(map(str, paths))}   checkpoint: {Path(config.out) / CHECKPOINT_NAME}")
     return paths
 
@@ -160,6 +168,7 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     or kept, in order (method, label ratio, fold, tested stage, test condition)."""
     from aubench.bench import benchmark_method
     from aubench.engine.distributed import setup_distributed
+    from aubench.engine.postprocess import remove_smoothed, smooth_results
     from aubench.engine.predictions import predictions_path, predictions_problem, write_result
     from aubench.engine.run import protocol_name, train_and_evaluate
     from aubench.models import method_class
@@ -251,6 +260,7 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     if template.overwrite and env.is_main:  # all at once: a rerun after a crash then finds only new runs
         for u in there:
             for path in u.results.values():
+                remove_smoothed(path)
                 path.unlink(missing_ok=True)
                 predictions_path(path).unlink(missing_ok=True)
             clear_run_files(u.config.out)
@@ -284,7 +294,11 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
             results = train_and_evaluate(config, benches, test_occlusions=conditions, only=set(todo))
             for result, predictions in results:
                 if env.is_main:
-                    write_result(todo[(result["tested_stage"], result["occlusion"]["test"])], result, predictions)
+                    path = todo[(result["tested_stage"], result["occlusion"]["test"])]
+                    remove_smoothed(path)  # made from the predictions this result replaces
+                    write_result(path, result, predictions)
                     _print_result(result, f"{result['method']:>10} fold {config.fold} {_run_name(result):>10}")
         written += list(u.results.values())
+    if request.smoothing is not None and env.is_main:  # from the predictions files: kept results too
+        written += smooth_results(written, request.smoothing)
     return written

@@ -125,8 +125,10 @@ _PRESET_KEYS = ("epochs", "batch_size", "image_size", "model")
 
 
 def result_identity(result: Mapping) -> dict[str, Any]:
-    """The identity of a stored result record (aubench.engine.run.train_and_evaluate's output).
-    Raises MissingKey naming the first field it lacks."""
+    """The identity of a stored result record (aubench.engine.run.train_and_evaluate's output, or
+    an ensemble's: ensemble_identity). Raises MissingKey naming the first field it lacks."""
+    if "ensemble" in result:
+        return ensemble_identity(result)
     config = {k: need(result, "config", k) for k in _CONFIG_KEYS}
     for key in _PRESET_KEYS:
         need(result, "preset", key)
@@ -139,6 +141,18 @@ def result_identity(result: Mapping) -> dict[str, Any]:
             raise MissingKey(f"stages.{i}.{missing[0]}")
     return run_identity(config, result["preset"], need(result, "data", "fingerprint"), need(result, "precision"),
                         stages, result["data"].get("pretrain_fingerprint"))
+
+
+def ensemble_identity(result: Mapping) -> dict[str, Any]:
+    """The identity of an ensemble result (aubench.engine.postprocess.make_ensemble): its name,
+    fold, label ratio and data file, and each member's weight and identity (without the fold), so
+    the leaderboard averages an ensemble's folds only when they fuse the same kind of runs."""
+    members = need(result, "ensemble", "members")
+    if not isinstance(members, list) or not members:
+        raise MissingKey("ensemble.members.0")
+    return _plain({"method": need(result, "method"), "fold": need(result, "fold"),
+                   "label_ratio": need(result, "label_ratio"), "fingerprint": need(result, "data", "fingerprint"),
+                   "members": [{"weight": need(m, "weight"), **need(m, "identity")} for m in members]})
 
 
 def show(key: str, value: Any) -> str:

@@ -104,6 +104,9 @@ def train_and_evaluate(config: RunConfig, bench: Mapping[str, dict[str, Any]] | 
                 "precision": trainer.precision,
                 "data": {"path": str(Path(config.data).resolve()), "fingerprint": trainer.data.fingerprint,
                          "num_test_frames": metrics["num_frames"],
+                         # how the file's folds split it, where the dataset has several ways (Aff-Wild2)
+                         **({"split_scheme": str(trainer.data.file.attrs["split_scheme"])}
+                            if "split_scheme" in trainer.data.file.attrs else {}),
                          **({"pretrain_path": str(trainer.pretrain.path.resolve()),
                              "pretrain_fingerprint": trainer.pretrain.fingerprint} if trainer.pretrain else {})},
                 "device": device_name(trainer.device),

@@ -1,0 +1,435 @@
+"""Results made from other results' per-frame predictions, without retraining: temporal
+smoothing (`--smooth`, `aubench smooth`) and ensembles (`aubench ensemble`).
+
+Both read the predictions kept beside results (aubench.engine.predictions), compute new
+per-frame probabilities, score them against the data file's labels with the evaluator's own
+metric code (Predictions.metrics) and write ordinary results (JSON + predictions file), which the
+leaderboard reads like any other.
+
+Smoothing follows the RegNetY + ViViT ensemble paper (Section 3.4): a 1D Gaussian filter along
+the video over each AU's scores, before thresholding; the paper chose kernel size 51 and sigma
+3.0 by grid search (`gaussian:51:3.0`). Here each AU's probability at a frame becomes the
+Gaussian-weighted mean of the probabilities of the frames of the same sequence whose frame
+numbers lie within (kernel size - 1) / 2 of its own, weight exp(-d^2 / (2 sigma^2)) for a
+frame-number distance d, normalised over the frames present. Never across a sequence boundary;
+the paper does not say how it treats a video's ends or its frames without a face, so two choices
+are ours: at the ends the mean runs over the frames that exist (nothing padded in), and a frame
+missing from a sequence (an Aff-Wild2 frame without a face) leaves a gap rather than pulling
+farther frames closer. A smoothed result is its source with protocol "<protocol>+smooth-<name>"
+(name "gaussian-k51-s3"), so the leaderboard shows it in its own section, the raw result in
+the raw one; it records "smoothing" (kind, kernel size, sigma) and "smoothed_from" (the source's
+file name and predictions sha256), and is written beside its source as
+"<source stem>_smooth-<name>.json".
+
+Ensembles follow the paper's Section 3.3: average fusion of the members' prediction scores
+(here a weighted mean of their per-frame probabilities, equal weights by default). Members are
+(run, method) pairs; every (protocol, test condition) all members have is fused fold by fold,
+refusing members whose folds, datasets, data files, AU sets, test rows, thresholds or training
+occlusion differ. An ensemble result records "ensemble": its members (method, result file,
+predictions sha256, weight, identity) and is named "<name>_fold<k>_<protocol>[_test-<condition>]";
+its size and speed are the members' together (parameters and FLOPs added, frames per second of
+running every member in turn). Smoothing, when asked, applies to the fused probabilities.
+
+Neither reads a training label: they see test predictions and the test split's labels only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from aubench.engine.identity import result_identity
+from aubench.engine.predictions import (Predictions, predictions_path, predictions_problem, read_predictions,
+                                        write_result)
+from aubench.errors import UserError
+
+SMOOTH_PREFIX = "smooth-"
+
+
+# ---- smoothing -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Smoothing:
+    """A temporal filter over each AU's per-frame probabilities along a sequence."""
+
+    kernel_size: int       # odd: frames within (kernel_size - 1) / 2 frame numbers of a frame count
+    sigma: float           # the Gaussian's standard deviation, in frames
+    kind: str = "gaussian"
+
+    @property
+    def name(self) -> str:
+        """"gaussian-k51-s3": the protocol suffix and file name part."""
+        return f"{self.kind}-k{self.kernel_size}-s{self.sigma:g}"
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": self.kind, "kernel_size": self.kernel_size, "sigma": self.sigma}
+
+
+SMOOTH_SYNTAX = "gaussian:<kernel size>:<sigma>, e.g. gaussian:51:3.0"
+
+
+def parse_smoothing(text: str) -> Smoothing:
+    """Smoothing of a --smooth value; ValueError saying what is expected."""
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] != "gaussian":
+        raise ValueError(f"expected {SMOOTH_SYNTAX}, got {text!r}")
+    try:
+        size, sigma = int(parts[1]), float(parts[2])
+    except ValueError:
+        raise ValueError(f"expected {SMOOTH_SYNTAX}, got {text!r}") from None
+    if size < 3 or size % 2 == 0:
+        raise ValueError(f"{text!r}: the kernel size must be odd and at least 3 (it is centred on a frame), got {size}")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"{text!r}: sigma must be a positive number, got {parts[2]}")
+    return Smoothing(size, sigma)
+
+
+def smooth_probabilities(probabilities: np.ndarray, sequence: np.ndarray, frame_no: np.ndarray,
+                         smoothing: Smoothing) -> np.ndarray:
+    """float32 (T, U): each column of `probabilities` smoothed along each sequence (see the module
+    docstring). Rows are frames in file order: a sequence's frames contiguous, frame numbers
+    strictly increasing within it, so every frame within `radius` frame numbers of a frame is
+    within `radius` rows of it."""
+    t = len(probabilities)
+    sequence = np.asarray(sequence, dtype=np.int64)
+    frame_no = np.asarray(frame_no, dtype=np.int64)
+    same = sequence[1:] == sequence[:-1]
+    if np.any(same & (frame_no[1:] <= frame_no[:-1])):
+        raise ValueError("frame numbers do not increase within a sequence")
+    radius = smoothing.kernel_size // 2
+    values = np.asarray(probabilities, dtype=np.float64)
+    weighted = np.zeros_like(values)
+    total = np.zeros(t, dtype=np.float64)
+    for shift in range(-min(radius, t - 1), min(radius, t - 1) + 1):
+        here = slice(max(0, -shift), t - max(0, shift))           # frames i
+        there = slice(max(0, shift), t - max(0, -shift))          # their neighbours i + shift
+        distance = frame_no[there] - frame_no[here]
+        weight = np.where((sequence[there] == sequence[here]) & (np.abs(distance) <= radius),
+                          np.exp(-0.5 * (distance / smoothing.sigma) ** 2), 0.0)
+        weighted[here] += weight[:, None] * values[there]
+        total[here] += weight
+    return (weighted / total[:, None]).astype(np.float32)  # total >= 1: a frame weighs itself with 1
+
+
+def smooth_predictions(predictions: Predictions, smoothing: Smoothing) -> Predictions:
+    probabilities = smooth_probabilities(predictions.probabilities, predictions.sequence, predictions.frame_no,
+                                         smoothing)
+    return Predictions(predictions.rows, probabilities, predictions.sequence, predictions.frame_no,
+                       predictions.sequence_names, predictions.au_names, predictions.threshold)
+
+
+def smoothed_path(path: str | Path, smoothing: Smoothing) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}_{SMOOTH_PREFIX}{smoothing.name}.json")
+
+
+def remove_smoothed(path: str | Path) -> None:
+    """Remove the smoothed results made from the result at `path` (before it is replaced: they were
+    made from its old predictions)."""
+    path = Path(path)
+    for derived in path.parent.glob(f"{glob_escape(path.stem)}_{SMOOTH_PREFIX}*.json"):
+        try:
+            stored = json.loads(derived.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(stored, dict) and (stored.get("smoothed_from") or {}).get("file") == path.name:
+            predictions_path(derived).unlink(missing_ok=True)
+            derived.unlink(missing_ok=True)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+class TestLabels:
+    """The label arrays of the data files results were tested on, opened once each; a file is
+    used only when its fingerprint is the one the result records."""
+
+    def __init__(self, data: str | Path | None = None):
+        self.data = data            # a path for every result (the file moved), else each result's own
+        self.files: dict[str, Any] = {}
+
+    def of(self, result: dict[str, Any], where: str | Path) -> np.ndarray:
+        from aubench.data.h5file import AUFile
+
+        path = str(self.data if self.data is not None else result["data"]["path"])
+        if path not in self.files:
+            try:
+                self.files[path] = AUFile(path)
+            except FileNotFoundError:
+                hint = "" if self.data is not None else "; pass --data with its new path"
+                raise UserError(f"{where}: its data file {path} is missing{hint}") from None
+            except (OSError, ValueError) as err:
+                raise UserError(str(err)) from None
+        file = self.files[path]
+        if file.fingerprint() != result["data"]["fingerprint"]:
+            raise UserError(f"{path}: not the data file {where} was tested on (its fingerprint differs)")
+        return file.labels
+
+
+def smooth_result(path: str | Path, smoothing: Smoothing, labels: TestLabels) -> tuple[Path, bool]:
+    """Write the smoothed result of the result at `path` beside it: (its path, True), or (its path,
+    False) when it is there already, made from the same predictions with the same filter."""
+    path = Path(path)
+    result, predictions = read_predictions(path)
+    if "smoothing" in result:
+        raise UserError(f"{path}: already smoothed ({result['smoothing']}); smooth the result it was made from")
+    out = smoothed_path(path, smoothing)
+    source = {"file": path.name, "predictions_sha256": result["predictions"]["sha256"]}
+    if out.is_file():
+        try:
+            stored = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stored = None
+        if (isinstance(stored, dict) and stored.get("smoothed_from") == source
+                and stored.get("smoothing") == smoothing.record() and predictions_problem(out, stored) is None):
+            return out, False
+    smoothed = smooth_predictions(predictions, smoothing)
+    metrics = smoothed.metrics(labels.of(result, path))
+    record = {key: value for key, value in result.items() if key not in ("predictions", "_file")}
+    record.update(protocol=f"{result['protocol']}+{SMOOTH_PREFIX}{smoothing.name}", metrics=metrics,
+                  mean_f1=metrics["mean_f1"], smoothing=smoothing.record(), smoothed_from=source,
+                  created=_now())
+    write_result(out, record, smoothed)
+    return out, True
+
+
+def raw_results(paths: Iterable[str | Path], methods: list[str] | None = None) -> list[Path]:
+    """The result files under run directories / named result files that may be smoothed or fused:
+    with predictions, not smoothed already; only those of `methods` when given (UserError naming a
+    method none of them holds). A named file must be one."""
+    from aubench.leaderboard import find_results
+
+    found = []
+    for path in map(Path, paths):
+        for result in find_results([path]):
+            file = Path(result["_file"])
+            problem = predictions_problem(file, result)
+            if path.is_file():
+                if problem:
+                    raise UserError(f"{file}: {problem}")
+                if "smoothing" in result:
+                    raise UserError(f"{file}: already smoothed; name the result it was made from")
+            if problem or "smoothing" in result or (methods and result["method"] not in methods):
+                continue
+            found.append((file, result["method"]))
+    missing = [m for m in methods or [] if m not in {method for _, method in found}]
+    if missing:
+        raise UserError(f"no result of method {missing[0]!r} with per-frame predictions under "
+                        f"{', '.join(map(str, paths))}")
+    if not found:
+        raise UserError(f"no result with per-frame predictions under {', '.join(map(str, paths))}")
+    return [file for file, _ in found]
+
+
+def smooth_results(paths: Iterable[str | Path], smoothing: Smoothing, labels: TestLabels | None = None,
+                   quiet: bool = False) -> list[Path]:
+    """Smooth every result file in `paths`; the smoothed results' paths."""
+    labels = labels or TestLabels()
+    written = []
+    for path in paths:
+        out, made = smooth_result(path, smoothing, labels)
+        if not quiet:
+            stored = json.loads(out.read_text(encoding="utf-8"))
+            print(f"{'smoothed' if made else 'kept    '} {out}: mean F1 {100 * stored['mean_f1']:.1f} "
+                  f"(raw {100 * json.loads(Path(path).read_text(encoding='utf-8'))['mean_f1']:.1f})", flush=True)
+        written.append(out)
+    return written
+
+
+# ---- ensembles -------------------------------------------------------------------------------
+
+@dataclass
+class Member:
+    """One member of an ensemble: a method's results in a run directory (or named result files)."""
+
+    run: str
+    method: str
+    weight: float = 1.0
+    results: dict[tuple[str, str], dict[int, Path]] = field(default_factory=dict)  # (protocol, test) -> fold -> file
+
+    @property
+    def label(self) -> str:
+        return f"{self.run} ({self.method})"
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def ensemble_members(runs: list[str], methods: list[str] | None, weights: list[float] | None) -> list[Member]:
+    """The members of `aubench ensemble RUN ... [--methods ...] [--weights ...]`: for each RUN, each
+    of `methods` it holds (every method when not given, which must then be one), in that order;
+    weights normalised to sum 1 (equal by default)."""
+    from aubench.leaderboard import conditions
+
+    members = []
+    for run in runs:
+        files = raw_results([run])
+        records = {path: json.loads(path.read_text(encoding="utf-8")) for path in files}
+        held = list(dict.fromkeys(r["method"] for r in records.values()))
+        chosen = [m for m in methods if m in held] if methods else held
+        if not methods and len(held) > 1:
+            raise UserError(f"{run} holds results of several methods ({', '.join(held)}); choose the members with "
+                            f"--methods")
+        if not chosen:
+            raise UserError(f"{run} holds no result of {', '.join(methods or [])} (it has {', '.join(held)})")
+        for method in chosen:
+            member = Member(str(run), method)
+            for path, record in records.items():
+                if record["method"] != method:
+                    continue
+                key = (record["protocol"], conditions(record)[1])
+                folds = member.results.setdefault(key, {})
+                if record["fold"] in folds:
+                    raise UserError(f"{member.label}: two results of fold {record['fold']}, {key[0]}, test "
+                                    f"condition {key[1]} ({folds[record['fold']]}, {path}); an ensemble member "
+                                    f"needs one; name one run directory per setting")
+                folds[record["fold"]] = path
+            members.append(member)
+    missing = [m for m in methods or [] if not any(member.method == m for member in members)]
+    if missing:
+        raise UserError(f"--methods: no run holds results of {missing[0]!r}")
+    if len(members) < 2:
+        raise UserError(f"an ensemble needs at least two members; {members[0].label} is the only one")
+    if weights is not None:
+        if len(weights) != len(members):
+            raise UserError(f"--weights gives {len(weights)} weights for {len(members)} members "
+                            f"({', '.join(m.label for m in members)})")
+        if any(not (math.isfinite(w) and w > 0) for w in weights):
+            raise UserError(f"--weights {','.join(map(str, weights))}: every weight must be a positive number")
+    weights = weights or [1.0] * len(members)
+    for member, weight in zip(members, weights):
+        member.weight = weight / sum(weights)
+    return members
+
+
+def _check_same(members: list[Member], values: list[Any], what: str, where: str) -> None:
+    if any(v != values[0] for v in values[1:]):
+        listed = "; ".join(f"{m.label}: {v}" for m, v in zip(members, values))
+        raise UserError(f"{where}: the members' {what} differ ({listed}); an ensemble fuses predictions of the same "
+                        f"test frames")
+
+
+def fuse(predictions: list[Predictions], weights: list[float]) -> Predictions:
+    """The weighted mean of the members' probabilities (float32); the members must share rows."""
+    fused = sum(w * p.probabilities.astype(np.float64) for w, p in zip(weights, predictions))
+    first = predictions[0]
+    return Predictions(first.rows, np.asarray(fused, dtype=np.float32), first.sequence, first.frame_no,
+                       first.sequence_names, first.au_names, first.threshold)
+
+
+def _combined_bench(benches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Size and speed of running every member: parameters and FLOPs added, frames per second of
+    the members one after the other. Fields a member lacks are left out."""
+    out: dict[str, Any] = {}
+    for key in ("params_m", "gflops_per_frame"):
+        if all(isinstance(b.get(key), (int, float)) for b in benches):
+            out[key] = sum(b[key] for b in benches)
+    if all(isinstance(b.get("infer_frames_per_s"), (int, float)) and b["infer_frames_per_s"] > 0 for b in benches):
+        out["infer_frames_per_s"] = 1.0 / sum(1.0 / b["infer_frames_per_s"] for b in benches)
+    devices = {b.get("device") for b in benches}
+    if len(devices) == 1 and None not in devices:
+        out["device"] = devices.pop()
+    return out
+
+
+def ensemble_file_name(name: str, fold: int, protocol: str, train: str, test: str) -> str:
+    stem = f"{name}_fold{fold}_{protocol.replace('+', '_')}"
+    stem += f"_train-{train}" if train != "none" else ""
+    stem += f"_test-{test}" if test != "none" else ""
+    return stem + ".json"
+
+
+def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str] | None = None,
+                  weights: list[float] | None = None, smoothing: Smoothing | None = None,
+                  overwrite: bool = False, data: str | Path | None = None, quiet: bool = False) -> list[Path]:
+    """`aubench ensemble`: fuse the members' predictions for every (protocol, test condition) they
+    all have, fold by fold, into OUT/results; then smooth them when `smoothing` is given. The
+    result files written or kept (an ensemble result made from the same members' predictions with
+    the same weights is kept; one made otherwise is replaced only with `overwrite`)."""
+    from aubench.leaderboard import RESULT_SCHEMA, conditions
+
+    if not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"--name {name!r}: use letters, digits and . _ + - (it names the result files)")
+    members = ensemble_members(runs, methods, weights)
+    keys = [key for key in members[0].results if all(key in m.results for m in members[1:])]
+    if not keys:
+        held = "; ".join(f"{m.label}: {', '.join(f'{p} (test {t})' for p, t in m.results)}" for m in members)
+        raise UserError(f"the members share no protocol and test condition ({held}); an ensemble fuses results of "
+                        f"the same protocol")
+    left = sorted({key for m in members for key in m.results} - set(keys))
+    if left and not quiet:
+        print(f"ensemble {name}: not every member has {', '.join(f'{p} (test {t})' for p, t in left)}; left out",
+              flush=True)
+    labels = TestLabels(data)
+    written = []
+    for protocol, test in keys:
+        folds = [sorted(m.results[(protocol, test)]) for m in members]
+        _check_same(members, folds, "folds", f"{protocol}, test {test}")
+        for fold in folds[0]:
+            paths = [m.results[(protocol, test)][fold] for m in members]
+            read = [read_predictions(p) for p in paths]
+            results = [r for r, _ in read]
+            where = f"fold {fold}, {protocol}, test {test}"
+            _check_same(members, [r["dataset"] for r in results], "datasets", where)
+            _check_same(members, [r["data"]["fingerprint"][:12] for r in results], "data files (fingerprints)", where)
+            _check_same(members, [", ".join(r["au_names"]) for r in results], "AU sets", where)
+            _check_same(members, [conditions(r)[0] for r in results], "training occlusion conditions", where)
+            _check_same(members, [p.threshold for _, p in read], "decision thresholds", where)
+            _check_same(members, [f"{p.num_frames} frames, rows digest {hashlib.sha256(p.rows.tobytes()).hexdigest()[:8]}"
+                                  for _, p in read], "test rows", where)
+            member_records = [{"run": m.run, "method": m.method, "result": str(p.resolve()), "weight": m.weight,
+                               "predictions_sha256": r["predictions"]["sha256"],
+                               "identity": {k: v for k, v in result_identity(r).items() if k != "fold"}}
+                              for m, p, r in zip(members, paths, results)]
+            path = Path(out) / "results" / ensemble_file_name(name, fold, protocol, conditions(results[0])[0], test)
+            if path.is_file():
+                try:
+                    stored = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    stored = None
+                same = (isinstance(stored, dict) and stored.get("ensemble", {}).get("members") == member_records
+                        and predictions_problem(path, stored) is None)
+                if same:
+                    written.append(path)
+                    if not quiet:
+                        print(f"kept     {path} (same members and weights)", flush=True)
+                    continue
+                if not overwrite:
+                    raise UserError(f"{path} holds an ensemble made from other results or weights; pass --overwrite "
+                                    f"to replace it, or another --out / --name")
+            fused = fuse([p for _, p in read], [m.weight for m in members])
+            first = results[0]
+            metrics = fused.metrics(labels.of(first, paths[0]))
+            record = {
+                "schema": RESULT_SCHEMA, "method": name, "dataset": first["dataset"], "fold": fold,
+                "protocol": protocol, "label_ratio": first["label_ratio"],
+                "occlusion": {"train": conditions(first)[0], "test": test}, "au_names": first["au_names"],
+                "metrics": metrics, "mean_f1": metrics["mean_f1"],
+                "ensemble": {"fusion": "weighted mean of per-frame probabilities", "members": member_records},
+                "bench": _combined_bench([r.get("bench") or {} for r in results]),
+                "data": {key: first["data"][key] for key in ("path", "fingerprint", "split_scheme")
+                         if key in first["data"]} | {"num_test_frames": metrics["num_frames"]},
+                "created": _now(),
+            }
+            remove_smoothed(path)
+            write_result(path, record, fused)
+            if not quiet:
+                print(f"fused    {path}: mean F1 {100 * metrics['mean_f1']:.1f} (members "
+                      + ", ".join(f"{m.method} {100 * r['mean_f1']:.1f}" for m, r in zip(members, results)) + ")",
+                      flush=True)
+            written.append(path)
+    if smoothing is not None:
+        written += smooth_results(list(written), smoothing, labels, quiet)
+    return written
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
