@@ -238,19 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gaussian:<kernel size>:<sigma>, e.g. gaussian:51:3.0 (the RegNetY + ViViT paper's)")
     p.add_argument("--methods", type=_name_list, help="only the results of these methods (comma-separated)")
     p.add_argument("--data", help="the data file the results were tested on, when it has moved (its fingerprint "
-                                  "must be the one the results record)")
+                                  "must be the one the results record; one file for every result named)")
 
     p = sub.add_parser("ensemble", help="fuse the per-frame predictions of several runs into ensemble results",
                        description="Fuse the per-frame probabilities of two or more members by (weighted) average, "
-                                   "fold by fold, for every (protocol, test condition) all members have, and write "
+                                   "fold by fold, for every (dataset, protocol, test condition) all members have, and write "
                                    "ordinary results into OUT/results (<name>_fold<k>_<protocol>...json, each with "
                                    "its predictions), which the leaderboard shows as a row named NAME. A member is "
                                    "a method's results in a RUN (a run directory or result files): each RUN gives "
-                                   "the methods of --methods it holds, or its only method. Members whose folds, "
-                                   "datasets, data files, AU sets, test rows, thresholds or training occlusion "
-                                   "differ are refused. An ensemble result already in OUT made from the same "
-                                   "members' predictions and weights is kept; one made otherwise is replaced only "
-                                   "with --overwrite.")
+                                   "the methods of --methods it holds, or its only method. Members that share no "
+                                   "dataset, protocol and test condition, and members whose folds, data files, AU "
+                                   "sets, test rows, thresholds or training occlusion differ are refused, before anything is written. An ensemble result already in OUT "
+                                   "made from the same members' predictions and weights is kept; one made otherwise "
+                                   "is replaced only with --overwrite (which also removes the name's results that "
+                                   "are not made again).")
     p.add_argument("runs", nargs="+", help="run directories (aubench evaluate OUT) or result JSON files")
     p.add_argument("--name", required=True, help="the ensemble's name in results and the leaderboard")
     p.add_argument("--out", required=True, help="directory for the ensemble's results (OUT/results)")
@@ -262,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=_smoothing, metavar="SPEC",
                    help="also smooth the fused predictions: gaussian:<kernel size>:<sigma>, e.g. gaussian:51:3.0")
     p.add_argument("--overwrite", action="store_true", help="replace ensemble results made from other inputs")
-    p.add_argument("--data", help="the data file the members were tested on, when it has moved")
+    p.add_argument("--data", help="the data file the members were tested on, when it has moved (its fingerprint "
+                                  "must be the one the results record)")
 
     p = sub.add_parser("bench", help="params, FLOPs and throughput of methods")
     p.add_argument("--methods", type=_name_list, default=["all"])

@@ -18,8 +18,8 @@
    ME-GraphAU and the ResNet baseline (`DEMO_ENSEMBLE`, the average of their probabilities) in
    OUT/ensemble,
 5. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
-Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau, resnet and rrl:
-10 min 45 s from a fresh clone, install excluded).
+Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau, resnet and rrl,
+smoothing and ensemble: 11 min 47 s from a fresh clone, install excluded).
 """
 from __future__ import annotations
 

@@ -128,6 +128,8 @@ def find_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Every result JSON under the given run directories (or result files). In a directory,
     unreadable JSON files and incomplete results are skipped with a warning on stderr; a file
     named directly must be a usable result."""
+    from aubench.engine.postprocess import stale_sources
+
     results = []
     seen: set[Path] = set()
     for path in map(Path, paths):
@@ -156,6 +158,9 @@ def find_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                     raise UserError(f"{file}: incomplete result: {problem}")
                 warn(f"{file}: incomplete result: {problem}; skipped")
                 continue
+            stale = stale_sources(data, file)
+            if stale:
+                warn(f"{file}: {stale}; shown as it is (aubench smooth / aubench ensemble make it again)")
             data["_file"] = str(file)
             results.append(data)
     if not results:
@@ -273,7 +278,7 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
 
     def section_order(key: tuple[str, str, str]):
         dataset, protocol, test = key
-        return dataset, _ratio_key(protocol), _condition_order(test)
+        return dataset, _ratio_key(protocol), _condition_order(test), protocol  # raw before "+smooth-..."
 
     rows = []
     for (dataset, protocol, test), by_method in sorted(groups.items(), key=lambda kv: section_order(kv[0])):

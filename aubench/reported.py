@@ -239,8 +239,8 @@ REPORTED += [
 
 # --- RegNetY + ViViT ensemble (Vu et al.), Table 2: the ABAW 2023 AU track, Aff-Wild2 -------------
 # Means only (the table prints them as fractions; here in percent), on the challenge's Validation
-# set (what an official-split file tests on) and on its Test set (labels not public: no aubench
-# result is comparable; those rows are named "[ABAW test set]"). The paper's own Regnet-ViT row
+# set (what an official-split file tests on; rows named "[ABAW validation set]") and on its Test
+# set (labels not public: no aubench result is comparable; rows named "[ABAW test set]"). The paper's own Regnet-ViT row
 # gets its per-AU Validation figures from Table 1, row "Official" (their mean, 52.80, is the row's).
 # "Regnet-ViT-Smoothing" smooths with the Gaussian filter aubench names gaussian-k51-s3, so it
 # stands beside smoothed results; the paper does not say whether its ensemble row is smoothed,
@@ -265,7 +265,8 @@ _ABAW_TABLE2 = [  # (method, Validation set, Test set, protocol)
 _VIVIT_OFFICIAL_PER_AU = [55.12, 49.35, 55.86, 67.04, 74.41, 74.52, 73.59, 17.74, 20.98, 18.38, 85.35, 41.27]
 for _method, _val, _test, _protocol in _ABAW_TABLE2:
     if _val is not None:
-        REPORTED.append(_entry(_method, "Aff-Wild2", _VIVIT_OFFICIAL_PER_AU if _method == "Regnet-ViT" else None,
+        REPORTED.append(_entry(f"{_method} [ABAW validation set]", "Aff-Wild2",
+                               _VIVIT_OFFICIAL_PER_AU if _method == "Regnet-ViT" else None,
                                _val, f"{_VIVIT_T2}, Validation set" + (" (per AU: Table 1)" if _method == "Regnet-ViT"
                                                                         else ""),
                                protocol=_protocol, split="official"))

@@ -31,7 +31,8 @@ def read(path):
 def test_smoothing_spec_is_parsed_and_bad_specs_are_refused(capsys):
     assert parse_smoothing(PAPER) == Smoothing(51, 3.0) and Smoothing(51, 3.0).name == "gaussian-k51-s3"
     for bad, says in [("gaussian:50:3", "odd"), ("gaussian:51:0", "positive"), ("gaussian:51:nan", "positive"),
-                      ("box:5:1", "expected gaussian"), ("gaussian:51", "expected gaussian")]:
+                      ("box:5:1", "expected gaussian"), ("gaussian:51", "expected gaussian"),
+                      ("gaussian:51:3.0000001", "at most 6 significant digits")]:
         with pytest.raises(ValueError, match=says):
             parse_smoothing(bad)
     assert main(["smooth", "nowhere", "--smooth", "gaussian:4:1"]) == 2
@@ -69,6 +70,10 @@ def test_smoothing_never_mixes_sequences_and_respects_frame_gaps():
     assert np.allclose(gapped[:5], 0.9) and np.allclose(gapped[5:], 0.1)
     with pytest.raises(ValueError, match="frame numbers do not increase"):
         smooth_probabilities(probabilities[:3], np.zeros(3), np.array([1, 3, 2]), Smoothing(3, 1.0))
+    with pytest.raises(ValueError, match="not consecutive rows"):  # sequence 0, then 1, then 0 again
+        smooth_probabilities(probabilities[:3], np.array([0, 1, 0]), np.array([1, 2, 3]), Smoothing(3, 1.0))
+    single = smooth_probabilities(probabilities[:1], np.zeros(1), np.ones(1), Smoothing(51, 3.0))
+    assert np.array_equal(single, probabilities[:1])  # one frame, and fewer frames than the radius
 
 
 # ---- runs to smooth and fuse -----------------------------------------------------------------
@@ -165,6 +170,8 @@ def test_an_ensemble_of_a_run_with_itself_reproduces_it(runs, tmp_path):
         assert np.array_equal(predictions.probabilities, source_predictions.probabilities)
         assert fused["metrics"] == source["metrics"] and fused["method"] == "self"
         assert [m["weight"] for m in fused["ensemble"]["members"]] == [0.5, 0.5]
+        # one model run once: its size and speed, not twice them
+        assert fused["bench"]["params_m"] == source["bench"]["params_m"]
 
 
 def test_weighted_ensemble_of_two_runs_and_its_leaderboard_row(runs, h5, tmp_path, capsys):
@@ -198,18 +205,65 @@ def test_weighted_ensemble_of_two_runs_and_its_leaderboard_row(runs, h5, tmp_pat
     assert main(["ensemble", str(a), str(b), "--name", "pair", "--weights", "3,1", "--out", str(out)]) == 0
     assert "kept" in capsys.readouterr().out
     assert main(["ensemble", str(a), str(b), "--name", "pair", "--out", str(out)]) == 2
-    assert "holds an ensemble made from other results or weights; pass --overwrite" in capsys.readouterr().err
+    assert "holds an ensemble made from other results or weights (or its predictions file is missing or " \
+           "altered); pass --overwrite" in capsys.readouterr().err
     assert main(["ensemble", str(a), str(b), "--name", "pair", "--out", str(out), "--overwrite"]) == 0
     stale = smoothed_path(out / "results" / RESULTS[0].replace("resnet", "pair"), Smoothing(5, 1.0))
     assert not stale.exists()  # made from the replaced predictions: removed with them
+    # --overwrite with members that no longer share the occluded condition: its results go
+    fewer = tmp_path / "fewer"
+    shutil.copytree(b / "results", fewer / "results")
+    (fewer / "results" / RESULTS[1]).unlink()
+    assert main(["ensemble", str(a), str(fewer), "--name", "pair", "--out", str(out), "--overwrite"]) == 0
+    assert "not every member has BP4D" not in capsys.readouterr().out  # the note goes to stderr
+    assert sorted(p.name for p in (out / "results").glob("*.json")) == ["pair_fold1_full.json"]
 
 
-def altered_copy(a, tmp_path, edit):
-    """A copy of run `a` whose results went through `edit(result, predictions) -> (result, predictions)`."""
+def test_ensemble_never_replaces_other_results(runs, tmp_path, capsys):
+    a, b = runs
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    shutil.copy(a / "results" / RESULTS[0], out / "results" / "x_fold1_full.json")
+    assert main(["ensemble", str(a), str(b), "--name", "x", "--out", str(out), "--overwrite"]) == 2
+    assert "x_fold1_full.json exists and is not an ensemble result" in capsys.readouterr().err
+    assert main(["ensemble", str(a), str(b), "--name", "resnet", "--out", str(tmp_path / "o2")]) == 2
+    assert "--name 'resnet' is a method's name" in capsys.readouterr().err
+    members = tmp_path / "members"  # an OUT whose ensemble file would be a member's result
+    shutil.copytree(a / "results", members / "results")
+    for path in (members / "results").glob("resnet_*"):
+        path.rename(path.with_name(path.name.replace("resnet_", "y_")))
+    for path in (members / "results").glob("y_*.json"):
+        record = read(path)
+        record.update(method="y")
+        record["predictions"]["file"] = record["predictions"]["file"].replace("resnet_", "y_")
+        path.write_text(json.dumps(record))
+    assert main(["ensemble", str(members), str(members), "--name", "y2", "--out", str(members)]) == 0
+    assert main(["ensemble", str(members), str(b), "--methods", "y,resnet", "--name", "y2", "--out", str(members),
+                 "--overwrite"]) == 0  # its own earlier ensemble is replaced, not the member
+    assert read(members / "results" / "y_fold1_full.json")["method"] == "y"
+
+
+def test_leaderboard_warns_about_a_result_made_from_replaced_predictions(runs, tmp_path, capsys):
+    a, _ = runs
+    copy = tmp_path / "a"
+    shutil.copytree(a / "results", copy / "results")
+    source = copy / "results" / RESULTS[0]
+    result, predictions = read_predictions(source)
+    predictions.probabilities = 1 - predictions.probabilities  # retested, say
+    write_result(source, {k: v for k, v in result.items() if k != "predictions"}, predictions)
+    leaderboard.find_results([copy])
+    err = capsys.readouterr().err
+    assert f"{smoothed_path(source, Smoothing(51, 3.0))}: made from predictions of {source} that have since been " \
+           f"replaced" in err and err.count("since been replaced") == 1
+
+
+def altered_copy(a, tmp_path, edit, only=RESULTS):
+    """A copy of run `a` whose results `only` went through `edit(result, predictions) -> (result, predictions)`."""
     copy = tmp_path / "altered"
     for name in RESULTS:
         result, predictions = read_predictions(a / "results" / name)
-        result, predictions = edit(result, predictions)
+        if name in only:
+            result, predictions = edit(result, predictions)
         write_result(copy / "results" / name, {k: v for k, v in result.items() if k != "predictions"}, predictions)
     return copy
 
@@ -227,15 +281,16 @@ def drop_last_frame(result, p):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda r, p: ({**r, "fold": 2}, p), "the members' folds differ"),
-    (lambda r, p: ({**r, "dataset": "DISFA"}, p), "the members' datasets differ"),
+    (lambda r, p: ({**r, "dataset": "DISFA"}, p), "the members share no dataset, protocol and test condition"),
     (lambda r, p: ({**r, "data": {**r["data"], "fingerprint": "0" * 64}}, p), "data files (fingerprints) differ"),
     (drop_au, "the members' AU sets differ"),
     (drop_last_frame, "the members' test rows differ"),
-    (lambda r, p: ({**r, "protocol": "sparse0.5"}, p), "the members share no protocol and test condition"),
+    (lambda r, p: ({**r, "protocol": "sparse0.5"}, p), "the members share no dataset, protocol and test condition"),
 ])
 def test_mismatched_members_are_refused_with_their_message(runs, tmp_path, capsys, edit, message):
     a, _ = runs
-    other = altered_copy(a, tmp_path, edit)
+    # altered under the second test condition only: the first is checked fine, and still nothing is written
+    other = altered_copy(a, tmp_path, edit, only=RESULTS if "share no" in message else RESULTS[1:])
     assert main(["ensemble", str(a), str(other), "--name", "x", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and str(other) in err
@@ -288,10 +343,11 @@ def test_affwild2_evaluation_names_its_split_and_stands_beside_the_abaw_rows(tmp
     assert result["dataset"] == "Aff-Wild2" and result["data"]["split_scheme"] == "official"
     rows = leaderboard.build_rows(leaderboard.find_results([out]))
     section = {(r["method"], r["protocol"]) for r in rows if r["dataset"] == "Aff-Wild2 (official split)"}
-    assert {("resnet", "full"), ("resnet", SMOOTHED), ("Regnet-ViT", "full"),
-            ("Regnet-ViT-Ensemble [ABAW test set]", "full"), ("Regnet-ViT-Smoothing", SMOOTHED)} <= section
-    assert ("Regnet-ViT-Smoothing", "full") not in section and len({r["dataset"] for r in rows}) == 1
-    regnet = next(r for r in rows if r["method"] == "Regnet-ViT" and r["protocol"] == "full")
+    validation = " [ABAW validation set]"
+    assert {("resnet", "full"), ("resnet", SMOOTHED), ("Regnet-ViT" + validation, "full"),
+            ("Regnet-ViT-Ensemble [ABAW test set]", "full"), ("Regnet-ViT-Smoothing" + validation, SMOOTHED)} <= section
+    assert ("Regnet-ViT-Smoothing" + validation, "full") not in section and len({r["dataset"] for r in rows}) == 1
+    regnet = next(r for r in rows if r["method"] == "Regnet-ViT" + validation and r["protocol"] == "full")
     assert regnet["mean_f1"]["mean"] == 52.80 and regnet["f1"]["AU25"]["mean"] == 85.35
     assert "### Aff-Wild2 (official split)" in leaderboard.to_markdown(rows)
     # a k-fold file's results are another section, never averaged with the official split's

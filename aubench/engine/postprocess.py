@@ -23,12 +23,17 @@ file name and predictions sha256), and is written beside its source as
 
 Ensembles follow the paper's Section 3.3: average fusion of the members' prediction scores
 (here a weighted mean of their per-frame probabilities, equal weights by default). Members are
-(run, method) pairs; every (protocol, test condition) all members have is fused fold by fold,
-refusing members whose folds, datasets, data files, AU sets, test rows, thresholds or training
-occlusion differ. An ensemble result records "ensemble": its members (method, result file,
-predictions sha256, weight, identity) and is named "<name>_fold<k>_<protocol>[_test-<condition>]";
+(run, method) pairs; every (dataset, protocol, test condition) all members have is fused fold by
+fold, refusing members that share none, and members whose folds, data files, AU sets, test rows,
+thresholds or training occlusion differ. An ensemble result records "ensemble": its members (method, result file,
+predictions sha256, weight, identity) and is named
+"<name>_fold<k>_<protocol>[_train-<condition>][_test-<condition>].json";
 its size and speed are the members' together (parameters and FLOPs added, frames per second of
 running every member in turn). Smoothing, when asked, applies to the fused probabilities.
+
+Both keep what they made: a smoothed or ensemble result already there, made from the same
+predictions with the same settings, is kept. Results whose predictions file is missing or altered
+are left out with a warning naming them.
 
 Neither reads a training label: they see test predictions and the test split's labels only.
 """
@@ -88,6 +93,8 @@ def parse_smoothing(text: str) -> Smoothing:
         raise ValueError(f"{text!r}: the kernel size must be odd and at least 3 (it is centred on a frame), got {size}")
     if not (math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"{text!r}: sigma must be a positive number, got {parts[2]}")
+    if float(f"{sigma:g}") != sigma:  # the name must tell filters apart: it names their files
+        raise ValueError(f"{text!r}: give sigma with at most 6 significant digits, got {parts[2]}")
     return Smoothing(size, sigma)
 
 
@@ -103,6 +110,8 @@ def smooth_probabilities(probabilities: np.ndarray, sequence: np.ndarray, frame_
     same = sequence[1:] == sequence[:-1]
     if np.any(same & (frame_no[1:] <= frame_no[:-1])):
         raise ValueError("frame numbers do not increase within a sequence")
+    if len(np.unique(sequence)) != t - int(same.sum()):  # as many runs of rows as sequences
+        raise ValueError("a sequence's frames are not consecutive rows")
     radius = smoothing.kernel_size // 2
     values = np.asarray(probabilities, dtype=np.float64)
     weighted = np.zeros_like(values)
@@ -162,14 +171,15 @@ class TestLabels:
         path = str(self.data if self.data is not None else result["data"]["path"])
         if path not in self.files:
             try:
-                self.files[path] = AUFile(path)
+                file = AUFile(path)
+                self.files[path] = file, file.fingerprint()  # hashes the labels: once per file
             except FileNotFoundError:
                 hint = "" if self.data is not None else "; pass --data with its new path"
                 raise UserError(f"{where}: its data file {path} is missing{hint}") from None
             except (OSError, ValueError) as err:
                 raise UserError(str(err)) from None
-        file = self.files[path]
-        if file.fingerprint() != result["data"]["fingerprint"]:
+        file, fingerprint = self.files[path]
+        if fingerprint != result["data"]["fingerprint"]:
             raise UserError(f"{path}: not the data file {where} was tested on (its fingerprint differs)")
         return file.labels
 
@@ -191,7 +201,10 @@ def smooth_result(path: str | Path, smoothing: Smoothing, labels: TestLabels) ->
         if (isinstance(stored, dict) and stored.get("smoothed_from") == source
                 and stored.get("smoothing") == smoothing.record() and predictions_problem(out, stored) is None):
             return out, False
-    smoothed = smooth_predictions(predictions, smoothing)
+    try:
+        smoothed = smooth_predictions(predictions, smoothing)
+    except ValueError as err:
+        raise UserError(f"{predictions_path(path)}: {err}; it cannot be smoothed") from None
     metrics = smoothed.metrics(labels.of(result, path))
     record = {key: value for key, value in result.items() if key not in ("predictions", "_file")}
     record.update(protocol=f"{result['protocol']}+{SMOOTH_PREFIX}{smoothing.name}", metrics=metrics,
@@ -205,7 +218,7 @@ def raw_results(paths: Iterable[str | Path], methods: list[str] | None = None) -
     """The result files under run directories / named result files that may be smoothed or fused:
     with predictions, not smoothed already; only those of `methods` when given (UserError naming a
     method none of them holds). A named file must be one."""
-    from aubench.leaderboard import find_results
+    from aubench.leaderboard import find_results, warn
 
     found = []
     for path in map(Path, paths):
@@ -217,7 +230,10 @@ def raw_results(paths: Iterable[str | Path], methods: list[str] | None = None) -
                     raise UserError(f"{file}: {problem}")
                 if "smoothing" in result:
                     raise UserError(f"{file}: already smoothed; name the result it was made from")
-            if problem or "smoothing" in result or (methods and result["method"] not in methods):
+            if methods and result["method"] not in methods or "smoothing" in result:
+                continue
+            if problem:
+                warn(f"{file}: {problem}; left out")
                 continue
             found.append((file, result["method"]))
     missing = [m for m in methods or [] if m not in {method for _, method in found}]
@@ -253,7 +269,8 @@ class Member:
     run: str
     method: str
     weight: float = 1.0
-    results: dict[tuple[str, str], dict[int, Path]] = field(default_factory=dict)  # (protocol, test) -> fold -> file
+    # (dataset as the leaderboard names it, protocol, test condition) -> fold -> result file
+    results: dict[tuple[str, str, str], dict[int, Path]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -267,7 +284,7 @@ def ensemble_members(runs: list[str], methods: list[str] | None, weights: list[f
     """The members of `aubench ensemble RUN ... [--methods ...] [--weights ...]`: for each RUN, each
     of `methods` it holds (every method when not given, which must then be one), in that order;
     weights normalised to sum 1 (equal by default)."""
-    from aubench.leaderboard import conditions
+    from aubench.leaderboard import conditions, dataset_label
 
     members = []
     for run in runs:
@@ -285,12 +302,12 @@ def ensemble_members(runs: list[str], methods: list[str] | None, weights: list[f
             for path, record in records.items():
                 if record["method"] != method:
                     continue
-                key = (record["protocol"], conditions(record)[1])
+                key = (dataset_label(record), record["protocol"], conditions(record)[1])
                 folds = member.results.setdefault(key, {})
                 if record["fold"] in folds:
-                    raise UserError(f"{member.label}: two results of fold {record['fold']}, {key[0]}, test "
-                                    f"condition {key[1]} ({folds[record['fold']]}, {path}); an ensemble member "
-                                    f"needs one; name one run directory per setting")
+                    raise UserError(f"{member.label}: two results of fold {record['fold']}, {_key_text(key)} "
+                                    f"({folds[record['fold']]}, {path}); an ensemble member needs one; name one run "
+                                    f"directory per setting")
                 folds[record["fold"]] = path
             members.append(member)
     missing = [m for m in methods or [] if not any(member.method == m for member in members)]
@@ -347,39 +364,87 @@ def ensemble_file_name(name: str, fold: int, protocol: str, train: str, test: st
     return stem + ".json"
 
 
+def stale_sources(result: dict[str, Any], path: str | Path) -> str | None:
+    """Why the smoothed or ensemble result read from `path` no longer matches its sources (a source
+    result since replaced: retested, retrained), or None. Sources that are gone are not held
+    against it (results may be copied without them)."""
+    def current_sha(source: Path) -> str | None:
+        try:
+            return (json.loads(source.read_text(encoding="utf-8")).get("predictions") or {}).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    sources = []
+    if isinstance(result.get("smoothed_from"), dict):
+        record = result["smoothed_from"]
+        sources.append((Path(path).parent / str(record.get("file")), record.get("predictions_sha256")))
+    elif isinstance(result.get("ensemble"), dict):
+        sources += [(Path(str(m.get("result"))), m.get("predictions_sha256"))
+                    for m in result["ensemble"].get("members") or [] if isinstance(m, dict)]
+    for source, sha in sources:
+        now = current_sha(source) if source.is_file() else None
+        if now is not None and now != sha:
+            return f"made from predictions of {source} that have since been replaced"
+    return None
+
+
+def _key_text(key: tuple[str, str, str]) -> str:
+    dataset, protocol, test = key
+    return f"{dataset} {protocol} (test {test})"
+
+
+@dataclass
+class _Planned:
+    """One ensemble result to write (or keep): its path and the members' results of its fold."""
+
+    path: Path
+    fold: int
+    protocol: str
+    test: str
+    read: list[tuple[dict[str, Any], Predictions]]
+    paths: list[Path]
+    member_records: list[dict[str, Any]]
+    keep: bool = False
+
+
 def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str] | None = None,
                   weights: list[float] | None = None, smoothing: Smoothing | None = None,
                   overwrite: bool = False, data: str | Path | None = None, quiet: bool = False) -> list[Path]:
     """`aubench ensemble`: fuse the members' predictions for every (protocol, test condition) they
-    all have, fold by fold, into OUT/results; then smooth them when `smoothing` is given. The
-    result files written or kept (an ensemble result made from the same members' predictions with
-    the same weights is kept; one made otherwise is replaced only with `overwrite`)."""
-    from aubench.leaderboard import RESULT_SCHEMA, conditions
+    all have, fold by fold, into OUT/results; then smooth them when `smoothing` is given. Every
+    check runs before anything is written. The result files written or kept (an ensemble result
+    made from the same members' predictions with the same weights is kept; one made otherwise is
+    replaced only with `overwrite`, which also removes this name's results that are not made again)."""
+    from aubench.leaderboard import RESULT_SCHEMA, conditions, warn
+    from aubench.models import available_methods
 
     if not NAME_PATTERN.fullmatch(name):
         raise UserError(f"--name {name!r}: use letters, digits and . _ + - (it names the result files)")
     members = ensemble_members(runs, methods, weights)
+    if name in available_methods() or name in {m.method for m in members}:
+        raise UserError(f"--name {name!r} is a method's name; an ensemble needs a name of its own (its leaderboard "
+                        f"row would be mistaken for the method's)")
     keys = [key for key in members[0].results if all(key in m.results for m in members[1:])]
     if not keys:
-        held = "; ".join(f"{m.label}: {', '.join(f'{p} (test {t})' for p, t in m.results)}" for m in members)
-        raise UserError(f"the members share no protocol and test condition ({held}); an ensemble fuses results of "
-                        f"the same protocol")
+        held = "; ".join(f"{m.label}: {', '.join(map(_key_text, m.results))}" for m in members)
+        raise UserError(f"the members share no dataset, protocol and test condition ({held}); an ensemble fuses "
+                        f"results of the same protocol")
     left = sorted({key for m in members for key in m.results} - set(keys))
     if left and not quiet:
-        print(f"ensemble {name}: not every member has {', '.join(f'{p} (test {t})' for p, t in left)}; left out",
-              flush=True)
-    labels = TestLabels(data)
-    written = []
-    for protocol, test in keys:
-        folds = [sorted(m.results[(protocol, test)]) for m in members]
-        _check_same(members, folds, "folds", f"{protocol}, test {test}")
+        warn(f"ensemble {name}: not every member has {', '.join(map(_key_text, left))}; left out")
+    inputs = {path.resolve() for m in members for folds in m.results.values() for path in folds.values()}
+
+    planned: list[_Planned] = []
+    for key in keys:
+        _, protocol, test = key
+        folds = [sorted(m.results[key]) for m in members]
+        _check_same(members, folds, "folds", _key_text(key))
         for fold in folds[0]:
-            paths = [m.results[(protocol, test)][fold] for m in members]
+            paths = [m.results[key][fold] for m in members]
             read = [read_predictions(p) for p in paths]
             results = [r for r, _ in read]
-            where = f"fold {fold}, {protocol}, test {test}"
-            _check_same(members, [r["dataset"] for r in results], "datasets", where)
-            _check_same(members, [r["data"]["fingerprint"][:12] for r in results], "data files (fingerprints)", where)
+            where = f"fold {fold}, {_key_text(key)}"
+            _check_same(members, [r["data"]["fingerprint"] for r in results], "data files (fingerprints)", where)
             _check_same(members, [", ".join(r["au_names"]) for r in results], "AU sets", where)
             _check_same(members, [conditions(r)[0] for r in results], "training occlusion conditions", where)
             _check_same(members, [p.threshold for _, p in read], "decision thresholds", where)
@@ -390,42 +455,73 @@ def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str
                                "identity": {k: v for k, v in result_identity(r).items() if k != "fold"}}
                               for m, p, r in zip(members, paths, results)]
             path = Path(out) / "results" / ensemble_file_name(name, fold, protocol, conditions(results[0])[0], test)
+            plan = _Planned(path, fold, protocol, test, read, paths, member_records)
+            if path.resolve() in inputs:
+                raise UserError(f"--out {out}: {path} is one of the members' results; write the ensemble elsewhere")
             if path.is_file():
                 try:
                     stored = json.loads(path.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     stored = None
-                same = (isinstance(stored, dict) and stored.get("ensemble", {}).get("members") == member_records
-                        and predictions_problem(path, stored) is None)
-                if same:
-                    written.append(path)
-                    if not quiet:
-                        print(f"kept     {path} (same members and weights)", flush=True)
-                    continue
-                if not overwrite:
-                    raise UserError(f"{path} holds an ensemble made from other results or weights; pass --overwrite "
-                                    f"to replace it, or another --out / --name")
-            fused = fuse([p for _, p in read], [m.weight for m in members])
-            first = results[0]
-            metrics = fused.metrics(labels.of(first, paths[0]))
-            record = {
-                "schema": RESULT_SCHEMA, "method": name, "dataset": first["dataset"], "fold": fold,
-                "protocol": protocol, "label_ratio": first["label_ratio"],
-                "occlusion": {"train": conditions(first)[0], "test": test}, "au_names": first["au_names"],
-                "metrics": metrics, "mean_f1": metrics["mean_f1"],
-                "ensemble": {"fusion": "weighted mean of per-frame probabilities", "members": member_records},
-                "bench": _combined_bench([r.get("bench") or {} for r in results]),
-                "data": {key: first["data"][key] for key in ("path", "fingerprint", "split_scheme")
-                         if key in first["data"]} | {"num_test_frames": metrics["num_frames"]},
-                "created": _now(),
-            }
-            remove_smoothed(path)
-            write_result(path, record, fused)
+                if not (isinstance(stored, dict) and "ensemble" in stored):
+                    raise UserError(f"--out {out}: {path} exists and is not an ensemble result; choose another --out "
+                                    f"or --name")
+                plan.keep = (stored["ensemble"].get("members") == member_records
+                             and predictions_problem(path, stored) is None)
+                if not plan.keep and not overwrite:
+                    raise UserError(f"{path} holds an ensemble made from other results or weights (or its predictions "
+                                    f"file is missing or altered); pass --overwrite to replace it, or another --out / "
+                                    f"--name")
+            planned.append(plan)
+
+    labels = TestLabels(data)
+    written = []
+    for plan in planned:
+        if plan.keep:
             if not quiet:
-                print(f"fused    {path}: mean F1 {100 * metrics['mean_f1']:.1f} (members "
-                      + ", ".join(f"{m.method} {100 * r['mean_f1']:.1f}" for m, r in zip(members, results)) + ")",
-                      flush=True)
-            written.append(path)
+                print(f"kept     {plan.path} (same members and weights)", flush=True)
+            written.append(plan.path)
+            continue
+        results = [r for r, _ in plan.read]
+        fused = fuse([p for _, p in plan.read], [m.weight for m in members])
+        first = results[0]
+        metrics = fused.metrics(labels.of(first, plan.paths[0]))
+        # a result file named twice (the same run as two members) is one model to run
+        distinct = {str(p.resolve()): r.get("bench") or {} for p, r in zip(plan.paths, results)}
+        record = {
+            "schema": RESULT_SCHEMA, "method": name, "dataset": first["dataset"], "fold": plan.fold,
+            "protocol": plan.protocol, "label_ratio": first["label_ratio"],
+            "occlusion": {"train": conditions(first)[0], "test": plan.test}, "au_names": first["au_names"],
+            "metrics": metrics, "mean_f1": metrics["mean_f1"],
+            "ensemble": {"fusion": "weighted mean of per-frame probabilities", "members": plan.member_records},
+            "bench": _combined_bench(list(distinct.values())),
+            "data": {key: first["data"][key] for key in ("path", "fingerprint", "split_scheme")
+                     if key in first["data"]} | {"num_test_frames": metrics["num_frames"]},
+            "created": _now(),
+        }
+        remove_smoothed(plan.path)
+        write_result(plan.path, record, fused)
+        if not quiet:
+            print(f"fused    {plan.path}: mean F1 {100 * metrics['mean_f1']:.1f} (members "
+                  + ", ".join(f"{m.method} {100 * r['mean_f1']:.1f}" for m, r in zip(members, results)) + ")",
+                  flush=True)
+        written.append(plan.path)
+    if overwrite:  # this name's earlier results that were not made again (a fold or condition gone)
+        for path in sorted((Path(out) / "results").glob(f"{glob_escape(name)}_fold*.json")):
+            if path in written:
+                continue
+            try:
+                stored = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            # smoothed results go with their source (remove_smoothed)
+            if isinstance(stored, dict) and stored.get("method") == name and "ensemble" in stored \
+                    and "smoothing" not in stored:
+                remove_smoothed(path)
+                predictions_path(path).unlink(missing_ok=True)
+                path.unlink()
+                if not quiet:
+                    print(f"removed  {path} (not made again)", flush=True)
     if smoothing is not None:
         written += smooth_results(list(written), smoothing, labels, quiet)
     return written
