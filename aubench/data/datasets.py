@@ -249,8 +249,13 @@ class ClipDataset(_AUDatasetBase):
     (Knowledge-Spreader sends the key frame along a second branch with other augmentations).
     Test / "all" split: clips tile every sequence with stride n, the last one ending at the
     sequence end, so every frame is predicted (some twice); "key_position" is n // 2.
+    Train split with `windows=True` (frame-wise sequence models): the clips tile every training
+    sequence as on the test split, and each frame keeps the label the protocol lets it have
+    ("labeled" per frame); a window without any such label is left out, and a frame repeated to
+    fill a sequence shorter than n reads -1 after its first place, so no label counts twice in
+    one window.
 
-    Args: as `FrameDataset`, plus clip_len (n >= 1) and key_view (train split only). With
+    Args: as `FrameDataset`, plus clip_len (n >= 1), key_view (train split only) and windows. With
     normalize=False "image" is uint8 (n,3,H,W) (see `normalize_images`). "occlusion" is bool
     (n,H,W): on the test / "all" split each frame's fixed mask (as in FrameDataset), on the
     train split one random mask repeated over the clip.
@@ -259,18 +264,19 @@ class ClipDataset(_AUDatasetBase):
     def __init__(self, path, fold: int | None = 1, split: str = "train", clip_len: int = 5,
                  label_ratio: float = 1.0, image_size=None, augment=False, occlusion=None,
                  seed: int | None = None, normalize: bool = True, key_view: bool = False,
-                 landmarks: bool | None = None):
+                 landmarks: bool | None = None, windows: bool = False):
         if isinstance(clip_len, bool) or int(clip_len) != clip_len or clip_len < 1:
             raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
         super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
                          normalize, landmarks)
         self.clip_len = int(clip_len)
-        if key_view and split != "train":
-            raise ValueError(f"key_view is for the train split (clips with a key frame), not {split!r}")
+        if key_view and (split != "train" or windows):
+            raise ValueError(f"key_view is for training clips with a key frame, not {split!r} windows")
         self.key_view = bool(key_view)
+        self.windows = bool(windows) and split == "train"
         seq = self.file.sequences
         frame_seq = self.file.frame_sequence
-        if split == "train":
+        if split == "train" and not windows:
             self.key_rows = self.rows[self.labeled_mask[self.rows]]
             s = frame_seq[self.key_rows]
             self._clip_seq_start = seq["start"][s]
@@ -293,6 +299,11 @@ class ClipDataset(_AUDatasetBase):
             self._clip_seq_start = np.asarray(starts, dtype=np.int64)
             self._clip_seq_length = np.asarray(lengths, dtype=np.int64)
             self._clip_first = np.asarray(firsts, dtype=np.int64)
+            if self.windows:  # training windows: those with at least one label the protocol keeps
+                keep = [bool(self.labeled_mask[self.clip_rows(i)[0]].any()) for i in range(len(starts))]
+                self._clip_seq_start = self._clip_seq_start[keep]
+                self._clip_seq_length = self._clip_seq_length[keep]
+                self._clip_first = self._clip_first[keep]
 
     def __len__(self) -> int:
         return int(self._clip_seq_start.size)
@@ -347,6 +358,10 @@ class ClipDataset(_AUDatasetBase):
                 others = np.arange(n) != key
                 labels[torch.from_numpy(others)] = -1.0
                 labeled[others] = False
+            if self.windows:  # a frame repeated to fill a short sequence counts once
+                repeated = np.r_[False, rows[1:] == rows[:-1]]
+                labels[torch.from_numpy(repeated)] = -1.0
+                labeled[repeated] = False
             item = {
                 "image": images,
                 "label": labels,

@@ -61,16 +61,19 @@ class RunData:
     # device (aubench.engine.trainer.move_batch), so workers and host-to-device copies move 4x
     # fewer bytes.
     def train_dataset(self, input_kind: str, preset: Preset, label_ratio: float, augment, key_view: bool = False,
-                      labeled_only: bool = True, occlusion=None, landmarks: bool = False, views: int = 1):
+                      labeled_only: bool = True, occlusion=None, landmarks: bool = False, views: int = 1,
+                      windows: bool = False):
         """Frame methods are supervised: with `labeled_only` they train on the frames whose labels
         the protocol keeps (a stage that uses no labels passes False: every training frame).
+        Clip methods train on one clip per labeled key frame, or with `windows` on windows that
+        tile the training sequences with every label the protocol keeps (ClipDataset).
         `occlusion`: a parsed condition (aubench.data.occlusion), drawn afresh for every item.
         `landmarks`: items carry them (a method that uses them; the file must have them)."""
         try:
             if input_kind == "clip":
                 return ClipDataset(self.file, self.fold, "train", clip_len=preset.clip_len, label_ratio=label_ratio,
                                    image_size=preset.image_size, augment=augment, normalize=False,
-                                   key_view=key_view, occlusion=occlusion, landmarks=landmarks)
+                                   key_view=key_view, occlusion=occlusion, landmarks=landmarks, windows=windows)
             return FrameDataset(self.file, self.fold, "train", image_size=preset.image_size, augment=augment,
                                 label_ratio=label_ratio, labeled_only=labeled_only, normalize=False,
                                 occlusion=occlusion, landmarks=landmarks, views=views)

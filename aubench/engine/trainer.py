@@ -275,7 +275,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
         return 0.1 ** sum(progress >= m for m in (0.5, 0.75))
     if schedule == "constant":
         return 1.0
-    raise UserError(f"unknown learning-rate schedule {schedule!r} (cosine, step, constant)")
+    if schedule.startswith("sgdr:") and schedule[5:].isdigit() and int(schedule[5:]) >= 1:
+        # cosine annealing with warm restarts (SGDR, restart period constant): `cycles` equal cycles
+        cycles = int(schedule[5:])
+        within = progress * cycles - math.floor(progress * cycles) if progress < 1.0 else 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * within))
+    raise UserError(f"unknown learning-rate schedule {schedule!r} (cosine, step, constant, sgdr:<cycles>)")
 
 
 def build_optimizer(method: nn.Module, preset: Preset) -> torch.optim.Optimizer:
@@ -514,12 +519,13 @@ class Trainer:
                                        cfg.label_ratio if stage.uses_labels else 1.0, augment=augment,
                                        key_view=self.method.key_view, labeled_only=stage.uses_labels,
                                        occlusion=self.train_occlusion if stage.occluded else None,
-                                       landmarks=self.method.uses_landmarks, views=self.method.views)
+                                       landmarks=self.method.uses_landmarks, views=self.method.views,
+                                       windows=self.method.window_training)
 
     def train_loader(self, dataset, sampler: DistributedSampler, skip_batches: int) -> DataLoader:
         batch_size = self.per_rank_batch_size()
         drop_last = len(sampler) > batch_size  # a lone 1-sample batch would break batch norm
-        if self.method.input_kind == "clip":
+        if self.method.input_kind == "clip" and not self.method.window_training:
             from aubench.data import KeyPositionBatchSampler
 
             batches = KeyPositionBatchSampler(sampler, batch_size, self.stage.preset.clip_len, drop_last=drop_last)

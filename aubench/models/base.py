@@ -12,7 +12,9 @@ Batches (made by aubench.data, collated by the default collate function):
      whose label is hidden by the sparse-label protocol), "labeled": bool (B,n),
      "key_position": long (B,) position of the labeled key frame, "index": long (B,n)}
     plus, for methods with key_view = True, "key_image": float (B,3,H,W), the key frame again
-    with its own augmentation draw. A training clip holds one label: its key frame's.
+    with its own augmentation draw. A training clip holds one label: its key frame's; a method
+    with window_training = True trains on windows tiling the training sequences instead, every
+    frame with the label the protocol keeps ("key_position" unused).
 "index" holds the frames' rows in the HDF5 file; the evaluator uses it to score every frame
 once (predictions of a frame seen in several clips are averaged).
 
@@ -60,7 +62,7 @@ class Preset:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"          # "cosine" | "step" | "constant"
+    schedule: str = "cosine"          # "cosine" | "step" | "constant" | "sgdr:<cycles>" (warm restarts)
     warmup_epochs: int = 0
     clip_len: int = 1                 # frames per sample; 1 for frame methods
     rotation: float = 10.0            # training augmentation: rotation drawn from [-r, r] degrees
@@ -204,6 +206,9 @@ class AUMethod(nn.Module):
     name: str = ""
     input_kind: str = "frame"  # "frame" | "clip"
     key_view: bool = False     # clip methods: batches also carry "key_image", a second view of the key frame
+    # clip methods: train on windows tiling the training sequences, every frame with the label the
+    # protocol keeps (frame-wise sequence models), instead of one clip per labeled key frame
+    window_training: bool = False
     # batches also carry "landmarks" (68-point, moved with the pixels; "key_landmarks" with
     # key_view, "landmarks2" with views = 2): the data file must have them
     # (aubench.data.AUFile.require_landmarks)
