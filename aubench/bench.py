@@ -21,6 +21,7 @@ method whose cost depends on the mask is measured under it; the record names the
 """
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -246,6 +247,21 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
         record["train_frames_per_s"] = tr["frames_per_s"]
         record["train_ms_per_batch"] = tr["ms_per_batch"]
     return record
+
+
+def timed_rounds(parts: dict, warmup: int, iters: int) -> dict:
+    """Median seconds of each part, the parts run in turn in every round so that a slow spell of
+    the machine touches all of them alike."""
+    for _ in range(warmup):
+        for fn in parts.values():
+            fn()
+    times = {name: [] for name in parts}
+    for _ in range(iters):
+        for name, fn in parts.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def device_name(device: torch.device) -> str:

@@ -19,8 +19,9 @@
    ensemble of `vivit` and `regnet-tf` (`DEMO_ENSEMBLE`, the average of their probabilities) in
    OUT/ensemble,
 5. the leaderboard is printed and written (Markdown, CSV, JSON, PNG).
-Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau, resnet and rrl,
-smoothing and ensemble: 11 min 47 s from a fresh clone, install excluded).
+Meant to finish within fifteen minutes on a 2-core CPU (ks, maefau, megraphau, regnet-tf,
+resnet, rrl and vivit on two folds, smoothing and ensemble: 10 min 27 s from a fresh clone,
+install excluded).
 """
 from __future__ import annotations
 

@@ -20,32 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import torch
 
-from aubench.bench import BENCH_AU_NAMES, device_name, synthetic_batch
+from aubench.bench import BENCH_AU_NAMES, device_name, synthetic_batch, timed_rounds
 from aubench.engine.run import versions
 from aubench.models.au_attention import au_attention_maps
 from aubench.models.base import TrainState
 from aubench.models.rrl import RRL, _stage_preset, relation_loss
-
-
-def timed_rounds(parts: dict, warmup: int, iters: int) -> dict:
-    """Median seconds of each part, the parts run in turn in every round so that a slow spell of
-    the machine touches all of them alike."""
-    for _ in range(warmup):
-        for fn in parts.values():
-            fn()
-    times = {name: [] for name in parts}
-    for _ in range(iters):
-        for name, fn in parts.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv=None) -> int:

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from aubench.bench import count_params, device_name
+from aubench.bench import count_params, device_name, timed_rounds
 from aubench.engine.run import versions
 from aubench.models import create_method, method_class
 
@@ -36,20 +34,6 @@ def gflops(fn, frames: int) -> float:
     return counter.get_total_flops() / frames / 1e9
 
 
-@torch.no_grad()
-def median_seconds(parts: dict, warmup: int, iters: int) -> dict:
-    for _ in range(warmup):
-        for fn in parts.values():
-            fn()
-    times = {name: [] for name in parts}
-    for _ in range(iters):
-        for name, fn in parts.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def measure(name: str, preset_name: str, warmup: int, iters: int) -> dict:
     preset = method_class(name).presets[preset_name]
     torch.manual_seed(0)
@@ -57,7 +41,7 @@ def measure(name: str, preset_name: str, warmup: int, iters: int) -> dict:
     net, embedding = method.net, method.net.embedding
     windows = torch.randn(1, preset.clip_len, 3, preset.image_size, preset.image_size)
     frames = windows.flatten(0, 1)
-    seconds = median_seconds({"model": lambda: net(windows), "regnet": lambda: embedding(frames)}, warmup, iters)
+    seconds = timed_rounds({"model": lambda: net(windows), "regnet": lambda: embedding(frames)}, warmup, iters)
     record = {
         "method": name, "preset": preset_name, "frames_per_window": preset.clip_len, "image_size": preset.image_size,
         "params_m": count_params(net) / 1e6, "regnet_params_m": count_params(embedding) / 1e6,

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from aubench.models.base import Preset, model_settings, register_method
-from aubench.models.regnet_video import FrameSequenceMethod, RegNetEmbedding
-from aubench.models.vivit import TINY_REGNET, transformer
+from aubench.models.regnet_video import (PAPER_TRAINING, TINY_REGNET, TINY_TRAINING, FrameSequenceMethod,
+                                         RegNetEmbedding, transformer)
 
 DEFAULTS = {"backbone": "regnety_004", "backbone_kwargs": None, "pretrained_path": None, "freeze_first_stage": "auto", "dim": 512, "heads": 8,
             "mlp_ratio": 4.0, "layers": 4, "dropout": 0.0, "rhls_beta": 0.2, "focal_alpha": -1.0,
@@ -59,14 +59,10 @@ class RegNetTransformer(nn.Module):
 @register_method("regnet-tf")
 class RegNetTF(FrameSequenceMethod):
     presets = {
-        # vivit's paper training (Section 4.2 as printed); the sizes are ours (module docstring).
-        "paper": Preset(name="paper", image_size=112, epochs=20, batch_size=4, optimizer="sgd", lr=0.9,
-                        momentum=0.9, weight_decay=5e-4, schedule="sgdr:4", warmup_epochs=0, clip_len=256,
-                        model={}),
-        # vivit's tiny scale and training (its small RegNet, 64 px, 8-frame windows, AdamW, no
-        # augmentation): width 64, 4 heads, 1 layer.
-        "tiny": Preset(name="tiny", image_size=64, epochs=12, batch_size=8, optimizer="adamw", lr=3e-3,
-                       weight_decay=1e-4, schedule="cosine", warmup_epochs=0, clip_len=8,
+        # vivit's training (regnet_video.PAPER_TRAINING); the sizes are ours (module docstring)
+        "paper": Preset(name="paper", **PAPER_TRAINING, model={}),
+        # vivit's tiny scale and training on the small RegNet: width 64, 4 heads, 1 layer
+        "tiny": Preset(name="tiny", **TINY_TRAINING,
                        model={"backbone": "regnety_002", "backbone_kwargs": TINY_REGNET, "augment": False,
                               "dim": 64, "heads": 4, "mlp_ratio": 2.0, "layers": 1}),
     }

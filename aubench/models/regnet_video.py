@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
@@ -42,6 +43,30 @@ from aubench.models.backbones import backbone_stride, create_backbone
 from aubench.models.base import AUMethod, Preset, TrainState
 
 FROZEN_PARTS = ("stem", "s1")  # timm RegNet: the stem and the first of the four stages
+
+
+# The training both models share. `paper`: Section 4.2 as printed (112 px faces, 256-frame
+# sequences, SGD at lr 0.9 with cosine annealing warm restarts); epochs, batch, momentum, weight
+# decay and the restart period are ours (vivit.py's docstring).
+PAPER_TRAINING = dict(image_size=112, epochs=20, batch_size=4, optimizer="sgd", lr=0.9, momentum=0.9,
+                      weight_decay=5e-4, schedule="sgdr:4", warmup_epochs=0, clip_len=256)
+# `tiny`: CPU scale, from random initialisation: 64 px, 8-frame windows (the demo's sequences
+# are 10 frames long), AdamW at 3e-3 with one cosine cycle, no augmentation (model setting).
+TINY_TRAINING = dict(image_size=64, epochs=12, batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=1e-4,
+                     schedule="cosine", warmup_epochs=0, clip_len=8)
+# The tiny presets' RegNet: the same design space scaled down (timm RegNetCfg fields over
+# regnety_002's: depth 8, w0 24, wa 16, wm 2, stem 24; stages of 1, 2, 4, 1 blocks, 0.2 M
+# parameters; a 2 x 2 map at 64 px), without squeeze-and-excitation: from scratch, the SE gates
+# kept our small RegNetY from learning (demo data, fold 1, the regnety_002 embedding as a frame
+# classifier, 8 epochs: mean F1 38.8 with SE, 53.3 without); with ImageNet weights (`paper`)
+# the RegNetY is the paper's, SE included.
+TINY_REGNET = {"depth": 8, "w0": 24, "wa": 16.0, "wm": 2.0, "stem_width": 24, "se_ratio": 0.0}
+
+
+def transformer(dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> nn.Sequential:
+    """`depth` pre-norm transformer blocks (timm's ViT block: Eq. 1-2 of the paper)."""
+    return nn.Sequential(*[Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, proj_drop=dropout)
+                           for _ in range(depth)])
 
 
 class RegNetEmbedding(nn.Module):

@@ -48,24 +48,15 @@ scaled down, see its comment.
 from __future__ import annotations
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from aubench.models.base import Preset, model_settings, register_method
-from aubench.models.regnet_video import FrameSequenceMethod, RegNetEmbedding
+from aubench.models.regnet_video import (PAPER_TRAINING, TINY_REGNET, TINY_TRAINING, FrameSequenceMethod,
+                                         RegNetEmbedding, transformer)
 
 DEFAULTS = {"backbone": "regnety_004", "backbone_kwargs": None, "pretrained_path": None, "freeze_first_stage": "auto", "tubelet": 1,
             "dim": 1024, "heads": 8, "mlp_ratio": 4.0, "spatial_layers": 4, "temporal_layers": 4, "dropout": 0.0, "frame_pooling": "mean",
             "rhls_beta": 0.2, "focal_alpha": -1.0, "focal_gamma": 2.0, "augment": True}
-
-
-# The tiny presets' RegNet (timm RegNetCfg fields over regnety_002's): see ViViT.presets["tiny"].
-TINY_REGNET = {"depth": 8, "w0": 24, "wa": 16.0, "wm": 2.0, "stem_width": 24, "se_ratio": 0.0}
-
-
-def transformer(dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> nn.Sequential:
-    return nn.Sequential(*[Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, proj_drop=dropout)
-                           for _ in range(depth)])
 
 
 class FactorisedViViT(nn.Module):
@@ -122,20 +113,10 @@ class FactorisedViViT(nn.Module):
 @register_method("vivit")
 class ViViT(FrameSequenceMethod):
     presets = {
-        # Section 4.2 as printed: 112 px faces, 256-frame sequences, 8 heads, width 1024, 8 layers,
-        # SGD at lr 0.9 with cosine annealing warm restarts; the rest is ours (module docstring).
-        "paper": Preset(name="paper", image_size=112, epochs=20, batch_size=4, optimizer="sgd", lr=0.9,
-                        momentum=0.9, weight_decay=5e-4, schedule="sgdr:4", warmup_epochs=0, clip_len=256,
-                        model={}),
-        # CPU scale, from random initialisation: a RegNet of the same design space scaled down
-        # (depth 8, w0 24, wa 16, wm 2, stem 24: stages of 1, 2, 4, 1 blocks, 0.2 M parameters) at
-        # 64 px (a 2 x 2 map: 4 tokens a frame), width 64, 4 heads, 1 + 1 layers, 8-frame windows,
-        # AdamW at 3e-3, no augmentation. Without squeeze-and-excitation (se_ratio 0): from
-        # scratch, the SE gates kept our small RegNetY from learning (demo data, fold 1, the
-        # regnety_002 embedding as a frame classifier, 8 epochs: mean F1 38.8 with SE, 53.3
-        # without); with ImageNet weights (`paper`) the RegNetY is the paper's, SE included.
-        "tiny": Preset(name="tiny", image_size=64, epochs=12, batch_size=8, optimizer="adamw", lr=3e-3,
-                       weight_decay=1e-4, schedule="cosine", warmup_epochs=0, clip_len=8,
+        # 8 heads, width 1024, 4 + 4 layers (module docstring); the training both models share
+        "paper": Preset(name="paper", **PAPER_TRAINING, model={}),
+        # width 64, 4 heads, 1 + 1 layers on the small RegNet (regnet_video.TINY_REGNET)
+        "tiny": Preset(name="tiny", **TINY_TRAINING,
                        model={"backbone": "regnety_002", "backbone_kwargs": TINY_REGNET, "augment": False,
                               "dim": 64, "heads": 4, "mlp_ratio": 2.0, "spatial_layers": 1, "temporal_layers": 1}),
     }
