@@ -4,8 +4,8 @@ action units detection", ABAW 2023): `vivit`.
 The network (paper 3.1-3.2, Fig. 1; shared parts in `aubench/models/regnet_video.py`):
 1. every frame of a window of T consecutive frames (`clip_len`; 256 in the paper) through the
    RegNetY embedding module (RegNetY-400MF, `regnety_004`; first stage frozen when ImageNet
-   weights are loaded): its last feature
-   map, 440 channels, 4 x 4 at Aff-Wild2's 112 px faces (B x 256 x 440 x 4 x 4, as Section 4.2);
+   weights are loaded): its last feature map, 440 channels, 4 x 4 at Aff-Wild2's 112 px faces
+   (B x 256 x 440 x 4 x 4, as Section 4.2);
 2. ViViT's tubelet embedding: a linear projection of each t x p x p tubelet of that video
    embedding to a token of width D (1024). Ours has t = 1, so each frame keeps tokens of its own
    and the model can classify frame by frame (the paper's frame-wise outputs), and p = 1
@@ -35,15 +35,15 @@ momentum, weight decay or augmentation: ours are 4 cycles over 20 epochs, batch 
 momentum 0.9, weight decay 5e-4 on every parameter, and the engine's clip augmentation, one draw
 per window: rotation up to 10 degrees, flips, colour jitter). With momentum 0.9 the printed rate
 of 0.9 takes steps ten times its size; 0.9 may be a misprint, and a `paper` run that diverges
-stops with the engine's non-finite-loss error rather than training on. Prediction smoothing (3.4) and the ensemble with `regnet-tf` (3.3) are
-post-processing of any method's results: `--smooth gaussian:51:3.0` and `aubench ensemble`
-(docs/postprocess.md).
+stops with the engine's non-finite-loss error rather than training on. Prediction smoothing
+(3.4) and the ensemble with `regnet-tf` (3.3) are post-processing of any method's results:
+`--smooth gaussian:51:3.0` and `aubench ensemble` (docs/postprocess.md).
 
 Departures, besides the choices named above: training windows tile each training sequence with
 stride T (a fixed tiling, the same as the test split's), and a window of the test split that
 overlaps another averages their predictions per frame (the engine's evaluator); the paper does
 not say how it cut its 256-frame sequences. The `tiny` preset (CPU) is the same architecture
-scaled down, see its comment.
+scaled down (regnet_video.TINY_TRAINING and TINY_REGNET say how and why).
 """
 from __future__ import annotations
 
