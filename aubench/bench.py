@@ -112,12 +112,17 @@ def _channels_last(batch: dict[str, torch.Tensor], enabled: bool) -> dict[str, t
 
 
 @torch.no_grad()
-def flops_per_frame(method: AUMethod, batch: dict[str, torch.Tensor]) -> float:
-    method.eval()
+def count_flops(fn) -> int:
+    """FLOPs of one call of `fn()` (attention on the math backend: see the module docstring)."""
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
-        method.predict(batch)
-    return counter.get_total_flops() / frames_in(batch)
+        fn()
+    return counter.get_total_flops()
+
+
+def flops_per_frame(method: AUMethod, batch: dict[str, torch.Tensor]) -> float:
+    method.eval()
+    return count_flops(lambda: method.predict(batch)) / frames_in(batch)
 
 
 @torch.no_grad()

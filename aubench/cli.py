@@ -364,7 +364,8 @@ def cmd_predictions(args) -> int:
 
 
 def cmd_smooth(args) -> int:
-    from aubench.engine.postprocess import TestLabels, raw_results, smooth_results
+    from aubench.engine.postprocess import raw_results, smooth_results
+    from aubench.engine.predictions import TestLabels
 
     written = smooth_results(raw_results(args.runs, args.methods), args.smooth, TestLabels(args.data))
     print(f"{len(written)} smoothed results; table: aubench leaderboard {' '.join(args.runs)}", file=sys.stderr)

@@ -44,8 +44,8 @@ DEMO_LABEL_RATIO = 0.2         # sparse-label protocol: 2 labeled frames per 10-
 # Every method is tested on clean faces and on faces with half their cells occluded (the
 # occlusion-robust method's setting; it trains under that occlusion, the others train clean).
 DEMO_TEST_OCCLUSIONS = ("none", "patches:0.5")
-# Two of the three standard folds: with vivit and regnet-tf, the third took the demo past fifteen
-# minutes on a 2-core CPU.
+# Two of the three standard folds: with vivit and regnet-tf, a third fold would take the demo past
+# fifteen minutes on a 2-core CPU (about 16, from the per-fold times of the three-fold runs).
 DEMO_FOLDS = (1, 2)
 # Post-processing, as the RegNetY + ViViT paper does it: vivit smoothed, and its ensemble with
 # regnet-tf (both evaluated under the same protocol).

@@ -3,8 +3,8 @@
     python benchmarks/vivit_regnet_share.py --preset paper --json out.json
 
 For each model: parameters (millions) of the whole network and of its RegNet embedding module;
-FLOPs per frame of the whole network and of the embedding alone (aubench.bench.flops_per_frame's
-counting: FlopCounterMode, attention on the math backend); inference frames per second of the
+FLOPs per frame of the whole network and of the embedding alone (aubench.bench.count_flops:
+FlopCounterMode, attention on the math backend); inference frames per second of the
 whole network on one window of `clip_len` frames (256 at `paper`) and the embedding's time on
 the same frames (median of --iters rounds after --warmup, the two taking turns in each round),
 so the share of the RegNet in compute and in time is measured side by side in one run. Random
@@ -16,22 +16,12 @@ import argparse
 import json
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
-from aubench.bench import count_params, device_name, timed_rounds
+from aubench.bench import count_flops, count_params, device_name, timed_rounds
 from aubench.engine.run import versions
 from aubench.models import create_method, method_class
 
 NUM_AUS = 12
-
-
-@torch.no_grad()
-def gflops(fn, frames: int) -> float:
-    counter = FlopCounterMode(display=False)
-    with sdpa_kernel(SDPBackend.MATH), counter:
-        fn()
-    return counter.get_total_flops() / frames / 1e9
 
 
 def measure(name: str, preset_name: str, warmup: int, iters: int) -> dict:
@@ -45,8 +35,8 @@ def measure(name: str, preset_name: str, warmup: int, iters: int) -> dict:
     record = {
         "method": name, "preset": preset_name, "frames_per_window": preset.clip_len, "image_size": preset.image_size,
         "params_m": count_params(net) / 1e6, "regnet_params_m": count_params(embedding) / 1e6,
-        "gflops_per_frame": gflops(lambda: net(windows), preset.clip_len),
-        "regnet_gflops_per_frame": gflops(lambda: embedding(frames), preset.clip_len),
+        "gflops_per_frame": count_flops(lambda: net(windows)) / preset.clip_len / 1e9,
+        "regnet_gflops_per_frame": count_flops(lambda: embedding(frames)) / preset.clip_len / 1e9,
         "infer_frames_per_s": preset.clip_len / seconds["model"],
         "seconds_per_window": seconds["model"], "regnet_seconds_per_window": seconds["regnet"],
     }

@@ -44,9 +44,9 @@ NO_FACE_POLICIES = ("skip", "keep")
 
 @dataclass(frozen=True)
 class FrameOptions:
-    image_size: int = 256
+    image_size: int = DEFAULT_IMAGE_SIZE
     image_format: str = "jpeg"
-    crop: str = "center"
+    crop: str = DEFAULT_CROP
     margin: float = DEFAULT_MARGIN
     # Where landmarks come from: "file" (the tree's landmark files, when it has them), "detect"
     # (dlib on every frame, datasets_tools.face_detect) or "none" (not stored).

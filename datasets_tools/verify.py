@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from .affwild2 import SPLITS as SPLIT_SCHEMES
 from .folds import fold_statistics
 from .hdf5_writer import SCHEMA_VERSION
 from .landmarks import NUM_POINTS
@@ -28,8 +29,8 @@ ROOT_ATTRS = ("schema_version", "dataset", "au_names", "label_rule", "image_size
               "source_root", "converter_version", "created")
 DATASETS = ("BP4D", "DISFA", "BP4D+", "MME", "Aff-Wild2", "images")
 # split_scheme (root attribute, Aff-Wild2): "official" is one fixed train/test fold whose test
-# subjects do not cover the file; "kfold" is cross-validation like the other files' folds.
-SPLIT_SCHEMES = ("official", "kfold")
+# subjects do not cover the file; "kfold" is cross-validation like the other files' folds
+# (SPLIT_SCHEMES, imported from affwild2).
 READ_VERSIONS = (1, SCHEMA_VERSION)  # version 1 files (no landmark scheme, always labeled) still verify
 DECODE_CHUNK = 512
 RAW_CHUNK = 64  # raw frames are read (not decoded) in smaller blocks: 64 x 256 x 256 x 3 bytes

@@ -14,7 +14,8 @@ from aubench.cli import main
 from aubench.data import AUFile
 from aubench.engine.postprocess import (Smoothing, parse_smoothing, smooth_predictions, smooth_probabilities,
                                         smoothed_path)
-from aubench.engine.predictions import Predictions, read_predictions, recompute_metrics, write_result
+from aubench.engine.predictions import (Predictions, predictions_path, read_predictions, recompute_metrics,
+                                        write_result)
 from fixtures_h5 import write_au_h5
 
 PAPER = "gaussian:51:3.0"
@@ -244,13 +245,14 @@ def test_ensemble_never_replaces_other_results(runs, tmp_path, capsys):
 
 
 def test_leaderboard_warns_about_a_result_made_from_replaced_predictions(runs, tmp_path, capsys):
-    a, _ = runs
+    a, b = runs
     copy = tmp_path / "a"
     shutil.copytree(a / "results", copy / "results")
     source = copy / "results" / RESULTS[0]
-    result, predictions = read_predictions(source)
-    predictions.probabilities = 1 - predictions.probabilities  # retested, say
-    write_result(source, {k: v for k, v in result.items() if k != "predictions"}, predictions)
+    # the source replaced by other means than aubench (write_result would remove what was made
+    # from it): another run's result copied over it
+    for name in (RESULTS[0], predictions_path(RESULTS[0]).name):
+        shutil.copy(b / "results" / name, copy / "results" / name)
     leaderboard.find_results([copy])
     err = capsys.readouterr().err
     assert f"{smoothed_path(source, Smoothing(51, 3.0))}: made from predictions of {source} that have since been " \

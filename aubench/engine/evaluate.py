@@ -14,7 +14,8 @@ Every result JSON has its per-frame predictions beside it (<stem>.predictions.np
 aubench.engine.predictions); resuming keeps a result only with its predictions file unchanged
 (the sha256 the result records), and tests again one whose file is missing or altered.
 With a smoothing filter (--smooth, aubench.engine.postprocess) every result, kept ones included,
-is also written smoothed beside itself; replacing a result removes the smoothed ones made from it.
+is also written smoothed beside itself; replacing a result (write_result) removes the smoothed
+ones made from it.
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def train_run(config: RunConfig, test_occlusions: list[str] = ("none",), smoothi
     each with its predictions file (<stem>.predictions.npz) beside it; with `smoothing`
     (aubench.engine.postprocess.Smoothing) each also smoothed (<stem>_smooth-<name>.json)."""
     from aubench.engine.distributed import setup_distributed
-    from aubench.engine.postprocess import remove_smoothed, smooth_results
+    from aubench.engine.postprocess import smooth_results
     from aubench.engine.predictions import write_result
     from aubench.engine.run import result_row, train_and_evaluate
 
@@ -122,7 +123,6 @@ def train_run(config: RunConfig, test_occlusions: list[str] = ("none",), smoothi
              for result, _ in results]
     if env.is_main:
         for path, (result, predictions) in zip(paths, results):
-            remove_smoothed(path)
             write_result(path, result, predictions)
             m = result["metrics"]
             print(f"{result['method']} fold {config.fold} {_run_name(result)}: mean F1 {100 * m['mean_f1']:.1f} "
@@ -168,8 +168,8 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     or kept, in order (method, label ratio, fold, tested stage, test condition)."""
     from aubench.bench import benchmark_method
     from aubench.engine.distributed import setup_distributed
-    from aubench.engine.postprocess import remove_smoothed, smooth_results
-    from aubench.engine.predictions import predictions_path, predictions_problem, write_result
+    from aubench.engine.postprocess import smooth_results
+    from aubench.engine.predictions import predictions_problem, remove_result, write_result
     from aubench.engine.run import protocol_name, train_and_evaluate
     from aubench.models import method_class
     from aubench.models.base import check_image_size, row_method_name, tested_stages
@@ -260,9 +260,7 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     if template.overwrite and env.is_main:  # all at once: a rerun after a crash then finds only new runs
         for u in there:
             for path in u.results.values():
-                remove_smoothed(path)
-                path.unlink(missing_ok=True)
-                predictions_path(path).unlink(missing_ok=True)
+                remove_result(path)
             clear_run_files(u.config.out)
 
     written = []
@@ -294,9 +292,7 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
             results = train_and_evaluate(config, benches, test_occlusions=conditions, only=set(todo))
             for result, predictions in results:
                 if env.is_main:
-                    path = todo[(result["tested_stage"], result["occlusion"]["test"])]
-                    remove_smoothed(path)  # made from the predictions this result replaces
-                    write_result(path, result, predictions)
+                    write_result(todo[(result["tested_stage"], result["occlusion"]["test"])], result, predictions)
                     _print_result(result, f"{result['method']:>10} fold {config.fold} {_run_name(result):>10}")
         written += list(u.results.values())
     if request.smoothing is not None and env.is_main:  # from the predictions files: kept results too

@@ -79,9 +79,3 @@ def evaluate_with_predictions(method: AUMethod, data: RunData, preset: Preset, e
     predictions = predictions_of_test_split(data.file, rows, probabilities)
     return predictions.metrics(data.file.labels), predictions
 
-
-def evaluate_method(method: AUMethod, data: RunData, preset: Preset, env: DistEnv, precision: str = "fp32",
-                    workers: int = 0, progress: bool = False, occlusion: tuple[str, float] | None = None
-                    ) -> dict[str, Any]:
-    """The metrics of evaluate_with_predictions."""
-    return evaluate_with_predictions(method, data, preset, env, precision, workers, progress, occlusion)[0]

@@ -39,8 +39,8 @@ Neither reads a training label: they see test predictions and the test split's l
 """
 from __future__ import annotations
 
+import glob
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -51,8 +51,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from aubench.engine.identity import result_identity
-from aubench.engine.predictions import (Predictions, predictions_path, predictions_problem, read_predictions,
-                                        write_result)
+from aubench.engine.predictions import (Predictions, TestLabels, predictions_path, predictions_problem,
+                                        read_json_or_none, read_predictions, remove_result, write_result)
 from aubench.errors import UserError
 
 SMOOTH_PREFIX = "smooth-"
@@ -139,68 +139,20 @@ def smoothed_path(path: str | Path, smoothing: Smoothing) -> Path:
     return path.with_name(f"{path.stem}_{SMOOTH_PREFIX}{smoothing.name}.json")
 
 
-def remove_smoothed(path: str | Path) -> None:
-    """Remove the smoothed results made from the result at `path` (before it is replaced: they were
-    made from its old predictions)."""
-    path = Path(path)
-    for derived in path.parent.glob(f"{glob_escape(path.stem)}_{SMOOTH_PREFIX}*.json"):
-        try:
-            stored = json.loads(derived.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(stored, dict) and (stored.get("smoothed_from") or {}).get("file") == path.name:
-            predictions_path(derived).unlink(missing_ok=True)
-            derived.unlink(missing_ok=True)
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-class TestLabels:
-    """The label arrays of the data files results were tested on, opened once each; a file is
-    used only when its fingerprint is the one the result records."""
-
-    def __init__(self, data: str | Path | None = None):
-        self.data = data            # a path for every result (the file moved), else each result's own
-        self.files: dict[str, Any] = {}
-
-    def of(self, result: dict[str, Any], where: str | Path) -> np.ndarray:
-        from aubench.data.h5file import AUFile
-
-        path = str(self.data if self.data is not None else result["data"]["path"])
-        if path not in self.files:
-            try:
-                file = AUFile(path)
-                self.files[path] = file, file.fingerprint()  # hashes the labels: once per file
-            except FileNotFoundError:
-                hint = "" if self.data is not None else "; pass --data with its new path"
-                raise UserError(f"{where}: its data file {path} is missing{hint}") from None
-            except (OSError, ValueError) as err:
-                raise UserError(str(err)) from None
-        file, fingerprint = self.files[path]
-        if fingerprint != result["data"]["fingerprint"]:
-            raise UserError(f"{path}: not the data file {where} was tested on (its fingerprint differs)")
-        return file.labels
-
-
-def smooth_result(path: str | Path, smoothing: Smoothing, labels: TestLabels) -> tuple[Path, bool]:
-    """Write the smoothed result of the result at `path` beside it: (its path, True), or (its path,
-    False) when it is there already, made from the same predictions with the same filter."""
+def smooth_result(path: str | Path, smoothing: Smoothing, labels: TestLabels) -> tuple[Path, bool, float, float]:
+    """Write the smoothed result of the result at `path` beside it: (its path, True, its mean F1,
+    the source's mean F1), or (its path, False, ...) when it is there already, made from the same
+    predictions with the same filter."""
     path = Path(path)
     result, predictions = read_predictions(path)
     if "smoothing" in result:
         raise UserError(f"{path}: already smoothed ({result['smoothing']}); smooth the result it was made from")
     out = smoothed_path(path, smoothing)
     source = {"file": path.name, "predictions_sha256": result["predictions"]["sha256"]}
-    if out.is_file():
-        try:
-            stored = json.loads(out.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            stored = None
-        if (isinstance(stored, dict) and stored.get("smoothed_from") == source
-                and stored.get("smoothing") == smoothing.record() and predictions_problem(out, stored) is None):
-            return out, False
+    stored = read_json_or_none(out) if out.is_file() else None
+    if (isinstance(stored, dict) and stored.get("smoothed_from") == source
+            and stored.get("smoothing") == smoothing.record() and predictions_problem(out, stored) is None):
+        return out, False, stored["mean_f1"], result["mean_f1"]
     try:
         smoothed = smooth_predictions(predictions, smoothing)
     except ValueError as err:
@@ -211,16 +163,21 @@ def smooth_result(path: str | Path, smoothing: Smoothing, labels: TestLabels) ->
                   mean_f1=metrics["mean_f1"], smoothing=smoothing.record(), smoothed_from=source,
                   created=_now())
     write_result(out, record, smoothed)
-    return out, True
+    return out, True, metrics["mean_f1"], result["mean_f1"]
 
 
 def raw_results(paths: Iterable[str | Path], methods: list[str] | None = None) -> list[Path]:
     """The result files under run directories / named result files that may be smoothed or fused:
     with predictions, not smoothed already; only those of `methods` when given (UserError naming a
     method none of them holds). A named file must be one."""
+    return list(raw_records(paths, methods))
+
+
+def raw_records(paths: Iterable[str | Path], methods: list[str] | None = None) -> dict[Path, dict[str, Any]]:
+    """raw_results, each file with its result record as read."""
     from aubench.leaderboard import find_results, warn
 
-    found = []
+    found: dict[Path, dict[str, Any]] = {}
     for path in map(Path, paths):
         for result in find_results([path]):
             file = Path(result["_file"])
@@ -235,14 +192,14 @@ def raw_results(paths: Iterable[str | Path], methods: list[str] | None = None) -
             if problem:
                 warn(f"{file}: {problem}; left out")
                 continue
-            found.append((file, result["method"]))
-    missing = [m for m in methods or [] if m not in {method for _, method in found}]
+            found[file] = result
+    missing = [m for m in methods or [] if m not in {r["method"] for r in found.values()}]
     if missing:
         raise UserError(f"no result of method {missing[0]!r} with per-frame predictions under "
                         f"{', '.join(map(str, paths))}")
     if not found:
         raise UserError(f"no result with per-frame predictions under {', '.join(map(str, paths))}")
-    return [file for file, _ in found]
+    return found
 
 
 def smooth_results(paths: Iterable[str | Path], smoothing: Smoothing, labels: TestLabels | None = None,
@@ -251,11 +208,10 @@ def smooth_results(paths: Iterable[str | Path], smoothing: Smoothing, labels: Te
     labels = labels or TestLabels()
     written = []
     for path in paths:
-        out, made = smooth_result(path, smoothing, labels)
+        out, made, mean_f1, raw_mean_f1 = smooth_result(path, smoothing, labels)
         if not quiet:
-            stored = json.loads(out.read_text(encoding="utf-8"))
-            print(f"{'smoothed' if made else 'kept    '} {out}: mean F1 {100 * stored['mean_f1']:.1f} "
-                  f"(raw {100 * json.loads(Path(path).read_text(encoding='utf-8'))['mean_f1']:.1f})", flush=True)
+            print(f"{'smoothed' if made else 'kept    '} {out}: mean F1 {100 * mean_f1:.1f} "
+                  f"(raw {100 * raw_mean_f1:.1f})", flush=True)
         written.append(out)
     return written
 
@@ -288,8 +244,7 @@ def ensemble_members(runs: list[str], methods: list[str] | None, weights: list[f
 
     members = []
     for run in runs:
-        files = raw_results([run])
-        records = {path: json.loads(path.read_text(encoding="utf-8")) for path in files}
+        records = raw_records([run])
         held = list(dict.fromkeys(r["method"] for r in records.values()))
         chosen = [m for m in methods if m in held] if methods else held
         if not methods and len(held) > 1:
@@ -369,10 +324,8 @@ def stale_sources(result: dict[str, Any], path: str | Path) -> str | None:
     result since replaced: retested, retrained), or None. Sources that are gone are not held
     against it (results may be copied without them)."""
     def current_sha(source: Path) -> str | None:
-        try:
-            return (json.loads(source.read_text(encoding="utf-8")).get("predictions") or {}).get("sha256")
-        except (OSError, ValueError, AttributeError):
-            return None
+        stored = read_json_or_none(source)
+        return (stored.get("predictions") or {}).get("sha256") if isinstance(stored, dict) else None
 
     sources = []
     if isinstance(result.get("smoothed_from"), dict):
@@ -459,10 +412,7 @@ def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str
             if path.resolve() in inputs:
                 raise UserError(f"--out {out}: {path} is one of the members' results; write the ensemble elsewhere")
             if path.is_file():
-                try:
-                    stored = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    stored = None
+                stored = read_json_or_none(path)
                 if not (isinstance(stored, dict) and "ensemble" in stored):
                     raise UserError(f"--out {out}: {path} exists and is not an ensemble result; choose another --out "
                                     f"or --name")
@@ -499,7 +449,6 @@ def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str
                      if key in first["data"]} | {"num_test_frames": metrics["num_frames"]},
             "created": _now(),
         }
-        remove_smoothed(plan.path)
         write_result(plan.path, record, fused)
         if not quiet:
             print(f"fused    {plan.path}: mean F1 {100 * metrics['mean_f1']:.1f} (members "
@@ -507,19 +456,14 @@ def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str
                   flush=True)
         written.append(plan.path)
     if overwrite:  # this name's earlier results that were not made again (a fold or condition gone)
-        for path in sorted((Path(out) / "results").glob(f"{glob_escape(name)}_fold*.json")):
+        for path in sorted((Path(out) / "results").glob(f"{glob.escape(name)}_fold*.json")):
             if path in written:
                 continue
-            try:
-                stored = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            # smoothed results go with their source (remove_smoothed)
+            stored = read_json_or_none(path)
+            # smoothed results go with their source (remove_result)
             if isinstance(stored, dict) and stored.get("method") == name and "ensemble" in stored \
                     and "smoothing" not in stored:
-                remove_smoothed(path)
-                predictions_path(path).unlink(missing_ok=True)
-                path.unlink()
+                remove_result(path)
                 if not quiet:
                     print(f"removed  {path} (not made again)", flush=True)
     if smoothing is not None:

@@ -27,6 +27,7 @@ This module needs NumPy only (no torch), so reading and exporting are light.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
@@ -139,11 +140,41 @@ def predictions_path(result_path: str | Path) -> Path:
     return result_path.with_name(result_path.stem + SUFFIX)
 
 
+def read_json_or_none(path: str | Path) -> Any:
+    """The JSON in `path`, or None when it cannot be read or parsed (a file to check, not to trust)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def remove_derived_results(path: str | Path) -> None:
+    """Remove the results made from the predictions of the result at `path` (smoothed results,
+    aubench.engine.postprocess: <stem>_*.json beside it whose "smoothed_from" names it), with
+    their predictions files: before that result is replaced or removed."""
+    path = Path(path)
+    for derived in path.parent.glob(f"{glob.escape(path.stem)}_*.json"):
+        stored = read_json_or_none(derived)
+        if isinstance(stored, dict) and (stored.get("smoothed_from") or {}).get("file") == path.name:
+            predictions_path(derived).unlink(missing_ok=True)
+            derived.unlink(missing_ok=True)
+
+
+def remove_result(path: str | Path) -> None:
+    """Remove a result JSON, its predictions file and the results made from them."""
+    path = Path(path)
+    remove_derived_results(path)
+    predictions_path(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
 def write_result(path: str | Path, result: dict[str, Any], predictions: Predictions) -> dict[str, Any]:
     """Write a result JSON and its predictions file, each atomically; the predictions first, so
     a result on disk always has its file (a crash between the two leaves a predictions file
-    without a result: a result not made). Returns the result as written, with its
+    without a result: a result not made). Results made from the predictions it replaces are
+    removed first (remove_derived_results). Returns the result as written, with its
     "predictions" field {"file", "sha256", "format", "num_frames"}."""
+    remove_derived_results(path)
     data = encode(predictions)
     file = predictions_path(path)
     with atomic_file(file, "wb") as f:
@@ -154,22 +185,28 @@ def write_result(path: str | Path, result: dict[str, Any], predictions: Predicti
     return result
 
 
-def predictions_problem(path: str | Path, result: dict[str, Any]) -> str | None:
-    """None when the result read from `path` has its predictions file, unchanged; else why not
-    (a result made before per-frame predictions, a missing file, a checksum mismatch)."""
+def _checked_bytes(path: str | Path, result: dict[str, Any]) -> tuple[bytes | None, str | None]:
+    """(the bytes of the result's predictions file, None) when it is there and matches the
+    recorded sha256; else (None, why not)."""
     record = result.get("predictions")
     if not isinstance(record, dict) or not isinstance(record.get("file"), str) or "sha256" not in record:
-        return "it records no per-frame predictions file"
+        return None, "it records no per-frame predictions file"
     file = Path(path).parent / record["file"]
     try:
         data = file.read_bytes()
     except FileNotFoundError:
-        return f"its predictions file {file} is missing"
+        return None, f"its predictions file {file} is missing"
     except OSError as err:
-        return f"its predictions file {file} cannot be read ({err.strerror or err})"
+        return None, f"its predictions file {file} cannot be read ({err.strerror or err})"
     if hashlib.sha256(data).hexdigest() != record["sha256"]:
-        return f"its predictions file {file} does not match the sha256 the result records"
-    return None
+        return None, f"its predictions file {file} does not match the sha256 the result records"
+    return data, None
+
+
+def predictions_problem(path: str | Path, result: dict[str, Any]) -> str | None:
+    """None when the result read from `path` has its predictions file, unchanged; else why not
+    (a result made before per-frame predictions, a missing file, a checksum mismatch)."""
+    return _checked_bytes(path, result)[1]
 
 
 def read_predictions(path: str | Path) -> tuple[dict[str, Any], Predictions]:
@@ -182,12 +219,12 @@ def read_predictions(path: str | Path) -> tuple[dict[str, Any], Predictions]:
         raise UserError(f"{path}: not a result JSON ({err})") from None
     if not isinstance(result, dict) or "au_names" not in result:
         raise UserError(f"{path}: not an aubench result JSON")
-    problem = predictions_problem(path, result)
+    data, problem = _checked_bytes(path, result)
     if problem:
         raise UserError(f"{path}: {problem}")
     file = path.parent / result["predictions"]["file"]
     try:
-        predictions = decode(file.read_bytes(), str(file))
+        predictions = decode(data, str(file))
     except ValueError as err:
         raise UserError(str(err)) from None
     if predictions.au_names != list(result["au_names"]):
@@ -196,21 +233,39 @@ def read_predictions(path: str | Path) -> tuple[dict[str, Any], Predictions]:
     return result, predictions
 
 
+class TestLabels:
+    """The label arrays of the data files results were tested on, opened once each; a file is
+    used only when its fingerprint is the one the result records."""
+
+    def __init__(self, data: str | Path | None = None):
+        self.data = data            # a path for every result (the file moved), else each result's own
+        self.files: dict[str, Any] = {}
+
+    def of(self, result: dict[str, Any], where: str | Path) -> np.ndarray:
+        from aubench.data.h5file import AUFile
+
+        path = str(self.data if self.data is not None else result["data"]["path"])
+        if path not in self.files:
+            try:
+                file = AUFile(path)
+                self.files[path] = file, file.fingerprint()  # hashes the labels: once per file
+            except FileNotFoundError:
+                hint = "" if self.data is not None else "; pass --data with its new path"
+                raise UserError(f"{where}: its data file {path} is missing{hint}") from None
+            except (OSError, ValueError) as err:
+                raise UserError(str(err)) from None
+        file, fingerprint = self.files[path]
+        if fingerprint != result["data"]["fingerprint"]:
+            raise UserError(f"{path}: not the data file {where} was tested on (its fingerprint differs)")
+        return file.labels
+
+
 def recompute_metrics(path: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     """The metrics of the result JSON at `path` computed again from its predictions file and the
     labels of its HDF5 file (`data`, default the path the result records; its fingerprint must
     be the result's)."""
-    from aubench.data.h5file import AUFile
-
     result, predictions = read_predictions(path)
-    data = Path(data if data is not None else result["data"]["path"])
-    try:
-        file = AUFile(data)
-    except (OSError, ValueError) as err:
-        raise UserError(str(err)) from None
-    if file.fingerprint() != result["data"]["fingerprint"]:
-        raise UserError(f"{data}: not the data file {path} was tested on (its fingerprint differs)")
-    return predictions.metrics(file.labels)
+    return predictions.metrics(TestLabels(data).of(result, path))
 
 
 def csv_au_name(name: str) -> str:

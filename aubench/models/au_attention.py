@@ -62,11 +62,12 @@ def au_centres(landmarks: torch.Tensor, au_names) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)   # a run asks for the same few shapes at every step
-def smooth_and_pool_matrix(size: int, out: int, sigma: float) -> torch.Tensor:
-    """(out, size): a 1-D Gaussian blur of `sigma` cells (edges replicated) followed by the area
-    average down to `out` cells (F.adaptive_avg_pool1d's bins). Both are linear, so a map's blur
-    and pooling is `rows_matrix @ map @ cols_matrix.T`: two small matrix products instead of
-    two convolutions over every single-channel map, which cost more than a tiny encoder."""
+def smooth_and_pool_matrix(size: int, out: int, sigma: float, device: torch.device | None = None) -> torch.Tensor:
+    """(out, size) on `device` (cached there, so no copy per call): a 1-D Gaussian blur of `sigma`
+    cells (edges replicated) followed by the area average down to `out` cells
+    (F.adaptive_avg_pool1d's bins). Both are linear, so a map's blur and pooling is
+    `rows_matrix @ map @ cols_matrix.T`: two small matrix products instead of two convolutions
+    over every single-channel map, which cost more than a tiny encoder."""
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
@@ -75,7 +76,7 @@ def smooth_and_pool_matrix(size: int, out: int, sigma: float) -> torch.Tensor:
     source = (torch.arange(size)[:, None] + offsets.long()[None]).clamp(0, size - 1)   # replicate
     blur.scatter_add_(1, source, kernel.expand(size, -1).contiguous())
     pool = F.adaptive_avg_pool1d(torch.eye(size, dtype=torch.float64)[None], out)[0].T   # (out, size)
-    return (pool @ blur).float()
+    return (pool @ blur).float().to(device)
 
 
 def au_attention_maps(landmarks: torch.Tensor, au_names, image_size: tuple[int, int],
@@ -94,8 +95,8 @@ def au_attention_maps(landmarks: torch.Tensor, au_names, image_size: tuple[int, 
     dy = (ys.view(1, 1, 1, -1, 1) - centres[..., 1, None, None]) / (AXES[1] * r.view(-1, 1, 1, 1, 1))
     inside = ((dx ** 2 + dy ** 2) <= 1.0).any(dim=2).float()            # (B, K, H, W): either centre
     sigma = SIGMA_AT_224 / 224 * max(rows, cols)                        # 3 px at 224, in raster cells
-    to_rows = smooth_and_pool_matrix(rows, map_size[0], sigma).to(landmarks.device)
-    to_cols = smooth_and_pool_matrix(cols, map_size[1], sigma).to(landmarks.device)
+    to_rows = smooth_and_pool_matrix(rows, map_size[0], sigma, landmarks.device)
+    to_cols = smooth_and_pool_matrix(cols, map_size[1], sigma, landmarks.device)
     maps = to_rows @ inside @ to_cols.T                                 # blurred, area-averaged
     peak = maps.amax(dim=(2, 3), keepdim=True)
     maps = torch.where(peak > 0, maps / peak.clamp(min=1e-12), torch.ones_like(maps))

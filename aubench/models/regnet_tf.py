@@ -24,7 +24,7 @@ from torch import nn
 
 from aubench.models.base import Preset, model_settings, register_method
 from aubench.models.regnet_video import (PAPER_TRAINING, TINY_REGNET, TINY_TRAINING, FrameSequenceMethod,
-                                         RegNetEmbedding, transformer)
+                                         RegNetEmbedding, add_temporal_positions, transformer)
 
 DEFAULTS = {"backbone": "regnety_004", "backbone_kwargs": None, "pretrained_path": None, "freeze_first_stage": "auto", "dim": 512, "heads": 8,
             "mlp_ratio": 4.0, "layers": 4, "dropout": 0.0, "rhls_beta": 0.2, "focal_alpha": -1.0,
@@ -48,11 +48,8 @@ class RegNetTransformer(nn.Module):
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         b, t = windows.shape[:2]
-        if t > self.temporal_pos.shape[1]:
-            raise ValueError(f"regnet-tf: windows of {t} frames, the model takes at most "
-                             f"{self.temporal_pos.shape[1]} (clip_len)")
         pooled = self.embedding(windows.flatten(0, 1)).mean(dim=(2, 3))     # (B*T, C)
-        tokens = self.project(pooled).reshape(b, t, -1) + self.temporal_pos[:, :t]
+        tokens = add_temporal_positions(self.project(pooled).reshape(b, t, -1), self.temporal_pos, "regnet-tf")
         return self.head(self.norm(self.temporal(tokens)))
 
 

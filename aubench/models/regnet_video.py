@@ -69,6 +69,15 @@ def transformer(dim: int, depth: int, heads: int, mlp_ratio: float, dropout: flo
                            for _ in range(depth)])
 
 
+def add_temporal_positions(frames: torch.Tensor, positions: torch.Tensor, method: str) -> torch.Tensor:
+    """Frame tokens (B,T,D) plus the first T learned temporal positions (1,clip_len,D); ValueError
+    for windows longer than the model was built for."""
+    t = frames.shape[1]
+    if t > positions.shape[1]:
+        raise ValueError(f"{method}: windows of {t} frames, the model takes at most {positions.shape[1]} (clip_len)")
+    return frames + positions[:, :t]
+
+
 class RegNetEmbedding(nn.Module):
     """Frames (N,3,H,W) -> the RegNet's last feature map (N,C,h,w) (440 channels for RegNetY-400MF;
     4 x 4 at 112 px), the stem and first stage frozen."""

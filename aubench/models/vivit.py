@@ -52,7 +52,7 @@ from torch import nn
 
 from aubench.models.base import Preset, model_settings, register_method
 from aubench.models.regnet_video import (PAPER_TRAINING, TINY_REGNET, TINY_TRAINING, FrameSequenceMethod,
-                                         RegNetEmbedding, transformer)
+                                         RegNetEmbedding, add_temporal_positions, transformer)
 
 DEFAULTS = {"backbone": "regnety_004", "backbone_kwargs": None, "pretrained_path": None, "freeze_first_stage": "auto", "tubelet": 1,
             "dim": 1024, "heads": 8, "mlp_ratio": 4.0, "spatial_layers": 4, "temporal_layers": 4, "dropout": 0.0, "frame_pooling": "mean",
@@ -102,11 +102,7 @@ class FactorisedViViT(nn.Module):
         return pooled.reshape(b, t, -1)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        frames = self.frame_embeddings(windows)
-        if frames.shape[1] > self.temporal_pos.shape[1]:
-            raise ValueError(f"vivit: windows of {frames.shape[1]} frames, the model takes at most "
-                             f"{self.temporal_pos.shape[1]} (clip_len)")
-        frames = frames + self.temporal_pos[:, :frames.shape[1]]
+        frames = add_temporal_positions(self.frame_embeddings(windows), self.temporal_pos, "vivit")
         return self.head(self.temporal_norm(self.temporal(frames)))
 
 
