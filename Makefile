@@ -13,7 +13,7 @@ comma  := ,
 # one stamp per set of extras: asking for another set installs it
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv install build demo test test-all bench bench-summary clean
+.PHONY: venv install build demo test test-all bench bench-summary docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: $(STAMP)
 
 bench-summary: $(STAMP)
 	$(PY) benchmarks/summary.py
+
+# Rebuild the README's generated tables from benchmarks/results/*.json (tests/test_docs.py fails
+# when they differ).
+docs: $(STAMP)
+	$(PY) docs/make_docs.py
 
 clean:
 	rm -rf build aubench/_C*.so *.egg-info

@@ -21,8 +21,11 @@ method whose cost depends on the mask is measured under it; the record names the
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -236,7 +239,7 @@ def benchmark_method(name: str, num_aus: int = 12, preset: str | Preset = "paper
         "input_kind": cls.input_kind, "occlusion": condition_name(occlusion),
         "image_size": preset_obj.image_size, "clip_len": preset_obj.clip_len, "batch_size": batch_size,
         "frames_per_batch": frames_in(batch), "precision": precision, "channels_last": channels_last,
-        "device": device_name(device), "warmup": warmup, "iters": iters,
+        "device": device_name(device), "cpu": cpu_info(), "warmup": warmup, "iters": iters,
         "params_m": count_params(method.inference_model()) / 1e6,
         "train_params_m": count_params(method) / 1e6,
         "gflops_per_frame": flops_per_frame(method, batch) / 1e9,
@@ -269,9 +272,46 @@ def timed_rounds(parts: dict, warmup: int, iters: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+# Variables that make torch, oneDNN and MKL run narrower vector kernels than the CPU has (e.g.
+# ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine): recorded, since they change speed and, through
+# float order, training trajectories.
+CPU_KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_brand() -> str:
+    """The CPU's model name ("AMD EPYC 7B13", "Intel(R) Xeon(R) Processor"): /proc/cpuinfo on
+    Linux, else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU a figure comes from: brand, the vector kernels torch dispatches to ("capability":
+    AVX2, AVX512, ...; what the CPU has, unless a variable of CPU_KERNEL_VARIABLES narrows it),
+    threads, the variables set, and the torch version. CPU figures depend on all of them: speed
+    directly, F1 through the float order of the kernels."""
+    return {"brand": cpu_brand(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "kernel_variables": {name: os.environ[name] for name in CPU_KERNEL_VARIABLES if os.environ.get(name)}}
+
+
+def cpu_text(info: dict[str, Any] | None = None) -> str:
+    """cpu_info in one line: "Intel(R) Xeon(R) Processor, AVX512, 2 threads"."""
+    info = cpu_info() if info is None else info
+    text = f"{info['brand']}, {info['capability']}, {info['threads']} threads"
+    forced = info.get("kernel_variables") or {}
+    return text + "".join(f", {name}={value}" for name, value in forced.items())
+
+
 def device_name(device: torch.device) -> str:
+    """The device of a result or a measurement: the GPU's name, or the CPU's brand, kernel
+    capability and threads (cpu_text)."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_text()})"

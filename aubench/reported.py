@@ -279,3 +279,12 @@ def reported_for(dataset: str, split: str | None, protocol: str, test: str = "no
     test occlusion condition (the train condition is the paper's and is shown, not matched)."""
     return [r for r in REPORTED if r["dataset"] == dataset and r["split"] == split and r["protocol"] == protocol
             and r["occlusion"]["test"] == test]
+
+
+# MAE-FAU Table 4 (BP4D, 224 px): parameters (M) and GMACs per frame as the paper prints them, by
+# the row names of aubench's results, for the size comparison in README (docs/make_docs.py).
+MAE_FAU_TABLE4_SIZES = {
+    "maefau-teacher": {"params_m": 201.47, "gmacs": 30.29},
+    "maefau-student": {"params_m": 91.26, "gmacs": 18.63},
+    "megraphau": {"params_m": 94.38, "gmacs": 21.28},
+}

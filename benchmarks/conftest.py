@@ -3,22 +3,17 @@
 Each result JSON records the device and library versions it was measured with, so a number
 never travels without its context.
 """
-import platform
-
 import pytest
 import torch
 
-
-def device_description() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+from aubench.bench import cpu_info, device_name
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     import numpy
 
-    machine_info["aubench_device"] = device_description()
+    machine_info["aubench_device"] = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    machine_info["aubench_cpu"] = cpu_info()  # brand, kernel capability (AVX2 / AVX512), threads
     machine_info["torch"] = torch.__version__
     machine_info["torch_cuda"] = torch.version.cuda
     machine_info["numpy"] = numpy.__version__

@@ -49,6 +49,11 @@ class EvaluateRequest:
     test_occlusions: list[str] = field(default_factory=lambda: ["none"])
     bench_batch_size: int = 4          # batch of the size / speed measurement
     smoothing: Any = None              # aubench.engine.postprocess.Smoothing: also write smoothed results
+    # size / speed records by (method, variant, tested stage): evaluate_runs measures those missing
+    # and adds them here, so a caller can measure once on an idle machine (measure_only) and train
+    # elsewhere (the demo's parallel runs)
+    benches: dict = field(default_factory=dict)
+    measure_only: bool = False         # measure the size / speed of every run still to do, train nothing
 
 
 def resolve_methods(names: list[str]) -> list[str]:
@@ -165,7 +170,9 @@ def _stored_result(path: Path) -> tuple[dict, str, str, str | None, dict]:
 
 def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     """Train and test every (method, label ratio, fold) of the request; the result files written
-    or kept, in order (method, label ratio, fold, tested stage, test condition)."""
+    or kept, in order (method, label ratio, fold, tested stage, test condition). With
+    request.measure_only: only measure the size and speed of what is still to do (into
+    request.benches) and return []."""
     from aubench.bench import benchmark_method
     from aubench.engine.distributed import setup_distributed
     from aubench.engine.postprocess import smooth_results
@@ -257,18 +264,18 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                         print(f"--resume: {path}: {problem}; testing it again", flush=True)
                     continue
                 kept.add(path)
-    if template.overwrite and env.is_main:  # all at once: a rerun after a crash then finds only new runs
+    if template.overwrite and env.is_main and not request.measure_only:  # all at once: a rerun after a crash then finds only new runs
         for u in there:
             for path in u.results.values():
                 remove_result(path)
             clear_run_files(u.config.out)
 
     written = []
-    bench: dict[tuple[str, str], dict] = {}
+    bench = request.benches
     for u in units:
         config = u.config
         todo = {key: path for key, path in u.results.items() if path not in kept}
-        if env.is_main:
+        if env.is_main and not request.measure_only:
             for (stage, test), path in u.results.items():
                 if path in kept:
                     protocol = protocol_name(config.label_ratio, u.train, test)
@@ -287,6 +294,8 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                         image_size=template.image_size, stage=stage, train_occlusion=template.train_occlusion,
                         model_overrides={**variant_settings(method_class(config.method), config.variant),
                                          **template.model}, au_names=file.au_names)
+            if request.measure_only:
+                continue
             benches = {stage: bench[(config.method, config.variant, stage)] for stage, _ in todo}
             conditions = [tests[test] for test in dict.fromkeys(test for _, test in todo)]
             results = train_and_evaluate(config, benches, test_occlusions=conditions, only=set(todo))
@@ -295,6 +304,8 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                     write_result(todo[(result["tested_stage"], result["occlusion"]["test"])], result, predictions)
                     _print_result(result, f"{result['method']:>10} fold {config.fold} {_run_name(result):>10}")
         written += list(u.results.values())
+    if request.measure_only:
+        return []
     if request.smoothing is not None and env.is_main:  # from the predictions files: kept results too
         written += smooth_results(written, request.smoothing)
     return written

@@ -67,7 +67,7 @@ def train_and_evaluate(config: RunConfig, bench: Mapping[str, dict[str, Any]] | 
     conditions = [parse_occlusion_option("--test-occlusion", text) for text in test_occlusions]
     trainer = Trainer(config, step_callback=step_callback)
     training = trainer.fit()
-    from aubench.bench import device_name
+    from aubench.bench import cpu_info, device_name
 
     config = trainer.config
     train = condition_name(trainer.train_occlusion)
@@ -110,6 +110,7 @@ def train_and_evaluate(config: RunConfig, bench: Mapping[str, dict[str, Any]] | 
                          **({"pretrain_path": str(trainer.pretrain.path.resolve()),
                              "pretrain_fingerprint": trainer.pretrain.fingerprint} if trainer.pretrain else {})},
                 "device": device_name(trainer.device),
+                "cpu": cpu_info(),  # CPU figures depend on its kernels (AVX2 / AVX512) and threads
                 "world_size": trainer.env.world_size,
                 "versions": versions(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
