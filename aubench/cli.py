@@ -298,11 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the registered methods and their presets")
 
-    p = sub.add_parser("demo", help="synthesise a small dataset, evaluate every method, print the leaderboard")
+    p = sub.add_parser("demo", help="synthesise a small dataset, evaluate every method, print the leaderboard; "
+                                    "exit 1 when a method is not above the all-positive baseline")
     p.add_argument("--out", default="demo_run", help="where the dataset, runs and leaderboard go")
-    p.add_argument("--methods", type=_name_list, default=["all"])
+    p.add_argument("--methods", type=_name_list, default=["all"], help="comma-separated methods (default: all)")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic data and of every run")
     return parser
 
 

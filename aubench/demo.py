@@ -48,8 +48,8 @@ DEMO_LABEL_RATIO = 0.2         # sparse-label protocol: 2 labeled frames per 10-
 # Every method is tested on clean faces and on faces with half their cells occluded (the
 # occlusion-robust method's setting; it trains under that occlusion, the others train clean).
 DEMO_TEST_OCCLUSIONS = ("none", "patches:0.5")
-# The budget (12 minutes on a 2-core AVX2 CPU, 2-5x slower than an AVX-512 one): one of the
-# three standard folds, every tiny preset's own epochs (fewer broke the check: at half the epochs
+# The budget (12 minutes on the slower 2-core CPUs: an AVX2 AMD EPYC ran the demo about 3x slower
+# than an AVX-512 Xeon): one of the three standard folds, every tiny preset's own epochs (fewer broke the check: at half the epochs
 # KS, ME-GraphAU, ResNet and the MAE-FAU teacher ended below the all-positive baseline), runs side
 # by side (demo_parallelism). Both folds one after the other took 17 min on an AVX-512 CPU forced
 # to AVX2 kernels and over 25 min on an AVX2 AMD EPYC.
@@ -63,8 +63,8 @@ DEMO_ENSEMBLE = ("vivit+regnet-tf", ("vivit", "regnet-tf"))
 # order the runs (longest first, so the parallel runs end together) and, scaled by the speed the
 # demo has seen so far on this machine, give the estimate of what is left.
 REFERENCE_CPU = "Intel(R) Xeon(R) Processor, AVX512"
-REFERENCE_SECONDS = {"ks": 99.0, "maefau": 147.0, "megraphau": 50.0, "regnet-tf": 77.0, "resnet": 23.0,
-                     "rrl": 88.0, "vivit": 83.0}
+REFERENCE_SECONDS = {"maefau": 142.5, "ks": 90.6, "vivit": 83.5, "rrl": 82.4, "regnet-tf": 73.4, "megraphau": 55.6,
+                     "resnet": 23.3}
 REPORT_NAME = "demo_report.json"
 
 
@@ -124,13 +124,13 @@ def demo_evaluate_request(out: Path, data: Path, methods, device: str | None, se
                            bench_batch_size=4)
 
 
-def demo_parallelism(device: str | None) -> tuple[int, int]:
-    """(runs side by side, torch threads of each). On the CPU, one run per core with one thread:
-    a process's Python-side work (loading and augmenting images, autograd and optimiser
-    bookkeeping) keeps one core busy whatever its threads, and two threads of the tiny networks'
-    kernels run only 1.4-1.9x as fast as one; on a 2-core CPU two single-thread runs side by side
-    finished the demo's training 1.7x sooner than one two-thread run after the other. On a GPU,
-    one run at a time."""
+def demo_parallelism(device: str | None, runs: int) -> tuple[int, int]:
+    """(runs side by side, torch threads of each) for `runs` runs. On the CPU, one run per core
+    with one thread (more threads when there are more cores than runs): a process's Python-side
+    work (loading and augmenting images, autograd and optimiser bookkeeping) keeps one core busy
+    whatever its threads, and two threads of the tiny networks' kernels run only 1.4-1.9x as fast
+    as one; on a 2-core CPU two single-thread runs side by side finished the demo's training 1.7x
+    sooner than one two-thread run after the other. On a GPU, one run at a time."""
     import os
 
     import torch
@@ -138,7 +138,8 @@ def demo_parallelism(device: str | None) -> tuple[int, int]:
     if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
         return 1, torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores), 1
+    lanes = max(1, min(cores, runs))
+    return lanes, max(1, cores // lanes)
 
 
 def _set_threads(threads: int) -> None:
@@ -264,7 +265,6 @@ def run_demo(out: str | Path = "demo_run", methods=("all",), device: str | None 
     check_demo_dir(out, seed)
     methods = resolve_methods(list(methods))
     cpu = cpu_info()
-    lanes, threads = demo_parallelism(device)
     print(f"[demo] CPU: {cpu_text(cpu)} (torch {cpu['torch']} runs its {cpu['capability']} kernels; the figures "
           f"depend on them)", flush=True)
     print(f"[demo] synthesising and converting a BP4D-layout dataset into {out} "
@@ -278,12 +278,13 @@ def run_demo(out: str | Path = "demo_run", methods=("all",), device: str | None 
     # the longest first, so that the parallel runs end together
     units = sorted(((method, fold) for method in methods for fold in DEMO_FOLDS),
                    key=lambda unit: -Progress.cost(unit[0]))
+    lanes, threads = demo_parallelism(device, len(units))
     # Size and speed first, on the idle machine with all its threads: the runs side by side would
     # measure each other.
     request = demo_evaluate_request(out, data, methods, device, seed)
     request.measure_only = True
     evaluate_runs(request)
-    progress = Progress(units, min(lanes, len(units)), started)
+    progress = Progress(units, lanes, started)
     print(f"[demo] training and testing {', '.join(methods)} (tiny presets) on fold"
           f"{'s' if len(DEMO_FOLDS) > 1 else ''} {', '.join(map(str, DEMO_FOLDS))} at label ratio "
           f"{DEMO_LABEL_RATIO:g}, tested under {' and '.join(DEMO_TEST_OCCLUSIONS)}, {progress.lanes} at a time "

@@ -1,4 +1,5 @@
-"""Size and inference speed of every method's `paper` preset beside a plain timm ResNet-50.
+"""Size and inference speed of every method's `paper` preset (its last stage's network, the one
+tested) beside a plain timm ResNet-50.
 
 Each group ("inference <method>-paper <frames>x<size>px") holds the method (impl "aubench")
 and a ResNet-50 classifier on the same number of frames (impl "resnet50"), so
@@ -7,12 +8,13 @@ benchmarks/summary.py prints resnet50-time / method-time. extra_info carries par
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import timm
 import torch
 
 import aubench.models  # noqa: F401  (registers the methods)
-from aubench.bench import count_params, flops_per_frame, frames_in, synthetic_batch
+from aubench.bench import BENCH_AU_NAMES, count_params, flops_per_frame, frames_in, synthetic_batch
 from aubench.models import available_methods, create_method, method_class
 
 NUM_AUS = 12
@@ -22,11 +24,16 @@ ROUNDS = 3
 
 def _setup(name: str):
     cls = method_class(name)
-    preset = cls.presets["paper"]
+    # a method that trains in stages is measured as it is tested: its last stage's network
+    preset = cls.stages(cls.presets["paper"])[-1].preset
     torch.manual_seed(0)
-    method = create_method(name, NUM_AUS, "paper").eval()
+    method = create_method(name, NUM_AUS, preset, None).eval()
+    # what training gives a method before it predicts (RRL's attention maps depend on the AUs)
+    method.set_training_data(BENCH_AU_NAMES[NUM_AUS], {"cooccurrence": np.eye(NUM_AUS),
+                                                       "au_rate": np.full(NUM_AUS, 0.5)})
     batch_size = CLIPS_OR_FRAMES if cls.input_kind == "clip" else max(CLIPS_OR_FRAMES, preset.clip_len)
-    batch = synthetic_batch(cls.input_kind, batch_size, NUM_AUS, preset.image_size, preset.clip_len)
+    batch = synthetic_batch(cls.input_kind, batch_size, NUM_AUS, preset.image_size, preset.clip_len,
+                            landmarks=method.uses_landmarks)
     return method, batch, preset
 
 

@@ -49,9 +49,11 @@ def _capability_from_flags(flags) -> str | None:
 
 
 def machine(data) -> dict:
-    """{"cpu": brand, "kernels": capability, "threads": n, "torch": version, "forced": {...}} of a
-    results file, from whichever of its records names them; fields it does not record are None."""
-    found = {"cpu": None, "kernels": None, "threads": None, "torch": None, "forced": {}}
+    """{"cpu": brand, "kernels": torch's capability, "flags": the best of AVX2 / AVX512 in the
+    CPU's flags (older pytest-benchmark files, which did not record the kernels), "threads": n,
+    "torch": version, "forced": {...}} of a results file, from whichever of its records names
+    them; fields it does not record are None."""
+    found = {"cpu": None, "kernels": None, "flags": None, "threads": None, "torch": None, "forced": {}}
 
     def take_cpu(info: dict) -> None:  # aubench.bench.cpu_info
         found.update(cpu=info.get("brand"), kernels=info.get("capability"), threads=info.get("threads"),
@@ -63,9 +65,8 @@ def machine(data) -> dict:
             take_cpu(info["aubench_cpu"])
         else:
             cpu = info.get("cpu") or {}
-            found.update(cpu=cpu.get("brand_raw"), torch=info.get("torch"), threads=None)
-            capability = _capability_from_flags(cpu.get("flags"))
-            found["kernels"] = f"{capability} (CPU flags)" if capability else None
+            # an older file: the CPU's own flags say what it offers, not which kernels torch ran
+            found.update(cpu=cpu.get("brand_raw"), torch=info.get("torch"), flags=_capability_from_flags(cpu.get("flags")))
         found["torch"] = found["torch"] or info.get("torch")
         return found
     records = data if isinstance(data, list) else [data]
@@ -103,6 +104,8 @@ def machine_text(m: dict) -> str:
     parts = [m["cpu"]]
     if m["kernels"]:
         parts.append(f"{m['kernels']} kernels")
+    elif m.get("flags"):
+        parts.append(f"{m['flags']} in its flags")
     if m["forced"]:
         parts.append("forced by " + " ".join(f"{k}={v}" for k, v in m["forced"].items()))
     if m["threads"]:
@@ -116,7 +119,7 @@ def short_machine(m: dict) -> str:
     """A column header: "Xeon, AVX512", "EPYC, AVX2 (forced)"."""
     brand = (m["cpu"] or "?").replace("(R)", "").replace("Processor", "").split()
     name = next((word for word in brand if word not in ("Intel", "AMD")), brand[0] if brand else "?")
-    kernels = (m["kernels"] or "?").replace(" (CPU flags)", "")
+    kernels = m["kernels"] or m.get("flags") or "?"
     return f"{name} {kernels}" + (" (forced)" if m["forced"] else "")
 
 
@@ -160,7 +163,9 @@ def demo_reports() -> list[tuple[Path, dict]]:
 
 def demo_block() -> str:
     reports = demo_reports()
-    machines = [machine(report) for _, report in reports]
+    # a demo's runs each have their own threads (the row says so): the parent's count says little
+    machines = [{**machine(report), **({"threads": None} if "parallel_runs" in report else {})}
+                for _, report in reports]
     heads = [short_machine(m) for m in machines]
     lines = ["Machines (each column below comes from one `aubench demo` report):", "",
              "| machine | file | CPU | whole demo | dataset | " + " | ".join(
@@ -170,7 +175,9 @@ def demo_block() -> str:
         per_method = {}
         for unit in report["seconds"]["units"]:
             per_method[unit["method"]] = per_method.get(unit["method"], 0.0) + unit["seconds"]
-        lines.append(f"| {head} | `{path.relative_to(ROOT)}` | {machine_text(m)} | "
+        runs = (f", {report['parallel_runs']} runs side by side, {report['threads_per_run']} thread"
+                f"{'s' if report['threads_per_run'] > 1 else ''} each" if "parallel_runs" in report else "")
+        lines.append(f"| {head} | `{path.relative_to(ROOT)}` | {machine_text(m)}{runs} | "
                      f"{_duration(report['seconds']['total'])} | {report['seconds']['dataset']:.0f} | "
                      + " | ".join(f"{per_method.get(method, float('nan')):.0f}" for method in reports[0][1]["methods"])
                      + " |")

@@ -52,11 +52,20 @@ def test_estimate_schedules_what_is_left_on_the_parallel_runs(monkeypatch):
     assert progress.finished("d", 1, 20.0, now=220.0).endswith("3 min 40 s elapsed")  # nothing is left
 
 
-def test_every_registered_method_has_a_reference_time():
+def test_every_registered_method_has_its_reference_time_from_the_reference_report():
+    """REFERENCE_SECONDS are the unit times of the committed reference demo report, on its CPU."""
+    from pathlib import Path
+
     from aubench.models import available_methods
 
     assert set(demo.REFERENCE_SECONDS) == set(available_methods())
-    assert all(seconds > 1 for seconds in demo.REFERENCE_SECONDS.values())
+    report = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "demo-avx512.json"
+    if not report.is_file():
+        pytest.skip(f"{report} is not here")
+    data = json.loads(report.read_text())
+    assert data["cpu"]["brand"] in demo.REFERENCE_CPU and data["cpu"]["capability"] in demo.REFERENCE_CPU
+    measured = {unit["method"]: unit["seconds"] for unit in data["seconds"]["units"]}
+    assert measured == pytest.approx(demo.REFERENCE_SECONDS, rel=0.1)
 
 
 def test_the_check_reads_clean_faces_only():
@@ -73,7 +82,8 @@ def test_parallelism_is_one_single_thread_run_per_core_on_the_cpu(monkeypatch):
     import os
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert demo.demo_parallelism("cpu") == (3, 1)
+    assert demo.demo_parallelism("cpu", runs=7) == (3, 1)
+    assert demo.demo_parallelism("cpu", runs=1) == (1, 3)     # more cores than runs: threads
 
 
 def test_measure_only_trains_nothing_and_its_records_are_used(h5, tmp_path, monkeypatch):
@@ -108,7 +118,7 @@ def test_demo_end_to_end_in_parallel_processes(h5, tmp_path, monkeypatch, capfd)
 
     monkeypatch.setattr(demo, "demo_evaluate_request", quick)
     monkeypatch.setattr(demo, "make_demo_dataset", lambda out, seed: h5)
-    monkeypatch.setattr(demo, "demo_parallelism", lambda device: (2, 1))
+    monkeypatch.setattr(demo, "demo_parallelism", lambda device, runs: (2, 1))
     code = demo.run_demo(tmp_path, methods=["resnet", "ks"], device="cpu")
     out = capfd.readouterr().out
     report = json.loads((tmp_path / demo.REPORT_NAME).read_text())

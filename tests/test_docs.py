@@ -47,7 +47,7 @@ def test_every_results_file_names_its_machine_or_says_it_was_not_recorded():
         text = make_docs.machine_text(m)
         assert m["cpu"] or text.startswith(make_docs.NOT_RECORDED), path
         if m["cpu"]:
-            assert m["kernels"] and m["torch"], f"{path}: {text}"
+            assert (m["kernels"] or m["flags"]) and m["torch"], f"{path}: {text}"
 
 
 def test_machine_of_a_result_with_cpu_info():
