@@ -63,8 +63,8 @@ DEMO_ENSEMBLE = ("vivit+regnet-tf", ("vivit", "regnet-tf"))
 # order the runs (longest first, so the parallel runs end together) and, scaled by the speed the
 # demo has seen so far on this machine, give the estimate of what is left.
 REFERENCE_CPU = "Intel(R) Xeon(R) Processor, AVX512"
-REFERENCE_SECONDS = {"maefau": 142.5, "ks": 90.6, "vivit": 83.5, "rrl": 82.4, "regnet-tf": 73.4, "megraphau": 55.6,
-                     "resnet": 23.3}
+REFERENCE_SECONDS = {"maefau": 161.9, "ks": 101.9, "rrl": 92.5, "vivit": 83.7, "regnet-tf": 80.3,
+                     "megraphau": 59.7, "resnet": 25.5}
 REPORT_NAME = "demo_report.json"
 
 
