@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -127,6 +128,33 @@ def _model_overrides(pairs) -> dict:
     return dict(pairs or [])
 
 
+_PART_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _pretrained(text: str) -> tuple[str, str]:
+    """--pretrained [PART=]SOURCE: (part, source), part "" for a bare SOURCE (the method's main
+    part). A file is made absolute, so a rerun from another directory names the same file."""
+    from aubench.models.backbones import is_hub_source
+
+    part, sep, source = text.partition("=")
+    if not sep or not _PART_NAME.fullmatch(part):  # a bare SOURCE (a path may hold "=")
+        part, source = "", text
+    if not source.strip():
+        raise argparse.ArgumentTypeError(f"expected [PART=]SOURCE, got {text!r}")
+    return part, source if is_hub_source(source) else str(Path(source).resolve())
+
+
+def _pretrained_sources(pairs) -> dict[str, str] | None:
+    """The --pretrained (part, source) pairs as part -> source; None without any."""
+    sources: dict[str, str] = {}
+    for part, source in pairs or []:
+        if part in sources:
+            raise UserError(f"--pretrained {part + '=' if part else ''}{source}: "
+                            f"{'part ' + repr(part) if part else 'a bare SOURCE'} is given twice")
+        sources[part] = source
+    return sources or None
+
+
 _fold_list = _list_of(_integer, "fold numbers")
 _condition_list = _list_of(_condition, "occlusion conditions")
 _ratio_list = _list_of(_label_ratio, "label ratios in (0, 1]")
@@ -136,8 +164,10 @@ _weight_list = _list_of(_weight, "positive weights", repeats=True)
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="aubench HDF5 file (datasets_tools convert)")
-    p.add_argument("--preset", default="tiny", help="paper | tiny (default: tiny); `aubench methods` lists each "
-                                                    "method's presets")
+    p.add_argument("--preset", help="paper | tiny | a method's other preset (default: tiny, a CPU-sized model, "
+                                    "named in one line); paper picks the paper's settings for the data file's "
+                                    "dataset where the paper gives them per dataset (paper-bp4d, paper-disfa); "
+                                    "`aubench methods` lists each method's presets and their sources")
     p.add_argument("--model", type=_model_setting, action="append", metavar="KEY=VALUE",
                    help="override one of the preset's model settings (repeatable; VALUE is JSON or text), e.g. "
                         "--model backbone=swin_base_patch4_window7_224 --model neighbours=3; part of the run's settings")
@@ -149,8 +179,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     again.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     again.add_argument("--overwrite", action="store_true",
                        help="replace an earlier run in OUT (checkpoint, result, log) instead of refusing")
-    p.add_argument("--pretrained", help="local weights for the first stage: an aubench checkpoint, or timm/torchvision "
-                                        "backbone weights")
+    p.add_argument("--pretrained", type=_pretrained, action="append", metavar="[PART=]SOURCE",
+                   help="weights for one of the method's parts (repeatable; `aubench methods` lists them; a bare "
+                        "SOURCE is the method's main part). SOURCE: timm:<model>[.<tag>] (e.g. "
+                        "timm:resnet50.a1_in1k: timm's weights, fetched into its Hugging Face cache; HF_HUB_OFFLINE=1 "
+                        "reads the cache only), hf-hub:<repo id>, or a file: timm's, torchvision's, the official "
+                        "Swin or MAE release's, a Lightning / DDP state dict or .safetensors; a bare SOURCE may be "
+                        "an aubench checkpoint (the whole first stage). Part of the run's settings by each "
+                        "source's name and the sha256 of its tensors, not its path")
     p.add_argument("--pretrain-data", help="an aubench HDF5 file (labeled or not, e.g. `datasets_tools convert "
                                            "images`) whose frames a self-supervised pre-training stage learns "
                                            "from instead of the fold's training frames; the run's own file "
@@ -210,10 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "naming the file and the settings that differ) or --overwrite (replace them "
                                    "all) is given.")
     p.add_argument("--methods", required=True, type=_name_list, help="comma-separated, or 'all'")
-    p.add_argument("--folds", type=_fold_list, default=[1, 2, 3])
+    p.add_argument("--folds", type=_fold_list, help="comma-separated folds (default: every fold of the data file)")
     p.add_argument("--label-ratios", type=_ratio_list, default=[1.0])
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--bench-batch-size", type=_train_batch, default=4, help="batch size of the size/speed measurement")
+    p.add_argument("--dry-run", action="store_true",
+                   help="train nothing and write nothing: open the data, resolve the presets, load --pretrained, "
+                        "build every stage's model and optimiser on the first fold and run one training step on "
+                        "one real batch; print per stage its parameters, batch, steps per epoch, epochs and the "
+                        "memory one GPU needs at the preset's batch and the run's precision (measured on a GPU; "
+                        "estimated on a CPU from a step at batch 2, or one 8-frame window for window models)")
     _add_run_options(p)
 
     p = sub.add_parser("predictions", help="export a result's per-frame AU probabilities as CSV",
@@ -292,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   f"PLOT/{PLOT_NAME} when PLOT is a directory); with several label ratios also "
                                   f"<name>_label_ratio.png beside it; the paths written are printed")
     p.add_argument("--no-reported", action="store_true", help="leave out the papers' reported numbers")
+    p.add_argument("--plot-reported", action="store_true",
+                   help="also draw the papers' reported rows in the --plot charts (default: our rows and the "
+                        "all-positive baseline)")
     p.add_argument("--merge", action="store_true",
                    help="average one method's folds even when their settings differ (the row says what was mixed)")
     p.add_argument("--output", help="write the table to this file instead of stdout (missing folders are created)")
@@ -308,18 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
+    from aubench.engine.evaluate import DEFAULT_PRESET
     from aubench.engine.trainer import RunConfig
     from aubench.models.base import split_method
 
-    # An absolute --pretrained path: it is part of the run's identity, which must not depend on
-    # the directory a rerun starts from.
-    pretrained = str(Path(args.pretrained).resolve()) if args.pretrained else None
     name, variant = split_method(method)
-    return RunConfig(method=name, variant=variant, data=args.data, fold=fold, preset=args.preset,
+    return RunConfig(method=name, variant=variant, data=args.data, fold=fold, preset=args.preset or DEFAULT_PRESET,
                      label_ratio=label_ratio, pretrain_data=args.pretrain_data,
                      train_occlusion=args.train_occlusion, epochs=args.epochs, batch_size=args.batch_size,
                      image_size=args.image_size, out=out, resume=args.resume, overwrite=args.overwrite,
-                     pretrained=pretrained, device=args.device, seed=args.seed, precision=args.precision,
+                     pretrained=_pretrained_sources(args.pretrained), device=args.device, seed=args.seed,
+                     precision=args.precision,
                      workers=args.workers, checkpoint_every=args.checkpoint_every, augment=not args.no_augment,
                      channels_last=args.channels_last, progress=not args.no_progress,
                      model=_model_overrides(args.model))
@@ -329,15 +373,20 @@ def cmd_train(args) -> int:
     from dataclasses import replace
 
     from aubench.data.occlusion import condition_name
-    from aubench.engine.evaluate import resolve_methods, train_run
+    from aubench.engine.distributed import setup_distributed
+    from aubench.engine.evaluate import check_data_and_folds, preset_line, resolve_methods, train_run
     from aubench.engine.run import protocol_name
     from aubench.engine.trainer import resolve_preset, train_occlusion
     from aubench.models import method_class
 
     config = _run_config(args, args.method, args.fold, args.label_ratio, args.out or "")
+    resolve_methods([args.method])
+    dataset = check_data_and_folds(args.data, [args.fold]).dataset
+    line = preset_line([args.method], args.preset, dataset)
+    if line and setup_distributed(args.device).is_main:
+        print(line, flush=True)
     if not args.out:  # named by the method's own training occlusion: --train-occlusion, else its preset's
-        resolve_methods([args.method])
-        train = condition_name(train_occlusion(resolve_preset(method_class(config.method), config)))
+        train = condition_name(train_occlusion(resolve_preset(method_class(config.method), config, dataset)))
         config = replace(config, out=f"runs/{args.method}_fold{args.fold}_{protocol_name(args.label_ratio, train)}")
     train_run(config, args.test_occlusion, args.smooth)
     return 0
@@ -345,14 +394,43 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from aubench.engine.distributed import setup_distributed
-    from aubench.engine.evaluate import EvaluateRequest, evaluate_runs
+    from aubench.engine.evaluate import (EvaluateRequest, check_data_and_folds, evaluate_runs, preset_line,
+                                         resolve_methods)
 
     request = EvaluateRequest(methods=args.methods, run=_run_config(args, "", 1, 1.0, args.out), out=args.out,
                               folds=args.folds, label_ratios=args.label_ratios, test_occlusions=args.test_occlusion,
                               bench_batch_size=args.bench_batch_size, smoothing=args.smooth)
+    is_main = setup_distributed(args.device).is_main
+    line = preset_line(resolve_methods(args.methods), args.preset, check_data_and_folds(args.data, args.folds).dataset)
+    if line and is_main:
+        print(line, flush=True)
+    if args.dry_run:
+        return _dry_run(request, is_main)
     written = evaluate_runs(request)
-    if setup_distributed(args.device).is_main:
+    if is_main:
         print(f"{len(written)} results in {Path(args.out) / 'results'}; table: aubench leaderboard {args.out}")
+    return 0
+
+
+def _dry_run(request, is_main: bool) -> int:
+    """`evaluate --dry-run`: each stage's check printed as it is made (aubench.engine.dry_run)."""
+    from aubench.engine.dry_run import describe, dry_run
+
+    shown = set()
+
+    def report(check) -> None:
+        if not is_main:
+            return
+        run = (check.method, check.label_ratio)
+        if run not in shown:
+            shown.add(run)
+            print(f"{check.method}: preset {check.preset}, fold {check.fold}, label ratio {check.label_ratio:g}, "
+                  f"initialisation {check.initialisation}", flush=True)
+        print(describe(check), flush=True)
+
+    if is_main:
+        print("dry run: nothing is trained or written; the first fold of the run only", flush=True)
+    dry_run(request, report=report)
     return 0
 
 
@@ -436,7 +514,7 @@ def cmd_leaderboard(args) -> int:
                                   merge=args.merge)
     text = leaderboard.render(rows, args.format)
     if args.plot:  # first: a plot path that cannot be written stops before any table is out
-        for path in leaderboard.plot(rows, args.plot):
+        for path in leaderboard.plot(rows, args.plot, reported=args.plot_reported):
             print(f"plot: {path}", file=sys.stderr)
     if args.output:
         try:
@@ -449,18 +527,63 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def _preset_summary(preset, model_keys: list[str]) -> str:
+    """What a preset sets, in words: its training fields and the model settings `model_keys`."""
+    size = f"{preset.image_size} px"
+    if preset.crop_fraction is not None:
+        size += (f" cropped from {round(preset.image_size / preset.crop_fraction)} px (at random in training, the "
+                 f"centre at test)")
+    optimiser = f"{preset.optimizer} lr {preset.lr:g}" + (f" momentum {preset.momentum:g}"
+                                                          if preset.optimizer == "sgd" else "")
+    optimiser += f" weight decay {preset.weight_decay:g}" + (f" -> {preset.weight_decay_end:g}"
+                                                             if preset.weight_decay_end is not None else "")
+    optimiser += f", {preset.schedule}" + (f" after {preset.warmup_epochs} warm-up epochs"
+                                           if preset.warmup_epochs else "")
+    parts = [size, f"{preset.epochs} epochs", f"batch {preset.batch_size}", optimiser,
+             f"rotation {preset.rotation:g} deg"]
+    if preset.clip_len > 1:
+        parts.append(f"{preset.clip_len}-frame clips")
+    if preset.train_occlusion != "none":
+        parts.append(f"training occlusion {preset.train_occlusion}")
+    def short(value):  # floats to 4 significant digits (2/3, not 0.6666666666666666)
+        if isinstance(value, dict):
+            return {k: short(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [short(v) for v in value]
+        return float(f"{value:.4g}") if isinstance(value, float) else value
+
+    model = [f"{key}={json.dumps(short(preset.model[key]))}" for key in model_keys if key in preset.model]
+    parts.append("model " + ", ".join(model) + " over the method's defaults" if model else "the method's default model")
+    if preset.paper_init:
+        parts.append(f"the paper starts from {preset.paper_init} weights (--pretrained)")
+    return "; ".join(parts)
+
+
 def cmd_methods(args) -> int:
     from aubench.models import available_methods, method_class
 
     for name in available_methods():
         cls = method_class(name)
-        presets = ", ".join(f"{k} ({p.image_size}px, {p.epochs} epochs, batch {p.batch_size})"
-                            for k, p in sorted(cls.presets.items()))
         stages = cls.stages(next(iter(cls.presets.values())))
-        trained = f"  stages: {' -> '.join(stage.name for stage in stages)}" if len(stages) > 1 else ""
+        head = f"{name}  ({cls.input_kind} method"
+        head += f"; stages: {' -> '.join(stage.name for stage in stages)}" if len(stages) > 1 else ""
         rows = [f"{name}-{stage.row} ({stage.name})" for stage in stages if stage.row is not None]
-        trained += f"  rows: {', '.join(rows)}" if rows else ""
-        print(f"{name:>10}  {cls.input_kind:<5}  {presets}{trained}")
+        head += f"; rows: {', '.join(rows)}" if rows else ""
+        if cls.dataset_presets:
+            head += "; paper on " + ", ".join(f"{dataset}: {preset}" for dataset, preset in cls.dataset_presets.items())
+            head += ", other datasets: paper"
+        print(head + ")")
+        # the model settings that tell the method's presets apart (the rest are the method's defaults)
+        settings = [p.model for p in cls.presets.values()]
+        keys = [key for key in dict.fromkeys(k for model in settings for k in model)
+                if len({json.dumps(model.get(key), sort_keys=True) for model in settings}) > 1]
+        width = max(map(len, cls.presets))
+        for preset_name, preset in sorted(cls.presets.items()):
+            print(f"  {preset_name:<{width}}  {_preset_summary(preset, keys)}")
+            if preset.source:
+                print(f"  {'':<{width}}  source: {preset.source}")
+        for i, (part, what) in enumerate(cls.pretrained_parts.items()):  # the first is a bare SOURCE's
+            print(f"  --pretrained {part}=SOURCE{' (or SOURCE)' if i == 0 else ''}: {what}")
     return 0
 
 

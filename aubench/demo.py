@@ -100,9 +100,11 @@ def make_demo_dataset(out: Path, seed: int = 0) -> Path:
     if h5.is_file():
         return h5
     raw = out / "raw_bp4d"
+    # landmarks in the old CSV layout, all 68 points (BP4D's own 2DFeatures hold 49, no jaw): the
+    # demo's landmark crops stay those its published results were made from
     generate("bp4d", raw, subjects=DEMO_SUBJECTS, tasks=list(DEMO_TASKS), frames=DEMO_FRAMES,
              frame_size=DEMO_FRAME_SIZE, seed=seed, progress=False, expressiveness=DEMO_EXPRESSIVENESS,
-             workers=2)
+             workers=2, landmark_files="csv")
     # convert writes h5.partial and renames it when complete; a killed run resumes it
     convert("bp4d", raw, h5, FrameOptions(image_size=DEMO_IMAGE_SIZE, crop="landmarks", image_format="raw"),
             landmarks_dir=raw / "Landmarks", progress=False)

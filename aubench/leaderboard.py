@@ -6,7 +6,12 @@ own: "maefau-teacher", "maefau-student"), columns per-AU F1
 and mean F1 as mean +- std over folds (in percent, like the papers), then params, FLOPs and
 throughput. Beside our rows: the all-positive baseline of the same test splits, and numbers
 reported in the papers (aubench.reported) for the same dataset, protocol and test occlusion
-condition, marked "reported". All three formats are rendered from the same rows, so they agree.
+condition, marked "reported". Each of our rows names its preset (the one used: `paper` resolved to
+`paper-disfa` ...) and its initialisation ("random", "timm:<name>", "file <name>"), and says why it
+is not comparable with those reported figures where it is not ("caveat": a preset that is not a
+paper's, such as tiny; random weights where the paper starts from pre-trained ones), marked with
+a footnote in Markdown. A std needs two folds: one fold shows its mean alone. All three formats
+are rendered from the same rows, so they agree.
 
 Occlusion conditions (the MAE-FAU protocol) come from a result's "occlusion": {"train": ...,
 "test": ...}, named as aubench.data.condition_name names them ("none", "patches0.5",
@@ -21,9 +26,10 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterable
 
 import numpy as np
@@ -182,9 +188,60 @@ def dataset_label(result: dict[str, Any]) -> str:
     return f"{result['dataset']} ({scheme} split)" if scheme else result["dataset"]
 
 
-def _stat(values: list[float]) -> dict[str, float]:
+def _stat(values: list[float]) -> dict[str, float | None]:
+    """Mean and std over folds; no std (None) for one fold."""
     arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)) if arr.size > 1 else 0.0}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)) if arr.size > 1 else None}
+
+
+def short_initialisation(text: Any) -> str:
+    """A result's "initialisation" as the table shows it: "random", or each --pretrained source
+    as "timm:<name>" (a hub name as it is) or "file <name>" (the file's name, without folders or
+    digest), prefixed by its part where there are several ("mae file mae.pth, backbone
+    timm:<name>"); "-" where the result records none."""
+    if not isinstance(text, str) or not text.strip():
+        return "-"
+    text = text.strip()
+    if text.lower().startswith("random"):
+        return "random"
+    shown = []
+    entries = text.split("; ")  # "part: source (sha256 ...)", one per part
+    for entry in entries:
+        part, sep, source = entry.partition(": ")
+        if not sep or " " in part:   # a bare source ("timm:<name>" has no space after its colon)
+            part, source = "", entry
+        source = source.split(" (")[0].strip()
+        short = source if re.match(r"[\w-]+:\S", source) else f"file {PurePath(source).name or source}"
+        shown.append(f"{part} {short}" if len(entries) > 1 and part else short)
+    return ", ".join(shown)
+
+
+def _origin(result: dict[str, Any]) -> tuple[str, str, Any]:
+    """(preset, short initialisation, the preset's paper_init) of a result; an ensemble's preset
+    is its members' ("tiny", "paper+tiny"), its initialisation unrecorded ("-")."""
+    if "ensemble" in result:
+        presets = [str((member.get("identity") or {}).get("preset")) for member in result["ensemble"]["members"]]
+        return "+".join(dict.fromkeys(presets)), "-", None
+    return (str(result["config"]["preset"]), short_initialisation(result.get("initialisation")),
+            (result.get("preset") or {}).get("paper_init"))
+
+
+# Why a row of ours is not comparable with the papers' reported rows beside it, if it is not.
+NOT_PAPER_PRESET = "preset {preset}: not the paper's settings"
+RANDOM_INIT = "random initialisation; the paper starts from {paper_init} weights"
+
+
+def caveat(preset: str, init: str, paper_init: Any) -> str:
+    """Why a row of ours (its preset name, short initialisation and the preset's paper_init)
+    cannot be read beside the papers' figures ("" when it can): a preset other than a `paper`
+    one (tiny: a CPU-sized model), or random weights where the paper starts from pre-trained
+    ones (Preset.paper_init)."""
+    reasons = []
+    if not all(name.startswith("paper") for name in re.split(r"[/+]", preset)):  # "/": --merge, "+": an ensemble
+        reasons.append(NOT_PAPER_PRESET.format(preset=preset))
+    if init == "random" and isinstance(paper_init, str) and paper_init:
+        reasons.append(RANDOM_INIT.format(paper_init=paper_init))
+    return "; ".join(reasons)
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -292,8 +349,12 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
                 dup = [r["_file"] for r in runs]
                 raise UserError(f"{method} {dataset} {protocol}: the same fold appears twice ({', '.join(dup)})")
             bench = runs[0].get("bench", {})
+            origins = [_origin(r) for r in runs]
+            preset, init = ("/".join(dict.fromkeys(origin[k] for origin in origins)) for k in (0, 1))
+            paper_init = origins[0][2]
             ours.append({
                 "kind": "ours", "method": method, "setting": setting_label(runs), "dataset": dataset,
+                "preset": preset, "init": init, "caveat": caveat(preset, init, paper_init),
                 "protocol": protocol, "occlusion_train": conditions(runs[0])[0], "occlusion_test": test,
                 "label_ratio": runs[0].get("label_ratio"), "folds": folds,
                 "f1": {au: _stat([100 * r["metrics"]["f1"][au] for r in runs]) for au in aus},
@@ -311,6 +372,7 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
             folds = sorted(baseline_folds)
             rows.append({
                 "kind": "baseline", "method": "all-positive", "dataset": dataset, "protocol": protocol,
+                "preset": "", "init": "", "caveat": "",
                 # it predicts without looking at the images: the same under every condition
                 "occlusion_train": "none", "occlusion_test": test,
                 "setting": f"fingerprint={fingerprint[:8]}" if len(baselines) > 1 else "",
@@ -324,6 +386,7 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
             for rep in reported_for(*split_of[dataset], protocol, test):
                 rows.append({
                     "kind": "reported", "method": rep["method"], "setting": "", "dataset": dataset,
+                    "preset": "", "init": "", "caveat": "",
                     "protocol": protocol, "occlusion_train": rep["occlusion"]["train"], "occlusion_test": test,
                     "label_ratio": None, "folds": [],
                     "f1": {au: (None if rep["f1"].get(au) is None else {"mean": rep["f1"][au], "std": None})
@@ -365,24 +428,35 @@ def _aus(rows: list[dict], dataset: str) -> list[str]:
     return list(next(r for r in rows if r["dataset"] == dataset)["f1"])
 
 
+CAVEAT_MARK = "†"  # a row of ours not comparable with the reported rows (its "caveat"), in Markdown
+
+
 def to_markdown(rows: list[dict]) -> str:
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         aus = _aus(rows, dataset)
         out.append(f"### {dataset}: F1 (%) per AU, mean ± std over folds\n")
         header = ["method", "protocol", "train occlusion", "test occlusion", "kind", "folds", *aus, "mean F1",
-                  "params (M)", "GFLOPs/frame", "infer frames/s", "train frames/s"]
+                  "params (M)", "GFLOPs/frame", "infer frames/s", "train frames/s", "preset", "init"]
         out.append("| " + " | ".join(header) + " |")
-        out.append("|" + "|".join([":---"] * 5 + ["---:"] * (len(header) - 5)) + "|")
+        out.append("|" + "|".join([":---"] * 5 + ["---:"] * (len(header) - 7) + [":---"] * 2) + "|")
+        caveats: dict[str, str] = {}
         for r in rows:
             if r["dataset"] != dataset:
                 continue
-            cells = [_name(r), r["protocol"], r["occlusion_train"], r["occlusion_test"], r["kind"],
+            name = _name(r)
+            if r.get("caveat"):
+                caveats.setdefault(name, r["caveat"])
+                name += f" {CAVEAT_MARK}"
+            cells = [name, r["protocol"], r["occlusion_train"], r["occlusion_test"], r["kind"],
                      str(len(r["folds"])) if r["folds"] else "-",
                      *[_cell(r["f1"][au]) for au in aus], _cell(r["mean_f1"]), _num(r["params_m"], ".2f"),
                      _num(r["gflops_per_frame"], ".3f"), _num(r["infer_frames_per_s"], ".1f"),
-                     _num(r["train_frames_per_s"], ".1f")]
+                     _num(r["train_frames_per_s"], ".1f"), r.get("preset") or "-", r.get("init") or "-"]
             out.append("| " + " | ".join(cells) + " |")
+        if caveats:
+            out.append(f"\n{CAVEAT_MARK} not comparable with the papers' reported figures: "
+                       + "; ".join(f"{name}: {why}" for name, why in caveats.items()))
         sources: dict[str, list[str]] = defaultdict(list)
         for r in rows:
             if r["dataset"] == dataset and r["kind"] == "reported" and r["method"] not in sources[r["source"]]:
@@ -397,7 +471,8 @@ def to_csv(rows: list[dict]) -> str:
     all_aus = list(dict.fromkeys(au for r in rows for au in r["f1"]))
     fields = ["dataset", "protocol", "kind", "method", "occlusion_train", "occlusion_test", "setting", "folds",
               *[f"{au}_{s}" for au in all_aus for s in ("mean", "std")], "mean_f1_mean", "mean_f1_std",
-              "params_m", "gflops_per_frame", "infer_frames_per_s", "train_frames_per_s", "source"]
+              "params_m", "gflops_per_frame", "infer_frames_per_s", "train_frames_per_s", "source", "preset", "init",
+              "caveat"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -405,7 +480,8 @@ def to_csv(rows: list[dict]) -> str:
         line = {"dataset": r["dataset"], "protocol": r["protocol"], "kind": r["kind"], "method": r["method"],
                 "occlusion_train": r["occlusion_train"], "occlusion_test": r["occlusion_test"],
                 "setting": r.get("setting", ""), "folds": " ".join(map(str, r["folds"])), "mean_f1_mean": r["mean_f1"]["mean"],
-                "mean_f1_std": r["mean_f1"]["std"], "source": r["source"]}
+                "mean_f1_std": r["mean_f1"]["std"], "source": r["source"], "preset": r.get("preset", ""),
+                "init": r.get("init", ""), "caveat": r.get("caveat", "")}
         for au in all_aus:
             stat = r["f1"].get(au)
             line[f"{au}_mean"] = None if stat is None else stat["mean"]
@@ -488,6 +564,8 @@ def _line_plot(path: Path, lines: list[tuple], xlabel: str, log_x: bool = False)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, xs, ys, yerr in lines:
+        if yerr is not None:  # a point of one fold has no std: no bar there
+            yerr = [0.0 if e is None else e for e in yerr] if any(e is not None for e in yerr) else None
         ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=label)
     if log_x:
         ax.set_xscale("log")
@@ -503,8 +581,9 @@ def _line_plot(path: Path, lines: list[tuple], xlabel: str, log_x: bool = False)
     return path
 
 
-def plot(rows: list[dict], path: str | Path) -> list[Path]:
-    """A bar chart of per-AU F1 (one per dataset, protocol and test occlusion condition); when
+def plot(rows: list[dict], path: str | Path, reported: bool = False) -> list[Path]:
+    """A bar chart of per-AU F1 (one per dataset, protocol and test occlusion condition) of our
+    rows and the all-positive baseline, and with `reported` the papers' reported rows too; when
     several label ratios exist, F1 against label ratio beside it (<name>_label_ratio<suffix>);
     when our rows hold more than one test condition of random patches (or none), F1 against
     the test occlusion ratio (<name>_occlusion<suffix>, see occlusion_series). `path` as
@@ -514,6 +593,7 @@ def plot(rows: list[dict], path: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if reported or r["kind"] != "reported"]
     path = plot_path(path)
     written = []
     groups = list(dict.fromkeys((r["dataset"], r["protocol"], r["occlusion_test"]) for r in rows))

@@ -26,7 +26,8 @@ def make_dataset(out: Path, subjects: int, tasks: list[str], frames: int, seed: 
         return h5
     raw = out / "raw_bp4d"
     generate("bp4d", raw, subjects=subjects, tasks=tasks, frames=frames, frame_size=(160, 200), seed=seed,
-             progress=False, expressiveness=3.0, workers=2)
+             progress=False, expressiveness=3.0, workers=2,
+             landmark_files="csv")  # the 68-point CSV layout, as the demo: the data of the recorded sweep
     # convert writes h5.partial and renames it when complete; a killed run resumes it
     convert("bp4d", raw, h5, FrameOptions(image_size=64, crop="landmarks"),
             landmarks_dir=raw / "Landmarks", progress=False)

@@ -8,6 +8,8 @@ Layout, as the dataset ships (names matched ignoring case):
   ``BP4D-training``, ...); zero padding varies, so frames match by integer frame number.
 - optional intensities ``AU Intensity Codes3.0/AU06/F001_T1_AU06.csv``: ``frame,intensity``
   rows, no header, 9 = unknown.
+- optional landmarks ``2DFeatures/F001_T1.mat`` (``read_2dfeatures``; BP4D+ and MME ship the
+  same folder): the 49 points of the dataset's face tracker per frame.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
 from .errors import DatasetError, Report
-from .raw import (DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, parse_int,
-                  read_csv, rows_of_width)
+from .landmarks import BP4D_49, to_scheme
+from .raw import (DatasetPlan, LandmarkTrack, SequencePlan, au_name, fast_table, find_dirs, index_image_dir,
+                  load_mat_v5, mat_variables, mat_version, parse_int, read_csv, rows_of_width)
 
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 MAX_AU = 99  # FACS action unit (and head / eye / gross behaviour) codes are 1..99
@@ -290,7 +294,8 @@ def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers
                                    f"{missing[0]} (use --skip-bad to skip such frames)", where)
             for f in missing:
                 report.problem("missing image", sequence=name, frame_no=int(f), path=where, kind="missing image")
-        plan = SequencePlan(subject, name, frame_no, label, intensity, kind, container, members, str(path))
+        plan = SequencePlan(subject, name, frame_no, label, intensity, kind, container, members, str(path),
+                            image_frames=np.array(sorted(frames), dtype=np.int64))
         if not present.all():
             plan.keep(present)
         if len(plan):
@@ -302,3 +307,144 @@ def plan_occurrence_dataset(root: Path, dataset: str, report: Report, au_numbers
 
 def plan(root: Path, options, report: Report) -> DatasetPlan:
     return plan_occurrence_dataset(root, "BP4D", report, progress=getattr(options, "progress", False))
+
+
+# ---- landmarks: 2DFeatures/<Subject>_<Task>.mat ------------------------------------------------
+
+FEATURES_FILE = re.compile(r"^([A-Za-z]+\d+)_([A-Za-z]*\d+)\.mat$")
+FEATURES_POINTS = len(BP4D_49)
+
+
+def read_2dfeatures(path: Path) -> LandmarkTrack:
+    """One ``2DFeatures/<Subject>_<Task>.mat`` file -> its frames' landmarks in the 68-point scheme.
+
+    The variable ``fit`` is a struct array with one element per frame, in either form the
+    datasets ship, told apart by its fields (and read from either container, told apart by the
+    file: an HDF5 file is MATLAB v7.3, read with h5py, anything else v5, read with scipy):
+    - BP4D: ``fit(k).pred``, the 49 x 2 [x y] points of frame k (1-based, the frame numbers of
+      the JPEG names and of the occurrence codes); MATLAB v7.3, where each element is an object
+      reference to a (2, 49) dataset.
+    - BP4D+: ``fit(k).frame`` (the frame number) and ``fit(k).pts_2d`` (49 x 2); MATLAB v5.
+    An empty array is a frame the tracker lost. The 49 points are ``landmarks.BP4D_49``; the
+    head pose (``pose`` / ``headPose``) is not read. A file with another variable or field, or
+    an entry of another shape, is named (the file, and the frame for an entry).
+    """
+    version = mat_version(path)
+    kind = f"bp4d-2dfeatures-{version}"
+    if version == "v7.3":
+        frames, entries = _fit_entries_v73(path)
+    else:
+        frames, entries = _fit_entries_v5(path)
+    points = np.full((len(entries), FEATURES_POINTS, 2), np.nan, np.float32)
+    empty = np.zeros(len(entries), dtype=bool)
+    malformed = {}
+    for k, (field_name, value) in enumerate(entries):
+        if value is None or value.size == 0:
+            empty[k] = True
+        elif value.shape == (FEATURES_POINTS, 2):
+            points[k] = value
+        else:
+            shape = " x ".join(str(v) for v in value.shape)
+            malformed[int(frames[k])] = f"{field_name} is {shape}, expected {FEATURES_POINTS} x 2 [x y] or empty"
+    order = np.argsort(frames, kind="stable")
+    frames = np.asarray(frames, dtype=np.int64)[order]
+    duplicate = frames[1:][np.diff(frames) == 0]
+    if len(duplicate):
+        raise DatasetError(f"frame {duplicate[0]} appears twice in fit(k).frame", str(path))
+    position = {int(f): int(i) + 1 for i, f in zip(order, frames)}
+
+    def entry(frame: int) -> str:
+        at = position.get(int(frame))
+        return f"{path}, frame {frame}" + (f" (fit({at}))" if at is not None else " (no fit element)")
+
+    return LandmarkTrack(kind, str(path), frames, to_scheme(points[order], BP4D_49), empty[order], entry,
+                         malformed)
+
+
+def _fit_entries_v73(path: Path):
+    """-> (frame numbers, [(field, value in MATLAB's rows x columns, or None when empty)]) of
+    fit in a MATLAB v7.3 file."""
+    try:
+        with h5py.File(path, "r") as f:
+            fit = f.get("fit")
+            if not isinstance(fit, h5py.Group):
+                raise DatasetError(_no_fit(path, fit is not None), str(path))
+            field_name = _points_field(path, list(fit))
+            refs = _refs(path, fit, field_name)
+            values = [_dereference(f, ref) for ref in refs]
+            if field_name == "pred":
+                return np.arange(1, len(values) + 1), [(field_name, v) for v in values]
+            frames = [_dereference(f, ref) for ref in _refs(path, fit, "frame")]
+            return _frame_numbers(path, frames), [(field_name, v) for v in values]
+    except OSError as e:
+        raise DatasetError(f"not a readable MATLAB v7.3 file ({e})", str(path)) from None
+
+
+def _fit_entries_v5(path: Path):
+    """The same from a MATLAB v5 file."""
+    fit = load_mat_v5(path, ["fit"]).get("fit")
+    if fit is None or fit.dtype.names is None:
+        raise DatasetError(_no_fit(path, fit is not None), str(path))
+    field_name = _points_field(path, list(fit.dtype.names))
+    elements = fit.ravel(order="F")  # MATLAB's element order
+    values = [_numeric(element[field_name]) for element in elements]
+    if field_name == "pred":
+        frames = np.arange(1, len(values) + 1)
+    else:
+        frames = _frame_numbers(path, [_numeric(element["frame"]) for element in elements])
+    return frames, [(field_name, v) for v in values]
+
+
+def _no_fit(path: Path, present: bool) -> str:
+    if present:
+        return "the variable 'fit' is not a struct array (expected one element per frame)"
+    return f"no variable 'fit' (the file holds: {', '.join(mat_variables(path)) or 'nothing readable'})"
+
+
+def _points_field(path: Path, fields: list[str]) -> str:
+    if "pred" in fields:
+        return "pred"
+    if "pts_2d" in fields and "frame" in fields:
+        return "pts_2d"
+    raise DatasetError(f"fit has no field pred (BP4D) or frame and pts_2d (BP4D+); its fields: {', '.join(fields)}",
+                       str(path))
+
+
+def _refs(path: Path, fit: h5py.Group, field_name: str) -> np.ndarray:
+    node = fit.get(field_name)
+    if not isinstance(node, h5py.Dataset) or h5py.check_ref_dtype(node.dtype) is None:
+        raise DatasetError(f"fit.{field_name} is not a struct field of object references", str(path))
+    return node[()].ravel(order="F")
+
+
+def _dereference(f: h5py.File, ref):
+    """A v7.3 struct field element -> its numeric value in MATLAB's orientation, None when empty."""
+    if not ref:
+        return None
+    node = f[ref]
+    if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "fiu":
+        return np.zeros((1, 1, 1))  # not a numeric array: reported as a wrong shape
+    # MATLAB stores [] as its dimensions, a 2-vector of uint64, marked MATLAB_empty (attributes are
+    # read for such small vectors only: reading them costs as much as the points)
+    if node.size == 0 or (node.shape == (2,) and node.dtype.kind == "u" and node.attrs.get("MATLAB_empty", 0)):
+        return None
+    return np.asarray(node[()], dtype=np.float64).T
+
+
+def _numeric(value):
+    """A v5 struct field element -> a float array, None when empty."""
+    value = np.asarray(value)
+    if value.size == 0:
+        return None
+    if value.dtype.kind not in "fiu":
+        return np.zeros((1, 1, 1))  # not a numeric array: reported as a wrong shape
+    return value.astype(np.float64)
+
+
+def _frame_numbers(path: Path, values) -> np.ndarray:
+    frames = []
+    for k, value in enumerate(values):
+        if value is None or value.size != 1 or not float(value.ravel()[0]).is_integer():
+            raise DatasetError(f"fit({k + 1}).frame is not one whole number", str(path))
+        frames.append(int(value.ravel()[0]))
+    return np.asarray(frames, dtype=np.int64)

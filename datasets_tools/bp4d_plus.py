@@ -1,6 +1,8 @@
 """BP4D+ and MME readers: MME ships in BP4D+'s layout, so both use the BP4D occurrence-code
 reader (``AUCoding/AU_OCC/F001_T1.csv``, optional ``AU_INT/AU06/F001_T1_AU06.csv``) with images
 in ``2D+3D/<subject>.zip`` (members ``<...>/<task>/<frame>.jpg``) or the same tree extracted.
+Optional landmarks: ``2DFeatures/F001_T1.mat``, BP4D+'s MATLAB v5 form (``fit(k).frame``,
+``pts_2d``), read by ``bp4d.read_2dfeatures`` (``landmark_files.py``).
 
 AU set: the 12 BP4D AUs (1 2 4 6 7 10 12 14 15 17 23 24), the common protocol for BP4D+ (its
 coding files hold more AUs; columns are read by header name). BP4D+ codes only tasks T1, T6, T7

@@ -18,6 +18,7 @@ from .convert import (DEFAULT_CROP, DEFAULT_IMAGE_SIZE, LANDMARK_MODES, LAYOUT_D
                       FrameOptions, convert)
 from .errors import DatasetError
 from .face_detect import DEFAULT_MAX_SIDE
+from .landmark_files import parse_offset
 from .faces import CROPS
 from .images import SPLITS as IMAGES_SPLITS
 
@@ -65,14 +66,20 @@ def _add_convert(sub) -> None:
                         "fallback), landmarks (square box around the landmarks), align (similarity transform "
                         "putting the eye centres and mouth at fixed places; 68-point landmarks)")
     p.add_argument("--landmarks", default="file", metavar="{" + ",".join(LANDMARK_MODES) + "}",
-                   help="where the 68-point landmarks come from: file (the tree's Landmarks/<sequence>.csv, or "
-                        "--landmarks-dir, when present; the default), detect (dlib's face detector and shape "
+                   help="where the 68-point landmarks come from: file (the dataset's own landmark files when the "
+                        "tree has them: BP4D/BP4D+/MME 2DFeatures/<Subject>_<Task>.mat, DISFA Landmark_Points/, "
+                        "or the old Landmarks/<sequence>.csv; the default), detect (dlib's face detector and shape "
                         "predictor on every frame; needs pip install 'aubench[faces]') or none")
     p.add_argument("--landmarks-dir", type=Path, default=None,
-                   help="landmark folder (<sequence>.csv) for --landmarks file; default <root>/Landmarks")
+                   help="landmark folder for --landmarks file (a 2DFeatures, Landmark_Points or <sequence>.csv "
+                        "folder); default: the one found under the root")
+    p.add_argument("--landmarks-offset", action="append", default=[], metavar="[NAME=]N",
+                   help="--landmarks file: frame f takes the landmark files' frame f + N; NAME=N for one subject or "
+                        "sequence (e.g. SN031=1), N for all (repeatable; the default 0)")
     p.add_argument("--no-face", choices=NO_FACE_POLICIES, default="skip",
-                   help="--landmarks detect: a frame where no face is found is skipped (default) or kept without "
-                        "landmarks (centre crop); either way it is counted and listed in OUT.skipped.txt")
+                   help="a frame where --landmarks detect finds no face, or (with --crop landmarks|align) whose "
+                        "landmark file has no usable entry, is skipped (default) or kept without landmarks (centre "
+                        "crop); either way it is counted and listed in OUT.skipped.txt")
     p.add_argument("--predictor", type=Path, default=None,
                    help="--landmarks detect: a dlib 68-point shape predictor file (default: the one the faces "
                         "extra installs)")
@@ -117,7 +124,9 @@ def _run_convert(args) -> int:
                            landmarks=mode, no_face=args.no_face,
                            predictor=None if args.predictor is None else str(args.predictor),
                            detect_max_side=args.detect_max_side)
+    offsets = dict(parse_offset(text) for text in args.landmarks_offset)
     result = convert(args.dataset, args.raw_root, args.out, options, landmarks_dir=landmarks_dir,
+                     landmarks_offset=offsets,
                      camera=args.camera, threshold=args.threshold, workers=args.workers,
                      skip_bad=args.skip_bad, folds_seed=args.folds_seed, progress=not args.quiet,
                      overwrite=args.overwrite, images_split=args.images_split,
@@ -139,8 +148,8 @@ def _run_convert(args) -> int:
             print(f"  ... {len(result.skips) - MAX_REPORTED_SKIPS} more")
         print(f"  every skipped frame is listed in {result.skipped_listing}")
     if result.no_face_kept:
-        print(f"kept {len(result.no_face_kept)} frame(s) where no face was found, without landmarks "
-              f"(--no-face keep); listed in {result.skipped_listing}")
+        print(f"kept {len(result.no_face_kept)} frame(s) without landmarks (no face found, or no usable landmark "
+              f"entry); listed in {result.skipped_listing}")
     for note, count in sorted(result.notes.items()):
         print(f"note: {note} ({count} frame(s))")
     return 0

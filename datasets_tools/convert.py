@@ -21,12 +21,13 @@ from . import affwild2, bp4d, bp4d_plus, disfa, images
 from .errors import DatasetError, Report, Skip
 from .face_detect import DEFAULT_MAX_SIDE, detector_for, detector_identity, unavailable_reason
 from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
+from .landmark_files import NO_LANDMARKS_KEPT, attach_landmarks, settle_problems
 from .landmarks import NUM_POINTS, SCHEME
 from .folds import choose_folds
 from .hdf5_writer import CONVERTER_VERSION, FrameWriter
 from .output import OutputLock, check_output, skipped_path
 from .pool import process_pool
-from .raw import DatasetPlan, SequencePlan, attach_landmarks, child
+from .raw import DatasetPlan, SequencePlan
 
 READERS = {"bp4d": bp4d.plan, "disfa": disfa.plan, "bp4d-plus": bp4d_plus.plan, "mme": bp4d_plus.plan_mme,
            "affwild2": affwild2.plan, "images": images.plan}
@@ -48,10 +49,13 @@ class FrameOptions:
     image_format: str = "jpeg"
     crop: str = DEFAULT_CROP
     margin: float = DEFAULT_MARGIN
-    # Where landmarks come from: "file" (the tree's landmark files, when it has them), "detect"
-    # (dlib on every frame, datasets_tools.face_detect) or "none" (not stored).
+    # Where landmarks come from: "file" (the tree's landmark files, when it has them:
+    # datasets_tools.landmark_files), "detect" (dlib on every frame, datasets_tools.face_detect)
+    # or "none" (not stored).
     landmarks: str = "file"
-    no_face: str = "skip"           # detect: a frame without a face is skipped, or kept without landmarks
+    # A frame without a face (detect) or without usable landmarks (file, --crop landmarks|align) is
+    # skipped, or kept without landmarks
+    no_face: str = "skip"
     predictor: str | None = None    # detect: a 68-point dlib predictor file (default: the packaged one)
     detect_max_side: int = DEFAULT_MAX_SIDE  # detect: frames are shrunk to this longer side for the detector
 
@@ -66,7 +70,7 @@ class ConvertResult:
     resumed_sequences: int
     split_source: str
     skipped_listing: Path | None = None  # OUT.skipped.txt, written when frames were skipped (or kept without a face)
-    no_face_kept: list = field(default_factory=list)  # --no-face keep: frames stored without landmarks
+    no_face_kept: list = field(default_factory=list)  # frames stored without landmarks (no face, no usable entry)
 
 
 # ---- frame processing (runs in worker processes; each keeps its open zip / video) ----------
@@ -136,6 +140,7 @@ def encode(bgr: np.ndarray, image_format: str) -> np.ndarray:
 
 NO_FACE = "no face"                   # the report's kind of frames skipped because detection found no face
 NO_FACE_KEPT = "no face, kept without landmarks"   # ... and of those kept (--no-face keep): stored, listed
+KEPT_WITHOUT_LANDMARKS = (NO_FACE_KEPT, NO_LANDMARKS_KEPT)  # listed, never counted as skipped
 
 
 def process_chunk(job):
@@ -231,15 +236,17 @@ def _results(jobs, workers: int):
 
 
 def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir: Path | None = None,
-            camera: str = "left", threshold: int = 2, workers: int = 1, skip_bad: bool = False,
-            folds_seed: int = 0, progress: bool = True, fail_after_sequences: int | None = None,
+            landmarks_offset: dict[str, int] | None = None, camera: str = "left", threshold: int = 2,
+            workers: int = 1, skip_bad: bool = False, folds_seed: int = 0, progress: bool = True, fail_after_sequences: int | None = None,
             overwrite: bool = False, images_split: str = "folders", affwild2_split: str = "official",
             affwild2_folds: int = affwild2.DEFAULT_KFOLDS) -> ConvertResult:
     """Convert a raw dataset tree into one HDF5 file. An existing ``out`` is refused unless
     ``overwrite``; a ``.partial`` of an interrupted run is resumed; one run at a time writes ``out``
     (``output.OutputLock``). ``fail_after_sequences`` raises after that many sequences were written
     in this run (tests use it to simulate a killed conversion). ``affwild2_split`` ("official" or
-    "kfold") and ``affwild2_folds`` choose Aff-Wild2's folds (``affwild2.py``)."""
+    "kfold") and ``affwild2_folds`` choose Aff-Wild2's folds (``affwild2.py``). ``landmarks_dir``
+    and ``landmarks_offset`` ({"": N} for every sequence, {NAME: N} for a subject or sequence) are
+    --landmarks file's folder and frame offsets (``landmark_files.py``)."""
     root, out = Path(root), Path(out)
     if dataset not in READERS:
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(READERS)}")
@@ -264,6 +271,9 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
     if options.landmarks != "file" and landmarks_dir is not None:
         raise DatasetError(f"--landmarks {options.landmarks} with a landmarks folder (--landmarks-dir): the "
                            f"folder is read by --landmarks file only; drop one of the two")
+    if options.landmarks != "file" and landmarks_offset:
+        raise DatasetError(f"--landmarks {options.landmarks} with --landmarks-offset: the offset applies to landmark "
+                           f"files (--landmarks file) only; drop one of the two")
     if options.landmarks == "detect":
         reason = unavailable_reason(options.predictor)
         if reason:
@@ -271,14 +281,16 @@ def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landm
 
     check_output(out, overwrite)
     with OutputLock(out):
-        return _convert_locked(dataset, root, out, options, landmarks_dir=landmarks_dir, camera=camera,
+        return _convert_locked(dataset, root, out, options, landmarks_dir=landmarks_dir,
+                               landmarks_offset=dict(landmarks_offset or {}), camera=camera,
                                threshold=threshold, workers=workers, skip_bad=skip_bad, folds_seed=folds_seed,
                                progress=progress, fail_after_sequences=fail_after_sequences,
                                images_split=images_split, affwild2_split=affwild2_split,
                                affwild2_folds=affwild2_folds)
 
 
-def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir, camera: str,
+def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir,
+                    landmarks_offset: dict[str, int], camera: str,
                     threshold: int, workers: int, skip_bad: bool, folds_seed: int, progress: bool,
                     fail_after_sequences: int | None, images_split: str, affwild2_split: str,
                     affwild2_folds: int) -> ConvertResult:
@@ -290,26 +302,25 @@ def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, 
     plan = READERS[dataset](root, _Settings(progress=progress, images_split=images_split, folds_seed=folds_seed,
                                             affwild2_split=affwild2_split, affwild2_folds=affwild2_folds,
                                             **settings), report)
-    if options.landmarks == "file" and landmarks_dir is None and dataset == "disfa" and camera == "right":
-        # the right camera's landmarks live in Landmarks/RightCamera/ (when provided)
-        default = child(root, "Landmarks")
-        right = child(default, "RightCamera") if default is not None else None
-        landmarks_dir = right if right is not None and right.is_dir() else None
-        if landmarks_dir is None and default is not None:
-            print("note: DISFA right camera: no Landmarks/RightCamera/ folder, landmarks not stored", file=sys.stderr)
-            landmarks_dir = False
-    if options.landmarks == "file" and landmarks_dir is not False:
-        attach_landmarks(plan, landmarks_dir, root)
+    landmarks_source = options.landmarks if options.landmarks == "detect" else None
+    if options.landmarks == "file":
+        landmarks_source = attach_landmarks(plan, dataset, root, landmarks_dir, camera, landmarks_offset, report)
+        if not plan.sequences:
+            raise DatasetError("no frame could be planned (every sequence's landmark file was skipped)", str(root))
     if options.landmarks == "detect":
         num_points = NUM_POINTS
     else:
         num_points = plan.sequences[0].landmarks.shape[1] if plan.sequences[0].landmarks is not None else None
     if options.crop in ("landmarks", "align") and not num_points:
-        raise DatasetError(f"--crop {options.crop} needs landmarks: landmark files (<root>/Landmarks/<sequence>.csv "
-                           f"or --landmarks-dir DIR) or --landmarks detect", str(root))
+        raise DatasetError(f"--crop {options.crop} needs landmarks: landmark files (2DFeatures/ for BP4D, BP4D+ "
+                           f"and MME, Landmark_Points/ for DISFA, the old Landmarks/<sequence>.csv, or "
+                           f"--landmarks-dir DIR) or --landmarks detect", str(root))
     if options.crop == "align" and num_points != NUM_POINTS:
         raise DatasetError(f"--crop align needs the {NUM_POINTS} points of the {SCHEME} scheme; the landmark "
                            f"files hold {num_points} per frame (use --landmarks detect)", str(root))
+    no_landmarks = None  # (frames without usable landmarks, the policy applied), from landmark files
+    if options.landmarks == "file" and landmarks_source is not None:
+        no_landmarks = settle_problems(plan, options.crop, options.no_face, report)
     planning_skips = list(report.skips)
     report.skips.clear()
 
@@ -343,7 +354,8 @@ def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, 
                 if fail_after_sequences is not None and written_this_run >= fail_after_sequences:
                     raise RuntimeError(f"injected failure after {written_this_run} sequence(s)")
         bar.close()
-        return _finalize(writer, plan, options, report, planning_skips, folds_seed, resumed)
+        return _finalize(writer, plan, options, report, planning_skips, folds_seed, resumed, landmarks_source,
+                         no_landmarks)
     finally:
         writer.close()
 
@@ -412,7 +424,8 @@ class _SequenceBuffer:
 
 
 def _finalize(writer: FrameWriter, plan: DatasetPlan, options: FrameOptions, report: Report,
-              planning_skips: list, folds_seed: int, resumed: int) -> ConvertResult:
+              planning_skips: list, folds_seed: int, resumed: int, landmarks_source: str | None,
+              no_landmarks: tuple[int, str] | None) -> ConvertResult:
     kept = [(plan.sequences[i], length) for i, length in writer.done if length > 0]
     emptied = [plan.sequences[i].name for i, length in writer.done if length == 0]
     if not kept:
@@ -444,20 +457,22 @@ def _finalize(writer: FrameWriter, plan: DatasetPlan, options: FrameOptions, rep
              "split_seed": folds_seed, "labeled": True}
     attrs.update(plan.extras)
     listed = list(planning_skips) + [Skip(*s) for s in writer.saved_skips]
-    skips = [s for s in listed if s.kind != NO_FACE_KEPT]
-    no_face_kept = [s for s in listed if s.kind == NO_FACE_KEPT]
+    skips = [s for s in listed if s.kind not in KEPT_WITHOUT_LANDMARKS]
+    no_face_kept = [s for s in listed if s.kind in KEPT_WITHOUT_LANDMARKS]
     notes = dict(writer.saved_notes)
     notes.update(report.notes)  # planning notes (e.g. a video longer than its labels)
     for name in emptied:
         notes[f"{name}: every frame skipped, sequence not stored"] = 1
     attrs["skipped_frames"] = len(skips)
     attrs["skip_reasons"] = json.dumps(dict(Counter(s.kind for s in skips)))
-    attrs["landmarks_source"] = options.landmarks if writer.num_points else "none"
+    attrs["landmarks_source"] = landmarks_source if writer.num_points else "none"
     if writer.num_points:
         attrs["landmark_scheme"] = SCHEME if writer.num_points == NUM_POINTS else f"unknown ({writer.num_points} points)"
     if options.landmarks == "detect":
         attrs["no_face_frames"] = sum(s.kind in (NO_FACE, NO_FACE_KEPT) for s in listed)
         attrs["no_face_policy"] = options.no_face
+    elif no_landmarks is not None:
+        attrs["no_face_frames"], attrs["no_face_policy"] = no_landmarks
     writer.finalize(attrs, [seq.name for seq, _ in kept], [subject_row[seq.subject] for seq, _ in kept],
                     subjects, [length for _, length in kept], test_folds, split_source,
                     [str(s) for s in skips + no_face_kept])

@@ -10,6 +10,9 @@ Layout, as the dataset ships (names matched ignoring case):
   otherwise 1-based (file n = label frame n). With several image folders the one whose name
   holds the camera ("left"/"right") is used. Extracted images win over videos.
 
+- optional landmarks ``Landmark_Points/SN001/tmp_frame_lm/SN001_0000_lm.mat``, one file per
+  left-camera video frame (``read_landmark_points``).
+
 Stored: labels for the benchmark's 8 AUs (1 2 4 6 9 12 25 26), occurrence = intensity >=
 ``--threshold`` (default 2), and ``intensity`` for the same 8 AUs (the schema pairs intensity
 columns with ``au_names``; the other four coded AUs are not used by the benchmark).
@@ -28,7 +31,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import DatasetError, Report
-from .raw import DatasetPlan, SequencePlan, au_name, fast_table, find_dirs, index_image_dir, read_csv, rows_of_width
+from .landmarks import DISFA_66, to_scheme
+from .raw import (DatasetPlan, LandmarkTrack, SequencePlan, au_name, child, fast_table, find_dirs, index_image_dir,
+                  read_csv, read_mat_matrix, rows_of_width)
 
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
 SUBJECT = re.compile(r"^SN\d+$", re.IGNORECASE)
@@ -214,6 +219,7 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
             base = 0 if images and min(images) == 0 else 1
             members = [images.get(int(f) - 1 + base) for f in frame_no]
             kind, container, where = "files", None, str(folder)
+            image_frames = np.array(sorted(images), dtype=np.int64) + 1 - base
         else:
             video = videos.get(subject)
             if video is None:
@@ -238,6 +244,7 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
                 count = whole
             members = [int(f) - 1 if 1 <= f <= count else None for f in frame_no]
             kind, container, where = "video", str(video), str(video)
+            image_frames = np.arange(1, count + 1, dtype=np.int64)
         present = np.array([m is not None for m in members], dtype=bool)
         if not present.all() and not report.skip_bad:
             raise DatasetError(f"{(~present).sum()} labelled frame(s) of {subject} have no image, first: frame "
@@ -249,7 +256,7 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
             else:
                 report.problem("missing image", sequence=subject, frame_no=int(f), path=where, kind="missing image")
         seq = SequencePlan(subject, subject, frame_no, label, intensity, kind, container, members,
-                           str(files[DISFA_AUS[0]]))
+                           str(files[DISFA_AUS[0]]), image_frames=image_frames)
         seq.keep(present)
         if len(seq):
             sequences.append(seq)
@@ -260,3 +267,79 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
     return DatasetPlan("DISFA", [au_name(a) for a in DISFA_AUS], f"intensity>={threshold}", str(root),
                        sequences, extras)
 
+
+
+# ---- landmarks: Landmark_Points/SN001/tmp_frame_lm/SN001_0000_lm.mat ---------------------------
+
+# SN001_0000_lm.mat, or l0NNNN_lm.mat (the naming of some subjects, SN031 at least)
+LANDMARK_FILE = re.compile(r"^(?:(SN\d+)_|l)(\d+)_lm\.mat$", re.IGNORECASE)
+LANDMARK_DIR = "tmp_frame_lm"
+LANDMARK_POINTS = len(DISFA_66)
+
+
+def read_landmark_points(folder: Path) -> LandmarkTrack:
+    """One subject's ``Landmark_Points/SN001`` folder (its files in ``tmp_frame_lm/``, or in the
+    folder itself) -> the landmarks of its left-camera frames in the 68-point scheme.
+
+    Each file ``SN001_NNNN_lm.mat`` holds the variable ``pts``, 66 x 2 [x y] pixels of one
+    1024 x 768 frame (the points ``landmarks.DISFA_66``); NNNN counts video frames from 0, so
+    the file is label frame NNNN + 1. Files named ``l0NNNN_lm.mat`` (some subjects) are read by
+    the same rule and the report says so: public readers disagree on their base, which
+    ``--landmarks-offset`` shifts. An empty ``pts`` is a frame without a face; a file that is not
+    a MATLAB file, has no ``pts`` or another shape is named with its frame.
+    """
+    subject = folder.name.upper()
+    files_dir = child(folder, LANDMARK_DIR)
+    files_dir = files_dir if files_dir is not None and files_dir.is_dir() else folder
+    found: dict[int, Path] = {}
+    other_names = 0
+    for path in sorted(files_dir.iterdir()):
+        match = LANDMARK_FILE.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        if match.group(1) is not None and match.group(1).upper() != subject:
+            raise DatasetError(f"landmark file of subject {match.group(1).upper()} in {subject}'s folder", str(path))
+        other_names += match.group(1) is None
+        frame = int(match.group(2)) + 1
+        if frame in found:
+            raise DatasetError(f"two landmark files for frame {frame}: {found[frame].name} and {path.name}",
+                               str(files_dir))
+        found[frame] = path
+    if not found:
+        raise DatasetError(f"no landmark files (expected {LANDMARK_DIR}/{subject}_0000_lm.mat style names)",
+                           str(folder))
+    frames = np.array(sorted(found), dtype=np.int64)
+    points = np.full((len(frames), LANDMARK_POINTS, 2), np.nan, np.float32)
+    empty = np.zeros(len(frames), dtype=bool)
+    malformed = {}
+    for k, frame in enumerate(frames):
+        path = found[int(frame)]
+        try:
+            value = read_mat_matrix(path, "pts")
+        except DatasetError as e:
+            malformed[int(frame)] = e.message
+            continue
+        if value.size == 0:
+            empty[k] = True
+        elif value.shape == (LANDMARK_POINTS, 2):
+            points[k] = value
+        else:
+            shape = " x ".join(str(v) for v in value.shape)
+            malformed[int(frame)] = f"pts is {shape}, expected {LANDMARK_POINTS} x 2 [x y] or empty"
+    notes = []
+    if other_names:
+        notes.append((f"{subject}: landmark files named l0NNNN_lm.mat, read as frame NNNN + 1 like the "
+                      f"{subject}_NNNN_lm.mat names; public readers disagree on their base (--landmarks-offset "
+                      f"{subject}=N shifts them)", other_names))
+    naming = next(iter(found.values())).name
+
+    def entry(frame: int) -> str:
+        path = found.get(int(frame))
+        if path is not None:
+            return f"{path} (frame {frame})"
+        index = int(frame) - 1
+        expected = f"l0{index:04d}_lm.mat" if naming.lower().startswith("l") else f"{subject}_{index:04d}_lm.mat"
+        return f"{files_dir / expected} (frame {frame}, no such file)"
+
+    return LandmarkTrack("disfa-landmark-points", str(files_dir), frames, to_scheme(points, DISFA_66), empty, entry,
+                         malformed, notes)

@@ -10,6 +10,7 @@ class DatasetError(Exception):
     """A problem with the user's input: printed as one clear line, no traceback."""
 
     def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        self.message = message  # without the path and line
         self.path = path
         self.line = line
         where = ""

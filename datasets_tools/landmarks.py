@@ -54,6 +54,27 @@ def _mirror() -> tuple[int, ...]:
 
 MIRROR = _mirror()
 
+INNER_LIP_CORNERS = (60, 64)
+MOUTH_WITHOUT_INNER_CORNERS = tuple(i for i in range(48, 68) if i not in INNER_LIP_CORNERS)
+
+# Where the points of the datasets' own landmark files sit in this scheme (row i of a file's
+# points is point INDEX[i] here): BP4D's and BP4D+'s 49-point tracker (2DFeatures) has the inner
+# face without the jaw and the inner-lip corners; DISFA's 66 points (Landmark_Points) are the 68
+# without the inner-lip corners.
+BP4D_49 = tuple(range(17, 60)) + (61, 62, 63, 65, 66, 67)
+DISFA_66 = tuple(i for i in range(NUM_POINTS) if i not in INNER_LIP_CORNERS)
+
+
+def to_scheme(points: np.ndarray, index) -> np.ndarray:
+    """float32 (..., 68, 2) from a file's (..., P, 2) points whose row i is point index[i] of
+    the scheme; NaN for the points the file does not have."""
+    points = np.asarray(points, dtype=np.float32)
+    if points.shape[-2:] != (len(index), 2):
+        raise ValueError(f"expected (..., {len(index)}, 2) points, got shape {points.shape}")
+    out = np.full((*points.shape[:-2], NUM_POINTS, 2), np.nan, np.float32)
+    out[..., list(index), :] = points
+    return out
+
 # Where --crop align puts the eye centres and the mouth centre, in fractions of the output side
 # (x, y): eyes 0.36 of the side apart, the mouth 0.38 below them, which leaves the brows and the
 # chin inside the square with a margin (our choice; the AU papers align to fixed points of this
@@ -87,9 +108,14 @@ def eye_centres(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mouth_centre(points: np.ndarray) -> np.ndarray:
-    """(..., 2): the mean of the 20 lip points."""
+    """(..., 2): the mean of the 20 lip points, or of the other 18 where both inner-lip corners
+    (60, 64) are missing, as in BP4D's 49 and DISFA's 66 points; NaN when any other lip point is
+    missing."""
     points = check_points(points)
-    return points[..., 48:68, :].mean(-2)
+    lips = points[..., 48:68, :]
+    without_inner_corners = points[..., MOUTH_WITHOUT_INNER_CORNERS, :].mean(-2)
+    corners_missing = np.isnan(points[..., INNER_LIP_CORNERS, :]).any(-1).all(-1)[..., None]
+    return np.where(corners_missing, without_inner_corners, lips.mean(-2))
 
 
 def similarity_fit(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -116,18 +142,25 @@ def similarity_fit(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def alignment_matrix(points: np.ndarray, size: int) -> np.ndarray | None:
-    """The 2 x 3 similarity that puts a face's eye centres and mouth centre where --crop align
-    wants them in a `size` x `size` output (CANONICAL_*), or None when any of those points is
-    missing. Pixel centres sit at whole numbers on both sides, so the canonical fraction f of the
-    side is the coordinate f * size - 0.5."""
+def alignable(points: np.ndarray) -> np.ndarray:
+    """bool (...): whether --crop align can align each face: its eye centres and mouth centre
+    are there, and the eyes lie at least a pixel apart (not placeholders such as all zeros, which
+    some tools write for a failed frame)."""
     left, right = eye_centres(points)
     mouth = mouth_centre(points)
-    source = np.stack([left, right, mouth])
-    # missing points, or placeholders such as all zeros (some tools write (0, 0) for a failed
-    # frame): no face to align
-    if not np.isfinite(source).all() or np.linalg.norm(right - left) < 1.0:
+    finite = np.isfinite(np.concatenate([left, right, mouth], -1)).all(-1)
+    with np.errstate(invalid="ignore"):
+        return finite & (np.linalg.norm(right - left, axis=-1) >= 1.0)
+
+
+def alignment_matrix(points: np.ndarray, size: int) -> np.ndarray | None:
+    """The 2 x 3 similarity that puts a face's eye centres and mouth centre where --crop align
+    wants them in a `size` x `size` output (CANONICAL_*), or None when the face is not
+    `alignable`. Pixel centres sit at whole numbers on both sides, so the canonical fraction f of
+    the side is the coordinate f * size - 0.5."""
+    if not alignable(points):
         return None
+    source = np.stack([*eye_centres(points), mouth_centre(points)])
     target = np.array([CANONICAL_LEFT_EYE, CANONICAL_RIGHT_EYE, CANONICAL_MOUTH]) * size - 0.5
     return similarity_fit(source, target)
 

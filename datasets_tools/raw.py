@@ -1,6 +1,7 @@
 """Shared pieces of the raw-layout readers: the conversion plan, case-insensitive path lookup,
 CSV parsing with file/line errors (every row exactly as many cells as the header), image-folder
-indexing and landmark files."""
+indexing, the old CSV landmark files and what the datasets' own landmark files (MATLAB) read
+into."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import numpy as np
+import scipy.io
 
 from .errors import DatasetError, Report
 
@@ -37,6 +40,12 @@ class SequencePlan:
     members: list
     label_file: str
     landmarks: np.ndarray | None = None  # float32 (n, P, 2), original-frame pixels, NaN missing
+    # Why a frame's landmarks cannot be used (no entry, an empty entry, a jump, ...), None where
+    # they can; set while landmark files are read, settled by landmark_files.settle_problems.
+    landmark_problems: list | None = None
+    # Every frame number (label numbering) that has an image, labelled or not, where the layout
+    # knows them: landmark files are checked against it. None: not known.
+    image_frames: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame_no)
@@ -49,6 +58,8 @@ class SequencePlan:
             self.intensity = self.intensity[mask]
         if self.landmarks is not None:
             self.landmarks = self.landmarks[mask]
+        if self.landmark_problems is not None:
+            self.landmark_problems = [p for p, k in zip(self.landmark_problems, mask) if k]
         self.members = [m for m, k in zip(self.members, mask) if k]
 
 
@@ -221,8 +232,9 @@ def index_image_dir(directory: Path, sequence: str, report: Report) -> dict[int,
 
 
 def read_landmarks(path: Path, frame_no: np.ndarray) -> np.ndarray:
-    """Landmarks file ``frame,x0,y0,x1,y1,...`` -> float32 (n, P, 2) aligned with ``frame_no``
-    (NaN for frames the file does not list)."""
+    """The old landmark layout ``Landmarks/<sequence>.csv`` (written by earlier versions of the
+    synthetic generator), header ``frame,x0,y0,x1,y1,...`` -> float32 (n, P, 2) aligned with
+    ``frame_no`` (NaN for frames the file does not list)."""
     table = fast_table(path, header=True)
     rows = None
     if table is None:
@@ -263,31 +275,64 @@ def _landmark_row_error(path: Path, header: list[str], body) -> None:
     raise DatasetError("unreadable landmarks file", str(path))
 
 
-def attach_landmarks(plan: DatasetPlan, landmarks_dir: Path | None, root: Path) -> None:
-    """Attach ``<dir>/<sequence>.csv`` landmarks (sequence "F001_T1" or "SN001") when the folder
-    exists; ``landmarks_dir`` (from --landmarks) must exist, ``<root>/Landmarks`` may not."""
-    if landmarks_dir is None:
-        landmarks_dir = child(root, "Landmarks")
-        if landmarks_dir is None or not landmarks_dir.is_dir():
-            return
+@dataclass
+class LandmarkTrack:
+    """One sequence's landmarks as a dataset's landmark file(s) hold them, in the files' own frame
+    numbering, mapped into the 68-point scheme (``landmarks.to_scheme``)."""
+
+    kind: str                     # the file kind, recorded as the HDF5 file's landmarks_source
+    source: str                   # the file, or the folder of per-frame files, for messages
+    frames: np.ndarray            # int64 (m,) sorted: every frame the files have an entry for
+    points: np.ndarray            # float32 (m, 68, 2); NaN for an empty entry and for points the files lack
+    empty: np.ndarray             # bool (m,): the entry is empty (the tracker lost the face)
+    entry: Callable[[int], str]   # frame -> where its entry is (or would be), for messages
+    malformed: dict = field(default_factory=dict)  # frame -> what is wrong with its entry
+    notes: list = field(default_factory=list)      # (one-line note, count) pairs for the report
+
+
+def mat_version(path: Path) -> str:
+    """"v7.3" for a MATLAB v7.3 file (an HDF5 file, read with h5py), else "v5" (scipy.io)."""
+    return "v7.3" if h5py.is_hdf5(path) else "v5"
+
+
+def load_mat_v5(path: Path, names: list[str]) -> dict:
+    """The variables ``names`` of a MATLAB v5 file (scipy.io.loadmat, structs as record arrays);
+    a missing variable is absent from the result. DatasetError naming the file when it is not
+    a MATLAB file."""
+    try:
+        return scipy.io.loadmat(path, variable_names=names, squeeze_me=False, struct_as_record=True)
+    except (ValueError, TypeError, OSError, NotImplementedError) as e:
+        raise DatasetError(f"not a readable MATLAB file ({e})", str(path)) from None
+
+
+def mat_variables(path: Path) -> list[str]:
+    """Names of the variables a MATLAB file (v5 or v7.3) holds, for messages."""
+    try:
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                return [name for name in f if not name.startswith("#")]
+        return [name for name, _, _ in scipy.io.whosmat(path)]
+    except (ValueError, TypeError, OSError):
+        return []
+
+
+def read_mat_matrix(path: Path, name: str) -> np.ndarray:
+    """The numeric matrix ``name`` of a MATLAB file, v5 or v7.3, in MATLAB's orientation (rows
+    x columns); an empty matrix comes back with size 0. DatasetError naming the file and the
+    variables it holds when ``name`` is missing or not numeric."""
+    if mat_version(path) == "v7.3":
+        try:
+            with h5py.File(path, "r") as f:
+                node = f.get(name)
+                if isinstance(node, h5py.Dataset) and node.dtype.kind in "fiu":
+                    if node.attrs.get("MATLAB_empty", 0):
+                        return np.zeros((0, 0))
+                    return np.asarray(node[()], dtype=np.float64).T  # HDF5 keeps MATLAB's column-major order
+        except OSError as e:
+            raise DatasetError(f"not a readable MATLAB v7.3 file ({e})", str(path)) from None
     else:
-        require_dir(landmarks_dir, "landmarks folder (--landmarks-dir)")
-    files = {p.stem.lower(): p for p in landmarks_dir.iterdir() if p.suffix.lower() == ".csv"}
-    if not files:
-        raise DatasetError("landmarks folder holds no .csv files", str(landmarks_dir))
-    points = None
-    for seq in plan.sequences:
-        path = files.get(seq.name.replace("/", "_").lower())
-        if path is None:
-            continue
-        seq.landmarks = read_landmarks(path, seq.frame_no)
-        if points is not None and seq.landmarks.shape[1] != points:
-            raise DatasetError(f"{seq.landmarks.shape[1]} landmarks per frame, other files have {points}",
-                               str(path))
-        points = seq.landmarks.shape[1]
-    if points is None:
-        raise DatasetError("no landmarks file matches a sequence (expected e.g. F001_T1.csv or SN001.csv)",
-                           str(landmarks_dir))
-    for seq in plan.sequences:
-        if seq.landmarks is None:
-            seq.landmarks = np.full((len(seq), points, 2), np.nan, dtype=np.float32)
+        value = load_mat_v5(path, [name]).get(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+            return value.astype(np.float64)
+    held = ", ".join(mat_variables(path)) or "nothing readable"
+    raise DatasetError(f"no numeric variable {name!r} (the file holds: {held})", str(path))

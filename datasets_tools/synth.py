@@ -17,16 +17,28 @@ BP4D (``bp4d``)
     after; the zero padding of <frame> differs between sequences (``643.jpg``, ``0643.jpg``).
     ``AU Intensity Codes3.0/AU06/F001_T1_AU06.csv``: ``frame,intensity`` lines (0-5, 9 unknown)
     for AUs 6 10 12 14 17.
+    ``2DFeatures/F001_T1.mat``: landmarks as BP4D ships them, a MATLAB v7.3 file (HDF5 with
+    MATLAB's 512-byte header, ``#refs#`` group and ``MATLAB_class`` attributes) whose struct
+    array ``fit`` has one element per frame from frame 1 to the last image: ``fit(k).pred`` an
+    object reference to frame k's 49 x 2 [x y] points (``landmarks.BP4D_49``), ``fit(k).pose``
+    to a struct of ``rot`` (3 x 3) and ``angle`` (1 x 3: pitch 0, the drawn head's yaw and roll,
+    radians); frames before the first image have empty entries.
 DISFA (``disfa``)
     ``ActionUnit_Labels/SN001/SN001_au1.txt``: ``frame,intensity`` lines, frames 1-based,
     intensity 0-5, for AUs 1 2 4 5 6 9 12 15 17 20 25 26.
     ``Videos_LeftCamera/LeftVideoSN001_comp.avi`` and ``Videos_RightCamera/RightVideoSN001_comp.avi``
     (MJPG; video frame k (0-based) is label frame k + 1).
+    ``Landmark_Points/SN001/tmp_frame_lm/SN001_0000_lm.mat``: one MATLAB v5 file per left-camera
+    video frame k (``SN001_{k:04d}_lm.mat``), the variable ``pts`` its 66 x 2 [x y] points
+    (``landmarks.DISFA_66``); no right-camera landmarks, as the dataset ships none.
 BP4D+ (``bp4d-plus``) and MME (``mme``)
     ``AUCoding/AU_OCC/F001_T1.csv`` as BP4D, for tasks T1 T6 T7 T8 only; images in
     ``2D+3D/F001.zip`` with members ``F001/T1/<frame>.jpg`` (or the extracted tree
     ``2D+3D/F001/T1/<frame>.jpg``) for more frames than are coded, plus a few images of the
     uncoded tasks; intensities in ``AU_INT/AU06/F001_T1_AU06.csv``.
+    ``2DFeatures/F001_T1.mat`` (coded tasks): a MATLAB v5 file whose 1 x N struct ``fit`` has an
+    element per image frame: ``frame`` (the image's frame number), ``pts_2d`` (49 x 2 [x y]) and
+    ``headPose`` (1 x 3: pitch 0, yaw, roll, radians).
     MME subjects are named F001..F140 and M001..M093 (233 subjects).
 Aff-Wild2 (``affwild2``)
     ``Annotations/AU_Detection_Challenge/{Train_Set,Validation_Set}/<video>.txt``: the AU header
@@ -40,11 +52,14 @@ Aff-Wild2 (``affwild2``)
     lie past the last annotated frame (no annotation line). Video lengths vary between half of
     ``frames`` and ``frames``. No landmark files (the challenge ships none); the truth lists the
     frames without an image (``no_image``).
-All other layouts
-    ``Landmarks/<sequence>.csv`` (``F001_T1.csv``, ``SN001.csv``; DISFA's right camera in
-    ``Landmarks/RightCamera/SN001.csv``): header ``frame,x0,y0,...,x53,y53``, one row per
-    image frame, (x, y) in original-frame pixels, points in ``face_render.LANDMARK_NAMES`` order.
+All layouts
     ``synth_truth.json``: what was generated (see ``SynthTruth``).
+With ``landmark_files="csv"`` the landmarks are written in the old layout instead of the
+datasets' own files: ``Landmarks/<sequence>.csv`` (``F001_T1.csv``, ``SN001.csv``; DISFA's right
+camera in ``Landmarks/RightCamera/SN001.csv``), header ``frame,x0,y0,...,x67,y67``, one row per
+image frame, all 68 points in ``face_render.LANDMARK_NAMES`` order (the scheme's), (x, y) in
+original-frame pixels. Landmark coordinates are the drawn points in every layout (pixel centres
+at whole numbers).
 """
 
 from __future__ import annotations
@@ -61,7 +76,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
+import scipy.io
 from scipy.signal import lfilter
 from tqdm import tqdm
 
@@ -69,8 +86,9 @@ from . import affwild2
 from .face_render import (AU_INDEX, LANDMARK_NAMES, RENDERED_AUS, FaceRenderer, face_geometry,
                           intensity_to_amount, make_identity)
 from .faces import crop_face
-from .landmarks import alignment_matrix, transform_points
+from .landmarks import BP4D_49, DISFA_66, alignment_matrix, transform_points
 
+LANDMARK_FILES = ("dataset", "csv")  # generate(landmark_files=...): the datasets' own files, or the old CSV
 TRUTH_FILE = "synth_truth.json"
 TRUTH_FORMAT = 1
 
@@ -565,6 +583,12 @@ def _identity(seed, layout_name, subject):
     return make_identity(rng, female=None if layout_name == "affwild2" else subject.startswith("F"))
 
 
+def first_frame(layout: str) -> int:
+    """The first frame number a layout has an image for: BP4D counts frames from 1 (its landmark
+    files' fit(k) is frame k), so a margin frame 0 of the plan is drawn but not written."""
+    return 1 if layout == "bp4d" else 0
+
+
 def _frame_name(frame: int, pad: int) -> str:
     return f"{frame:0{pad}d}.jpg" if pad else f"{frame}.jpg"
 
@@ -603,6 +627,11 @@ class _Frames:
         box_pts = np.concatenate([lm, pose(g["face"][:40])])
         return None, None, lm, np.concatenate([box_pts.min(0), box_pts.max(0)])
 
+    def head_pose(self, i) -> np.ndarray:
+        """(pitch, yaw, roll) in radians of image row i's drawn head (the renderer has no pitch)."""
+        m = self.plan.motion
+        return np.array([0.0, m["yaw"][i] + self.yaw_offset, m["roll"][i]])
+
     def placeholder(self):
         """One uniform grey frame used for every image when images=False."""
         if self._placeholder is None:
@@ -613,11 +642,102 @@ class _Frames:
 
 
 def _write_landmarks(path: Path, frames: np.ndarray, landmarks: np.ndarray) -> None:
+    """The old layout: Landmarks/<sequence>.csv, every 68 points of every image frame."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "frame," + ",".join(f"x{k},y{k}" for k in range(landmarks.shape[1]))
     flat = landmarks.reshape(len(frames), -1)
     lines = [header] + [f"{f}," + ",".join(f"{v:.2f}" for v in row) for f, row in zip(frames, flat)]
     path.write_text("\n".join(lines) + "\n")
+
+
+# ---- the datasets' own landmark files (MATLAB) ---------------------------------------------------
+
+MAT5_TEXT = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: datasets_tools synth"
+MAT73_TEXT = b"MATLAB 7.3 MAT-file, Platform: posix, Created by: datasets_tools synth HDF5 schema 1.00 ."
+
+
+def _savemat(path: Path, variables: dict) -> None:
+    """A MATLAB v5 file (scipy.io.savemat) whose descriptive header text names no date, so the
+    same content gives the same bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, variables, format="5")
+    with open(path, "r+b") as f:
+        f.write(MAT5_TEXT.ljust(116))
+
+
+def _rotation(pitch: float, yaw: float, roll: float) -> np.ndarray:
+    """3 x 3 rotation: roll about z, after yaw about y, after pitch about x."""
+    cx, sx, cy, sy, cz, sz = np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw), np.cos(roll), np.sin(roll)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _matlab_class(node, name: str) -> None:
+    node.attrs["MATLAB_class"] = np.bytes_(name)
+
+
+def _matlab_struct(node, fields) -> None:
+    """Mark an HDF5 group as a MATLAB struct with ``fields`` (MATLAB_fields: one char array each)."""
+    _matlab_class(node, "struct")
+    names = np.empty(len(fields), dtype=object)
+    names[:] = [np.frombuffer(name.encode(), dtype="S1") for name in fields]
+    node.attrs.create("MATLAB_fields", names, dtype=h5py.vlen_dtype(np.dtype("S1")))
+
+
+def _matlab_double(group, name: str, matrix: np.ndarray):
+    """A MATLAB double matrix (rows x columns) as MATLAB v7.3 stores it: column-major, so the
+    HDF5 dataset is its transpose."""
+    node = group.create_dataset(name, data=np.asarray(matrix, dtype=np.float64).T)
+    _matlab_class(node, "double")
+    return node
+
+
+def _write_2dfeatures_v73(path: Path, frames: np.ndarray, landmarks: np.ndarray, poses: np.ndarray) -> None:
+    """BP4D's 2DFeatures file: ``fit``, one struct element per frame 1..frames[-1]; ``pred`` refers
+    to the 49 x 2 points of the frames given (their 68-point ``landmarks`` (n, 68, 2)), ``pose``
+    to a struct of ``rot`` and ``angle`` (from ``poses`` (n, 3)); earlier frames refer to an
+    empty double (a lost frame). Object references into ``#refs#``, as MATLAB writes them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = int(frames[-1])
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        names = (f"r{k}" for k in range(2 * len(frames) + 1))
+        empty = refs.create_dataset(next(names), data=np.zeros(2, np.uint64))  # MATLAB's [] : its dimensions
+        _matlab_class(empty, "double")
+        empty.attrs["MATLAB_empty"] = np.uint8(1)
+        pred = np.full(count, empty.ref, dtype=h5py.ref_dtype)
+        pose = np.full(count, empty.ref, dtype=h5py.ref_dtype)
+        for frame, points, angle in zip(frames, landmarks, poses):
+            pred[frame - 1] = _matlab_double(refs, next(names), points[list(BP4D_49)]).ref
+            head = refs.create_group(next(names))
+            _matlab_struct(head, ["rot", "angle"])
+            _matlab_double(head, "rot", _rotation(*angle))
+            _matlab_double(head, "angle", angle[None, :])
+            pose[frame - 1] = head.ref
+        fit = f.create_group("fit")
+        _matlab_struct(fit, ["pred", "pose"])
+        fit.create_dataset("pred", data=pred[:, None])  # a 1 x N struct array: HDF5 (N, 1)
+        fit.create_dataset("pose", data=pose[:, None])
+    with open(path, "r+b") as f:  # MATLAB's header in the userblock: descriptive text, version 0x0200, 'IM'
+        f.write(MAT73_TEXT.ljust(116) + b" " * 8 + b"\x00\x02IM")
+
+
+def _write_2dfeatures_v5(path: Path, frames: np.ndarray, landmarks: np.ndarray, poses: np.ndarray) -> None:
+    """BP4D+'s 2DFeatures file: ``fit``, a 1 x N struct with ``frame``, ``pts_2d`` (49 x 2) and
+    ``headPose`` (1 x 3) per image frame."""
+    fit = np.empty((1, len(frames)), dtype=[("frame", object), ("pts_2d", object), ("headPose", object)])
+    for k, (frame, points, angle) in enumerate(zip(frames, landmarks, poses)):
+        fit[0, k] = (np.array([[float(frame)]]), points[list(BP4D_49)].astype(np.float64), angle[None, :])
+    _savemat(path, {"fit": fit})
+
+
+def _write_landmark_points(folder: Path, subject: str, landmarks: np.ndarray) -> None:
+    """DISFA's Landmark_Points/<subject>: one file per video frame k (from 0), ``pts`` 66 x 2."""
+    for k, points in enumerate(landmarks):
+        _savemat(folder / "tmp_frame_lm" / f"{subject}_{k:04d}_lm.mat",
+                 {"pts": points[list(DISFA_66)].astype(np.float64)})
 
 
 def _render_job(job) -> dict:
@@ -647,7 +767,10 @@ def _render_job(job) -> dict:
         cap.release()
         if count != len(plan.image_frames):
             raise RuntimeError(f"{path}: wrote {len(plan.image_frames)} frames but the video reports {count}")
-        _write_landmarks(root / job["landmarks"], plan.image_frames, np.array(lms))
+        if job["landmark_files"] == "csv":
+            _write_landmarks(root / job["landmarks"], plan.image_frames, np.array(lms))
+        elif job["landmarks"] is not None:  # the left camera's
+            _write_landmark_points(root / job["landmarks"], plan.subject, np.array(lms))
         boxes[plan.name] = np.array(bx, np.float32)
         return boxes
 
@@ -661,10 +784,15 @@ def _render_job(job) -> dict:
             folder = root / job["image_dir"] / subdir
             if archive is None:
                 folder.mkdir(parents=True, exist_ok=True)
-            lms, bx, first_file = [], [], None
+            lms, bx, poses, first_file = [], [], [], None
             for i, f in enumerate(plan.image_frames):
-                data, _, lm, box = frames.frame(i)
+                data, _, lm, box = frames.frame(i)  # every row is drawn, so each frame keeps its draws
+                poses.append(frames.head_pose(i))
+                lms.append(lm)
+                bx.append(box)
                 name = _frame_name(int(f), plan.zero_pad)
+                if f < first_frame(job["layout"]):
+                    continue
                 if archive is not None:
                     archive.writestr(f"{subdir}/{name}", data if data is not None else frames.placeholder()[1])
                 elif data is not None:
@@ -674,11 +802,15 @@ def _render_job(job) -> dict:
                     first_file.write_bytes(frames.placeholder()[1])
                 else:
                     _link_or_copy(first_file, folder / name)
-                lms.append(lm)
-                bx.append(box)
             if plan.frame_no.size:  # uncoded tasks have no landmarks file and no truth
-                _write_landmarks(root / "Landmarks" / f"{plan.subject}_{plan.task}.csv",
-                                 plan.image_frames, np.array(lms))
+                stem = f"{plan.subject}_{plan.task}"
+                written = plan.image_frames >= first_frame(job["layout"])
+                image_frames, lms, poses = plan.image_frames[written], np.array(lms)[written], np.array(poses)[written]
+                if job["landmark_files"] == "csv":
+                    _write_landmarks(root / "Landmarks" / f"{stem}.csv", image_frames, lms)
+                else:
+                    write = _write_2dfeatures_v73 if job["layout"] == "bp4d" else _write_2dfeatures_v5
+                    write(root / "2DFeatures" / f"{stem}.mat", image_frames, lms, poses)
             boxes[plan.name] = np.array(bx, np.float32)
     finally:
         if archive is not None:
@@ -846,7 +978,8 @@ def parse_frame_size(text) -> tuple:
 def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, frame_size=None,
              seed: int = 0, labels_from=None, images: bool = True, workers: int = 1,
              zip_images: bool = True, intensity_files: bool = True, jpeg_quality: int = 90,
-             uncoded_frames: int = 3, progress: bool = True, expressiveness: float = 1.0) -> SynthTruth:
+             uncoded_frames: int = 3, progress: bool = True, expressiveness: float = 1.0,
+             landmark_files: str = "dataset") -> SynthTruth:
     """Write a synthetic raw dataset in ``layout``'s distribution layout under ``out_root``.
 
     subjects: None (all of the layout's subjects), a count (alternating F/M) or a list of names.
@@ -861,6 +994,9 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
     expressiveness: scales how far every AU moves the drawn face (1.0 = the renderer's natural
         amplitudes). Labels, intensities and the event model are unchanged; values above 1
         exaggerate the movements so that small models on small crops see them (``aubench demo``).
+    landmark_files: "dataset" writes the landmark files each dataset ships (BP4D 2DFeatures as
+        MATLAB v7.3, BP4D+ / MME as MATLAB v5, DISFA Landmark_Points); "csv" the old layout,
+        Landmarks/<sequence>.csv with all 68 points (what earlier versions wrote).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {sorted(LAYOUTS)}")
@@ -875,6 +1011,8 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
         raise ValueError(f"workers={workers}: must be at least 1")
     if not 0 < expressiveness <= 4:
         raise ValueError(f"expressiveness={expressiveness}: must be in (0, 4]")
+    if landmark_files not in LANDMARK_FILES:
+        raise ValueError(f"landmark_files={landmark_files!r}: expected one of {', '.join(LANDMARK_FILES)}")
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
     picked_tasks = _pick_tasks(lay, tasks)
@@ -906,7 +1044,7 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
                                                        real[(s, t)] if real else None))
 
     jobs = _make_jobs(lay, root, plans, size, seed, images, zip_images, jpeg_quality, uncoded_frames,
-                      expressiveness)
+                      expressiveness, landmark_files)
     boxes = _run_jobs(jobs, workers, progress)
     _write_labels(lay, root, plans, intensity_files)
 
@@ -916,7 +1054,7 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
         has_image = np.isin(p.frame_no, p.image_frames)
         box = np.full((len(p.frame_no), 4), np.nan, np.float32)
         box[has_image] = boxes[p.name][np.searchsorted(p.image_frames, p.frame_no[has_image])]
-        first, last = int(p.image_frames[0]), int(p.image_frames[-1])
+        first, last = max(int(p.image_frames[0]), first_frame(layout)), int(p.image_frames[-1])
         no_image = tuple(int(f) for f in np.setdiff1d(np.arange(first, last + 1), p.image_frames))
         if layout == "disfa":
             label_file = f"ActionUnit_Labels/{p.subject}/{p.subject}_au1.txt"
@@ -940,15 +1078,18 @@ def generate(layout: str, out_root, subjects=None, tasks=None, frames=None, fram
 
 
 def _make_jobs(lay, root, plans, size, seed, images, zip_images, quality, uncoded_frames,
-               expressiveness=1.0) -> list:
+               expressiveness=1.0, landmark_files="dataset") -> list:
     common = {"root": str(root), "frame_size": size, "images": images, "jpeg_quality": quality,
-              "expressiveness": expressiveness}
+              "expressiveness": expressiveness, "layout": lay.name, "landmark_files": landmark_files}
     jobs = []
     if lay.name == "disfa":
         for p in plans:
             idn = _identity(seed, lay.name, p.subject)
             for cam, yaw in (("Left", 0.12), ("Right", -0.12)):
-                lm = f"Landmarks/{p.subject}.csv" if cam == "Left" else f"Landmarks/RightCamera/{p.subject}.csv"
+                if landmark_files == "csv":
+                    lm = f"Landmarks/{p.subject}.csv" if cam == "Left" else f"Landmarks/RightCamera/{p.subject}.csv"
+                else:  # the left camera's only, as the dataset ships them
+                    lm = f"Landmark_Points/{p.subject}" if cam == "Left" else None
                 jobs.append(dict(common, kind="video", plans=[p], identity=idn, yaw=yaw, landmarks=lm,
                                  video=f"Videos_{cam}Camera/{cam}Video{p.subject}_comp.avi"))
     elif lay.name == "bp4d":
@@ -1050,6 +1191,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extracted", action="store_true",
                         help="BP4D+/MME: write the extracted 2D+3D/<subject>/<task>/ tree instead of zips")
     parser.add_argument("--no-intensity", action="store_true", help="skip the AU intensity files")
+    parser.add_argument("--landmark-files", choices=LANDMARK_FILES, default="dataset",
+                        help="dataset: the landmark files each dataset ships (default); csv: the old layout "
+                             "Landmarks/<sequence>.csv with all 68 points")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -1059,7 +1203,8 @@ def run(args: argparse.Namespace) -> SynthTruth:
                      tasks=args.tasks.split(",") if args.tasks else None, frames=args.frames,
                      frame_size=args.frame_size, seed=args.seed, labels_from=args.labels_from,
                      images=not args.no_images, workers=args.workers, zip_images=not args.extracted,
-                     intensity_files=not args.no_intensity, progress=not args.quiet)
+                     intensity_files=not args.no_intensity, progress=not args.quiet,
+                     landmark_files=args.landmark_files)
     n = sum(len(s.frame_no) for s in truth.sequences)
     print(f"wrote {truth.dataset} layout: {len({s.subject for s in truth.sequences})} subjects, "
           f"{len(truth.sequences)} sequences, {n} coded frames -> {args.out_root}")

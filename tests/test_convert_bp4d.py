@@ -77,7 +77,7 @@ def test_root_attributes(converted, bp4d_tree):
         assert f.attrs["schema_version"] == 2 and f.attrs["dataset"] == "BP4D" and f.attrs["labeled"]
         # the fixture's landmark files hold 5 points: stored, but of no known scheme
         assert f["frames/landmarks"].shape[1] == 5
-        assert f.attrs["landmarks_source"] == "file" and f.attrs["landmark_scheme"] == "unknown (5 points)"
+        assert f.attrs["landmarks_source"] == "csv" and f.attrs["landmark_scheme"] == "unknown (5 points)"
         assert [a.decode() if isinstance(a, bytes) else a for a in f.attrs["au_names"]] == [
             "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
         assert list(f.attrs["image_size"]) == [16, 16] and f.attrs["crop"] == "center"

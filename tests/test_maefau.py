@@ -255,6 +255,7 @@ from pathlib import Path  # noqa: E402
 
 from aubench.engine.checkpoint import load_checkpoint  # noqa: E402
 from aubench.engine.trainer import RunConfig, Trainer  # noqa: E402
+from aubench.models.backbones import tensors_sha256  # noqa: E402
 from fixtures_h5 import write_au_h5  # noqa: E402
 from test_stages import assert_same, kill_inside, resumed_run, trained_once  # noqa: E402
 
@@ -310,4 +311,4 @@ def test_pretrained_mae_weights_start_the_mae_stage(h5, tmp_path):
     trainer = Trainer(RunConfig(data=str(h5), out=str(tmp_path / "run"), pretrained=str(path), **RUN))
     for key, value in source.encoder.state_dict().items():
         assert torch.equal(trainer.method.mae.encoder.state_dict()[key], value), key
-    assert trainer.initialisation == f"pretrained: {path}"
+    assert trainer.initialisation == f"mae: {path} (sha256 {tensors_sha256(official['model'])[:8]}...)"

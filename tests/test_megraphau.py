@@ -213,6 +213,17 @@ def test_top_k_graph_is_exact_under_bf16_autocast():
     assert torch.equal(under_autocast.float(), exact.float())
 
 
+def test_the_head_runs_in_float64():
+    """A float64 model stays float64 through the top-K graph (it used to come back float32 and
+    crash the GCN's matrix product)."""
+    from aubench.models.graph_head import MEGraphHead
+
+    for stage in (1, 2):
+        head = MEGraphHead(16, 4, stage, neighbours=2).double()
+        out = head(torch.randn(2, 5, 16, dtype=torch.float64))
+        assert torch.isfinite(out["probs"]).all()
+
+
 def test_edge_labels_from_au_labels():
     labels = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])
     # pair (i, j) at i * 3 + j: 2 y_i + y_j, -1 where either is unknown.

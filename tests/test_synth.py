@@ -7,11 +7,16 @@ import zipfile
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
+import scipy.io
 
 from datasets_tools import face_render as fr
 from datasets_tools import synth
+from datasets_tools.bp4d import read_2dfeatures
+from datasets_tools.disfa import read_landmark_points
+from datasets_tools.landmarks import BP4D_49, DISFA_66
 
 SMALL = (64, 80)  # frame size used by the layout tests (W, H)
 
@@ -170,12 +175,16 @@ def test_bp4d_layout(tmp_path):
         assert numbers[0] < s.frame_no[0] and numbers[-1] > s.frame_no[-1]   # uncoded margins
         img = cv2.imread(str(folder / synth._frame_name(int(s.frame_no[0]), s.zero_pad)))
         assert img.shape == (SMALL[1], SMALL[0], 3)
-        lm_rows = read_csv_rows(tmp_path / "Landmarks" / f"{s.subject}_{s.task}.csv")
-        assert lm_rows[0][:3] == ["frame", "x0", "y0"] and len(lm_rows[0]) == 1 + 2 * fr.NUM_LANDMARKS
-        assert [int(r[0]) for r in lm_rows[1:]] == numbers
-        pts = np.array(lm_rows[1][1:], float).reshape(-1, 2)
-        assert (pts >= -5).all() and (pts[:, 0] <= SMALL[0] + 5).all() and (pts[:, 1] <= SMALL[1] + 5).all()
+        # 2DFeatures as BP4D ships them: fit(k) for frames 1..last image, empty before the first image
+        track = read_2dfeatures(tmp_path / "2DFeatures" / f"{s.subject}_{s.task}.mat")
+        assert track.kind == "bp4d-2dfeatures-v7.3"
+        assert track.frames.tolist() == list(range(1, numbers[-1] + 1))
+        assert track.frames[~track.empty].tolist() == numbers
+        pts = track.points[~track.empty][:, list(BP4D_49)]
+        assert np.isfinite(pts).all() and (pts >= -5).all()
+        assert (pts[..., 0] <= SMALL[0] + 5).all() and (pts[..., 1] <= SMALL[1] + 5).all()
         assert s.face_box.shape == (len(s.frame_no), 4)
+    assert not (tmp_path / "Landmarks").exists()
     # The truth file holds what generate returned.
     loaded = synth.SynthTruth.load(tmp_path)
     assert loaded.au_numbers == truth.au_numbers and len(loaded.sequences) == len(truth.sequences)
@@ -215,8 +224,15 @@ def test_disfa_layout(tmp_path):
                 assert frame.shape == (SMALL[1], SMALL[0], 3)
                 n += 1
             assert n == 30
-        assert (tmp_path / "Landmarks" / f"{s.subject}.csv").exists()
-        assert (tmp_path / "Landmarks" / "RightCamera" / f"{s.subject}.csv").exists()
+        # Landmark_Points as DISFA ships them: one v5 file per left-camera video frame, 0-based names
+        folder = tmp_path / "Landmark_Points" / s.subject / "tmp_frame_lm"
+        assert sorted(p.name for p in folder.iterdir()) == [f"{s.subject}_{k:04d}_lm.mat" for k in range(30)]
+        pts = scipy.io.loadmat(folder / f"{s.subject}_0007_lm.mat")["pts"]
+        assert pts.shape == (len(DISFA_66), 2) and pts.dtype == np.float64
+        track = read_landmark_points(tmp_path / "Landmark_Points" / s.subject)
+        assert track.frames.tolist() == list(range(1, 31)) and not track.empty.any()
+        np.testing.assert_array_equal(track.points[7][list(DISFA_66)], pts)
+    assert not (tmp_path / "Landmarks").exists()   # no right-camera landmarks: the dataset ships none
 
 
 @pytest.mark.parametrize("layout", ["bp4d-plus", "mme"])
@@ -231,6 +247,15 @@ def test_bp4d_plus_layout_zip_and_extracted(tmp_path, layout):
     t1 = sorted(int(m.rsplit("/", 1)[1].split(".")[0]) for m in members if m.startswith("F001/T1/"))
     assert len(t1) > len(seq.frame_no) and t1[0] <= seq.frame_no[0] and t1[-1] > seq.frame_no[-1]
     assert any(m.startswith("F001/T2/") for m in members)            # an uncoded task
+    # 2DFeatures as BP4D+ ships them: MATLAB v5, fit(k).frame / pts_2d / headPose per image frame
+    features = tmp_path / "zip" / "2DFeatures" / "F001_T1.mat"
+    assert scipy.io.matlab.matfile_version(features) == (1, 0)
+    fit = scipy.io.loadmat(features)["fit"]
+    assert fit.shape == (1, len(t1)) and set(fit.dtype.names) == {"frame", "pts_2d", "headPose"}
+    assert [int(e["frame"][0, 0]) for e in fit[0]] == t1
+    assert fit[0, 0]["pts_2d"].shape == (len(BP4D_49), 2) and fit[0, 0]["headPose"].shape == (1, 3)
+    assert read_2dfeatures(features).frames.tolist() == t1
+    assert not (tmp_path / "zip" / "2DFeatures" / "F001_T2.mat").exists()
     assert not (tmp_path / "zip" / "AUCoding" / "AU_OCC" / "F001_T2.csv").exists()
     assert (tmp_path / "zip" / "AU_INT" / "AU12" / "F001_T1_AU12.csv").exists()
     extracted = synth.generate(layout, tmp_path / "tree", subjects=2, tasks=["T1", "T7"], frames=10,
@@ -285,7 +310,7 @@ def test_no_images_writes_placeholders(tmp_path):
     img = cv2.imread(str(files[0]))
     assert img.shape == (SMALL[1], SMALL[0], 3) and img.std() < 2   # uniform grey
     assert not truth.images and synth.SynthTruth.load(tmp_path).images is False
-    assert (tmp_path / "Landmarks" / "F001_T1.csv").exists()
+    assert (tmp_path / "2DFeatures" / "F001_T1.mat").exists()
 
 
 def test_cli(tmp_path, capsys):
@@ -309,13 +334,58 @@ def test_expressiveness_scales_movements_not_labels(tmp_path):
     assert np.array_equal(plain.sequences[0].intensity, strong.sequences[0].intensity)
 
     def landmarks(root):
-        return np.loadtxt(root / "Landmarks" / "F001_T1.csv", delimiter=",", skiprows=1)[:, 1:]
+        track = read_2dfeatures(root / "2DFeatures" / "F001_T1.mat")
+        return track.points[~track.empty][:, list(BP4D_49)]
 
     # Same pose and identity, so landmarks move only with the AUs, and twice as far from neutral.
     rest = np.abs(landmarks(tmp_path / "plain") - landmarks(tmp_path / "strong")).max()
     assert rest > 0.5
     with pytest.raises(ValueError, match="expressiveness"):
         synth.generate("bp4d", tmp_path / "bad", expressiveness=0, **kw)
+
+
+def test_bp4d_landmarks_are_a_matlab_v73_struct_array(tmp_path):
+    """What MATLAB writes for a 1 x N struct array saved with -v7.3: its 512-byte header, the struct
+    group with MATLAB_class and MATLAB_fields, fields of object references into #refs#, a double
+    matrix stored transposed, an empty entry as MATLAB's [] (its dimensions, MATLAB_empty)."""
+    synth.generate("bp4d", tmp_path, subjects=1, tasks=["T1"], frames=3, frame_size=SMALL, seed=4, progress=False)
+    path = tmp_path / "2DFeatures" / "F001_T1.mat"
+    head = path.read_bytes()[:128]
+    assert head.startswith(b"MATLAB 7.3 MAT-file") and head[124:128] == b"\x00\x02IM"
+    assert scipy.io.matlab.matfile_version(path) == (2, 0)   # scipy reads this far, then asks for an HDF5 reader
+    with h5py.File(path, "r") as f:
+        assert f.userblock_size == 512 and "#refs#" in f
+        fit = f["fit"]
+        assert fit.attrs["MATLAB_class"] == b"struct"
+        assert [b"".join(name).decode() for name in fit.attrs["MATLAB_fields"]] == ["pred", "pose"]
+        refs = fit["pred"][:, 0]
+        assert fit["pred"].shape == fit["pose"].shape == (len(refs), 1)
+        empty, points = f[refs[0]], f[refs[-1]]
+        assert empty.attrs["MATLAB_empty"] == 1 and empty[()].tolist() == [0, 0]
+        assert points.shape == (2, len(BP4D_49)) and points.attrs["MATLAB_class"] == b"double"
+        pose = f[fit["pose"][-1, 0]]
+        assert pose.attrs["MATLAB_class"] == b"struct" and pose["rot"].shape == (3, 3) and pose["angle"].shape == (3, 1)
+        rotation = pose["rot"][()].T
+        np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
+
+
+def test_csv_landmark_files_write_the_old_layout(tmp_path):
+    truth = synth.generate("bp4d", tmp_path, subjects=1, tasks=["T1"], frames=4, frame_size=SMALL, seed=3,
+                           progress=False, landmark_files="csv")
+    s = truth.sequences[0]
+    rows = read_csv_rows(tmp_path / "Landmarks" / "F001_T1.csv")
+    assert rows[0][:3] == ["frame", "x0", "y0"] and len(rows[0]) == 1 + 2 * fr.NUM_LANDMARKS
+    assert [int(r[0]) for r in rows[1:]] == list(range(s.image_frames[0], s.image_frames[1] + 1))
+    assert not (tmp_path / "2DFeatures").exists()
+    # the same seed draws the same faces whichever files hold their landmarks
+    synth.generate("bp4d", tmp_path / "mat", subjects=1, tasks=["T1"], frames=4, frame_size=SMALL, seed=3,
+                   progress=False)
+    track = read_2dfeatures(tmp_path / "mat" / "2DFeatures" / "F001_T1.mat")
+    csv_points = np.array([r[1:] for r in rows[1:]], float).reshape(len(rows) - 1, -1, 2)
+    np.testing.assert_allclose(track.points[~track.empty][:, list(BP4D_49)], csv_points[:, list(BP4D_49)],
+                               atol=0.006)   # the CSV keeps two decimals
+    with pytest.raises(ValueError, match="landmark_files='xml'"):
+        synth.generate("bp4d", tmp_path / "bad", landmark_files="xml", frame_size=SMALL)
 
 
 def test_bad_input_errors(tmp_path):
@@ -393,8 +463,8 @@ def load_aligned_faces(truth, root, size=40):
     target = np.float32([[0.40, 0.36], [0.16, 0.36], [0.60, 0.36], [0.84, 0.36], [0.5, 0.36]]) * size
     images, labels, subjects = [], [], []
     for s in truth.sequences:
-        rows = read_csv_rows(Path(root) / "Landmarks" / f"{s.subject}_{s.task}.csv")[1:]
-        points = {int(r[0]): np.array(r[1:], np.float32).reshape(-1, 2) for r in rows}
+        track = read_2dfeatures(Path(root) / "2DFeatures" / f"{s.subject}_{s.task}.mat")
+        points = dict(zip(track.frames.tolist(), track.points))
         for f, lab in zip(s.frame_no, s.labels):
             img = cv2.imread(str(Path(root) / s.image_source / synth._frame_name(int(f), s.zero_pad)))
             m, _ = cv2.estimateAffinePartial2D(points[int(f)][anchors], target)

@@ -9,6 +9,8 @@ and "landmarks" when the file stores 68-point landmarks (datasets_tools.landmark
 argument): float32 (68,2) for a frame, (n,68,2) for a clip, in the item's image pixels after
 resizing and augmentation (flip, rotation: the points move with the pixels; NaN where a frame has
 none); "key_landmarks" beside "key_image".
+With `crop_fraction` frames are resized past the image size and cropped to it (the papers' random
+224 crop of a 256 face in training, the centre crop at test); landmarks move with the crop.
 Labels are 1 / 0 with -1 for unknown, and also -1 where the sparse-label protocol hides a label.
 
 uint8 fast path: with `normalize=False` the "image" is uint8 (3,H,W) / (n,3,H,W) instead,
@@ -42,9 +44,9 @@ from .h5file import AUFile
 from .occlusion import frame_occlusion_mask, occlusion_mask, parse_occlusion
 from .samplers import (check_label_ratio, sparse_label_mask, sparse_label_report,
                        visible_label_statistics)
-from .transforms import (IMAGENET_MEAN_UINT8, ClipAugment, normalize, parse_image_size,
-                         resize_images, resize_points, to_float_tensor, to_normalized_tensor,
-                         to_uint8_tensor)
+from .transforms import (IMAGENET_MEAN_UINT8, ClipAugment, crop_images, crop_offset, crop_points,
+                         crop_source_size, normalize, parse_image_size, resize_images, resize_points,
+                         to_float_tensor, to_normalized_tensor, to_uint8_tensor)
 
 _MEAN_UINT8 = torch.tensor(IMAGENET_MEAN_UINT8, dtype=torch.uint8).view(3, 1, 1)
 
@@ -53,7 +55,7 @@ class _AUDatasetBase(Dataset):
     """What frame and clip datasets share: the file, fold rows, labels, image pipeline."""
 
     def __init__(self, path, fold, split, image_size, augment, occlusion, label_ratio, seed,
-                 normalize, landmarks=None):
+                 normalize, landmarks=None, crop_fraction=None):
         self.file = path if isinstance(path, AUFile) else AUFile(path)
         if landmarks is None:  # carry them when the file has them
             landmarks = self.file.has_scheme_landmarks
@@ -65,6 +67,8 @@ class _AUDatasetBase(Dataset):
         self.rows = self.file.rows(fold, split)
         self.label_ratio = check_label_ratio(label_ratio)
         self.image_size = parse_image_size(image_size) or self.file.image_size
+        # the size frames are resized to: image_size, or larger for a crop (crop_fraction)
+        self.resize_size = crop_source_size(self.image_size, crop_fraction)
         # a pair (view 1's, view 2's) for two-view items; else one augmentation for every view
         self.view_augments = tuple(augment) if isinstance(augment, (tuple, list)) else None
         self.augment = ClipAugment() if augment is True else (
@@ -124,13 +128,18 @@ class _AUDatasetBase(Dataset):
         if frames is None:
             frames = self.file.read_images(rows)
         stored_size = frames.shape[-3:-1]
-        frames = resize_images(frames, self.image_size)
+        frames = resize_images(frames, self.resize_size)
+        generator = self._generator(index, view)
+        augment = self.view_augments[view] if self.view_augments else self.augment
+        offset = None
+        if self.resize_size != self.image_size:  # the crop protocol: at random when augmenting, else the centre
+            offset = crop_offset(self.resize_size, self.image_size, generator, random=augment is not None)
+            frames = crop_images(frames, offset, self.image_size)
         if self.landmarks:
             if points is None:
                 points = self.file.read_landmarks(rows)
-            points = torch.from_numpy(resize_points(points, stored_size, self.image_size))
-        generator = self._generator(index, view)
-        augment = self.view_augments[view] if self.view_augments else self.augment
+            points = resize_points(points, stored_size, self.resize_size)
+            points = torch.from_numpy(points if offset is None else crop_points(points, offset))
         params = None if augment is None else augment.draw(generator)
         if not self.normalize:
             images = to_uint8_tensor(frames)
@@ -169,6 +178,11 @@ class FrameDataset(_AUDatasetBase):
         fold: 1-based fold number.
         split: "train" | "test" | "all".
         image_size: output size, int or (H, W); None keeps the stored size.
+        crop_fraction: None: frames are resized to image_size. A fraction f in (0, 1]: frames are
+            resized to image_size / f and cropped to image_size (the papers' 224 of 256 at
+            0.875), one crop per item (a clip's frames alike): at a random position when the
+            item is augmented, in the centre otherwise (test splits, augment False).
+            Landmarks move with the crop; occlusion masks are drawn on the cropped image.
         augment: True (default `ClipAugment`), False, or a `ClipAugment`.
         occlusion: None, ("patches", ratio) or ("block", ratio) (aubench.data.occlusion);
             fixed per frame on the "test" and "all" splits, random on "train".
@@ -186,9 +200,9 @@ class FrameDataset(_AUDatasetBase):
     def __init__(self, path, fold: int | None = 1, split: str = "train", image_size=None,
                  augment=False, occlusion=None, label_ratio: float = 1.0,
                  labeled_only: bool = False, seed: int | None = None, normalize: bool = True,
-                 landmarks: bool | None = None, views: int = 1):
+                 landmarks: bool | None = None, views: int = 1, crop_fraction: float | None = None):
         super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
-                         normalize, landmarks)
+                         normalize, landmarks, crop_fraction)
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views!r}")
         if self.view_augments is not None and len(self.view_augments) != views:
@@ -264,11 +278,11 @@ class ClipDataset(_AUDatasetBase):
     def __init__(self, path, fold: int | None = 1, split: str = "train", clip_len: int = 5,
                  label_ratio: float = 1.0, image_size=None, augment=False, occlusion=None,
                  seed: int | None = None, normalize: bool = True, key_view: bool = False,
-                 landmarks: bool | None = None, windows: bool = False):
+                 landmarks: bool | None = None, windows: bool = False, crop_fraction: float | None = None):
         if isinstance(clip_len, bool) or int(clip_len) != clip_len or clip_len < 1:
             raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
         super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
-                         normalize, landmarks)
+                         normalize, landmarks, crop_fraction)
         self.clip_len = int(clip_len)
         if key_view and (split != "train" or windows):
             raise ValueError(f"key_view is for training clips with a key frame, not {split!r} windows")

@@ -8,8 +8,10 @@ Both routes give the same values: `normalize_images(to_uint8_tensor(x))` equals
 `to_normalized_tensor(x)` bit for bit in float32.
 Augmentation works on float tensors in [0, 1] or on uint8 tensors with
 torchvision.transforms.v2 functional ops; its parameters are drawn once per sample, so every
-frame of a clip gets the same rotation, flip and colour change. Landmarks (68-point scheme,
-datasets_tools.landmarks) follow the pixels through `resize_points` and
+frame of a clip gets the same rotation, flip and colour change. The papers' crop protocol
+(resize to 256, then a random 224 crop in training and the centre one at test) is
+`crop_source_size`, `crop_offset` and `crop_images`, one offset per sample. Landmarks (68-point
+scheme, datasets_tools.landmarks) follow the pixels through `resize_points`, `crop_points` and
 `ClipAugment.apply_points`.
 """
 from __future__ import annotations
@@ -67,6 +69,42 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if images.ndim == 3:
         return cv2.resize(images, (w, h), interpolation=interp)
     return np.stack([cv2.resize(im, (w, h), interpolation=interp) for im in images])
+
+
+def crop_source_size(size: tuple[int, int], crop_fraction: float | None) -> tuple[int, int]:
+    """The size (H, W) a face is resized to before a crop of `size` that is `crop_fraction` of
+    its side (224 at 0.875: 256, the papers' protocol); `size` itself without a crop (None)."""
+    if crop_fraction is None:
+        return size
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
+    return round(size[0] / crop_fraction), round(size[1] / crop_fraction)
+
+
+def crop_offset(from_size: tuple[int, int], to_size: tuple[int, int],
+                generator: torch.Generator | None = None, random: bool = True) -> tuple[int, int]:
+    """(top, left) of a `to_size` crop of an image of `from_size`: drawn uniformly over every
+    whole-pixel position (from torch's default generator when `generator` is None) when
+    `random`, else the centre crop's ((H - h) // 2, (W - w) // 2)."""
+    (h, w), (h2, w2) = from_size, to_size
+    if h2 > h or w2 > w:
+        raise ValueError(f"a {h2} x {w2} crop does not fit in a {h} x {w} image")
+    if not random:
+        return (h - h2) // 2, (w - w2) // 2
+    top, left = (int(torch.randint(0, extent + 1, (1,), generator=generator)) for extent in (h - h2, w - w2))
+    return top, left
+
+
+def crop_images(images: np.ndarray, offset: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The `size` (H, W) crop at `offset` (top, left) of RGB (H, W, 3) or (n, H, W, 3) images."""
+    (top, left), (h, w) = offset, size
+    return images[..., top:top + h, left:left + w, :]
+
+
+def crop_points(points: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """(..., 2) pixel coordinates (x, y) moved into a crop at `offset` (top, left); NaN stays NaN."""
+    top, left = offset
+    return points - np.asarray([left, top], dtype=points.dtype)
 
 
 # Normalisation folded into one multiply-add on uint8 pixels: (p / 255 - mean) / std.

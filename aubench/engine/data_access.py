@@ -68,29 +68,32 @@ class RunData:
         Clip methods train on one clip per labeled key frame, or with `windows` on windows that
         tile the training sequences with every label the protocol keeps (ClipDataset).
         `occlusion`: a parsed condition (aubench.data.occlusion), drawn afresh for every item.
-        `landmarks`: items carry them (a method that uses them; the file must have them)."""
+        `landmarks`: items carry them (a method that uses them; the file must have them).
+        The preset's crop (Preset.crop_fraction) is random where `augment` is given, else the centre."""
         try:
             if input_kind == "clip":
                 return ClipDataset(self.file, self.fold, "train", clip_len=preset.clip_len, label_ratio=label_ratio,
                                    image_size=preset.image_size, augment=augment, normalize=False,
-                                   key_view=key_view, occlusion=occlusion, landmarks=landmarks, windows=windows)
+                                   key_view=key_view, occlusion=occlusion, landmarks=landmarks, windows=windows,
+                                   crop_fraction=preset.crop_fraction)
             return FrameDataset(self.file, self.fold, "train", image_size=preset.image_size, augment=augment,
                                 label_ratio=label_ratio, labeled_only=labeled_only, normalize=False,
-                                occlusion=occlusion, landmarks=landmarks, views=views)
+                                occlusion=occlusion, landmarks=landmarks, views=views,
+                                crop_fraction=preset.crop_fraction)
         except ValueError as err:  # no 68-point landmarks in the file
             raise UserError(f"--data {err}") from None
 
     def test_dataset(self, input_kind: str, preset: Preset, occlusion=None, landmarks: bool = False):
         """The test split; under `occlusion` every frame gets the same mask in every evaluation,
         of every method and run (aubench.data.occlusion.frame_occlusion_mask: a function of the
-        frame's row and the condition only)."""
+        frame's row and the condition only). The preset's crop (Preset.crop_fraction) is the centre one."""
         try:
             if input_kind == "clip":
                 return ClipDataset(self.file, self.fold, "test", clip_len=preset.clip_len,
                                    image_size=preset.image_size, normalize=False, occlusion=occlusion,
-                                   landmarks=landmarks)
+                                   landmarks=landmarks, crop_fraction=preset.crop_fraction)
             return FrameDataset(self.file, self.fold, "test", image_size=preset.image_size, normalize=False,
-                                occlusion=occlusion, landmarks=landmarks)
+                                occlusion=occlusion, landmarks=landmarks, crop_fraction=preset.crop_fraction)
         except ValueError as err:
             raise UserError(f"--data {err}") from None
 
@@ -145,7 +148,7 @@ class PretrainData:
     def dataset(self, preset: Preset, augment, landmarks: bool = False, views: int = 1) -> FrameDataset:
         try:
             return FrameDataset(self.file, self.fold, self.split, image_size=preset.image_size, augment=augment,
-                                normalize=False, landmarks=landmarks, views=views)
+                                normalize=False, landmarks=landmarks, views=views, crop_fraction=preset.crop_fraction)
         except ValueError as err:
             raise UserError(f"--pretrain-data {err}") from None
 

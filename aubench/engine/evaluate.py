@@ -1,13 +1,15 @@
 """`aubench train` and `aubench evaluate` (and the demo): runs planned, checked, trained, tested, written.
 
 `train_run` trains one (method, fold) into one directory; `evaluate_runs` trains every (method,
-label ratio, fold) of a request under OUT/runs and writes one result JSON per (method, fold,
+label ratio, fold: by default every fold of the data file) of a request under OUT/runs and writes one result JSON per (method, fold,
 protocol, test condition) under OUT/results; a method whose stages are leaderboard rows
 (Stage.row) gets one per row instead, named as the method "<method>-<row>". A run is trained
 once and tested under every test occlusion condition; resuming tests the (row, condition) pairs
 not yet tested with the trained checkpoint and the final weights of the earlier stages. The
 training occlusion, and so the protocol name, is each method's own: --train-occlusion, else its
-preset's.
+preset's. Each method's preset is resolved for the data file's dataset (`paper` -> `paper-disfa`
+on DISFA where the method has one) and results record the name used. `aubench evaluate --dry-run`
+(aubench.engine.dry_run) builds the runs and trains none.
 Everything is checked before anything trains: the settings of every method, and what OUT
 already holds (refused unless resume or overwrite; see the `evaluate` help).
 Every result JSON has its per-frame predictions beside it (<stem>.predictions.npz,
@@ -44,7 +46,7 @@ class EvaluateRequest:
     methods: list[str]                 # registered names, or ["all"]
     run: RunConfig
     out: str
-    folds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    folds: list[int] | None = None     # None: every fold of the data file
     label_ratios: list[float] = field(default_factory=lambda: [1.0])
     test_occlusions: list[str] = field(default_factory=lambda: ["none"])
     bench_batch_size: int = 4          # batch of the size / speed measurement
@@ -76,15 +78,42 @@ def resolve_methods(names: list[str]) -> list[str]:
     return names
 
 
-def check_data_and_folds(path: str, folds: list[int]):
-    """The opened dataset file, once it is known to be labeled and to have every fold."""
+def check_data_and_folds(path: str, folds: list[int] | None):
+    """The opened dataset file, once it is known to be labeled and to have every fold (None:
+    every fold it has)."""
     from aubench.engine.data_access import open_labeled_file
 
     file = open_labeled_file(path)
-    bad = [k for k in folds if not 1 <= k <= file.num_folds]
+    bad = [k for k in folds or [] if not 1 <= k <= file.num_folds]
     if bad:
         raise UserError(f"--fold {bad[0]} is out of range: {path} has folds 1..{file.num_folds}")
     return file
+
+
+def file_folds(file, folds: list[int] | None) -> list[int]:
+    """`folds`, or every fold of the opened data file when None."""
+    return list(folds) if folds is not None else list(range(1, file.num_folds + 1))
+
+
+DEFAULT_PRESET = "tiny"  # `train` / `evaluate` without --preset
+
+
+def preset_line(methods: list[str], preset: str | None, dataset: str) -> str | None:
+    """The line `train` / `evaluate` print about the preset: always without --preset (`preset`
+    None: the default), and where `paper` resolves to a dataset's preset (paper-disfa ...);
+    None otherwise. `methods`: resolved method specs (resolve_methods)."""
+    from aubench.models import method_class
+    from aubench.models.base import dataset_preset_name, split_method
+
+    requested = preset or DEFAULT_PRESET
+    used = {spec: dataset_preset_name(method_class(split_method(spec)[0]), requested, dataset) for spec in methods}
+    if preset is None:
+        return (f"[aubench] preset: {requested} (the default, a CPU-sized model, not comparable with the "
+                f"papers; --preset paper for the paper's settings)")
+    if all(name == requested for name in used.values()):
+        return None
+    return (f"[aubench] preset {requested} on {dataset}: "
+            + ", ".join(f"{spec} {name}" for spec, name in used.items()))
 
 
 def condition_names(texts: list[str]) -> list[str]:
@@ -184,6 +213,7 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     template = request.run
     methods = resolve_methods(request.methods)
     file = check_data_and_folds(template.data, request.folds)
+    folds = file_folds(file, request.folds)
     if template.train_occlusion is not None:
         parse_occlusion_option("--train-occlusion", template.train_occlusion)
     tests = dict(zip(condition_names(request.test_occlusions), request.test_occlusions))  # name -> text
@@ -198,17 +228,18 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     units = []
     pretrain_fingerprint = None
     if template.pretrain_data is not None:
-        pretrain_fingerprint = open_pretrain_data(template.pretrain_data, RunData(Path(template.data), request.folds[0],
+        pretrain_fingerprint = open_pretrain_data(template.pretrain_data, RunData(Path(template.data), folds[0],
                                                                                   file)).fingerprint
     for method in methods:
         name, variant = split_method(method)
         cls = method_class(name)
         for ratio in request.label_ratios:
-            for fold in request.folds:
+            for fold in folds:
                 if template.pretrain_data is not None:  # its test subjects are refused, fold by fold
                     open_pretrain_data(template.pretrain_data, RunData(Path(template.data), fold, file))
                 config = replace(template, method=name, variant=variant, fold=fold, label_ratio=ratio)
-                preset = resolve_preset(cls, config)
+                preset = resolve_preset(cls, config, file.dataset)
+                config.preset = preset.name  # `paper` resolved to the dataset's preset (paper-disfa ...)
                 # the method's own training occlusion: --train-occlusion, else its preset's
                 train = condition_name(train_occlusion(preset))
                 config.out = str(root / "runs" / method / protocol_name(ratio, train) / f"fold{fold}")
@@ -289,7 +320,7 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                 key = (config.method, config.variant, stage)
                 if key not in bench:
                     bench[key] = benchmark_method(
-                        config.method, file.num_aus, template.preset, env.device, batch_size=request.bench_batch_size,
+                        config.method, file.num_aus, config.preset, env.device, batch_size=request.bench_batch_size,
                         precision=template.precision, channels_last=template.channels_last, warmup=1, iters=3,
                         image_size=template.image_size, stage=stage, train_occlusion=template.train_occlusion,
                         model_overrides={**variant_settings(method_class(config.method), config.variant),

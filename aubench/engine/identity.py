@@ -7,8 +7,10 @@ One definition serves every check that asks "may these go together?":
 - the leaderboard averages results over folds only when their identities agree apart from
   the fold.
 The identity: method, preset name and every resolved preset field (epochs, batch size, image
-size, optimiser, learning rate, schedule, clip length, model settings ...), fold, label ratio,
-seed, effective augmentation, resolved precision, --pretrained file, the data file's
+size, optimiser, learning rate, schedule, clip length, crop, model settings ...; not the preset's
+documentation, source and paper_init), fold, label ratio,
+seed, effective augmentation, resolved precision, the --pretrained weights (pretrained_identity:
+per part the source's name and the sha256 of its tensors, not its path), the data file's
 fingerprint (and the --pretrain-data file's, when given), the training occlusion ("train_occlusion", a condition name such as "patches0.5")
 and the stages ("stages": name -> the stage's preset, what it initialises from, freezes and
 reads, whether it uses labels and whether the training occlusion applies to it). The training
@@ -60,13 +62,16 @@ LATER_STAGE_SETTINGS = {"occluded": True, "pretraining": False}
 # Preset fields that are not identity as they stand: the run's training occlusion is there
 # resolved (identity["train_occlusion"]).
 RESOLVED_PRESET_FIELDS = ("name", "train_occlusion")
+# Preset fields that document the preset (what the paper starts from, where its settings come
+# from) and change nothing that is trained.
+DOCUMENTATION_PRESET_FIELDS = ("paper_init", "source")
 # Preset fields that arrived later: left out while they hold their default.
-LATER_PRESET_FIELDS = {"weight_decay_end": None}
+LATER_PRESET_FIELDS = {"weight_decay_end": None, "crop_fraction": None}
 
 
 def _preset_fields(preset: Mapping) -> dict[str, Any]:
     return {k: v for k, v in preset.items() if k not in RESOLVED_PRESET_FIELDS
-            and not (k in LATER_PRESET_FIELDS and v == LATER_PRESET_FIELDS[k])}
+            and k not in DOCUMENTATION_PRESET_FIELDS and not (k in LATER_PRESET_FIELDS and v == LATER_PRESET_FIELDS[k])}
 
 
 def _plain(value: Any) -> Any:
@@ -108,7 +113,7 @@ def run_identity(config: Mapping, preset: Mapping, fingerprint: str, precision: 
                 **_preset_fields(preset),
                 # what the trainer does: --no-augment, or a preset whose model turns augmentation off
                 "augment": bool(config["augment"] and preset["model"].get("augment", True)),
-                "precision": precision, "pretrained": config["pretrained"], "fingerprint": fingerprint}
+                "precision": precision, "pretrained": pretrained_identity(config), "fingerprint": fingerprint}
     train_occlusion = config.get("train_occlusion") or NO_OCCLUSION
     if train_occlusion != NO_OCCLUSION:
         identity["train_occlusion"] = train_occlusion
@@ -118,6 +123,16 @@ def run_identity(config: Mapping, preset: Mapping, fingerprint: str, precision: 
     if pretrain_fingerprint is not None:
         identity["pretrain_fingerprint"] = pretrain_fingerprint
     return _plain(identity)
+
+
+def pretrained_identity(config: Mapping) -> Any:
+    """What a run's --pretrained weights put in its identity: config["pretrained_weights"] (the
+    engine's record, aubench.engine.trainer.resolve_pretrained: part -> {"name": the timm name or
+    the file's name, "sha256": of its tensors}), so the same weights at two paths make one run;
+    None without weights. Results made before weights were hashed have no record: their absolute
+    --pretrained path (config["pretrained"]) stays their identity."""
+    weights = config.get("pretrained_weights")
+    return weights if weights is not None else config["pretrained"]
 
 
 _CONFIG_KEYS = ("method", "preset", "fold", "label_ratio", "seed", "augment", "pretrained")
@@ -130,6 +145,7 @@ def result_identity(result: Mapping) -> dict[str, Any]:
     if "ensemble" in result:
         return ensemble_identity(result)
     config = {k: need(result, "config", k) for k in _CONFIG_KEYS}
+    config["pretrained_weights"] = result["config"].get("pretrained_weights")  # results before it: None
     for key in _PRESET_KEYS:
         need(result, "preset", key)
     if "occlusion" in result:  # results made before occlusion conditions existed were trained without

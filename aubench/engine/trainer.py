@@ -41,17 +41,17 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from aubench.data import normalize_images
-from aubench.engine.checkpoint import (capture_rng_state, is_checkpoint_payload, load_checkpoint,
-                                       read_weights_file, restore_rng_state, save_checkpoint)
+from aubench.engine.checkpoint import (capture_rng_state, load_checkpoint, read_weights_file, restore_rng_state,
+                                       save_checkpoint)
 from aubench.data.occlusion import condition_name, parse_condition
 from aubench.engine.data_access import RunData, open_pretrain_data, open_run_data
 from aubench.engine.distributed import DistEnv, setup_distributed
 from aubench.engine.identity import differences_text, identity_differences, run_identity
 from aubench.engine.logging import JsonlLogger, plain
 from aubench.errors import UserError
-from aubench.models.backbones import BackboneError
-from aubench.models.base import (AUMethod, Preset, Stage, TrainState, check_image_size, check_stages,
-                                 method_class, variant_settings)
+from aubench.models.backbones import BackboneError, WeightsError, digest_source, source_name
+from aubench.models.base import (WEIGHTS_SETTING, AUMethod, Preset, Stage, TrainState, check_image_size,
+                                 check_stages, dataset_preset_name, method_class, variant_settings)
 
 CHECKPOINT_NAME = "last.pt"
 RESULT_NAME = "result.json"  # written beside the checkpoint by `aubench train` (test condition "none")
@@ -90,7 +90,7 @@ class RunConfig:
     data: str
     variant: str | None = None         # a named variant of the method (AUMethod.variants): its model settings
     fold: int = 1
-    preset: str = "tiny"
+    preset: str = "tiny"               # `paper`: the method's preset for the data file's dataset (resolve_preset)
     label_ratio: float = 1.0
     train_occlusion: str | None = None  # occlusion of the training images: none, patches:<ratio>, block:<ratio>;
                                         # None = the preset's (Preset.train_occlusion)
@@ -100,7 +100,12 @@ class RunConfig:
     out: str = "runs/train"
     resume: bool = False
     overwrite: bool = False            # a fresh run may replace the run files already in `out`
-    pretrained: str | None = None
+    # --pretrained: a source (timm:<name>, hf-hub:<id> or a file) for the method's main part, or
+    # part -> source (part "" a bare source); resolve_pretrained gives it as part -> source
+    pretrained: str | dict[str, str] | None = None
+    # set by resolve_pretrained: part -> {"name", "sha256"} of each source, the run's identity
+    # (aubench.engine.identity.pretrained_identity) instead of the sources' paths
+    pretrained_weights: dict[str, dict[str, str]] | None = None
     pretrain_data: str | None = None   # the frames of pre-training stages (Stage.pretraining); None = the fold's
     device: str | None = None          # None = cuda when available
     seed: int = 0
@@ -169,10 +174,60 @@ def run_stages(method_cls: type[AUMethod], preset: Preset) -> list[Stage]:
 def config_identity(config: RunConfig, preset: Preset, stages: list[Stage], fingerprint: str,
                     precision: str, pretrain_fingerprint: str | None = None) -> dict[str, Any]:
     """The run identity (aubench.engine.identity.run_identity) of a request; `preset` resolved
-    (resolve_preset), so its train_occlusion is the run's."""
+    (resolve_preset), so its train_occlusion is the run's; its --pretrained weights by name and
+    sha256 (resolve_pretrained)."""
+    config = resolve_pretrained(method_class(config.method), config)
     train = condition_name(train_occlusion(preset))
     return run_identity({**asdict(config), "train_occlusion": train}, preset.__dict__, fingerprint, precision,
                         [stage.settings() for stage in stages], pretrain_fingerprint)
+
+
+CHECKPOINT_PART = "checkpoint"  # resolve_pretrained's part for an aubench checkpoint: the whole first stage
+
+
+def resolve_pretrained(method_cls: type[AUMethod], config: RunConfig) -> RunConfig:
+    """`config` with its --pretrained sources by part: a bare source (a string, or part "") goes
+    to the method's main part (the first of AUMethod.pretrained_parts), or, when it is an aubench
+    checkpoint, to CHECKPOINT_PART (the whole first stage's method); and pretrained_weights set:
+    each source's name (its timm name, or the file's name without its folder) and the sha256 of
+    its tensors. UserError, one line naming the argument, for a part the method does not have,
+    an aubench checkpoint given to a part or beside other sources, or a source that cannot be read.
+    A resolved config comes back as it is."""
+    if not config.pretrained or config.pretrained_weights is not None:
+        return config
+    given = {"": config.pretrained} if isinstance(config.pretrained, str) else config.pretrained
+    parts = list(method_cls.pretrained_parts)
+    sources, weights = {}, {}
+    for part, source in given.items():
+        argument = f"--pretrained {part + '=' if part else ''}{source}"
+        if part and part not in parts:
+            raise UserError(f"{argument}: method {method_cls.name!r} has no pretrained part {part!r} (its parts: "
+                            f"{', '.join(parts) or 'none'}; `aubench methods` says what each is)")
+        try:
+            digest = digest_source(source)
+        except BackboneError as err:
+            raise UserError(f"--pretrained {err}") from None
+        if digest.aubench_checkpoint:
+            if part or len(given) > 1:
+                raise UserError(f"{argument}: an aubench checkpoint initialises the whole method; give it alone, "
+                                f"without PART=")
+            part = CHECKPOINT_PART
+        elif not parts:
+            raise UserError(f"{argument}: method {method_cls.name!r} takes no pretrained weights (an aubench "
+                            f"checkpoint of it, only)")
+        part = part or parts[0]
+        if part in sources:
+            raise UserError(f"{argument}: part {part!r} is given twice (a bare SOURCE is {parts[0]!r})")
+        sources[part] = source
+        weights[part] = {"name": source_name(source), "sha256": digest.sha256}
+    return replace(config, pretrained=sources, pretrained_weights=weights)
+
+
+def with_weights(preset: Preset, weights: dict[str, str] | None) -> Preset:
+    """`preset` with the --pretrained sources by part its method loads (WEIGHTS_SETTING), if any."""
+    if not weights:
+        return preset
+    return Preset(**{**preset.__dict__, "model": {**preset.model, WEIGHTS_SETTING: dict(weights)}})
 
 
 def check_pretraining(method: str, stages: list[Stage], pretrain_data: str | None) -> None:
@@ -185,14 +240,18 @@ def check_pretraining(method: str, stages: list[Stage], pretrain_data: str | Non
         raise UserError(f"--pretrain-data: {method} has no pre-training stage")
 
 
-def check_stages_build(method_cls: type[AUMethod], num_aus: int, stages: list[Stage]) -> None:
-    """Build every stage's method on the meta device (no memory, no weights, milliseconds), so a
-    setting the method refuses (a ValueError, e.g. no default for this number of AUs) is a
-    UserError before anything trains, not after the first stage."""
+def check_stages_build(method_cls: type[AUMethod], num_aus: int, stages: list[Stage],
+                       weights: dict[str, str] | None = None) -> None:
+    """Build every stage's method on the meta device (no memory, milliseconds), so a setting the
+    method refuses (a ValueError, e.g. no default for this number of AUs) is a UserError before
+    anything trains, not after the first stage. With `weights` (--pretrained sources by part)
+    each stage loads its parts dry: a source that does not fit (names, shapes) is refused too."""
     for stage in stages:
         try:
             with torch.device("meta"):
-                method_cls(num_aus, stage.preset, None)
+                method_cls(num_aus, with_weights(stage.preset, weights), None)
+        except WeightsError as err:
+            raise UserError(f"--pretrained {err}") from None
         except ValueError as err:  # BackboneError is one too
             where = "" if len(stages) == 1 else f" (stage {stage.name!r})"
             raise UserError(f"method {method_cls.name!r}{where} cannot be built for {num_aus} AUs with preset "
@@ -213,13 +272,15 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def resolve_preset(method_cls: type[AUMethod], config: RunConfig) -> Preset:
+def resolve_preset(method_cls: type[AUMethod], config: RunConfig, dataset: str | None = None) -> Preset:
     """The method's preset with the run's overrides (epochs, batch size, image size, training
-    occlusion, model settings). Its train_occlusion is the run's, spelled one way (condition_text)."""
+    occlusion, model settings). `paper` on a file of `dataset` (AUFile.dataset) is the method's
+    preset for that dataset where it has one (dataset_preset_name: "paper-disfa"); the returned
+    preset's name is the one used. Its train_occlusion is the run's, spelled one way (condition_text)."""
     if config.preset not in method_cls.presets:
         raise UserError(f"method {config.method!r} has no preset {config.preset!r}; "
                         f"presets: {', '.join(sorted(method_cls.presets))}")
-    base = method_cls.presets[config.preset]
+    base = method_cls.presets[dataset_preset_name(method_cls, config.preset, dataset)]
     if config.train_occlusion is not None:
         occlusion = parse_occlusion_option("--train-occlusion", config.train_occlusion)
     else:
@@ -350,7 +411,8 @@ class Trainer:
             self.method_cls = method_class(config.method)
         except KeyError as err:
             raise UserError(err.args[0]) from None
-        self.preset = resolve_preset(self.method_cls, config)
+        self.data: RunData = open_run_data(config.data, config.fold)  # `paper` picks its preset by the dataset
+        self.preset = resolve_preset(self.method_cls, config, self.data.dataset)
         if not 0 < config.label_ratio <= 1:
             raise UserError(f"--label-ratio must be in (0, 1], got {config.label_ratio}")
         if self.preset.epochs < 1:
@@ -361,10 +423,10 @@ class Trainer:
         # The run's training occlusion, resolved (--train-occlusion, else the preset's) and spelled
         # one way ("patches:0.50" -> "patches:0.5") in checkpoints and results.
         self.train_occlusion = train_occlusion(self.preset)
-        self.config = config = replace(config, train_occlusion=self.preset.train_occlusion)
+        self.config = config = replace(config, preset=self.preset.name, train_occlusion=self.preset.train_occlusion)
         self.precision = resolve_precision(config.precision, self.device)
-        self.data: RunData = open_run_data(config.data, config.fold)
-        check_stages_build(self.method_cls, self.data.num_aus, self.stages)
+        self.config = config = resolve_pretrained(self.method_cls, config)
+        check_stages_build(self.method_cls, self.data.num_aus, self.stages, self.part_weights)
         check_pretraining(config.method, self.stages, config.pretrain_data)
         self.pretrain = open_pretrain_data(config.pretrain_data, self.data) if config.pretrain_data else None
         self.identity = config_identity(config, self.preset, self.stages, self.data.fingerprint, self.precision,
@@ -405,8 +467,9 @@ class Trainer:
     # -- construction --------------------------------------------------------------------
     def _build_stage(self, index: int, trained: dict[str, AUMethod], restoring: bool = False) -> AUMethod:
         """The method of stage `index`, built the same way in every run: seeded from (seed,
-        stage), initialised (the first stage: --pretrained; a later one: from its init_from
-        stage, unless `restoring`, when its checkpoint holds the weights), its frozen parts
+        stage), initialised (with the --pretrained parts it loads, the first stage from an
+        aubench checkpoint when that is given; a later one also from its init_from stage, unless
+        `restoring`, when its checkpoint holds the weights), its frozen parts
         frozen, its frozen inputs attached. `trained`: earlier stages' methods, by name."""
         stage = self.stages[index]
         seed = stage_seed(self.config.seed, index)
@@ -415,7 +478,7 @@ class Trainer:
         if index == 0:
             method, self.initialisation = self._build_first_method(stage, class_weights)
         else:
-            method = self._new_method(stage, class_weights)
+            method = self._new_method(stage, class_weights, self.part_weights)
             self.initialisation = "random"
             if stage.init_from and not restoring:
                 report = method.init_from_stage(stage.init_from, trained[stage.init_from])
@@ -432,11 +495,26 @@ class Trainer:
         seed_everything(seed + 1000 * self.env.rank)  # per-rank randomness from here on
         return method
 
-    def _new_method(self, stage: Stage, class_weights: torch.Tensor | None, **overrides: Any) -> AUMethod:
-        preset = stage.preset
-        if overrides:
-            preset = Preset(**{**preset.__dict__, "model": {**preset.model, **overrides}})
-        method = self.method_cls(self.data.num_aus, preset, class_weights)
+    @property
+    def part_weights(self) -> dict[str, str]:
+        """The --pretrained sources by part that stages' methods load (an aubench checkpoint aside)."""
+        return {part: source for part, source in (self.config.pretrained or {}).items() if part != CHECKPOINT_PART}
+
+    def initialisation_text(self) -> str:
+        """The run's --pretrained sources as its result's "initialisation" gives them, e.g.
+        "backbone: timm:resnet18.a1_in1k (sha256 1a2b3c4d...)" (parts joined by "; ")."""
+        if not self.config.pretrained:
+            return "random (no --pretrained)"
+        return "; ".join(f"{part}: {source} (sha256 {self.config.pretrained_weights[part]['sha256'][:8]}...)"
+                         for part, source in self.config.pretrained.items())
+
+    def _new_method(self, stage: Stage, class_weights: torch.Tensor | None,
+                    weights: dict[str, str] | None = None) -> AUMethod:
+        """Stage `stage`'s method, fresh; `weights`: the --pretrained sources by part it loads."""
+        try:
+            method = self.method_cls(self.data.num_aus, with_weights(stage.preset, weights), class_weights)
+        except WeightsError as err:
+            raise UserError(f"--pretrained {err}") from None
         method.preset = stage.preset
         method.set_training_data(self.data.au_names, self.label_statistics)
         if self.config.channels_last:
@@ -444,39 +522,27 @@ class Trainer:
         return method.to(self.device)
 
     def _build_first_method(self, stage: Stage, class_weights: torch.Tensor | None) -> tuple[AUMethod, str]:
-        cfg = self.config
-        overrides = {}
-        full_checkpoint = None
-        initialisation = "random (no --pretrained)"
-        if cfg.pretrained is not None:
-            initialisation = f"pretrained: {cfg.pretrained}"
-            path = Path(cfg.pretrained)
-            if not path.is_file():
-                raise UserError(f"--pretrained {path} does not exist")
-            try:
-                payload = read_weights_file(path)
-            except UserError as err:
-                raise UserError(f"--pretrained {err}") from None
-            if is_checkpoint_payload(payload):
-                full_checkpoint = payload
-            else:
-                overrides["pretrained_path"] = str(path)  # backbone weights; the method passes them to create_backbone
+        """The first stage's method with its --pretrained parts, or all of it from an aubench
+        checkpoint (resolve_pretrained's CHECKPOINT_PART); and the run's initialisation_text."""
+        path = (self.config.pretrained or {}).get(CHECKPOINT_PART)
+        if path is None:
+            return self._new_method(stage, class_weights, self.part_weights), self.initialisation_text()
         try:
-            method = self._new_method(stage, class_weights, **overrides)
-        except BackboneError as err:
-            raise UserError(f"--pretrained {err}" if "pretrained_path" in overrides else str(err)) from None
-        if full_checkpoint is not None:
-            self._check_compatible(full_checkpoint, cfg.pretrained, same_run=False)
-            try:
-                missing, unexpected = method.load_state_dict(full_checkpoint.get("model", {}), strict=False)
-            except (RuntimeError, TypeError, AttributeError) as err:  # shapes of another preset, or no state dict
-                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-                first = next((line for line in lines if "size mismatch" in line), lines[0] if lines else "")
-                raise UserError(f"--pretrained {cfg.pretrained} was saved by a different model ({first[:200]})") from None
-            if missing or unexpected:
-                raise UserError(f"--pretrained {cfg.pretrained} was saved by a different model "
-                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        return method, initialisation
+            payload = read_weights_file(path)
+        except UserError as err:
+            raise UserError(f"--pretrained {err}") from None
+        method = self._new_method(stage, class_weights)
+        self._check_compatible(payload, path, same_run=False)
+        try:
+            missing, unexpected = method.load_state_dict(payload.get("model", {}), strict=False)
+        except (RuntimeError, TypeError, AttributeError) as err:  # shapes of another preset, or no state dict
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            first = next((line for line in lines if "size mismatch" in line), lines[0] if lines else "")
+            raise UserError(f"--pretrained {path} was saved by a different model ({first[:200]})") from None
+        if missing or unexpected:
+            raise UserError(f"--pretrained {path} was saved by a different model "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return method, self.initialisation_text()
 
     def _check_compatible(self, payload: dict, path, same_run: bool) -> None:
         saved = payload.get("config", {})

@@ -75,6 +75,18 @@ class Preset:
     # None: constant weight decay. A value: the weight decay moves from weight_decay to this on a
     # half cosine over the stage's steps (DINO's and RRL's 0.04 -> 0.4).
     weight_decay_end: float | None = None
+    # The papers' crop protocol: None resizes the stored face to image_size. A fraction f resizes
+    # it to image_size / f and crops image_size from that: a random crop where the item is
+    # augmented (training), the centre crop otherwise (test). 224 / 256 = 0.875 is the papers'
+    # "random 224 crop of a 256 face". Landmarks and occlusion masks follow the crop.
+    crop_fraction: float | None = None
+    # What the paper's networks start from ("ImageNet"), "" where they start from random weights
+    # or the preset is not a paper's: a run from random weights is then not comparable with the
+    # paper's figures (the leaderboard marks it). Documentation, not part of a run's identity.
+    paper_init: str = ""
+    # Where the preset's settings come from (the paper's table or section, a reference README's
+    # line), shown by `aubench methods`. Documentation, not part of a run's identity.
+    source: str = ""
 
 
 SINGLE_STAGE = "train"  # the name of the one stage of a method that does not train in stages
@@ -91,8 +103,8 @@ class Stage:
         augmentation and model settings. The stage gets a fresh optimiser and its own schedule;
         its method is `cls(num_aus, preset, class_weights)`.
     init_from: an earlier stage whose trained method initialises this one
-        (`method.init_from_stage(init_from, earlier_method)`); None: fresh weights (the first
-        stage takes --pretrained).
+        (`method.init_from_stage(init_from, earlier_method)`); None: fresh weights. Either way
+        the stage's method gets the --pretrained parts it loads (AUMethod.pretrained_parts).
     frozen: names of submodules of this stage's method that do not train (e.g. "net.backbone"):
         requires_grad off, kept in eval mode (BatchNorm statistics do not move), left out of
         the optimiser.
@@ -217,6 +229,10 @@ class AUMethod(nn.Module):
     # "image2", each with its own draw of `train_augment()` (self-supervised pre-training)
     views: int = 1
     presets: dict[str, Preset] = {}
+    # where the paper gives settings per dataset: the data file's dataset (AUFile.dataset, e.g.
+    # "DISFA") -> the preset holding them ("paper-disfa"); `paper` names that preset on that
+    # dataset's files (dataset_preset_name) and stays `paper` on the others
+    dataset_presets: dict[str, str] = {}
     # how the tested network is evaluated when that is not plain supervised training: results'
     # protocol gets "+<evaluation>" ("sparse0.2+linear-probe"), so the leaderboard puts such
     # rows (and the papers' rows of that protocol) in their own section
@@ -224,6 +240,12 @@ class AUMethod(nn.Module):
     # named variants (ablations): name -> model settings; `aubench evaluate --methods rrl:global`
     # runs one, and its results are the method "rrl:global"
     variants: dict[str, dict[str, Any]] = {}
+    # the parts whose weights `--pretrained PART=SOURCE` gives: part -> what it is (`aubench
+    # methods` lists them). The first is the main one, which a bare `--pretrained SOURCE` gives.
+    # The engine hands every stage it builds fresh the sources as the model setting "pretrained"
+    # (WEIGHTS_SETTING: part -> source, never part of a preset); the method loads the parts it
+    # builds new (create_backbone(name, source)) and leaves those an earlier stage initialises.
+    pretrained_parts: dict[str, str] = {}
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
         super().__init__()
@@ -286,13 +308,39 @@ class AUMethod(nn.Module):
         return 1
 
 
+PAPER_PRESET = "paper"  # the preset name that picks the paper's settings for the run's dataset
+
+
+def dataset_preset_name(cls: type[AUMethod], name: str, dataset: str | None) -> str:
+    """The preset a run of `cls` on a file of `dataset` uses when asked for preset `name`: `paper`
+    becomes the method's preset for that dataset where the paper gives one
+    (AUMethod.dataset_presets: "paper-disfa" on DISFA); any other name, a dataset without its own
+    settings, or no dataset leave `name` as it is."""
+    if name != PAPER_PRESET or dataset is None:
+        return name
+    return cls.dataset_presets.get(dataset, name)
+
+
+# The model setting in which the engine hands a stage's method its --pretrained sources
+# (AUMethod.pretrained_parts): part -> source; every method's settings have it ({} without weights).
+WEIGHTS_SETTING = "pretrained"
+# Model settings that named weight files before --pretrained PART=SOURCE (the part that replaced
+# each: None is the main part). Presets keep them at None, so stored results keep their settings;
+# a value is refused.
+RETIRED_WEIGHT_SETTINGS = {"pretrained_path": None, "backbone_pretrained_path": "backbone"}
+
+
 def model_settings(method: str, preset: Preset, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The preset's model settings over the method's defaults; ValueError naming any setting
-    the method does not know."""
-    unknown = sorted(set(preset.model) - set(defaults))
+    """The preset's model settings over the method's defaults, with WEIGHTS_SETTING; ValueError
+    naming any setting the method does not know, or a retired weight-file setting given a value."""
+    unknown = sorted(set(preset.model) - set(defaults) - {WEIGHTS_SETTING})
     if unknown:
         raise ValueError(f"{method}: unknown model settings {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **preset.model}
+    for key, part in RETIRED_WEIGHT_SETTINGS.items():
+        if preset.model.get(key) is not None:
+            raise ValueError(f"{method}: model setting {key} is retired; give the weights with --pretrained "
+                             f"{part + '=' if part else ''}SOURCE (`aubench methods` lists each method's parts)")
+    return {**defaults, WEIGHTS_SETTING: {}, **preset.model}
 
 
 def check_image_size(cls: type[AUMethod], preset: Preset) -> None:

@@ -88,12 +88,14 @@ def top_k_adjacency(nodes: torch.Tensor, k: int) -> torch.Tensor:
     """0/1 (B, N, N): a_ij = 1 when v_i . v_j is among the k largest of row i (ties included).
     Built from detached features: the graph picks neighbours, gradients do not flow through it."""
     # In fp32 even under autocast: bf16 rounds similarities of ~90 to steps of 0.5, and the ties
-    # that makes (kept by >=) would give rows many more than k neighbours.
-    nodes = nodes.detach().float()
+    # that makes (kept by >=) would give rows many more than k neighbours. A float64 model keeps
+    # float64.
+    dtype = torch.promote_types(nodes.dtype, torch.float32)
+    nodes = nodes.detach().to(dtype)
     with torch.autocast(nodes.device.type, enabled=False):
         similarity = nodes @ nodes.transpose(1, 2)
     threshold = similarity.topk(k, dim=-1).values[..., -1:]
-    return (similarity >= threshold).to(nodes.dtype)
+    return (similarity >= threshold).to(dtype)
 
 
 def normalize_adjacency(adjacency: torch.Tensor) -> torch.Tensor:

@@ -72,9 +72,9 @@ Where this departs from, or reads between the lines of, the paper:
   MLP width 4 W, dropout 0.1, student MLPs 512 -> 64 -> U (each smaller than S_a, as the paper
   asks), g's hidden width 64; the paper preset's SGD momentum 0.9, weight decay 5e-4, batch 16,
   constant learning rate and colour-jitter strength 0.3.
-- The paper's ResNet-18 is ImageNet-initialised; aubench loads those weights only from a local
-  file (`--pretrained`), otherwise the base starts from random initialisation and the result's
-  "initialisation" field says so.
+- The paper's ResNet-18 is ImageNet-initialised; aubench loads those weights from `--pretrained`
+  (e.g. `timm:resnet18.tv_in1k`), otherwise the base starts from random initialisation and the
+  result's "initialisation" field says so.
 
 Size at the paper preset (U = 12): 11.46M parameters, all but g's 1.7K in the inference network
 (ResNet-18 base 11.18M, S_a 0.11M, five students 0.17M, T_b 7K). The paper reports 15.6M in its
@@ -91,7 +91,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aubench.models.backbones import backbone_stride, create_backbone
-from aubench.models.base import AUMethod, Preset, TrainState, model_settings, register_method
+from aubench.models.base import WEIGHTS_SETTING, AUMethod, Preset, TrainState, model_settings, register_method
 from aubench.ops import make_shuffle_permutations, temporal_shuffle_features
 
 RAMP_FORMS = ("paper", "laine")
@@ -307,8 +307,13 @@ _DEFAULTS: dict[str, Any] = {
 
 def _paper_preset() -> Preset:
     # Supplementary 2.1: rotation in [-45, 45] degrees, horizontal flip (p 0.5), colour jitter.
+    # The face is resized to 224 without a crop (Section 3.2 crops the face region, then resizes).
     return Preset(name="paper", image_size=224, epochs=50, batch_size=16, optimizer="sgd", lr=0.01,
                   momentum=0.9, weight_decay=5e-4, schedule="constant", clip_len=5, rotation=45.0,
+                  paper_init="ImageNet",
+                  source="KS Section 3.2 (224 px, SGD lr 0.01, 50 epochs, 5-frame clips, lambda 0.5), "
+                         "Section 2.1.1 (ImageNet ResNet-18), supplementary 2.1 (rotation 45, flip, jitter); "
+                         "batch, momentum, weight decay ours",
                   model=dict(_DEFAULTS))
 
 
@@ -331,6 +336,7 @@ class KnowledgeSpreader(AUMethod):
     input_kind = "clip"
     key_view = True
     presets = {"paper": _paper_preset(), "tiny": _tiny_preset()}
+    pretrained_parts = {"backbone": "the ResNet-18 base (ImageNet weights, e.g. timm:resnet18.tv_in1k at paper)"}
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):
         super().__init__(num_aus, preset, class_weights)
@@ -345,7 +351,7 @@ class KnowledgeSpreader(AUMethod):
             raise ValueError(f"ks: token_width {width} is not divisible by heads {heads}")
         self.cfg, self.clip_len = cfg, preset.clip_len
 
-        backbone = create_backbone(cfg["backbone"], cfg["pretrained_path"], num_classes=0,
+        backbone = create_backbone(cfg["backbone"], cfg[WEIGHTS_SETTING].get("backbone"), num_classes=0,
                                    global_pool="", **cfg["backbone_kwargs"])
         channels = backbone.num_features
         blocks = dict(heads=heads, mlp_ratio=int(cfg["mlp_ratio"]), dropout=cfg["dropout"])

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import Block
 
-from aubench.models.backbones import BackboneError, create_backbone, weight_problems
+from aubench.models.backbones import BackboneError, WeightsError, create_backbone, read_source, weight_problems
 from aubench.ops.masking import _masks_from_order, random_masking
 from aubench.ops.token_gather import gather_tokens, restore_tokens
 
@@ -373,42 +373,29 @@ def _our_name(key: str) -> str | None:
     return "encoder.vit." + key
 
 
-def load_mae_weights(model: MaskedAutoencoder, path: str | Path) -> dict[str, list[str]]:
-    """Load a local MAE checkpoint: the official layout ({"model": {...}} with encoder and
-    decoder keys) or timm's vit_base_patch16_224.mae state dict (encoder only).
+def load_mae_weights(model: MaskedAutoencoder, source: str | Path) -> dict[str, list[str]]:
+    """Load MAE weights from a --pretrained source (aubench.models.backbones.read_source: a
+    file, or timm's `timm:vit_base_patch16_224.mae`): the official layout ({"model": {...}} with
+    encoder and decoder keys) or timm's vit_base_patch16_224.mae state dict (encoder only).
 
-    Every tensor in the file must map onto a tensor of the model with the same shape (else
-    BackboneError naming the file); the fixed position tables are skipped (recomputed here),
+    Every tensor of the source must map onto a tensor of the model with the same shape (else
+    BackboneError naming the source); the fixed position tables are skipped (recomputed here),
     after checking they are MAE's sin-cos ones where their shape is ours. Returns
     {"loaded": [...], "missing": [...], "skipped": [...]} in our names ("missing": the model's
     tensors the file lacks, e.g. the whole decoder for an encoder-only file; they keep their
-    initial values). A file that fills no encoder tensor is refused.
+    initial values). A file that fills no encoder tensor is refused. On the meta device (a dry
+    build) names and shapes are checked and nothing is copied.
     """
-    from aubench.engine.checkpoint import read_weights_file
-    from aubench.errors import UserError
-
-    path = Path(path)
-    try:
-        raw = read_weights_file(path)
-    except UserError as err:
-        raise BackboneError(str(err)) from None
-    weights = raw.get("model", raw) if isinstance(raw, dict) else raw
-    if not isinstance(weights, dict) or not any(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise BackboneError(f"{path}: not an MAE state dict (expected a mapping of names to tensors, "
-                            "optionally under 'model')")
+    weights = read_source(str(source))
     own = model.state_dict()
     mapped, skipped, unexpected, mismatched, different = {}, [], [], [], []
     for key, value in weights.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        if key.startswith("module."):
-            key = key[len("module."):]
         ours = _our_name(key)
         if ours is None:
             fixed = (model.encoder if key == "pos_embed" else model.decoder).pos_embed
             # A table that is not MAE's sin-cos one (e.g. a fine-tuned learned one) would be
             # silently dropped, and the weights used with the wrong positions: refuse it.
-            if value.shape == fixed.shape and (value.float() - fixed).abs().max() > 1e-4:
+            if value.shape == fixed.shape and not value.is_meta and (value.float() - fixed).abs().max() > 1e-4:
                 different.append(key)
             skipped.append(key)
         elif ours not in own:
@@ -423,7 +410,7 @@ def load_mae_weights(model: MaskedAutoencoder, path: str | Path) -> dict[str, li
     if not problems and not any(k.startswith("encoder.") for k in mapped):
         problems.append("no encoder tensor")
     if problems:
-        raise BackboneError(f"{path} does not match the MAE model: " + "; ".join(problems))
+        raise WeightsError(f"{source} does not match the MAE model: " + "; ".join(problems))
     model.load_state_dict(mapped, strict=False)
     missing = [k for k in own if k not in mapped]
     return {"loaded": sorted(mapped), "missing": missing, "skipped": skipped}

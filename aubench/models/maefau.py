@@ -52,11 +52,13 @@ block:0.3` for the paper's block setting) in the teacher and student stages. `--
 teacher stage 1's (and recon1's) epochs; the other stages keep the preset's proportions
 (model["stage_epochs"], fractions of E, rounded, at least 1).
 
-Presets: `paper` = Section 4.3 on BP4D: MAE ViT-B/16 (decoder 512 x 8, 16 heads) at 224 px,
+Presets: `paper-bp4d` = Section 4.3 on BP4D: MAE ViT-B/16 (decoder 512 x 8, 16 heads) at 224
+px, cropped from the aligned face at 256 (at random in training, in the centre at test),
 ME-GraphAU with Swin-B (drop path 0.5, as ME-GraphAU's code), head width 512, AdamW (0.9, 0.999)
 weight decay 5e-4, batch 48, K = 4, lambda 0.01, T = 2, alpha = 1, beta = 0.1, teacher 30 + 20
 epochs at 1e-4 / 1e-6, student 10 epochs at 1e-5. `paper-disfa` = the same with DISFA's rates
-(7.5e-5 / 1e-5, student 1e-5). `tiny` = the same architecture for a CPU: a 56 px face, a ViT
+(7.5e-5 / 1e-5, student 1e-5). `paper` picks one of the two by the data file's dataset, and is
+`paper-bp4d`'s settings on the datasets the paper does not train on. `tiny` = the same architecture for a CPU: a 56 px face, a ViT
 with 4 px patches (one patch per occlusion cell, as at 224 px), 64 wide, 2 blocks; a decoder
 32 wide, 1 block; the quarter-width ResNet-18 of ME-GraphAU's tiny preset as detection backbone;
 the alignment merges 7 x 7 windows of the 14 x 14 tokens into the 2 x 2 map that backbone gives
@@ -97,9 +99,9 @@ Where this departs from the paper, and why:
 - The student's encoder is fine-tuned with the rest of the student (at the student's rate).
 - Every stage decays its learning rate on a cosine per step from the rate given, without
   warm-up (the paper gives only initial rates).
-- Faces are resized to the input size with no 256 -> 224 random (training) or centre (test)
-  crop, and augmented with the engine's flip and colour jitter (0.3), no rotation (aubench's
-  data layer; the same as ME-GraphAU's module).
+- The test crop is the centre one (the paper names only its training crops; ME-GraphAU's code
+  crops the centre at test). Faces are augmented with the engine's flip and colour jitter
+  (0.3), no rotation (the same as ME-GraphAU's module).
 - The reconstruction baseline uses the face-fine-tuned MAE of the `mae` stage (the paper's uses
   the ImageNet-pretrained MAE as it is), and the teacher's loss (with the margin), lambda and
   schedule, so that it differs from the teacher only in its training images (clean instead of
@@ -131,9 +133,11 @@ Where this departs from the paper, and why:
   is seeded by the batch's first frame row, so results repeat for the same batch size and
   number of processes. (The protocol's patches always cover the same number of cells, and its
   30% blocks at 14 x 14 cells are all 60 cells, so neither needs a top-up.)
-- The ImageNet initialisation of the MAE and of the detection backbone loads only from local
-  files (--pretrained: MAE weights for the `mae` stage; model["backbone_pretrained_path"]: the
-  detection backbone); without them both start from random weights (results say so).
+- The ImageNet initialisation of the MAE and of the detection backbone comes from --pretrained:
+  `--pretrained mae=SOURCE` (or a bare SOURCE; the official MAE release's file, or
+  timm:vit_base_patch16_224.mae) loads in the `mae` stage, `--pretrained backbone=SOURCE` (e.g.
+  timm:swin_base_patch4_window7_224.ms_in22k_ft_in1k) in teacher stage 1 (and recon1); without
+  them both start from random weights (results say so).
 """
 from __future__ import annotations
 
@@ -145,7 +149,7 @@ from torch import nn
 
 from aubench.data.occlusion import GRID_CELLS
 from aubench.models.backbones import create_backbone
-from aubench.models.base import AUMethod, Preset, Stage, TrainState, model_settings, register_method
+from aubench.models.base import WEIGHTS_SETTING, AUMethod, Preset, Stage, TrainState, model_settings, register_method
 from aubench.models.graph_head import LinearBlock, MEGraphHead, edge_labels, edge_loss, weighted_asymmetric_loss
 from aubench.models.mae import (MAE_PRESETS, MAEEncoder, MaskedAutoencoder, load_mae_weights, mae_loss,
                                 occlusion_cells, occlusion_token_masks)
@@ -159,12 +163,12 @@ _DEFAULTS: dict[str, Any] = {
     "stage": 2,                     # the teacher's ME-GraphAU stage, 1 or 2
     # MAE reconstruction module
     "mae": "paper",                 # aubench.models.mae.MAE_PRESETS entry
-    "pretrained_path": None,        # MAE weights (official or timm layout), first stage only
+    "pretrained_path": None,        # retired: --pretrained mae=SOURCE (kept for stored presets)
     "mae_mask_ratio": 0.75,
     "norm_pix_loss": False,
     # FAU detection module (ME-GraphAU)
     "backbone": "swin_base_patch4_window7_224", "backbone_kwargs": {"drop_path_rate": 0.5},
-    "backbone_pretrained_path": None,
+    "backbone_pretrained_path": None,  # retired: --pretrained backbone=SOURCE (kept for stored presets)
     "width": 512, "neighbours": 4, "gnn_layers": 2,  # K = 4 on BP4D and DISFA (Section 4.3)
     # losses
     "lambda": 0.01, "gamma": 1.0, "margin": 0.05, "temperature": 2.0, "alpha": 1.0, "beta": 0.1,
@@ -255,12 +259,27 @@ def _stage_preset(preset: Preset, stage_name: str, part: str, **model: Any) -> P
                      "model": {**preset.model, "part": part, **model}})
 
 
-def _paper_preset(name: str = "paper", rates: tuple[float, float, float] = (1e-4, 1e-6, 1e-5)) -> Preset:
+# Section 4.3 (Implementation Details), what every dataset shares.
+SECTION_4_3 = ("MAE-FAU Section 4.3: batch 48, AdamW wd 5e-4, K 4, lambda 0.01, T 2, alpha 1, beta 0.1, "
+               "30 + 20 + 10 epochs, 224 crops of 256 aligned faces, ImageNet MAE and backbone")
+
+
+def _paper_preset(name: str, rates: tuple[float, float, float], source: str) -> Preset:
     teacher1, teacher2, student = rates
     model = dict(_DEFAULTS, stage_lr={**_DEFAULTS["stage_lr"], "teacher2": teacher2, "student": student})
     return Preset(name=name, image_size=224, epochs=30, batch_size=48, optimizer="adamw", lr=teacher1,
-                  weight_decay=5e-4, schedule="cosine", warmup_epochs=0, rotation=0.0,
-                  train_occlusion="patches:0.5", model=model)
+                  weight_decay=5e-4, schedule="cosine", warmup_epochs=0, rotation=0.0, crop_fraction=224 / 256,
+                  train_occlusion="patches:0.5", paper_init="ImageNet", source=source, model=model)
+
+
+def _paper_presets() -> dict[str, Preset]:
+    """`paper-bp4d` and `paper-disfa`: Section 4.3's rates for each dataset (teacher stage 1,
+    teacher stage 2, student); `paper`: the BP4D ones, for the datasets the paper does not train on."""
+    bp4d, disfa = (1e-4, 1e-6, 1e-5), (7.5e-5, 1e-5, 1e-5)
+    bp4d_source = f"{SECTION_4_3}; BP4D rates 1e-4 / 1e-6 / 1e-5"
+    return {"paper": _paper_preset("paper", bp4d, f"paper-bp4d's settings, for other datasets: {bp4d_source}"),
+            "paper-bp4d": _paper_preset("paper-bp4d", bp4d, bp4d_source),
+            "paper-disfa": _paper_preset("paper-disfa", disfa, f"{SECTION_4_3}; DISFA rates 7.5e-5 / 1e-5 / 1e-5")}
 
 
 def _tiny_preset() -> Preset:
@@ -284,8 +303,12 @@ class MAEFAU(AUMethod):
     """One stage of MAE-FAU (model["part"]: "mae", "teacher" or "student"); see the module docstring."""
 
     input_kind = "frame"
-    presets = {"paper": _paper_preset(), "paper-disfa": _paper_preset("paper-disfa", (7.5e-5, 1e-5, 1e-5)),
-               "tiny": _tiny_preset()}
+    presets = {**_paper_presets(), "tiny": _tiny_preset()}
+    dataset_presets = {"BP4D": "paper-bp4d", "DISFA": "paper-disfa"}
+    pretrained_parts = {  # the MAE first: a bare --pretrained SOURCE gives it
+        "mae": "the masked autoencoder (the official MAE release's file, or timm:vit_base_patch16_224.mae: "
+               "encoder only), loaded in the mae stage",
+        "backbone": "the detection backbone (Swin-B at paper, ImageNet weights), loaded in teacher stage 1"}
 
     @classmethod
     def stages(cls, preset: Preset) -> list[Stage]:
@@ -332,11 +355,13 @@ class MAEFAU(AUMethod):
         width = int(cfg["width"])
         if self.part in ("mae", "teacher"):
             self.mae = MaskedAutoencoder(**mae)
-            if self.part == "mae" and cfg["pretrained_path"] is not None:
-                load_mae_weights(self.mae, cfg["pretrained_path"])
+            if self.part == "mae" and cfg[WEIGHTS_SETTING].get("mae") is not None:
+                load_mae_weights(self.mae, cfg[WEIGHTS_SETTING]["mae"])
         if self.part == "teacher":
-            backbone = create_backbone(cfg["backbone"], cfg["backbone_pretrained_path"], num_classes=0,
-                                       global_pool="", **cfg["backbone_kwargs"])
+            # stage 2 starts from stage 1's backbone
+            weights = cfg[WEIGHTS_SETTING].get("backbone") if cfg["stage"] == 1 else None
+            backbone = create_backbone(cfg["backbone"], weights, num_classes=0, global_pool="",
+                                       **cfg["backbone_kwargs"])
             self.net = MEGraphAUNet(backbone, num_aus, width, cfg["stage"], neighbours, int(cfg["gnn_layers"]))
         if self.part == "student":
             self.encoder = MAEEncoder(mae["encoder_name"], mae["image_size"], mae["patch_size"],

@@ -34,15 +34,19 @@ their BatchNorm statistics) strictly and drops stage 1's GCN, as the reference's
 load). Nothing is frozen in either stage; each stage has a fresh AdamW and its own cosine
 schedule.
 
-Learning rates (`paper`, ResNet-50): stage 1 1e-4 (the repository README's BP4D ResNet-50
-stage-1 command, `-lr 0.0001`), stage 2 1e-5 (the README's stage-2 command passes no -lr, so
-conf.py's default 0.00001 applies); lambda 0.05 (`--lam 0.05` in that command). For comparison
-the README's Swin-B DISFA stage 2 uses 1e-6 and lambda 0.01, and the MAE-FAU paper (which uses
-this method as its detection module) 1e-4 / 7.5e-5 (stage 1) and 1e-6 / 1e-5 (stage 2) on BP4D /
-DISFA with lambda 0.01. AdamW (0.9, 0.999), weight decay 5e-4, batch 64, 20 epochs per stage,
-cosine decay per step without warm-up (utils.adjust_learning_rate), all from conf.py.
-Swin-B: model overrides backbone="swin_base_patch4_window7_224",
-backbone_kwargs={"drop_path_rate": 0.5} (the reference builds Swin-B with drop path 0.5).
+Presets: the repository README gives one command per dataset, and `paper` picks by the data
+file's dataset (AUMethod.dataset_presets). `paper-bp4d` (BP4D, ResNet-50): stage 1 1e-4 (`-lr
+0.0001`), stage 2 1e-5 (its stage-2 command passes no -lr, so conf.py's default 0.00001
+applies), lambda 0.05 (`--lam 0.05`). `paper-disfa` (DISFA, Swin-B with drop path 0.5, as the
+reference builds it): stage 1 1e-4, stage 2 1e-6 (`-lr 0.000001`), lambda 0.01. `paper` is
+`paper-bp4d`'s settings, for the datasets the README has no command for. All: AdamW (0.9,
+0.999), weight decay 5e-4, batch 64, 20 epochs per stage, cosine decay per step without
+warm-up (utils.adjust_learning_rate), all from conf.py; the face resized to 256 and cropped to
+224, at random in training and in the centre at test (utils.image_train / image_test,
+Preset.crop_fraction). For comparison, the MAE-FAU paper (which uses this method as its
+detection module) trains it at 1e-4 / 7.5e-5 (stage 1) and 1e-6 / 1e-5 (stage 2) on BP4D /
+DISFA with lambda 0.01 (its `maefau` presets). Swin-B on BP4D: model overrides
+backbone="swin_base_patch4_window7_224", backbone_kwargs={"drop_path_rate": 0.5}.
 
 Size at 224 px, U = 12 (aubench.bench.count_params / flops_per_frame, MACs = FLOPs / 2):
 ResNet-50 stage 1 28.25 M parameters, 4.30 GMACs; stage 2 31.67 M, 6.94 GMACs. Swin-B stage 1
@@ -54,11 +58,12 @@ matrix products (as thop does). Tiny preset: 0.74 M (stage 1), 0.75 M (stage 2).
 
 Where this departs from the paper or the reference code:
 - Data: the reference resizes faces to 256, takes random 224 crops with flips and colour jitter
-  0.4 (test: centre crop). aubench's data layer resizes the stored face straight to 224 and
-  augments with the engine's flip and colour jitter (0.3) and no crop; rotation is off (0 deg) to
-  stay close to the reference, which does not rotate.
-- Backbones are timm's (the reference ships its own ResNet / Swin copies); ImageNet weights load
-  only from a local file (`pretrained_path`), otherwise the backbone starts from random weights.
+  0.4 (test: centre crop). The `paper` presets crop the same way (the tiny preset resizes to
+  64 px without a crop) and augment with the engine's flip and colour jitter (0.3); rotation is
+  off (0 deg), as the reference does not rotate.
+- Backbones are timm's (the reference ships its own ResNet / Swin copies); ImageNet weights come
+  from `--pretrained` (loaded in stage 1; stage 2 starts from stage 1), otherwise the backbone
+  starts from random weights.
 - GEM computes each cross-attention projection once per face map / node and broadcasts it over
   the pairs; the reference projects U (FAM) and U^2 (ARM) repeated copies. Same values, fewer
   multiply-adds, so aubench's MAC count is lower than one taken on the reference code.
@@ -71,8 +76,9 @@ Where this departs from the paper or the reference code:
 - K is chosen by the number of AUs, not by the dataset's name: a 12-AU file (BP4D, BP4D+) gets
   BP4D's K = 4, an 8-AU file (DISFA) DISFA's K = 3. MAE-FAU (Sec. 4.3) uses K = 4 on both, 30
   stage-1 epochs and batch 48; the `paper` preset follows the reference code instead.
-- One `paper` preset serves every dataset: its stage-2 rate (1e-5) and lambda (0.05) are the
-  README's BP4D ResNet-50 command; its DISFA Swin-B command (1e-6, lambda 0.01) has no preset.
+- The README gives one backbone per dataset's command (ResNet-50 on BP4D, Swin-B on DISFA), so
+  `paper-disfa` trains Swin-B, while the reported DISFA row beside it is the README's ResNet-50
+  one; `--model backbone=resnet50 --model backbone_kwargs={}` gives ResNet-50 at DISFA's rates.
 - The head width is a setting (512, the reference's value for ResNet-50 and Swin-B), not derived
   from the backbone (the reference: channels / 4 for ResNet, / 2 for Swin); set it for others.
 - The top-K similarity is computed in fp32 even under mixed precision (bf16 would tie
@@ -89,7 +95,7 @@ import torch
 from torch import nn
 
 from aubench.models.backbones import backbone_stride, create_backbone
-from aubench.models.base import AUMethod, Preset, Stage, TrainState, model_settings, register_method
+from aubench.models.base import WEIGHTS_SETTING, AUMethod, Preset, Stage, TrainState, model_settings, register_method
 from aubench.models.graph_head import LinearBlock, MEGraphHead, edge_labels, edge_loss, weighted_asymmetric_loss
 
 # The reference's K per dataset (config/BP4D_config.yaml, config/DISFA_config.yaml), by AU count.
@@ -143,9 +149,33 @@ def stage_preset(preset: Preset, stage: int) -> Preset:
     return Preset(**{**preset.__dict__, "lr": lr, "model": {**preset.model, "stage": stage}})
 
 
-def _paper_preset() -> Preset:
-    return Preset(name="paper", image_size=224, epochs=20, batch_size=64, optimizer="adamw", lr=1e-4,
-                  weight_decay=5e-4, schedule="cosine", warmup_epochs=0, rotation=0.0, model=dict(_DEFAULTS))
+# The reference repository's README at the commit the reported rows cite (aubench.reported).
+README = "CVI-SZU/ME-GraphAU README @008f281"
+# The reference's training: conf.py (20 epochs, AdamW, weight decay 5e-4, stage-2 lr 1e-5 unless
+# -lr is given) and utils.py (image_train / image_test: a 224 crop of the face resized to 256).
+REFERENCE_TRAINING = "conf.py: 20 epochs, wd 5e-4; utils.py: 224 crop of 256"
+
+
+def _paper_preset(name: str, source: str, **model: Any) -> Preset:
+    return Preset(name=name, image_size=224, epochs=20, batch_size=64, optimizer="adamw", lr=1e-4,
+                  weight_decay=5e-4, schedule="cosine", warmup_epochs=0, rotation=0.0, crop_fraction=224 / 256,
+                  paper_init="ImageNet", source=source, model=dict(_DEFAULTS, **model))
+
+
+BP4D_SOURCE = (f"{README} lines 60 and 65 (BP4D, ResNet-50: -b 64 -lr 0.0001, stage 2 --lam 0.05 at conf.py's "
+               f"lr 1e-5); {REFERENCE_TRAINING}; K 4 for 12 AUs (config/BP4D_config.yaml)")
+DISFA_SOURCE = (f"{README} lines 70 and 75 (DISFA, Swin-B: -b 64 -lr 0.0001, stage 2 -lr 0.000001 --lam 0.01); "
+                f"{REFERENCE_TRAINING}; K 3 for 8 AUs (config/DISFA_config.yaml)")
+
+
+def _paper_presets() -> dict[str, Preset]:
+    """`paper-bp4d` and `paper-disfa`: the README's command for each dataset; `paper`: the BP4D
+    settings, for the datasets the README gives no command for (BP4D+, MME, Aff-Wild2)."""
+    return {"paper": _paper_preset("paper", f"paper-bp4d's settings, for other datasets: {BP4D_SOURCE}"),
+            "paper-bp4d": _paper_preset("paper-bp4d", BP4D_SOURCE),
+            "paper-disfa": _paper_preset("paper-disfa", DISFA_SOURCE, backbone="swin_base_patch4_window7_224",
+                                         backbone_kwargs={"drop_path_rate": 0.5}, stage2_lr=1e-6,
+                                         **{"lambda": 0.01})}
 
 
 def _tiny_preset() -> Preset:
@@ -164,7 +194,9 @@ class MEGraphAU(AUMethod):
     """ME-GraphAU, one stage per instance (model["stage"]); see the module docstring."""
 
     input_kind = "frame"
-    presets = {"paper": _paper_preset(), "tiny": _tiny_preset()}
+    presets = {**_paper_presets(), "tiny": _tiny_preset()}
+    dataset_presets = {"BP4D": "paper-bp4d", "DISFA": "paper-disfa"}
+    pretrained_parts = {"backbone": "the backbone (ImageNet weights, e.g. timm:resnet50.tv_in1k), loaded in stage 1"}
 
     @classmethod
     def stages(cls, preset: Preset) -> list[Stage]:
@@ -190,7 +222,8 @@ class MEGraphAU(AUMethod):
             neighbours = DEFAULT_NEIGHBOURS[num_aus]
         self.cfg = {**cfg, "neighbours": neighbours}
         self.stage = stage
-        backbone = create_backbone(cfg["backbone"], cfg["pretrained_path"], num_classes=0, global_pool="",
+        weights = cfg[WEIGHTS_SETTING].get("backbone") if stage == 1 else None  # stage 2 starts from stage 1
+        backbone = create_backbone(cfg["backbone"], weights, num_classes=0, global_pool="",
                                    **cfg["backbone_kwargs"])
         self.net = MEGraphAUNet(backbone, num_aus, int(cfg["width"]), stage, neighbours, int(cfg["gnn_layers"]))
 

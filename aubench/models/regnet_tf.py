@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aubench.models.base import Preset, model_settings, register_method
-from aubench.models.regnet_video import (PAPER_TRAINING, TINY_REGNET, TINY_TRAINING, FrameSequenceMethod,
-                                         RegNetEmbedding, add_temporal_positions, transformer)
+from aubench.models.base import WEIGHTS_SETTING, Preset, model_settings, register_method
+from aubench.models.regnet_video import (PAPER_SOURCE, PAPER_TRAINING, TINY_REGNET, TINY_TRAINING,
+                                         FrameSequenceMethod, RegNetEmbedding, add_temporal_positions, transformer)
 
 DEFAULTS = {"backbone": "regnety_004", "backbone_kwargs": None, "pretrained_path": None, "freeze_first_stage": "auto", "dim": 512, "heads": 8,
             "mlp_ratio": 4.0, "layers": 4, "dropout": 0.0, "rhls_beta": 0.2, "focal_alpha": -1.0,
@@ -36,9 +36,9 @@ class RegNetTransformer(nn.Module):
     frame, a transformer over the frames, a linear head per frame."""
 
     def __init__(self, num_aus: int, frames: int, backbone: str, backbone_kwargs: dict | None,
-                 pretrained_path: str | None, freeze_first_stage: bool | str, dim: int, heads: int, mlp_ratio: float, layers: int, dropout: float):
+                 weights: str | None, freeze_first_stage: bool | str, dim: int, heads: int, mlp_ratio: float, layers: int, dropout: float):
         super().__init__()
-        self.embedding = RegNetEmbedding(backbone, pretrained_path, backbone_kwargs, freeze_first_stage)
+        self.embedding = RegNetEmbedding(backbone, weights, backbone_kwargs, freeze_first_stage)
         self.project = nn.Linear(self.embedding.num_features, dim)
         self.temporal_pos = nn.Parameter(torch.zeros(1, frames, dim))
         nn.init.trunc_normal_(self.temporal_pos, std=0.02)
@@ -57,7 +57,8 @@ class RegNetTransformer(nn.Module):
 class RegNetTF(FrameSequenceMethod):
     presets = {
         # vivit's training (regnet_video.PAPER_TRAINING); the sizes are ours (module docstring)
-        "paper": Preset(name="paper", **PAPER_TRAINING, model={}),
+        "paper": Preset(name="paper", **PAPER_TRAINING, model={},
+                        source=f"{PAPER_SOURCE}; this model's sizes, epochs, batch and restart period ours"),
         # vivit's tiny scale and training on the small RegNet: width 64, 4 heads, 1 layer
         "tiny": Preset(name="tiny", **TINY_TRAINING,
                        model={"backbone": "regnety_002", "backbone_kwargs": TINY_REGNET, "augment": False,
@@ -68,5 +69,5 @@ class RegNetTF(FrameSequenceMethod):
         super().__init__(num_aus, preset, class_weights)
         self.settings = s = model_settings("regnet-tf", preset, DEFAULTS)
         self.net = RegNetTransformer(num_aus, preset.clip_len, s["backbone"], s["backbone_kwargs"],
-                                     s["pretrained_path"], s["freeze_first_stage"], int(s["dim"]), int(s["heads"]), float(s["mlp_ratio"]),
+                                     s[WEIGHTS_SETTING].get("backbone"), s["freeze_first_stage"], int(s["dim"]), int(s["heads"]), float(s["mlp_ratio"]),
                                      int(s["layers"]), float(s["dropout"]))

@@ -6,8 +6,8 @@
   backbone while keeping the first block frozen"; a RegNet body has four stages, so the stem and
   the first stage are frozen (the stem comes before the first stage, and training it would
   change what the frozen stage sees). Frozen parts stay in eval mode, so their batch-norm
-  statistics do not move either. ImageNet weights come from a local file (`pretrained_path`,
-  `--pretrained`); nothing is downloaded. The paper freezes pretrained layers: without weights
+  statistics do not move either. ImageNet weights come from `--pretrained` (part "backbone",
+  e.g. `timm:regnety_004.pycls_in1k`). The paper freezes pretrained layers: without weights
   (`freeze_first_stage` "auto", the default) nothing is frozen, since a frozen random stage
   would only pass random features on (its batch norm never normalising); true / false force it.
 - `robin_hood_targets` (paper Eq. 3-4): Robin Hood label smoothing. With f_i the positive
@@ -49,7 +49,10 @@ FROZEN_PARTS = ("stem", "s1")  # timm RegNet: the stem and the first of the four
 # sequences, SGD at lr 0.9 with cosine annealing warm restarts); epochs, batch, momentum, weight
 # decay and the restart period are ours (vivit.py's docstring).
 PAPER_TRAINING = dict(image_size=112, epochs=20, batch_size=4, optimizer="sgd", lr=0.9, momentum=0.9,
-                      weight_decay=5e-4, schedule="sgdr:4", warmup_epochs=0, clip_len=256)
+                      weight_decay=5e-4, schedule="sgdr:4", warmup_epochs=0, clip_len=256, paper_init="ImageNet")
+# Where `paper`'s settings come from (the faces are the challenge's 112 px crops, not cropped again).
+PAPER_SOURCE = ("ViViT-ensemble paper Section 4.2 (112 px faces, 256-frame windows, SGD lr 0.9, cosine warm "
+                "restarts) and 3.1 (ImageNet RegNetY)")
 # `tiny`: CPU scale, from random initialisation: 64 px, 8-frame windows (the demo's sequences
 # are 10 frames long), AdamW at 3e-3 with one cosine cycle, no augmentation (model setting).
 TINY_TRAINING = dict(image_size=64, epochs=12, batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=1e-4,
@@ -82,17 +85,17 @@ class RegNetEmbedding(nn.Module):
     """Frames (N,3,H,W) -> the RegNet's last feature map (N,C,h,w) (440 channels for RegNetY-400MF;
     4 x 4 at 112 px), the stem and first stage frozen."""
 
-    def __init__(self, backbone: str = "regnety_004", pretrained_path: str | None = None,
+    def __init__(self, backbone: str = "regnety_004", weights: str | None = None,
                  backbone_kwargs: dict | None = None, freeze_first_stage: bool | str = "auto"):
         super().__init__()
-        self.net = create_backbone(backbone, pretrained_path, num_classes=0, **(backbone_kwargs or {}))
+        self.net = create_backbone(backbone, weights, num_classes=0, **(backbone_kwargs or {}))
         missing = [name for name in FROZEN_PARTS if not hasattr(self.net, name)]
         if missing:
             raise ValueError(f"backbone {backbone!r} has no {missing[0]!r}: the embedding module needs a timm "
                              f"RegNet (stem, s1..s4), e.g. regnety_004")
         if freeze_first_stage not in (True, False, "auto"):
             raise ValueError(f"freeze_first_stage must be true, false or \"auto\", got {freeze_first_stage!r}")
-        freeze = pretrained_path is not None if freeze_first_stage == "auto" else freeze_first_stage
+        freeze = weights is not None if freeze_first_stage == "auto" else freeze_first_stage
         # a plain list, not submodules: the parts are registered (and saved) once, under self.net
         self.frozen = [getattr(self.net, name) for name in FROZEN_PARTS] if freeze else []
         for part in self.frozen:
@@ -133,6 +136,8 @@ class FrameSequenceMethod(AUMethod):
     Robin Hood smoothed labels. Subclasses build `self.net` from their settings."""
 
     input_kind = "clip"
+    pretrained_parts = {"backbone": "the RegNetY frame embedding (ImageNet weights, e.g. timm:regnety_004.pycls_in1k "
+                                    "at paper; its stem and first stage are then frozen)"}
     window_training = True
 
     def __init__(self, num_aus: int, preset: Preset, class_weights: torch.Tensor | None = None):

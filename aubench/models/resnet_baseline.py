@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aubench.models.backbones import backbone_stride, create_backbone
-from aubench.models.base import AUMethod, Preset, TrainState, model_settings, register_method
+from aubench.models.base import WEIGHTS_SETTING, AUMethod, Preset, TrainState, model_settings, register_method
 
 
 def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
@@ -28,10 +28,10 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, class_weights: torc
 class ResNetAU(nn.Module):
     """Backbone -> global average pool -> dropout -> linear, one logit per AU."""
 
-    def __init__(self, backbone: str, num_aus: int, pretrained_path: str | None = None, dropout: float = 0.0,
+    def __init__(self, backbone: str, num_aus: int, weights: str | None = None, dropout: float = 0.0,
                  backbone_kwargs: dict | None = None):
         super().__init__()
-        self.backbone = create_backbone(backbone, pretrained_path, num_classes=0, **(backbone_kwargs or {}))
+        self.backbone = create_backbone(backbone, weights, num_classes=0, **(backbone_kwargs or {}))
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.num_features, num_aus)
 
@@ -42,11 +42,13 @@ class ResNetAU(nn.Module):
 @register_method("resnet")
 class ResNetBaseline(AUMethod):
     input_kind = "frame"
+    pretrained_parts = {"backbone": "the timm ResNet (ImageNet weights, e.g. timm:resnet50.a1_in1k at paper)"}
     presets = {
         # ResNet-50 at 224 px, SGD with cosine decay: the common AU baseline configuration.
         "paper": Preset(name="paper", image_size=224, epochs=20, batch_size=64, optimizer="sgd", lr=0.01,
-                        momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1,
-                        model={"backbone": "resnet50"}),
+                        momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, paper_init="ImageNet",
+                        source="no paper of its own: the ImageNet ResNet-50 baseline of the AU papers, "
+                               "settings ours", model={"backbone": "resnet50"}),
         # The ResNet-18 layout at a quarter of the width (the backbone of Knowledge-Spreader's tiny
         # preset), 64 px, AdamW: small enough for a CPU in a minute. 20 epochs: at 8 it underfit an
         # earlier 12-subject demo (test mean F1 0.41 at 8 epochs, 0.51 at 20, fold 1); on today's
@@ -62,7 +64,7 @@ class ResNetBaseline(AUMethod):
         super().__init__(num_aus, preset, class_weights)
         settings = model_settings("resnet", preset, {"backbone": "resnet50", "backbone_kwargs": None,
                                                       "pretrained_path": None, "dropout": 0.0, "augment": True})
-        self.net = ResNetAU(settings["backbone"], num_aus, settings["pretrained_path"], settings["dropout"],
+        self.net = ResNetAU(settings["backbone"], num_aus, settings[WEIGHTS_SETTING].get("backbone"), settings["dropout"],
                             settings["backbone_kwargs"])
 
     @classmethod

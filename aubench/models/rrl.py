@@ -102,7 +102,7 @@ from torch import nn
 from aubench.data import ViewAugment
 from aubench.models.au_attention import au_attention_maps, check_aus
 from aubench.models.backbones import create_backbone
-from aubench.models.base import AUMethod, Preset, Stage, TrainState, model_settings, register_method
+from aubench.models.base import WEIGHTS_SETTING, AUMethod, Preset, Stage, TrainState, model_settings, register_method
 from aubench.ops import sinkhorn
 
 PARTS = ("pretrain", "probe")
@@ -112,7 +112,7 @@ NO_AUGMENT = {"flip_p": 0.0, "jitter_p": 0.0, "grey_p": 0.0, "blur_p": 0.0}   # 
 _DEFAULTS: dict[str, Any] = {
     "part": "probe",                    # which network this stage trains (set by stages())
     "encoder": "swin_tiny_patch4_window7_224", "encoder_kwargs": {},
-    "pretrained_path": None,            # local encoder weights for the pre-training stage
+    "pretrained_path": None,            # retired: --pretrained backbone=SOURCE (kept for stored presets)
     "local_stage": -2,                  # the encoder stage whose map carries the AU attention maps
     "hidden": 4096, "projection": 256,  # projector g / predictor q
     "losses": list(LOSSES),             # Table 3's ablations keep a subset ("global" always)
@@ -194,9 +194,9 @@ class RRLEncoder(nn.Module):
     """f: a timm backbone's last two feature maps -> (global vector (B, C), local map (B, C, h, w)),
     the local map brought to the global width by the local feature network."""
 
-    def __init__(self, name: str, pretrained_path: str | None = None, local_stage: int = -2, **kwargs):
+    def __init__(self, name: str, weights: str | None = None, local_stage: int = -2, **kwargs):
         super().__init__()
-        self.backbone = create_backbone(name, pretrained_path, features_only=True, out_indices=(local_stage, -1),
+        self.backbone = create_backbone(name, weights, features_only=True, out_indices=(local_stage, -1),
                                         **kwargs)
         fmt = getattr(self.backbone, "output_fmt", "NCHW")
         self.channels_last = getattr(fmt, "value", fmt) == "NHWC"   # timm's Swin gives (B, H, W, C)
@@ -246,8 +246,11 @@ def _stage_preset(preset: Preset, part: str) -> Preset:
 
 def _paper_preset() -> Preset:
     batch = 256
+    # The paper resizes faces to 224 (no crop) and pre-trains self-supervised: no ImageNet weights named.
     return Preset(name="paper", image_size=224, epochs=100, batch_size=batch, optimizer="adamw", lr=0.05 * batch / 256,
                   weight_decay=0.04, weight_decay_end=0.4, schedule="cosine", warmup_epochs=0, rotation=0.0,
+                  source="RRL Section 3.1 (224 px, AdamW lr 0.05 x batch / 256, cosine, wd 0.04 -> 0.4, m 0.98 -> 1, "
+                         "loss weights 0.4 / 0.6 / 1.0); epochs, batch and probe ours",
                   model=dict(_DEFAULTS))
 
 
@@ -272,6 +275,8 @@ class RRL(AUMethod):
     input_kind = "frame"
     evaluation = "linear-probe"   # results' protocol: "full+linear-probe", "sparse0.2+linear-probe"
     presets = {"paper": _paper_preset(), "tiny": _tiny_preset()}
+    pretrained_parts = {"backbone": "the encoder's backbone (Swin-T at paper, e.g. "
+                                    "timm:swin_tiny_patch4_window7_224.ms_in1k), loaded in the pre-training stage"}
     variants = {
         # Table 3; without the local and relation losses the local network is never trained, so
         # the probe reads o_g alone (a "global only" model has no AU vectors)
@@ -306,7 +311,7 @@ class RRL(AUMethod):
         self.au_names: list[str] | None = None
         self.register_buffer("cost", torch.zeros(num_aus, num_aus), persistent=False)
         self.register_buffer("au_rate", torch.full((num_aus,), 0.5), persistent=False)
-        encoder = RRLEncoder(cfg["encoder"], cfg["pretrained_path"] if self.part == "pretrain" else None,
+        encoder = RRLEncoder(cfg["encoder"], cfg[WEIGHTS_SETTING].get("backbone") if self.part == "pretrain" else None,
                              int(cfg["local_stage"]), **cfg["encoder_kwargs"])
         if self.part == "pretrain":
             self.uses_landmarks = True

@@ -50,9 +50,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aubench.models.base import Preset, model_settings, register_method
-from aubench.models.regnet_video import (PAPER_TRAINING, TINY_REGNET, TINY_TRAINING, FrameSequenceMethod,
-                                         RegNetEmbedding, add_temporal_positions, transformer)
+from aubench.models.base import WEIGHTS_SETTING, Preset, model_settings, register_method
+from aubench.models.regnet_video import (PAPER_SOURCE, PAPER_TRAINING, TINY_REGNET, TINY_TRAINING,
+                                         FrameSequenceMethod, RegNetEmbedding, add_temporal_positions, transformer)
 
 DEFAULTS = {"backbone": "regnety_004", "backbone_kwargs": None, "pretrained_path": None, "freeze_first_stage": "auto", "tubelet": 1,
             "dim": 1024, "heads": 8, "mlp_ratio": 4.0, "spatial_layers": 4, "temporal_layers": 4, "dropout": 0.0, "frame_pooling": "mean",
@@ -64,13 +64,13 @@ class FactorisedViViT(nn.Module):
     spatial transformer per frame, temporal transformer over frames, linear head per frame."""
 
     def __init__(self, num_aus: int, frames: int, image_size: int, backbone: str, backbone_kwargs: dict | None,
-                 pretrained_path: str | None, freeze_first_stage: bool | str, tubelet: int, dim: int, heads: int, mlp_ratio: float,
+                 weights: str | None, freeze_first_stage: bool | str, tubelet: int, dim: int, heads: int, mlp_ratio: float,
                  spatial_layers: int, temporal_layers: int, dropout: float, frame_pooling: str = "cls"):
         super().__init__()
         if frame_pooling not in ("cls", "mean"):
             raise ValueError(f"vivit: frame_pooling must be 'cls' or 'mean', got {frame_pooling!r}")
         self.frame_pooling = frame_pooling
-        self.embedding = RegNetEmbedding(backbone, pretrained_path, backbone_kwargs, freeze_first_stage)
+        self.embedding = RegNetEmbedding(backbone, weights, backbone_kwargs, freeze_first_stage)
         with torch.no_grad():  # the feature map's size at this image size
             side = self.embedding.eval()(torch.zeros(1, 3, image_size, image_size)).shape[-1]
         self.embedding.train()
@@ -110,7 +110,8 @@ class FactorisedViViT(nn.Module):
 class ViViT(FrameSequenceMethod):
     presets = {
         # 8 heads, width 1024, 4 + 4 layers (module docstring); the training both models share
-        "paper": Preset(name="paper", **PAPER_TRAINING, model={}),
+        "paper": Preset(name="paper", **PAPER_TRAINING, model={},
+                        source=f"{PAPER_SOURCE}; widths of Section 4.2, epochs, batch and restart period ours"),
         # width 64, 4 heads, 1 + 1 layers on the small RegNet (regnet_video.TINY_REGNET)
         "tiny": Preset(name="tiny", **TINY_TRAINING,
                        model={"backbone": "regnety_002", "backbone_kwargs": TINY_REGNET, "augment": False,
@@ -121,6 +122,6 @@ class ViViT(FrameSequenceMethod):
         super().__init__(num_aus, preset, class_weights)
         self.settings = s = model_settings("vivit", preset, DEFAULTS)
         self.net = FactorisedViViT(num_aus, preset.clip_len, preset.image_size, s["backbone"], s["backbone_kwargs"],
-                                   s["pretrained_path"], s["freeze_first_stage"], int(s["tubelet"]), int(s["dim"]), int(s["heads"]),
+                                   s[WEIGHTS_SETTING].get("backbone"), s["freeze_first_stage"], int(s["tubelet"]), int(s["dim"]), int(s["heads"]),
                                    float(s["mlp_ratio"]), int(s["spatial_layers"]), int(s["temporal_layers"]),
                                    float(s["dropout"]), s["frame_pooling"])
