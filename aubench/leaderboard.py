@@ -10,8 +10,18 @@ condition, marked "reported". Each of our rows names its preset (the one used: `
 `paper-disfa` ...) and its initialisation ("random", "timm:<name>", "file <name>"), and says why it
 is not comparable with those reported figures where it is not ("caveat": a preset that is not a
 paper's, such as tiny; random weights where the paper starts from pre-trained ones), marked with
-a footnote in Markdown. A std needs two folds: one fold shows its mean alone. All three formats
-are rendered from the same rows, so they agree.
+a footnote in Markdown. A row that read at test time what a deployed detector would not have
+(a result's "privileged_test_inputs": RRL's landmarks of the clean frame under an occluded test
+condition, MAE-FAU's teacher told which patches are occluded) says what in "reads_at_test" and
+is marked PRIVILEGED_MARK after its name in Markdown (with a footnote) and in plot legends;
+CSV and JSON carry the same text in the row's "reads_at_test". Likewise a row something of which
+was chosen on the test set (a result's "chosen_on_test": the checkpoint of `--select best-test`,
+the paper's smoothing filter on the official Aff-Wild2 split, whose test set the paper chose it
+on) says what in "chosen_on_test", marked SELECTED_ON_TEST_MARK; and the other choices and how
+they were made (a result's "choices": a checkpoint or per-AU thresholds chosen on the validation
+split, a smoothing filter chosen there or not on validation) are in "choices", marked
+CHOICES_MARK (docs/validation.md). A std needs two folds: one fold shows its mean alone. All
+three formats are rendered from the same rows, so they agree.
 
 Occlusion conditions (the MAE-FAU protocol) come from a result's "occlusion": {"train": ...,
 "test": ...}, named as aubench.data.condition_name names them ("none", "patches0.5",
@@ -231,6 +241,24 @@ NOT_PAPER_PRESET = "preset {preset}: not the paper's settings"
 RANDOM_INIT = "random initialisation; the paper starts from {paper_init} weights"
 
 
+def result_choices(result: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(what a result chose on the test set, its other choices and how they were made): its
+    "chosen_on_test" and "choices"; a smoothed result made before those were recorded gets its
+    filter's (aubench.engine.postprocess.filter_choice)."""
+    on_test, choices = list(result.get("chosen_on_test") or []), list(result.get("choices") or [])
+    smoothing = result.get("smoothing")
+    if isinstance(smoothing, dict) and "choice" not in smoothing:
+        from aubench.engine.postprocess import FILTER_ON_TEST, Smoothing, filter_choice
+
+        try:
+            text = filter_choice(result, Smoothing(int(smoothing["kernel_size"]), float(smoothing["sigma"]),
+                                                   str(smoothing.get("kind", "gaussian"))))
+        except (KeyError, TypeError, ValueError):  # a record aubench did not write: say nothing of it
+            return on_test, choices
+        (on_test if text == FILTER_ON_TEST else choices).append(text)
+    return on_test, choices
+
+
 def caveat(preset: str, init: str, paper_init: Any) -> str:
     """Why a row of ours (its preset name, short initialisation and the preset's paper_init)
     cannot be read beside the papers' figures ("" when it can): a preset other than a `paper`
@@ -352,9 +380,16 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
             origins = [_origin(r) for r in runs]
             preset, init = ("/".join(dict.fromkeys(origin[k] for origin in origins)) for k in (0, 1))
             paper_init = origins[0][2]
+            made = [result_choices(r) for r in runs]
             ours.append({
                 "kind": "ours", "method": method, "setting": setting_label(runs), "dataset": dataset,
                 "preset": preset, "init": init, "caveat": caveat(preset, init, paper_init),
+                # what the row read at test time that a deployed detector would not have
+                "reads_at_test": "; ".join(dict.fromkeys(
+                    text for r in runs for text in r.get("privileged_test_inputs") or [])),
+                # what was chosen on the test set; the other choices and how they were made
+                "chosen_on_test": "; ".join(dict.fromkeys(text for on_test, _ in made for text in on_test)),
+                "choices": "; ".join(dict.fromkeys(text for _, choices in made for text in choices)),
                 "protocol": protocol, "occlusion_train": conditions(runs[0])[0], "occlusion_test": test,
                 "label_ratio": runs[0].get("label_ratio"), "folds": folds,
                 "f1": {au: _stat([100 * r["metrics"]["f1"][au] for r in runs]) for au in aus},
@@ -372,7 +407,7 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
             folds = sorted(baseline_folds)
             rows.append({
                 "kind": "baseline", "method": "all-positive", "dataset": dataset, "protocol": protocol,
-                "preset": "", "init": "", "caveat": "",
+                "preset": "", "init": "", "caveat": "", "reads_at_test": "", "chosen_on_test": "", "choices": "",
                 # it predicts without looking at the images: the same under every condition
                 "occlusion_train": "none", "occlusion_test": test,
                 "setting": f"fingerprint={fingerprint[:8]}" if len(baselines) > 1 else "",
@@ -386,7 +421,7 @@ def build_rows(results: list[dict[str, Any]], include_reported: bool = True, mer
             for rep in reported_for(*split_of[dataset], protocol, test):
                 rows.append({
                     "kind": "reported", "method": rep["method"], "setting": "", "dataset": dataset,
-                    "preset": "", "init": "", "caveat": "",
+                    "preset": "", "init": "", "caveat": "", "reads_at_test": "", "chosen_on_test": "", "choices": "",
                     "protocol": protocol, "occlusion_train": rep["occlusion"]["train"], "occlusion_test": test,
                     "label_ratio": None, "folds": [],
                     "f1": {au: (None if rep["f1"].get(au) is None else {"mean": rep["f1"][au], "std": None})
@@ -418,10 +453,22 @@ def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+PRIVILEGED_MARK = "‡"  # a row that read at test time more than the image a deployed detector has
+SELECTED_ON_TEST_MARK = "§"  # a row something of which (a checkpoint, a filter) was chosen on the test set
+CHOICES_MARK = "°"  # a row whose checkpoint, thresholds or filter were chosen otherwise than by default
+
+
 def _name(row: dict) -> str:
-    """The method as a table or legend shows it: reported numbers marked, settings in brackets."""
+    """The method as a table or legend shows it: reported numbers marked, settings in brackets,
+    a row that read privileged test-time inputs marked with PRIVILEGED_MARK, one with something
+    chosen on the test set with SELECTED_ON_TEST_MARK, one with other choices with CHOICES_MARK."""
     name = row["method"] + (" (reported)" if row["kind"] == "reported" else "")
-    return f"{name} [{row['setting']}]" if row.get("setting") else name
+    name = f"{name} [{row['setting']}]" if row.get("setting") else name
+    for key, mark in (("reads_at_test", PRIVILEGED_MARK), ("chosen_on_test", SELECTED_ON_TEST_MARK),
+                      ("choices", CHOICES_MARK)):
+        if row.get(key):
+            name += f" {mark}"
+    return name
 
 
 def _aus(rows: list[dict], dataset: str) -> list[str]:
@@ -441,10 +488,19 @@ def to_markdown(rows: list[dict]) -> str:
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join([":---"] * 5 + ["---:"] * (len(header) - 7) + [":---"] * 2) + "|")
         caveats: dict[str, str] = {}
+        privileged: dict[str, str] = {}
+        on_test: dict[str, str] = {}
+        choices: dict[str, str] = {}
         for r in rows:
             if r["dataset"] != dataset:
                 continue
             name = _name(r)
+            if r.get("reads_at_test"):
+                privileged.setdefault(name, r["reads_at_test"])
+            if r.get("chosen_on_test"):
+                on_test.setdefault(name, r["chosen_on_test"])
+            if r.get("choices"):
+                choices.setdefault(name, r["choices"])
             if r.get("caveat"):
                 caveats.setdefault(name, r["caveat"])
                 name += f" {CAVEAT_MARK}"
@@ -454,6 +510,15 @@ def to_markdown(rows: list[dict]) -> str:
                      _num(r["gflops_per_frame"], ".3f"), _num(r["infer_frames_per_s"], ".1f"),
                      _num(r["train_frames_per_s"], ".1f"), r.get("preset") or "-", r.get("init") or "-"]
             out.append("| " + " | ".join(cells) + " |")
+        if privileged:
+            out.append(f"\n{PRIVILEGED_MARK} reads at test time more than the image: "
+                       + "; ".join(f"{name}: {what}" for name, what in privileged.items()))
+        if on_test:
+            out.append(f"\n{SELECTED_ON_TEST_MARK} selected on test (optimistic; not a score to compare): "
+                       + "; ".join(f"{name}: {what}" for name, what in on_test.items()))
+        if choices:
+            out.append(f"\n{CHOICES_MARK} chosen: "
+                       + "; ".join(f"{name}: {what}" for name, what in choices.items()))
         if caveats:
             out.append(f"\n{CAVEAT_MARK} not comparable with the papers' reported figures: "
                        + "; ".join(f"{name}: {why}" for name, why in caveats.items()))
@@ -472,7 +537,7 @@ def to_csv(rows: list[dict]) -> str:
     fields = ["dataset", "protocol", "kind", "method", "occlusion_train", "occlusion_test", "setting", "folds",
               *[f"{au}_{s}" for au in all_aus for s in ("mean", "std")], "mean_f1_mean", "mean_f1_std",
               "params_m", "gflops_per_frame", "infer_frames_per_s", "train_frames_per_s", "source", "preset", "init",
-              "caveat"]
+              "caveat", "reads_at_test", "chosen_on_test", "choices"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -481,7 +546,8 @@ def to_csv(rows: list[dict]) -> str:
                 "occlusion_train": r["occlusion_train"], "occlusion_test": r["occlusion_test"],
                 "setting": r.get("setting", ""), "folds": " ".join(map(str, r["folds"])), "mean_f1_mean": r["mean_f1"]["mean"],
                 "mean_f1_std": r["mean_f1"]["std"], "source": r["source"], "preset": r.get("preset", ""),
-                "init": r.get("init", ""), "caveat": r.get("caveat", "")}
+                "init": r.get("init", ""), "caveat": r.get("caveat", ""), "reads_at_test": r.get("reads_at_test", ""),
+                "chosen_on_test": r.get("chosen_on_test", ""), "choices": r.get("choices", "")}
         for au in all_aus:
             stat = r["f1"].get(au)
             line[f"{au}_mean"] = None if stat is None else stat["mean"]

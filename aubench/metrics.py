@@ -1,7 +1,8 @@
 """AU detection metrics, the protocol of JAA-Net and ME-GraphAU.
 
 Per AU, over every test frame whose label is known (label -1 is ignored): predictions are
-probabilities thresholded at 0.5; F1 = 2 TP / (2 TP + FP + FN) (0 when the AU has neither
+probabilities thresholded at 0.5 (or at per-AU thresholds chosen on a validation split:
+aubench.engine.postprocess.best_thresholds); F1 = 2 TP / (2 TP + FP + FN) (0 when the AU has neither
 positives nor predicted positives, as scikit-learn's zero_division=0). The headline number is
 the mean of the per-AU F1 scores. The all-positive baseline (predict 1 for every frame) is
 reported beside it: its F1 is 2r / (1 + r) for an AU with positive rate r, the floor any
@@ -40,10 +41,11 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def au_metrics(labels: np.ndarray, probabilities: np.ndarray, au_names: Sequence[str] | None = None,
-               threshold: float = THRESHOLD) -> dict:
+               threshold: float | Sequence[float] = THRESHOLD) -> dict:
     """Per-AU and mean F1, precision, recall and accuracy, plus the all-positive baseline's F1.
 
-    labels: (N,U) with 1 / 0 / -1 (unknown, ignored); probabilities: (N,U) in [0,1].
+    labels: (N,U) with 1 / 0 / -1 (unknown, ignored); probabilities: (N,U) in [0,1];
+    threshold: one for every AU, or one per AU (U,): recorded as a number, or per AU by name.
     """
     labels = np.asarray(labels)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -55,7 +57,10 @@ def au_metrics(labels: np.ndarray, probabilities: np.ndarray, au_names: Sequence
         raise ValueError(f"{len(names)} AU names for {num_aus} label columns")
     if np.isnan(probabilities).any():
         raise ValueError("predicted probabilities contain NaN")
-    c = confusion_counts(labels, probabilities >= threshold)
+    per_au_threshold = np.ndim(threshold) > 0
+    if per_au_threshold and np.shape(threshold) != (num_aus,):
+        raise ValueError(f"{np.shape(threshold)[0]} thresholds for {num_aus} AUs")
+    c = confusion_counts(labels, probabilities >= np.asarray(threshold, dtype=np.float64))
     tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     precision = _ratio(tp, tp + fp)
@@ -71,7 +76,7 @@ def au_metrics(labels: np.ndarray, probabilities: np.ndarray, au_names: Sequence
 
     return {
         "au_names": names,
-        "threshold": threshold,
+        "threshold": per_au(np.asarray(threshold)) if per_au_threshold else float(threshold),
         "f1": per_au(f1),
         "precision": per_au(precision),
         "recall": per_au(recall),

@@ -1,6 +1,6 @@
-"""Temporal-shuffle classifier features, forward + backward, at Knowledge-Spreader's sizes
-(B=64 clips of N=5 frames, and long clips of N=64; C=512 ResNet-18 features), against the
-pure-PyTorch reference (gather + cat + subtract, differentiated by autograd)."""
+"""Temporal-shuffle clips, forward + backward, at Knowledge-Spreader's sizes (B=64 clips of N=5
+frames, and long clips of N=64; C=512 ResNet-18 features, the students' inputs p_a), against the
+pure-PyTorch reference (gather + cat, differentiated by autograd)."""
 import pytest
 import torch
 
@@ -23,14 +23,14 @@ def test_temporal_shuffle_features(benchmark, device, frames, impl):
     generator = torch.Generator(device).manual_seed(0)
     perm = make_shuffle_permutations(BATCH, frames, generator=generator)
     features = torch.randn(BATCH, frames, CHANNELS, device=device, requires_grad=True)
-    grad = torch.randn(2 * BATCH, frames, 2 * CHANNELS, device=device)
+    grad = torch.randn(2 * BATCH, frames, CHANNELS, device=device)
     build = temporal_shuffle_features if impl == "aubench" else reference.temporal_shuffle_features
     benchmark.group = f"temporal_shuffle fwd+bwd B{BATCH} N{frames} C{CHANNELS} {device}"
     benchmark.extra_info["impl"] = impl
 
     def step():
-        inputs, _ = build(features, perm)
-        torch.autograd.grad(inputs, features, grad)
+        clips, _ = build(features, perm)
+        torch.autograd.grad(clips, features, grad)
         if device == "cuda":
             torch.cuda.synchronize()
 

@@ -42,16 +42,13 @@ def case(device, mask_ratio):
     return ids_keep, ids_restore, x, x_vis, mask_token
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mask_ratio", [0.5, 0.75])
-@pytest.mark.parametrize("impl", IMPLS)
-def test_gather_tokens(benchmark, device, mask_ratio, impl):
+def gather_step(impl: str, device: str, mask_ratio: float):
+    """(one forward + backward of gather_tokens by `impl`, the bytes the plain copy moves for it:
+    K rows read and written forward, L rows written and K read backward)."""
     ids_keep, _, x, _, _ = case(device, mask_ratio)
     num_keep = ids_keep.shape[1]
     grad = torch.randn(BATCH, num_keep, DIM, device=device)
-    benchmark.group = f"gather_tokens fwd+bwd B{BATCH} L{LENGTH} D{DIM} mask{mask_ratio} {device}"
-    benchmark.extra_info["impl"] = impl
-
+    moved = 4 * BATCH * DIM * (2 * num_keep + LENGTH + num_keep)
     if impl == "copy":
         kept = torch.randn(BATCH, num_keep, DIM, device=device)
 
@@ -61,26 +58,22 @@ def test_gather_tokens(benchmark, device, mask_ratio, impl):
             grad_x[:, :num_keep].copy_(kept)
             grad_x[:, num_keep:].zero_()
             synchronize(device)
-    else:
-        gather = gather_tokens if impl == "aubench" else reference.gather_tokens
+        return step, moved
+    gather = gather_tokens if impl == "aubench" else reference.gather_tokens
 
-        def step():
-            torch.autograd.grad(gather(x, ids_keep), x, grad)
-            synchronize(device)
+    def step():
+        torch.autograd.grad(gather(x, ids_keep), x, grad)
+        synchronize(device)
+    return step, moved
 
-    benchmark(step)
 
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mask_ratio", [0.5, 0.75])
-@pytest.mark.parametrize("impl", IMPLS)
-def test_restore_tokens(benchmark, device, mask_ratio, impl):
+def restore_step(impl: str, device: str, mask_ratio: float):
+    """(one forward + backward of restore_tokens by `impl`, the bytes the plain copy moves for
+    it: K rows read and L written forward, L rows read and K written backward)."""
     ids_keep, ids_restore, _, x_vis, mask_token = case(device, mask_ratio)
     num_keep = ids_keep.shape[1]
     grad = torch.randn(BATCH, LENGTH, DIM, device=device)
-    benchmark.group = f"restore_tokens fwd+bwd B{BATCH} L{LENGTH} D{DIM} mask{mask_ratio} {device}"
-    benchmark.extra_info["impl"] = impl
-
+    moved = 4 * BATCH * DIM * (num_keep + LENGTH + LENGTH + num_keep)
     if impl == "copy":
         kept = x_vis.detach()
         token = mask_token.detach()
@@ -95,15 +88,31 @@ def test_restore_tokens(benchmark, device, mask_ratio, impl):
             out[:, num_keep:].copy_(token.expand(BATCH, LENGTH - num_keep, DIM))
             grad_kept.clone(), grad_masked.sum(dim=0)  # backward
             synchronize(device)
-    else:
-        restore = restore_tokens if impl == "aubench" else reference.restore_tokens
+        return step, moved
+    restore = restore_tokens if impl == "aubench" else reference.restore_tokens
 
-        def step():
-            torch.autograd.grad(restore(x_vis, ids_restore, mask_token), (x_vis, mask_token),
-                                grad)
-            synchronize(device)
+    def step():
+        torch.autograd.grad(restore(x_vis, ids_restore, mask_token), (x_vis, mask_token), grad)
+        synchronize(device)
+    return step, moved
 
-    benchmark(step)
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_ratio", [0.5, 0.75])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gather_tokens(benchmark, device, mask_ratio, impl):
+    benchmark.group = f"gather_tokens fwd+bwd B{BATCH} L{LENGTH} D{DIM} mask{mask_ratio} {device}"
+    benchmark.extra_info["impl"] = impl
+    benchmark(gather_step(impl, device, mask_ratio)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_ratio", [0.5, 0.75])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_restore_tokens(benchmark, device, mask_ratio, impl):
+    benchmark.group = f"restore_tokens fwd+bwd B{BATCH} L{LENGTH} D{DIM} mask{mask_ratio} {device}"
+    benchmark.extra_info["impl"] = impl
+    benchmark(restore_step(impl, device, mask_ratio)[0])
 
 
 # The MAE encoder's masked path end to end (patch embedding, gather, blocks; forward + backward),

@@ -32,10 +32,10 @@ TORCH_LIBRARY(aubench, m) {
       "Tensor g_history, Tensor num_iter, float eps) -> (Tensor grad_cost, Tensor grad_a, "
       "Tensor grad_b)");
 
-  // ---- temporal-shuffle classifier features (csrc/temporal_shuffle) -----------------------
-  // features (B, N, C), perm (B, N) int64/int32 -> classifier inputs (2B, N, 2C)
+  // ---- temporal-shuffle clips (csrc/temporal_shuffle) -------------------------------------
+  // features (B, N, C), perm (B, N) int64/int32 -> real clips, then shuffled copies (2B, N, C)
   m.def("temporal_shuffle_features(Tensor features, Tensor perm) -> Tensor");
-  // grad (2B, N, 2C), perm (B, N) -> grad_features (B, N, C)
+  // grad (2B, N, C), perm (B, N) -> grad_features (B, N, C)
   m.def("temporal_shuffle_features_backward(Tensor grad, Tensor perm) -> Tensor");
 
   // ---- masked-token gather / restore (csrc/token_gather) ----------------------------------

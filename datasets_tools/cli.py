@@ -14,12 +14,13 @@ from pathlib import Path
 
 from .affwild2 import DEFAULT_KFOLDS as AFFWILD2_KFOLDS
 from .affwild2 import SPLITS as AFFWILD2_SPLITS
-from .convert import (DEFAULT_CROP, DEFAULT_IMAGE_SIZE, LANDMARK_MODES, LAYOUT_DEFAULTS, NO_FACE_POLICIES, READERS,
-                      FrameOptions, convert)
+from .convert import (DEFAULT_CROP, DEFAULT_IMAGE_SIZE, DEFAULT_LANDMARKS, LANDMARK_MODES, LAYOUT_DEFAULTS,
+                      NO_FACE_POLICIES, READERS, FrameOptions, convert)
 from .errors import DatasetError
 from .face_detect import DEFAULT_MAX_SIDE
 from .landmark_files import parse_offset
 from .faces import CROPS
+from .images import DEFAULT_SPLIT as IMAGES_DEFAULT_SPLIT
 from .images import SPLITS as IMAGES_SPLITS
 
 MAX_REPORTED_SKIPS = 20
@@ -42,7 +43,8 @@ def _default_workers() -> int:
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a raw dataset tree into one HDF5 file",
                        description="Convert a raw BP4D / DISFA / BP4D+ / MME / Aff-Wild2 (ABAW) tree, or a "
-                                   "folder tree of unlabeled face images (images), into one HDF5 file (schema "
+                                   "folder tree of unlabeled face images (images) or videos (videos), into one "
+                                   "HDF5 file (schema "
                                    "version 2) "
                                    "with the standard folds and statistics. The file is "
                                    "written as OUT.partial and renamed when complete; rerunning a killed "
@@ -51,7 +53,8 @@ def _add_convert(sub) -> None:
                                    "and a second run for the same OUT stops at once, naming the first one's "
                                    "pid. An existing OUT is refused unless --overwrite is given.")
     p.add_argument("dataset", choices=sorted(READERS), help="raw layout to read (images: a folder tree of "
-                                                             "unlabeled face images)")
+                                                             "unlabeled face images; videos: of unlabeled "
+                                                             "videos, one sequence each)")
     p.add_argument("raw_root", type=Path, help="the dataset's root folder, as shipped")
     p.add_argument("out", type=Path, help="output .h5 file (written as OUT.partial, renamed when complete; "
                                            "locked by OUT.lock while a run writes it)")
@@ -62,14 +65,15 @@ def _add_convert(sub) -> None:
                    help="jpeg: JPEG bytes per frame (default); raw: uint8 HxWx3 arrays")
     p.add_argument("--crop", choices=CROPS, default=None,
                    help="face crop: none (resize whole frame; the default for affwild2, whose faces come cropped "
-                        "and aligned), center (the default otherwise), haar (OpenCV cascade, centre "
+                        "and aligned), center (the default otherwise, but align for videos), haar (OpenCV cascade, centre "
                         "fallback), landmarks (square box around the landmarks), align (similarity transform "
                         "putting the eye centres and mouth at fixed places; 68-point landmarks)")
-    p.add_argument("--landmarks", default="file", metavar="{" + ",".join(LANDMARK_MODES) + "}",
+    p.add_argument("--landmarks", default=None, metavar="{" + ",".join(LANDMARK_MODES) + "}",
                    help="where the 68-point landmarks come from: file (the dataset's own landmark files when the "
                         "tree has them: BP4D/BP4D+/MME 2DFeatures/<Subject>_<Task>.mat, DISFA Landmark_Points/, "
                         "or the old Landmarks/<sequence>.csv; the default), detect (dlib's face detector and shape "
-                        "predictor on every frame; needs pip install 'aubench[faces]') or none")
+                        "predictor on every frame; needs pip install 'aubench[faces]'; the default for videos) or "
+                        "none")
     p.add_argument("--landmarks-dir", type=Path, default=None,
                    help="landmark folder for --landmarks file (a 2DFeatures, Landmark_Points or <sequence>.csv "
                         "folder); default: the one found under the root")
@@ -86,9 +90,10 @@ def _add_convert(sub) -> None:
     p.add_argument("--detect-max-side", type=_positive_int, default=DEFAULT_MAX_SIDE,
                    help=f"--landmarks detect: frames are shrunk to this longer side for the face detector "
                         f"({DEFAULT_MAX_SIDE}); the landmarks are placed at full resolution")
-    p.add_argument("--images-split", choices=IMAGES_SPLITS, default="folders",
-                   help="images: folds over the top-level folders (default, at least 3) or over a seeded "
-                        "random split of the images (random, --folds-seed)")
+    p.add_argument("--images-split", choices=IMAGES_SPLITS, default=IMAGES_DEFAULT_SPLIT,
+                   help="images and videos (unlabeled: no folds needed): none (the default), folds over the "
+                        "top-level folders (folders, at least 3), or over a seeded random split of the "
+                        "sequences, each folder of images or video whole in one fold (random, --folds-seed)")
     p.add_argument("--affwild2-split", choices=AFFWILD2_SPLITS, default="official",
                    help="affwild2: official (default; one fold: train on Train_Set, test on Validation_Set) or "
                         "kfold (--affwild2-folds folds over the Train_Set videos; Validation_Set left out); the "
@@ -111,13 +116,13 @@ def _add_convert(sub) -> None:
 
 
 def _run_convert(args) -> int:
-    mode, landmarks_dir = args.landmarks, args.landmarks_dir
+    defaults = LAYOUT_DEFAULTS.get(args.dataset, {})
+    mode, landmarks_dir = args.landmarks or defaults.get("landmarks", DEFAULT_LANDMARKS), args.landmarks_dir
     if mode not in LANDMARK_MODES:
         if not Path(mode).is_dir():
             raise DatasetError(f"--landmarks {mode!r}: choose one of {', '.join(LANDMARK_MODES)} (a landmark "
                                f"folder goes to --landmarks-dir)")
         mode, landmarks_dir = "file", Path(mode)  # the earlier spelling, --landmarks DIR
-    defaults = LAYOUT_DEFAULTS.get(args.dataset, {})
     crop = args.crop or defaults.get("crop", DEFAULT_CROP)
     image_size = args.image_size or defaults.get("image_size", DEFAULT_IMAGE_SIZE)
     options = FrameOptions(image_size=image_size, image_format=args.image_format, crop=crop,

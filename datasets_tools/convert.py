@@ -15,12 +15,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 from tqdm import tqdm
 
-from . import affwild2, bp4d, bp4d_plus, disfa, images
+from . import affwild2, bp4d, bp4d_plus, disfa, images, videos
 from .errors import DatasetError, Report, Skip
 from .face_detect import DEFAULT_MAX_SIDE, detector_for, detector_identity, unavailable_reason
-from .faces import CROPS, DEFAULT_MARGIN, crop_face, haar_unavailable_reason
+from .face_pipeline import FacePreparation
+from .faces import CROPS, DEFAULT_MARGIN, haar_unavailable_reason
 from .landmark_files import NO_LANDMARKS_KEPT, attach_landmarks, settle_problems
 from .landmarks import NUM_POINTS, SCHEME
 from .folds import choose_folds
@@ -30,12 +32,13 @@ from .pool import process_pool
 from .raw import DatasetPlan, SequencePlan
 
 READERS = {"bp4d": bp4d.plan, "disfa": disfa.plan, "bp4d-plus": bp4d_plus.plan, "mme": bp4d_plus.plan_mme,
-           "affwild2": affwild2.plan, "images": images.plan}
-# Command-line defaults of --crop and --image-size, per layout: frames are centre-cropped to 256 px,
-# but Aff-Wild2's faces come cropped and aligned at 112 px: stored as they are (no re-crop, no
-# upsampling; aubench resizes on reading to what a method asks for).
-DEFAULT_CROP, DEFAULT_IMAGE_SIZE = "center", 256
-LAYOUT_DEFAULTS = {"affwild2": {"crop": "none", "image_size": affwild2.FACE_SIZE}}
+           "affwild2": affwild2.plan, "images": images.plan, "videos": videos.plan}
+# Command-line defaults of --crop, --image-size and --landmarks, per layout: frames are
+# centre-cropped to 256 px with the tree's landmark files, but Aff-Wild2's faces come cropped and
+# aligned at 112 px: stored as they are (no re-crop, no upsampling; aubench resizes on reading to
+# what a method asks for); a lab's videos have no landmark files: detected and aligned.
+DEFAULT_CROP, DEFAULT_IMAGE_SIZE, DEFAULT_LANDMARKS = "center", 256, "file"
+LAYOUT_DEFAULTS = {"affwild2": {"crop": "none", "image_size": affwild2.FACE_SIZE}, "videos": videos.DEFAULTS}
 JPEG_QUALITY = 95
 
 
@@ -76,7 +79,9 @@ class ConvertResult:
 # ---- frame processing (runs in worker processes; each keeps its open zip / video) ----------
 
 _open_zip: dict[str, zipfile.ZipFile] = {}
-_open_video: dict = {"path": None, "capture": None, "next": 0}
+_open_video: dict = {"reader": None}
+# How far ahead a video reader decodes its way to the frame asked for; further (or behind) it seeks.
+SEEK_AFTER = 64
 
 
 def _read_zip(container: str, member: str) -> bytes:
@@ -86,46 +91,119 @@ def _read_zip(container: str, member: str) -> bytes:
     return archive.read(member)
 
 
+class _VideoReader:
+    """The frames of one video, by index: frame k is the k-th frame decoded from the first.
+
+    The reader counts the frames it decodes itself; OpenCV's position (CAP_PROP_POS_FRAMES)
+    is never trusted, as it goes on counting from wherever a failed read or an inexact seek left
+    it. Reading goes forward from the last frame read; where it must start elsewhere it seeks,
+    and the frame it gets must then have the container's timestamp of frame k (k / fps) - else
+    (the seek landed elsewhere, or a variable frame rate) it decodes its way from the first
+    frame. After a frame fails to decode, later frames are stored only while their timestamps
+    confirm the count; from the first that does not, every later frame is a bad frame: an image
+    is never stored beside another frame's labels. (Damage that makes the AVI reader lose
+    frames silently is found in the file's structure before any decoding: disfa.avi_frames_in_place.)"""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.capture = None
+        self._restart()
+        self.fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.size = (int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self.lost_at = None  # the first frame whose position could not be confirmed
+
+    def _restart(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+        self.capture = cv2.VideoCapture(self.path)
+        self.next = 0             # the frame the next read gives, by this reader's count
+        self.unconfirmed = False  # a frame failed to decode (or a seek) since the count was known
+
+    def _timestamp_is(self, index: int) -> bool:
+        """Whether the frame just read has the container's timestamp of frame ``index``."""
+        return self.fps > 0 and abs(self.capture.get(cv2.CAP_PROP_POS_MSEC) * self.fps / 1000 - index) < 0.5
+
+    def read(self, index: int):
+        """-> (BGR image, None) or (None, error text)."""
+        if self.lost_at is not None and index > self.lost_at:
+            return None, (f"video frame {index} cannot be placed: the frames' positions are lost from frame "
+                          f"{self.lost_at} on, after a frame that failed to decode")
+        far = index < self.next or index - self.next > SEEK_AFTER
+        for attempt in ("seek", "from the first frame") if far else ("forward",):
+            if attempt == "seek":
+                self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+                self.next, self.unconfirmed = index, True
+            elif attempt == "from the first frame":
+                self._restart()
+            while self.next < index:
+                if not self.capture.grab():
+                    self.unconfirmed = True
+                self.next += 1
+            ok, image = self.capture.read()
+            self.next += 1
+            if not ok or image is None:
+                self.unconfirmed = True
+                return None, f"cannot decode video frame {index}"
+            if not self.unconfirmed or self._timestamp_is(index):
+                self.unconfirmed = False
+                if image.shape[:2] != self.size[::-1]:  # a damaged frame: never stored
+                    return None, (f"video frame {index} decodes to {image.shape[1]}x{image.shape[0]}, "
+                                  f"the video is {self.size[0]}x{self.size[1]}")
+                return image, None
+        self.lost_at = index
+        return None, (f"video frame {index} cannot be placed: a frame before it failed to decode and the video's "
+                      f"timestamps do not say which frame decoding has reached")
+
+
 def _read_video_frame(container: str, index: int):
-    state = _open_video
-    if state["path"] != container:
-        if state["capture"] is not None:
-            state["capture"].release()
-        state.update(path=container, capture=cv2.VideoCapture(container), next=0)
-    capture = state["capture"]
-    if state["next"] != index:
-        capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-        if int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != index:
-            # inexact seek (some codecs): reopen and step forward frame by frame
-            capture.release()
-            capture = state["capture"] = cv2.VideoCapture(container)
-            for _ in range(index):
-                if not capture.grab():
-                    break
-    ok, frame = capture.read()
-    state["next"] = index + 1 if ok else -1
-    return frame if ok else None
+    """Frame ``index`` (from 0) of a video -> (BGR image, None) or (None, error text); each worker
+    keeps the video it read last open (``_VideoReader``)."""
+    reader = _open_video["reader"]
+    if reader is None or reader.path != container:
+        if reader is not None:
+            reader.capture.release()
+        reader = _open_video["reader"] = _VideoReader(container)
+    return reader.read(index)
 
 
 def decode(kind: str, container: str | None, member):
     """-> (BGR image, None) or (None, error text)."""
     try:
         if kind == "video":
-            image = _read_video_frame(container, member)
-            if image is None:
-                return None, f"cannot read video frame {member}"
-            capture = _open_video["capture"]
-            width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-            if image.shape[:2] != (height, width):  # a damaged frame: never stored
-                return None, (f"video frame {member} decodes to {image.shape[1]}x{image.shape[0]}, "
-                              f"the video is {width}x{height}")
-            return image, None
+            return _read_video_frame(container, member)
         data = _read_zip(container, member) if kind == "zip" else np.fromfile(member, dtype=np.uint8)
-    except (OSError, KeyError, zipfile.BadZipFile) as e:
+    except OSError as e:
+        return None, f"cannot read image ({e.strerror or e})"
+    except (KeyError, zipfile.BadZipFile) as e:
         return None, f"cannot read image ({e})"
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if len(data) else None
-    if image is None:
-        return None, "corrupt image (cannot decode)"
+    return decode_image(data)
+
+
+JPEG_START = b"\xff\xd8"
+EXIF_SEARCH = 1 << 16  # the EXIF segment (APP1) comes before the image data, near the start
+
+
+def decode_image(data) -> tuple[np.ndarray | None, str | None]:
+    """Encoded image bytes -> (BGR image, None) or (None, error text).
+
+    A JPEG is decoded by libjpeg-turbo through simplejpeg in strict mode: whatever the decoder
+    reports, a warning included ("Corrupt JPEG data: premature end of data segment", "... extraneous
+    bytes before marker", "Premature end of JPEG file"), makes it a bad image, where OpenCV's
+    decoder prints the warning and returns the image with the damaged part made up. The pixels are
+    those OpenCV gives (the same library); a JPEG with an EXIF segment is then decoded by OpenCV,
+    which turns it upright by its orientation tag. Other formats (PNG, BMP, ...) are OpenCV's."""
+    data = bytes(data)
+    if not data.startswith(JPEG_START):
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
+        return (image, None) if image is not None else (None, "corrupt image (cannot decode)")
+    try:
+        image = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+    except ValueError as e:
+        return None, f"corrupt JPEG data (libjpeg: {e})"
+    if b"Exif\0\0" in data[:EXIF_SEARCH]:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            return None, "corrupt image (cannot decode)"
     return image, None
 
 
@@ -148,6 +226,8 @@ def process_chunk(job):
     frame; no_face: detection found no face (the image is None when such frames are skipped)."""
     kind, container, members, landmarks, options = job
     detect = detector_for(options.predictor, options.detect_max_side) if options.landmarks == "detect" else None
+    # the one face preparation of converted files (aubench predict prepares faces with it too)
+    prepare = FacePreparation(options.crop, options.image_size, options.margin).prepare
     out = []
     for i, member in enumerate(members):
         image, error = decode(kind, container, member)
@@ -164,7 +244,7 @@ def process_chunk(job):
                 continue
             if no_face:
                 points = np.full((NUM_POINTS, 2), np.nan, np.float32)
-        face, mapped, note = crop_face(image, options.crop, options.image_size, points, options.margin)
+        face, mapped, note = prepare(image, points)
         out.append((encode(face, options.image_format), mapped, note, None, no_face))
     return out
 
@@ -238,12 +318,14 @@ def _results(jobs, workers: int):
 def convert(dataset: str, root: Path, out: Path, options: FrameOptions, *, landmarks_dir: Path | None = None,
             landmarks_offset: dict[str, int] | None = None, camera: str = "left", threshold: int = 2,
             workers: int = 1, skip_bad: bool = False, folds_seed: int = 0, progress: bool = True, fail_after_sequences: int | None = None,
-            overwrite: bool = False, images_split: str = "folders", affwild2_split: str = "official",
+            overwrite: bool = False, images_split: str = images.DEFAULT_SPLIT, affwild2_split: str = "official",
             affwild2_folds: int = affwild2.DEFAULT_KFOLDS) -> ConvertResult:
     """Convert a raw dataset tree into one HDF5 file. An existing ``out`` is refused unless
     ``overwrite``; a ``.partial`` of an interrupted run is resumed; one run at a time writes ``out``
     (``output.OutputLock``). ``fail_after_sequences`` raises after that many sequences were written
-    in this run (tests use it to simulate a killed conversion). ``affwild2_split`` ("official" or
+    in this run (tests use it to simulate a killed conversion). ``images_split`` ("none",
+    "folders" or "random") chooses the folds of an unlabeled layout (images, videos), which has
+    none by default. ``affwild2_split`` ("official" or
     "kfold") and ``affwild2_folds`` choose Aff-Wild2's folds (``affwild2.py``). ``landmarks_dir``
     and ``landmarks_offset`` ({"": N} for every sequence, {NAME: N} for a subject or sequence) are
     --landmarks file's folder and frame offsets (``landmark_files.py``)."""
@@ -333,6 +415,8 @@ def _convert_locked(dataset: str, root: Path, out: Path, options: FrameOptions, 
     source_root = plan.source_root if dataset == "images" else None
     writer = FrameWriter(out, key, len(plan.au_names), options.image_size, options.image_format,
                          plan.sequences[0].intensity is not None, num_points, has_source=source_root is not None)
+    if writer.restarted:
+        print(f"warning: {writer.path}: {writer.restarted}", file=sys.stderr)
     try:
         resumed = len(writer.done)
         start_sequence = writer.done[-1][0] + 1 if writer.done else 0
@@ -448,9 +532,7 @@ def _finalize(writer: FrameWriter, plan: DatasetPlan, options: FrameOptions, rep
         print(f"warning: {w.message}", file=sys.stderr)
     # Sequences that lost every frame are not stored: renumber frames/sequence to stored rows.
     if emptied:
-        stored = np.cumsum([length > 0 for _, length in writer.done]) - 1
-        ds = writer.file["frames/sequence"]
-        ds[...] = stored[ds[:]]
+        writer.renumber_sequences(np.cumsum([length > 0 for _, length in writer.done]) - 1)
     attrs = {"dataset": plan.dataset, "au_names": list(plan.au_names), "label_rule": plan.label_rule,
              "image_size": np.array([options.image_size, options.image_size], dtype=np.int64),
              "image_format": options.image_format, "crop": options.crop, "source_root": plan.source_root,

@@ -126,42 +126,82 @@ def video_frame_count(path: Path) -> int:
         capture.release()
 
 
-def avi_whole_frames(path: Path) -> int | None:
-    """How many video frames of a truncated AVI file are whole; None when the file is complete
-    or not an AVI. OpenCV decodes a frame cut short by a truncated file (an incomplete download)
-    as if it were whole, the missing part made up, so truncation is found in the container: its
-    RIFF chunks say how long the file should be and where each frame's bytes end. Other
-    containers are checked only by decoding."""
+# Chunk ids are four letters, digits, spaces or underscores ("00dc", "LIST", "JUNK", "ix00"); garbage
+# written over a chunk header is almost never one, nor gives a length that fits its list.
+_CHUNK_ID = re.compile(rb"[0-9A-Za-z_ ]{4}")
+_FRAME_ID = re.compile(rb"\d\d(dc|db)")  # a frame of a video stream, compressed or not
+
+
+def avi_frames_in_place(path: Path) -> tuple[int, str] | None:
+    """How many video frames of an AVI file, from the first, lie where the file's structure
+    places them, when a problem in the structure ends the count: (n, "truncated") for a file cut
+    short (an incomplete copy or download) inside or after frame n; (n, "damaged ...") for a
+    chunk header that is not one (garbage written over it) or a frame that the index (idx1)
+    places elsewhere. None for an intact file and for a file that is not an AVI.
+
+    OpenCV decodes a frame cut short as if it were whole, the missing part made up; after garbage
+    over a chunk header its AVI reader skips to the next chunk it recognises and numbers that
+    frame, timestamp included, as the one it lost, so every later frame would sit beside an
+    earlier frame's labels, and no read fails to say so. Only the container's structure tells
+    where the frames are: its RIFF chunks (each says how long it is) and its index. Other
+    containers are checked by decoding only (``convert.decode``)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        def chunks(start: int, end: int):
-            """(position, id, data length, list type) of the chunks in [start, end) that begin in the file."""
+        def header(pos: int) -> tuple[bytes, int, bytes]:
+            f.seek(pos)
+            head = f.read(12)
+            return head[:4], struct.unpack("<I", head[4:8])[0], head[8:12]
+
+        if size < 12 or header(0)[0::2] != (b"RIFF", b"AVI "):
+            return None
+        frames: list[tuple[int, int]] = []  # (position, length) of the first video stream's frame chunks
+        found = {"index": None, "movi": None, "stream": None}
+
+        def walk(start: int, end: int, top: bool = False, in_movi: bool = False) -> tuple[int, str] | None:
+            """Walk the chunks of the list [start, end) (``top``: the file itself) -> (position,
+            "truncated" or "damaged") where its structure breaks, None where it holds."""
             pos = start
-            while pos + 8 <= min(end, size):
-                f.seek(pos)
-                head = f.read(12)
-                length = struct.unpack("<I", head[4:8])[0]
-                yield pos, head[:4], length, head[8:12]
-                pos += 8 + length + (length & 1)
-
-        top = list(chunks(0, size))
-        if not top or top[0][1] != b"RIFF" or top[0][3] != b"AVI ":
+            while pos + 8 <= end:
+                if pos + 8 > size:  # the list claims more than the file holds
+                    return pos, "truncated"
+                name, length, kind = header(pos)
+                stop = pos + 8 + length
+                if not _CHUNK_ID.fullmatch(name) or stop > end and not top:
+                    return pos, "damaged"
+                if name == b"RIFF" or name == b"LIST" and kind in (b"movi", b"rec "):
+                    if kind == b"movi":
+                        found["movi"] = found["movi"] or pos + 8
+                    broken = walk(pos + 12, stop, in_movi=in_movi or kind in (b"movi", b"rec "))
+                    if broken is not None:
+                        return broken
+                elif stop > size:
+                    return pos, "truncated"
+                elif in_movi and _FRAME_ID.fullmatch(name) and found["stream"] in (None, name[:2]):
+                    found["stream"] = name[:2]
+                    frames.append((pos, length))
+                elif name == b"idx1" and found["index"] is None:
+                    found["index"] = (pos + 8, length)
+                pos = stop + (length & 1)
             return None
-        if all(pos + 8 + length <= size for pos, _, length, _ in top):
-            return None
-        whole, stream = 0, None
 
-        def count(start: int, end: int) -> None:
-            nonlocal whole, stream
-            for pos, name, length, kind in chunks(start, end):
-                if name == b"RIFF" or (name == b"LIST" and kind in (b"movi", b"rec ")):
-                    count(pos + 12, pos + 8 + length)
-                elif name[2:4] in (b"dc", b"db") and stream in (None, name[:2]) and pos + 8 + length <= size:
-                    stream = name[:2]  # frames of the first video stream, in file order
-                    whole += 1
-
-        count(0, size)
-        return whole
+        broken = walk(0, size, top=True)
+        placed, problem = len(frames), None
+        if broken is not None:
+            problem = "truncated" if broken[1] == "truncated" else f"damaged at byte {broken[0]}"
+        if found["index"] is not None and frames:
+            start, length = found["index"]
+            f.seek(start)
+            entries = np.frombuffer(f.read(length - length % 16), dtype=[("id", "S4"), ("flags", "<u4"),
+                                                                          ("offset", "<u4"), ("size", "<u4")])
+            stream = found["stream"]
+            entries = entries[(entries["id"] == stream + b"dc") | (entries["id"] == stream + b"db")]
+            # offsets count from the "movi" list's type field, or from the start of the file
+            base = found["movi"] if len(entries) and entries["offset"][0] + found["movi"] == frames[0][0] else 0
+            for k, ((position, chunk_length), entry) in enumerate(zip(frames, entries)):
+                if int(entry["offset"]) + base != position or int(entry["size"]) != chunk_length:
+                    placed, problem = k, f"damaged at byte {position}: its index (idx1) places frame {k + 1} elsewhere"
+                    break
+        return None if problem is None else (placed, problem)
 
 
 def plan(root: Path, options, report: Report) -> DatasetPlan:
@@ -208,7 +248,7 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
         frame_no = np.array(sorted(common), dtype=np.int32)
         intensity = np.array([[v[f] for v in per_au] for f in frame_no], dtype=np.int8).reshape(-1, len(DISFA_AUS))
         label = (intensity >= threshold).astype(np.int8)
-        truncated = range(0)
+        unplaced, unplaced_problem = range(0), None  # video frames that cannot be placed, and why
         if image_root is not None:
             folder = next((p for p in _subject_dirs(image_root) if p.name.upper() == subject), None)
             if folder is None:
@@ -233,15 +273,23 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
                 if not report.skip_bad:
                     raise DatasetError(message + " (use --skip-bad to skip unmatched frames)", str(files[1]))
                 report.note(f"{subject}: {message}")
-            whole = avi_whole_frames(video)
-            if whole is not None and whole < count:
-                message = (f"the video file is truncated: only its first {whole} of {count} frames are whole "
-                           "(incomplete copy or download?)")
+            in_place = avi_frames_in_place(video)
+            if in_place is not None and in_place[0] < count:
+                placed, problem = in_place
+                if problem == "truncated":
+                    message = (f"the video file is truncated: only its first {placed} of {count} frames are whole "
+                               "(incomplete copy or download?)")
+                    unplaced_problem = ("frame lies in the truncated end of the video", "truncated video")
+                else:
+                    message = (f"the video file is {problem}: only its first {placed} of {count} frames can be "
+                               "placed; the later ones cannot be matched to their labels")
+                    unplaced_problem = ("frame lies after the damaged part of the video", "damaged video")
                 if not report.skip_bad:
                     raise DatasetError(message + " (use --skip-bad to skip the others)", str(video))
                 report.note(f"{subject}: {message}")
-                truncated = range(whole + 1, count + 1)  # label frames; a partly decoded frame is never stored
-                count = whole
+                # label frames; a partly decoded frame, or one a decoder might count wrongly, is never stored
+                unplaced = range(placed + 1, count + 1)
+                count = placed
             members = [int(f) - 1 if 1 <= f <= count else None for f in frame_no]
             kind, container, where = "video", str(video), str(video)
             image_frames = np.arange(1, count + 1, dtype=np.int64)
@@ -250,9 +298,9 @@ def plan(root: Path, options, report: Report) -> DatasetPlan:
             raise DatasetError(f"{(~present).sum()} labelled frame(s) of {subject} have no image, first: frame "
                                f"{frame_no[~present][0]} (use --skip-bad to skip such frames)", where)
         for f in frame_no[~present]:
-            if f in truncated:
-                report.problem("frame lies in the truncated end of the video", sequence=subject, frame_no=int(f),
-                               path=where, kind="truncated video")
+            if f in unplaced:
+                report.problem(unplaced_problem[0], sequence=subject, frame_no=int(f), path=where,
+                               kind=unplaced_problem[1])
             else:
                 report.problem("missing image", sequence=subject, frame_no=int(f), path=where, kind="missing image")
         seq = SequencePlan(subject, subject, frame_no, label, intensity, kind, container, members,

@@ -15,6 +15,7 @@ is 80 x 80 px). With several faces the largest box wins.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -70,8 +71,28 @@ def detector_identity(predictor: Path | None = None) -> str:
     return f"dlib {dlib.__version__}; {path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
+@dataclass(frozen=True)
+class Face:
+    """One face the detector found: its box (left, top, right, bottom) in the frame's pixels, as
+    dlib's rectangle (whole pixels, right and bottom inclusive), and dlib's detection score (the
+    SVM margin: above 0 is a face, larger is surer)."""
+
+    box: tuple[int, int, int, int]
+    score: float
+
+    @property
+    def area(self) -> int:
+        left, top, right, bottom = self.box
+        return (right - left + 1) * (bottom - top + 1)
+
+
 class LandmarkDetector:
-    """Callable: BGR uint8 frame -> float32 (68, 2) landmarks in its pixels, or None (no face)."""
+    """Callable: BGR uint8 frame -> float32 (68, 2) landmarks in its pixels, or None (no face).
+
+    The two steps are also callable apart, on an RGB frame (``rgb``): ``faces`` (every face the
+    detector finds, largest first) and ``landmarks`` (the 68 points inside a box); the call is
+    ``landmarks`` of the largest face. ``aubench predict`` uses the steps to follow several faces
+    and to re-fit the points from a tracked box between detections."""
 
     def __init__(self, predictor: Path | None = None, max_side: int = DEFAULT_MAX_SIDE):
         reason = unavailable_reason(predictor)
@@ -92,18 +113,27 @@ class LandmarkDetector:
 
     def __call__(self, bgr: np.ndarray) -> np.ndarray | None:
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        faces = self.faces(rgb)
+        return self.landmarks(rgb, faces[0].box) if faces else None
+
+    def faces(self, rgb: np.ndarray) -> list[Face]:
+        """Every face in an RGB uint8 frame, largest first (ties in the detector's order); boxes
+        in the frame's pixels (found on the frame shrunk to ``max_side``, scaled back)."""
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         small = rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)),
                                                      interpolation=cv2.INTER_AREA)
         upsample = 1 if min(small.shape[:2]) < _UPSAMPLE_BELOW else 0
-        boxes = self.detector(small, upsample)
-        if len(boxes) == 0:
-            return None
-        box = max(boxes, key=lambda b: b.width() * b.height())
-        full = self._rectangle(round(box.left() / scale), round(box.top() / scale),
-                               round(box.right() / scale), round(box.bottom() / scale))
-        shape = self.predictor(rgb, full)
+        boxes, scores, _ = self.detector.run(small, upsample, 0.0)
+        order = sorted(range(len(boxes)), key=lambda i: -boxes[i].width() * boxes[i].height())
+        return [Face((round(boxes[i].left() / scale), round(boxes[i].top() / scale),
+                      round(boxes[i].right() / scale), round(boxes[i].bottom() / scale)), float(scores[i]))
+                for i in order]
+
+    def landmarks(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """float32 (68, 2): the shape predictor's points for the face in ``box`` (left, top, right,
+        bottom; whole pixels) of an RGB uint8 frame, at the frame's full resolution."""
+        shape = self.predictor(rgb, self._rectangle(*(int(v) for v in box)))
         if shape.num_parts != NUM_POINTS:
             raise DatasetError(f"the shape predictor gives {shape.num_parts} points, not the {NUM_POINTS} of "
                                f"the iBUG scheme", str(self.path))

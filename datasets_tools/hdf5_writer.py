@@ -6,13 +6,20 @@ sequences done) is flushed into the file, so a rerun with unchanged inputs conti
 last finished sequence; anything else restarts cleanly. Only the final step renames the file
 to its real name, so a killed conversion never leaves a file that looks finished, and it renames
 only the file this writer wrote (the caller holds the output's lock, ``output.OutputLock``).
+
+A write the file system refuses (a full disk, a file-size limit) is one DatasetError naming the
+file. It may leave the ``.partial`` damaged (HDF5 had written part of its bookkeeping): before
+resuming, the rerun reads the file's marker and the last stored row of every dataset, and a
+file that does not read back whole is not resumed but replaced, saying so (``restarted``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -26,6 +33,10 @@ SCHEMA_VERSION = 2
 CONVERTER_VERSION = "1.0"
 STRING = h5py.string_dtype()
 PROGRESS = "_progress"
+# What h5py raises when the file system refuses a write (HDF5's errors come as either), and also
+# when a damaged file's bookkeeping reads back as nonsense.
+H5_WRITE_ERRORS = (OSError, RuntimeError)
+H5_READ_ERRORS = H5_WRITE_ERRORS + (KeyError, ValueError)
 
 
 def string_array(values) -> np.ndarray:
@@ -40,32 +51,50 @@ class FrameWriter:
         self.fingerprint = fingerprint
         self.num_points = num_points
         self.image_format = image_format
-        self.file = self._resume() if self.path.exists() else None
+        self.file = None
+        # why a .partial found here was not resumed (damaged: it does not read back whole), for the report
+        self.restarted: str | None = None
+        if self.path.exists() or self.path.is_symlink():
+            self._resume()
         self.resumed = self.file is not None
         if self.file is None:
-            self._create(num_aus, image_size, image_format, has_intensity, num_points, has_source)
+            with self.writing():
+                self._create(num_aus, image_size, image_format, has_intensity, num_points, has_source)
         self.identity = self._identity()
         progress = self.file[PROGRESS].attrs
         self.rows = int(progress["rows"])
         self.done = json.loads(progress["done"])          # [[plan index, length], ...]
         self.saved_skips = json.loads(progress["skips"])  # decode-time skips of finished sequences
         self.saved_notes = json.loads(progress["notes"])
-        self._truncate(self.rows)
 
-    def _resume(self):
+    def _resume(self) -> None:
+        """Open the .partial to continue it when it is this conversion's (same fingerprint) and
+        reads back whole, truncated to its last finished sequence; otherwise remove it."""
         try:
-            f = h5py.File(self.path, "r+")
-        except OSError:  # damaged by the kill: start over
+            with h5py.File(self.path, "r") as f:  # read-only first: closing a damaged file writes nothing
+                progress = f[PROGRESS].attrs if PROGRESS in f else None
+                ours = progress is not None and progress.get("fingerprint") == self.fingerprint
+                if ours:  # else another conversion's file: start over, as any changed input does
+                    rows = int(progress["rows"])
+                    json.loads(progress["done"]), json.loads(progress["skips"]), json.loads(progress["notes"])
+                    for ds in f["frames"].values():
+                        if ds.shape[0] < rows:
+                            raise ValueError(f"{ds.name} holds {ds.shape[0]} rows, its marker says {rows}")
+                        if rows:
+                            ds[rows - 1]  # the newest data and bookkeeping: what a failed write loses
+            if ours:
+                self.file = h5py.File(self.path, "r+", rdcc_nbytes=0)
+                self._truncate(rows)
+                self.file.flush()
+        except H5_READ_ERRORS as e:
+            self.close()
+            self.restarted = (f"cannot resume from it: it is damaged ({failure_reason(e)}), as a failed write or "
+                              "a crash can leave it; starting over")
+        if self.file is None:
             self.path.unlink()
-            return None
-        if PROGRESS in f and f[PROGRESS].attrs.get("fingerprint") == self.fingerprint:
-            return f
-        f.close()
-        self.path.unlink()
-        return None
 
     def _create(self, num_aus, image_size, image_format, has_intensity, num_points, has_source):
-        f = self.file = h5py.File(self.path, "w")
+        f = self.file = h5py.File(self.path, "w", rdcc_nbytes=0)
         frames = f.create_group("frames")
         if image_format == "jpeg":
             frames.create_dataset("image", (0,), maxshape=(None,), dtype=h5py.vlen_dtype(np.uint8),
@@ -102,11 +131,29 @@ class FrameWriter:
             if ds.shape[0] != rows:
                 ds.resize(rows, axis=0)
 
+    @contextlib.contextmanager
+    def writing(self):
+        """A write the file system refuses (a full disk, a file-size limit) -> one DatasetError
+        naming the file, with what to do."""
+        try:
+            yield
+        except H5_WRITE_ERRORS as e:
+            self.close()  # nothing more can be written; HDF5 is left nothing to flush at exit
+            raise DatasetError(f"cannot write ({failure_reason(e)}: is the disk full, or a file-size limit such as "
+                               "ulimit -f reached?); rerun the same command when there is room: it resumes after "
+                               "the last finished sequence, or starts over if this file was damaged",
+                               str(self.path)) from None
+
     def append(self, sequence_row: int, frame_no, label, intensity, images: list, landmarks, sources=None) -> None:
         """Append one block of frames (all of one sequence, in frame order)."""
         n = len(frame_no)
         if n == 0:
             return
+        with self.writing():
+            self._append(sequence_row, frame_no, label, intensity, images, landmarks, sources)
+
+    def _append(self, sequence_row: int, frame_no, label, intensity, images: list, landmarks, sources) -> None:
+        n = len(frame_no)
         start, stop = self.rows, self.rows + n
         frames = self.file["frames"]
         for ds in frames.values():
@@ -136,17 +183,30 @@ class FrameWriter:
         self.saved_skips.extend(skips)
         for key, count in notes.items():
             self.saved_notes[key] = self.saved_notes.get(key, 0) + count
-        progress = self.file[PROGRESS].attrs
-        progress["rows"] = self.rows
-        progress["done"] = json.dumps(self.done)
-        progress["skips"] = json.dumps(self.saved_skips)
-        progress["notes"] = json.dumps(self.saved_notes)
-        self.file.flush()
+        with self.writing():
+            progress = self.file[PROGRESS].attrs
+            progress["rows"] = self.rows
+            progress["done"] = json.dumps(self.done)
+            progress["skips"] = json.dumps(self.saved_skips)
+            progress["notes"] = json.dumps(self.saved_notes)
+            self.file.flush()
+
+    def renumber_sequences(self, rows: np.ndarray) -> None:
+        """frames/sequence[i] = rows[frames/sequence[i]] (sequences that lost every frame are not stored)."""
+        with self.writing():
+            ds = self.file["frames/sequence"]
+            ds[...] = rows[ds[:]]
 
     def finalize(self, attrs: dict, sequence_names, sequence_subjects, subject_names, lengths,
                  folds: list[list[str]], split_source: str, skipped: list[str]) -> None:
         """Write sequences, subjects, folds with statistics and root attributes; rename; write the
         listing of ``skipped`` frames (``OUT.skipped.txt``, none when nothing was skipped)."""
+        with self.writing():
+            self._finalize(attrs, sequence_names, sequence_subjects, subject_names, lengths, folds, split_source,
+                           skipped)
+
+    def _finalize(self, attrs: dict, sequence_names, sequence_subjects, subject_names, lengths,
+                  folds: list[list[str]], split_source: str, skipped: list[str]) -> None:
         f = self.file
         lengths = np.asarray(lengths, dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -188,8 +248,23 @@ class FrameWriter:
             os.replace(temporary, listing)
 
     def close(self) -> None:
+        """Close the file; after a failed write, as well as HDF5 still can (the failure was reported)."""
         if self.file is not None and self.file.id.valid:
-            self.file.close()
+            try:
+                self.file.close()
+            except H5_WRITE_ERRORS:
+                pass
+        self.file = None
+
+
+def failure_reason(error: Exception) -> str:
+    """What the operating system said, out of an HDF5 error message (which holds the file name,
+    buffer addresses and a time), else the message's first line."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    said = re.search(r"error message = '([^']*)'", text) or re.search(r"errno = (\d+)", text)
+    if said is None:
+        return text.splitlines()[0] if text else type(error).__name__
+    return said.group(1) if not said.group(1).isdigit() else os.strerror(int(said.group(1)))
 
 
 def write_folds(f: h5py.File, test_folds: list[list[str]], split_source: str) -> None:

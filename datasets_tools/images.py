@@ -9,12 +9,14 @@ each frame's image path relative to DIR in ``frames/source``. The file holds no 
 ``--data``. Pass ``--landmarks detect --crop align`` for detected landmarks and aligned faces
 (the defaults, as for every layout, are landmark files and a centre crop).
 
-Folds (--images-split):
-- ``folders`` (the default): the subjects are DIR's top-level folders (images lying directly in
-  DIR form the subject "."), split into 3 subject-exclusive folds balanced by image count, as
-  for MME; needs at least 3 of them;
-- ``random``: the images are shuffled with --folds-seed and dealt into 3 subjects "shard1",
-  "shard2", "shard3", one sequence each, so each fold tests one shard.
+Folds (--images-split; the same for the ``videos`` layout, datasets_tools.videos): an unlabeled
+file needs none, so by default it has none (``none``: any number of folders converts). Asked for:
+- ``folders``: the subjects are DIR's top-level folders (images lying directly in DIR form the
+  subject "."), split into 3 subject-exclusive folds balanced by image count, as for MME; needs
+  at least 3 of them;
+- ``random``: the sequences (folders) are shuffled with --folds-seed and dealt into 3 subjects
+  "shard1", "shard2", "shard3", so each fold tests one shard; a sequence is never cut, so this
+  needs at least 3 sequences.
 """
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ from .errors import DatasetError, Report
 from .folds import NUM_FOLDS
 from .raw import IMAGE_SUFFIXES, DatasetPlan, SequencePlan
 
-SPLITS = ("folders", "random")
+SPLITS = ("none", "folders", "random")
+DEFAULT_SPLIT = "none"
 LABEL_RULE = "unlabeled (an images conversion: no AU labels)"
+NO_FOLDS = "no folds (an unlabeled file; --images-split folders or random makes them)"
 
 
 def _image_folders(root: Path) -> dict[str, list[str]]:
@@ -49,29 +53,38 @@ def _sequence(subject: str, name: str, paths: list[str]) -> SequencePlan:
                         members=paths, label_file="")
 
 
-def plan(root: Path, options, report: Report) -> DatasetPlan:
-    split = getattr(options, "images_split", "folders")
+def unlabeled_plan(dataset: str, root: Path, sequences: list[SequencePlan], split: str, seed: int,
+                   label_rule: str) -> DatasetPlan:
+    """The plan of an unlabeled layout (``images``, ``videos``) whose sequences name their
+    top-level folder as subject, with its folds: none, by those folders, or ``random`` (each
+    sequence whole in one of 3 shards, which become the subjects)."""
     if split not in SPLITS:
         raise DatasetError(f"--images-split {split!r}: choose one of {', '.join(SPLITS)}")
+    choose = None
+    if split == "none":
+        def choose(counts, seed):
+            return [], NO_FOLDS
+    elif split == "folders":
+        subjects = {seq.subject for seq in sequences}
+        if len(subjects) < NUM_FOLDS:
+            raise DatasetError(f"{len(subjects)} top-level folder(s) hold {dataset}; a split by folders needs at "
+                               f"least {NUM_FOLDS} (use --images-split random, or none)", str(root))
+    else:
+        if len(sequences) < NUM_FOLDS:
+            raise DatasetError(f"{len(sequences)} sequence(s) cannot make {NUM_FOLDS} folds without cutting one "
+                               f"(--images-split none needs no folds)", str(root))
+        order = np.random.default_rng(seed).permutation(len(sequences))
+        for k, i in enumerate(order):
+            sequences[i].subject = f"shard{k % NUM_FOLDS + 1}"
+    return DatasetPlan(dataset=dataset, au_names=[], label_rule=label_rule, source_root=str(root),
+                       sequences=sequences, extras={"labeled": False, f"{dataset}_split": split}, choose_folds=choose)
+
+
+def plan(root: Path, options, report: Report) -> DatasetPlan:
     folders = _image_folders(root)
     if not folders:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder tree", str(root))
-    sequences: list[SequencePlan] = []
-    if split == "folders":
-        subjects = {folder.split(os.sep)[0] for folder in folders}
-        if len(subjects) < NUM_FOLDS:
-            raise DatasetError(f"{len(subjects)} top-level folder(s) with images; a split by folders needs at "
-                               f"least {NUM_FOLDS} (use --images-split random)", str(root))
-        for folder, names in folders.items():
-            sequences.append(_sequence(folder.split(os.sep)[0], folder,
-                                       [os.path.join(root, folder, n) for n in names]))
-    else:
-        paths = [os.path.join(root, folder, n) for folder, names in folders.items() for n in names]
-        if len(paths) < NUM_FOLDS:
-            raise DatasetError(f"{len(paths)} image(s) cannot make {NUM_FOLDS} folds", str(root))
-        order = np.random.default_rng(getattr(options, "folds_seed", 0)).permutation(len(paths))
-        for k in range(NUM_FOLDS):
-            shard = sorted(paths[i] for i in order[k::NUM_FOLDS])
-            sequences.append(_sequence(f"shard{k + 1}", f"shard{k + 1}", shard))
-    return DatasetPlan(dataset="images", au_names=[], label_rule=LABEL_RULE, source_root=str(root),
-                       sequences=sequences, extras={"labeled": False, "images_split": split})
+    sequences = [_sequence(folder.split(os.sep)[0], folder, [os.path.join(root, folder, n) for n in names])
+                 for folder, names in folders.items()]
+    return unlabeled_plan("images", root, sequences, getattr(options, "images_split", DEFAULT_SPLIT),
+                          getattr(options, "folds_seed", 0), LABEL_RULE)

@@ -213,7 +213,7 @@ def index_image_dir(directory: Path, sequence: str, report: Report) -> dict[int,
     """
     frames: dict[int, str] = {}
     with os.scandir(directory) as entries:
-        names = sorted(e.name for e in entries if e.is_file())
+        names = sorted(e.name for e in entries if _may_be_file(e))
     for name in names:
         stem, suffix = os.path.splitext(name)
         if suffix.lower() not in IMAGE_SUFFIXES:
@@ -229,6 +229,16 @@ def index_image_dir(directory: Path, sequence: str, report: Report) -> dict[int,
             continue
         frames[number] = path
     return frames
+
+
+def _may_be_file(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a file, or a name that cannot be resolved (a symlink loop, a
+    link into a folder that cannot be read): those stay in the index, so reading the image
+    fails with the reason, naming it, instead of the listing failing with a traceback."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
 
 
 def read_landmarks(path: Path, frame_no: np.ndarray) -> np.ndarray:

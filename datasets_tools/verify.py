@@ -233,13 +233,17 @@ def _verify(f: h5py.File, path: Path, workers: int, progress: bool, check_images
     fixed_split = scheme == "official"  # one train/test fold: its test subjects need not cover the file
     if scheme is not None and scheme not in SPLIT_SCHEMES:
         problems.append(f"split_scheme {scheme!r} is not one of {', '.join(SPLIT_SCHEMES)}")
-    if fixed_split and num_folds != 1:
+    unlabeled = "labeled" in f.attrs and not bool(f.attrs["labeled"])
+    if unlabeled and num_folds == 0:  # an unlabeled file (images, videos) needs no folds
+        if list(folds):
+            problems.append(f"num_folds is 0 but folds holds {sorted(folds)}")
+    elif fixed_split and num_folds != 1:
         problems.append(f"split_scheme official (one train/test fold) but num_folds is {num_folds}")
     elif not fixed_split and num_folds < 2:
         problems.append(f"num_folds is {num_folds}; a cross-validation split needs at least 2 folds"
                         + (f" (split_scheme {scheme})" if scheme else ""))
         return problems
-    if num_folds < 1 or sorted(folds) != sorted(f"fold{k}" for k in range(1, num_folds + 1)):
+    if num_folds and sorted(folds) != sorted(f"fold{k}" for k in range(1, num_folds + 1)):
         problems.append(f"folds holds {sorted(folds)}, expected fold1..fold{num_folds}")
         return problems
     all_subjects = set(subjects)
@@ -262,7 +266,7 @@ def _verify(f: h5py.File, path: Path, workers: int, progress: bool, check_images
             if stored is None or stored.shape != value.shape or not np.allclose(stored, value, atol=1e-6):
                 problems.append(f"fold{k}/{key} does not match the statistics recomputed from the labels")
     union = set().union(*tests)
-    if not fixed_split and (union != all_subjects or sum(len(t) for t in tests) != len(all_subjects)):
+    if num_folds and not fixed_split and (union != all_subjects or sum(len(t) for t in tests) != len(all_subjects)):
         problems.append("test subjects of the folds are not disjoint and covering")
     if any(not t for t in tests):
         problems.append("a fold has no test subjects")

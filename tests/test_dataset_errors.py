@@ -62,7 +62,7 @@ def test_corrupt_image(tree, tmp_path):
     root, truth = tree
     path, frame = image_path(root, truth)
     path.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(DatasetError, match=rf"{path.name}: corrupt image"):
+    with pytest.raises(DatasetError, match=rf"{path.name}: corrupt JPEG data"):
         run(root, tmp_path)
     assert not (tmp_path / "out.h5").exists()
     result = run(root, tmp_path, skip_bad=True)

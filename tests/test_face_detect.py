@@ -158,7 +158,8 @@ def face_folders(tmp_path_factory):
 
 def test_images_conversion_round_trips_without_labels(face_folders, tmp_path):
     out = tmp_path / "faces.h5"
-    result = convert("images", face_folders, out, FrameOptions(image_size=32, landmarks="none"), progress=False)
+    result = convert("images", face_folders, out, FrameOptions(image_size=32, landmarks="none"), progress=False,
+                     images_split="folders")
     assert result.frames == 9 and result.subjects == 3 and result.skips == []
     assert verify(out, progress=False) == []
     file = AUFile(out)
@@ -183,19 +184,29 @@ def test_images_conversion_round_trips_without_labels(face_folders, tmp_path):
         assert aubench_main([*command, "--data", str(out), "--out", str(tmp_path / "run")]) == 2
 
 
-def test_images_split_by_folders_needs_three_and_random_split_deals_shards(face_folders, tmp_path):
-    few = tmp_path / "few"
-    (few / "only").mkdir(parents=True)
+def test_unlabeled_files_need_no_folds_and_a_random_split_keeps_sequences_whole(face_folders, tmp_path):
+    one = tmp_path / "one"
+    (one / "only").mkdir(parents=True)
     for k in range(4):
-        cv2.imwrite(str(few / "only" / f"{k}.png"), np.full((20, 20, 3), 40 * k, np.uint8))
-    with pytest.raises(DatasetError, match="1 top-level folder.*--images-split random"):
-        convert("images", few, tmp_path / "few.h5", FrameOptions(image_size=16, landmarks="none"), progress=False)
+        cv2.imwrite(str(one / "only" / f"{k}.png"), np.full((20, 20, 3), 40 * k, np.uint8))
+    out = tmp_path / "one.h5"   # a single clip folder converts: no folds by default
+    result = convert("images", one, out, FrameOptions(image_size=16, landmarks="none"), progress=False)
+    assert result.frames == 4 and result.split_source.startswith("no folds")
+    assert AUFile(out).num_folds == 0 and verify(out, progress=False) == []
+    assert list(h5py.File(out)["frames/source"].asstr()[:]) == [f"only/{k}.png" for k in range(4)]   # in order
+    for split in ("folders", "random"):   # folds only when asked, and never by cutting the clip
+        with pytest.raises(DatasetError, match="1 top-level folder|1 sequence"):
+            convert("images", one, tmp_path / f"{split}.h5", FrameOptions(image_size=16, landmarks="none"),
+                    progress=False, images_split=split)
     out = tmp_path / "random.h5"
     convert("images", face_folders, out, FrameOptions(image_size=16, landmarks="none"), progress=False,
             images_split="random", folds_seed=3)
     file = AUFile(out)
-    assert file.subjects == ["shard1", "shard2", "shard3"] and list(file.sequences["length"]) == [3, 3, 3]
+    assert file.subjects == ["shard1", "shard2", "shard3"] and file.num_folds == 3
+    assert sorted(file.sequences["name"]) == ["a/x", "a/y/deep", "b", "c"]    # each folder whole
+    assert sorted(file.sequences["length"]) == [1, 2, 3, 3]
     assert sorted(file.fold_subjects(k)[1] for k in (1, 2, 3)) == [["shard1"], ["shard2"], ["shard3"]]
+    assert verify(out, progress=False) == []
 
 
 @needs_faces
@@ -219,7 +230,7 @@ def test_the_command_line_converts_a_collection_and_names_a_bad_landmarks_mode(f
 
     out = tmp_path / "cli.h5"
     assert main(["convert", "images", str(face_folders), str(out), "--landmarks", "none", "--image-size", "16",
-                 "--quiet", "--workers", "1"]) == 0
+                 "--quiet", "--workers", "1", "--images-split", "folders"]) == 0
     assert "wrote 9 frames (4 sequences, 3 subjects)" in capsys.readouterr().out
     assert main(["convert", "images", str(face_folders), str(tmp_path / "x.h5"), "--landmarks", "guess"]) == 1
     assert "--landmarks 'guess': choose one of file, detect, none (a landmark folder goes to --landmarks-dir)" in \

@@ -6,7 +6,8 @@ import torch
 
 from aubench.models import TrainState, create_method
 from aubench.models.knowledge_spreader import (bernoulli_kl, gaussian_rampup, mutual_kd_loss, pseudo_labels,
-                                               semi_loss, total_loss, weighted_bce)
+                                               semi_loss, shuffle_keeps_clip, total_loss, weighted_bce)
+from aubench.ops import make_shuffle_permutations
 
 LN3 = math.log(3.0)
 U, N = 4, 5  # AUs and clip length of the small models below
@@ -24,6 +25,18 @@ def clip_batch(batch=4, size=32, key=2, seed=0):
             "key_position": torch.full((batch,), key, dtype=torch.long),
             "key_image": images[:, key] + 0.1 * torch.randn(batch, 3, size, size, generator=g),
             "index": torch.arange(batch * N).view(batch, N)}
+
+
+def moving_square_clips(batch, generator, size=32):
+    """(batch, N, 3, size, size): a bright square gliding over noise, up to 2 px a frame each way."""
+    images = 0.3 * torch.randn(batch, N, 3, size, size, generator=generator)
+    start = torch.randint(0, size - 12, (batch, 2), generator=generator)
+    step = torch.randint(-2, 3, (batch, 2), generator=generator)
+    for clip in range(batch):
+        for t in range(N):
+            y, x = (start[clip] + step[clip] * t).clamp(0, size - 8).tolist()
+            images[clip, t, :, y:y + 8, x:x + 8] += 2.0
+    return images
 
 
 def tiny_ks(**overrides):
@@ -226,6 +239,69 @@ def test_perturbation_classifier_reads_the_students_outputs_and_trains_them():
     assert all(grad_norm(s) > 0 for s in model.net.students.students)   # L_self shapes D_b
     assert grad_norm(model.net.spatial) == 0 and grad_norm(model.net.temporal) == 0
     assert out["ramp"].item() == pytest.approx(math.exp(-2))
+
+
+def test_the_shuffled_copy_shuffles_the_students_inputs_not_their_outputs():
+    # Position t of either copy comes from student t, so no student's offset moves with a shuffle.
+    model = tiny_ks().eval()
+    pooled = torch.randn(3, N, model.net.backbone.num_features)
+    perm = make_shuffle_permutations(3, N, generator=torch.Generator().manual_seed(1))
+    seen = {}
+    model.perturbation.frame_mlp.register_forward_hook(lambda mod, args, out: seen.update(inputs=args[0]))
+    with torch.no_grad():
+        logits, labels, both = model.order_logits(pooled, perm)
+        students = model.net.students.students
+        for clip in range(3):
+            for t in range(N):
+                assert torch.allclose(both[clip, t], students[t](pooled[clip, t]), atol=1e-6)
+                assert torch.allclose(both[3 + clip, t], students[t](pooled[clip, perm[clip, t]]), atol=1e-6)
+    assert labels.tolist() == [1, 1, 1, 0, 0, 0] and logits.shape == (6,)
+    # g's per-frame input: [d_t, d_t - d_{t-1}], d_{-1} := d_0
+    previous = torch.cat([both[:, :1], both[:, :-1]], dim=1)
+    assert torch.allclose(seen["inputs"], torch.cat([both, both - previous], dim=-1))
+
+
+def test_shuffles_that_leave_a_padded_clip_as_it_was_are_left_out_of_l_self():
+    rows = torch.tensor([[7, 8, 9, 9, 9], [7, 8, 9, 9, 9], [1, 2, 3, 4, 5]])   # 9 fills a short sequence
+    perm = torch.tensor([[0, 1, 3, 4, 2], [1, 0, 2, 3, 4], [0, 1, 2, 4, 3]])
+    assert shuffle_keeps_clip(rows, perm).tolist() == [True, False, False]
+    # Clips of one frame repeated: every shuffle leaves them as they were, g has nothing to learn.
+    model = tiny_ks()
+    batch = clip_batch()
+    batch["image"] = batch["image"][:, :1].expand(-1, N, -1, -1, -1).contiguous()
+    batch["index"] = torch.arange(4).view(4, 1).expand(4, N).contiguous()
+    out = model.training_step(batch, TrainState(epoch=3))
+    assert out["self"].item() == 0.0
+    out["self"].backward()
+    assert grad_norm(model.perturbation) == 0
+    batch["index"] = batch["index"][:, :3]
+    with pytest.raises(ValueError, match="index"):
+        model.training_step(batch, TrainState(epoch=3))
+
+
+def test_g_cannot_tell_a_static_clip_from_its_shuffle_after_training():
+    # With D_b itself shuffled, g learned the students' offsets within a few dozen steps and caught
+    # over 90% of the shuffles of clips without any motion. After a short training on moving clips,
+    # g must be at chance on static ones: a static clip's shuffle is the clip itself.
+    model = tiny_ks()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(40):
+        batch = clip_batch(batch=8, key=step % N, seed=step)
+        batch["image"] = moving_square_clips(8, generator)
+        out = model.training_step(batch, TrainState(epoch=5, epochs=6))
+        optimiser.zero_grad()
+        out["loss"].backward()
+        optimiser.step()
+    model.eval()
+    static = moving_square_clips(32, generator)[:, :1].expand(-1, N, -1, -1, -1)
+    perm = make_shuffle_permutations(32, N, generator=generator)
+    with torch.no_grad():
+        pooled = model.net.pooled(static.flatten(0, 1)).view(32, N, -1)
+        logits, labels, _ = model.order_logits(pooled, perm)
+    correct = ((logits >= 0).float() == labels).float().mean().item()
+    assert 0.35 <= correct <= 0.65, correct
+    torch.testing.assert_close(logits[:32], logits[32:])
 
 
 def test_branch_a_reads_the_key_view():

@@ -1,4 +1,4 @@
-"""Temporal-shuffle classifier features and the shuffle-permutation maker."""
+"""Temporal-shuffle clips and the shuffle-permutation maker."""
 import math
 from collections import Counter
 
@@ -35,7 +35,7 @@ def test_matches_reference(batch, frames, channels, dtype, index_dtype):
     perm = perms(batch, frames).to(index_dtype)
     inputs, labels = temporal_shuffle_features(features, perm)
     expected, expected_labels = reference.temporal_shuffle_features(features, perm)
-    assert inputs.shape == (2 * batch, frames, 2 * channels)
+    assert inputs.shape == (2 * batch, frames, channels)
     torch.testing.assert_close(inputs, expected, rtol=0, atol=0)
     torch.testing.assert_close(labels, expected_labels, rtol=0, atol=0)
     upstream = torch.randn_like(inputs)
@@ -46,15 +46,17 @@ def test_matches_reference(batch, frames, channels, dtype, index_dtype):
 def test_semantics_by_hand():
     features = torch.arange(2 * 3 * 2, dtype=torch.float64).view(2, 3, 2) ** 2
     perm = torch.tensor([[2, 0, 1], [1, 0, 2]])
-    inputs, labels = temporal_shuffle_features(features, perm)
+    clips, labels = temporal_shuffle_features(features, perm)
     assert labels.tolist() == [1, 1, 0, 0]
-    for r in range(4):
-        b = r % 2
-        order = list(range(3)) if r < 2 else perm[b].tolist()
-        for t in range(3):
-            now = features[b, order[t]]
-            before = features[b, order[max(t - 1, 0)]]
-            assert torch.equal(inputs[r, t], torch.cat([now, now - before]))
+    assert torch.equal(clips[:2], features)
+    assert torch.equal(clips[2], features[0, [2, 0, 1]])
+    assert torch.equal(clips[3], features[1, [1, 0, 2]])
+    # the gradient of frame f: the real clip's at position f plus the shuffled copy's where f went
+    upstream = torch.arange(4 * 3 * 2, dtype=torch.float64).view(4, 3, 2)
+    (grad,) = torch.autograd.grad(temporal_shuffle_features(features.requires_grad_(), perm)[0],
+                                  features, upstream)
+    assert torch.equal(grad[0], upstream[0] + upstream[2, [1, 2, 0]])
+    assert torch.equal(grad[1], upstream[1] + upstream[3, [1, 0, 2]])
 
 
 def test_noncontiguous_inputs():
@@ -70,7 +72,7 @@ def test_noncontiguous_inputs():
 def test_empty_batch():
     inputs, labels = temporal_shuffle_features(torch.randn(0, 4, 3), torch.zeros(0, 4,
                                                                                   dtype=torch.long))
-    assert inputs.shape == (0, 4, 6) and labels.shape == (0,)
+    assert inputs.shape == (0, 4, 3) and labels.shape == (0,)
 
 
 def test_gradcheck_and_double_backward():
@@ -93,7 +95,7 @@ def test_opcheck_every_op():
                  (torch.randn(3, 2, 1, requires_grad=True), perms(3, 2))]:
         torch.library.opcheck(ops.temporal_shuffle_features, args)
     torch.library.opcheck(ops.temporal_shuffle_features_backward,
-                          (torch.randn(6, 5, 8, requires_grad=True), perm))
+                          (torch.randn(6, 5, 4, requires_grad=True), perm))
 
 
 def test_torch_compile_matches_eager():
@@ -190,7 +192,7 @@ def test_kernel_refuses_out_of_range_even_unvalidated():
         temporal_shuffle_features(torch.randn(1, 3, 2), torch.tensor([[0, 5, 1]]), validate=False)
     for bad in ([[0, 3, 1]], [[0, -1, 1]]):  # the backward kernel checks too
         with pytest.raises(RuntimeError, match="perm holds .*, outside"):
-            torch.ops.aubench.temporal_shuffle_features_backward(torch.randn(2, 3, 4),
+            torch.ops.aubench.temporal_shuffle_features_backward(torch.randn(2, 3, 2),
                                                                  torch.tensor(bad))
 
 
@@ -203,7 +205,7 @@ def test_kernel_refuses_out_of_range_even_unvalidated():
 def test_cuda_matches_cpu(dtype, index_dtype, batch, frames, channels):
     features = torch.randn(batch, frames, channels).to(dtype)
     perm = perms(batch, frames).to(index_dtype)
-    upstream = torch.randn(2 * batch, frames, 2 * channels).to(dtype)
+    upstream = torch.randn(2 * batch, frames, channels).to(dtype)
     results = []
     for device in ("cpu", "cuda"):
         fd = features.to(device).requires_grad_()

@@ -107,7 +107,10 @@ def test_evaluate_smooth_writes_smoothed_results_beside_the_raw_ones(h5, runs):
         raw, raw_predictions = read_predictions(raw_path)
         smoothed, predictions = read_predictions(smoothed_path(raw_path, Smoothing(51, 3.0)))
         assert smoothed["protocol"] == SMOOTHED and raw["protocol"] == "full"
-        assert smoothed["smoothing"] == {"kind": "gaussian", "kernel_size": 51, "sigma": 3.0}
+        # the paper's filter on a file that is not Aff-Wild2's official split: not chosen on validation
+        assert smoothed["smoothing"] == {"kind": "gaussian", "kernel_size": 51, "sigma": 3.0,
+                                         "choice": "filter not chosen on validation"}
+        assert smoothed["choices"] == ["filter not chosen on validation"] and smoothed["chosen_on_test"] == []
         assert smoothed["smoothed_from"] == {"file": name, "predictions_sha256": raw["predictions"]["sha256"]}
         assert smoothed["occlusion"] == raw["occlusion"] and smoothed["config"] == raw["config"]
         # the smoothed probabilities are the filter's output on the raw ones, each sequence apart

@@ -500,20 +500,20 @@ def test_truncated_disfa_video_is_an_error_or_counted_skips(tmp_path):
         assert np.abs(stored[name]["grey"] - greys).max() <= 4  # every stored frame is the whole frame
 
 
-def test_avi_whole_frames_counts_only_complete_frames(tmp_path):
-    from datasets_tools.disfa import avi_whole_frames
+def test_avi_frames_in_place_counts_only_complete_frames(tmp_path):
+    from datasets_tools.disfa import avi_frames_in_place
 
     make_disfa_tree(tmp_path / "raw", ["SN001"], frames=6)
     video = tmp_path / "raw" / "Videos_LeftCamera" / "LeftVideoSN001_comp.avi"
-    assert avi_whole_frames(video) is None  # complete
+    assert avi_frames_in_place(video) is None  # complete
     data = video.read_bytes()
     video.write_bytes(data[:data.rfind(b"idx1") + 4])  # only the index is cut: every frame is whole
-    assert avi_whole_frames(video) == 6
+    assert avi_frames_in_place(video) == (6, "truncated")
     video.write_bytes(data)
     truncate_last_frame(video, keep=0.5)
-    assert avi_whole_frames(video) == 5
+    assert avi_frames_in_place(video) == (5, "truncated")
     (tmp_path / "other.avi").write_bytes(b"not a RIFF file at all")
-    assert avi_whole_frames(tmp_path / "other.avi") is None
+    assert avi_frames_in_place(tmp_path / "other.avi") is None
 
 
 @pytest.mark.parametrize("command", ["stats", "info"])

@@ -5,12 +5,14 @@ import math
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from aubench.models.au_attention import AU_CENTRES, au_attention_maps, au_centres
 from aubench.data import ViewAugment
 from aubench.models.base import TrainState
-from aubench.models.rrl import RRL, _stage_preset, ema_momentum, local_loss, relation_loss
+from aubench.models.rrl import (RRL, RRLEncoder, _stage_preset, attention_pool, ema_momentum, local_loss,
+                                relation_loss)
 from aubench.ops import reference
 from datasets_tools import face_render as fr
 from datasets_tools.landmarks import MIRROR
@@ -180,6 +182,70 @@ def test_stages_pretrain_without_labels_then_probe_the_frozen_encoder():
     assert isinstance(probe.head[0], torch.nn.BatchNorm1d) and probe.head[1].bias is None
 
 
+def probe_method(preset, **model):
+    """A probe-stage method of `preset` with model settings overridden, AU names and rates set."""
+    preset = _stage_preset(type(preset)(**{**preset.__dict__, "model": {**preset.model, **model}}), "probe")
+    torch.manual_seed(0)
+    method = RRL(12, preset)
+    method.set_training_data(BP4D, {"cooccurrence": np.eye(12), "au_rate": np.full(12, 0.2)})
+    return method
+
+
+@pytest.mark.parametrize("variant", ["global", "global+local", "global+relation", None])
+def test_the_probe_reads_its_probe_input_in_every_loss_ablation(variant):
+    losses = RRL.variants[variant] if variant else {}
+    batch = view_batch()
+    for probe_input, aus in (("global", 0), ("global+au", 12)):
+        probe = probe_method(TINY, **losses, probe_input=probe_input).eval()
+        dim = probe.encoder.dim
+        assert probe.head[1].in_features == dim * (1 + aus) and probe.uses_landmarks == bool(aus)
+        with torch.no_grad():
+            features = probe._probe_input(batch if aus else {"image": batch["image"]})   # o_g needs no landmarks
+            global_vector, local_map = probe.encoder(batch["image"])
+        assert features.shape == (4, dim * (1 + aus))
+        torch.testing.assert_close(features[:, :dim], global_vector)
+        if aus:   # then the K AU vectors, the local map pooled under each AU's attention map
+            maps = au_attention_maps(batch["landmarks"], BP4D, (64, 64), tuple(local_map.shape[-2:]))
+            torch.testing.assert_close(features[:, dim:], attention_pool(local_map, maps).flatten(1))
+
+
+def test_the_global_vector_is_timms_pooled_features_with_the_final_norm():
+    """o_g is what timm's model without a classifier returns: for Swin its final LayerNorm
+    (forward_features) then the average; for a ResNet the average of the last map."""
+    small_swin = dict(img_size=64, window_size=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for name, kwargs in (("swin_tiny_patch4_window7_224", small_swin), ("resnet18", TINY.model["encoder_kwargs"])):
+        encoder = RRLEncoder(name, None, -2, **kwargs).eval()
+        reference = timm.create_model(name, num_classes=0, **kwargs).eval()
+        reference.load_state_dict(encoder.backbone.state_dict())
+        with torch.no_grad():
+            global_vector, _ = encoder(images)
+            features = reference.forward_features(images)
+            torch.testing.assert_close(global_vector, reference(images))
+            torch.testing.assert_close(encoder.global_vector(images), global_vector)
+        if name.startswith("swin"):   # (B, h, w, C) after the final norm: the norm is in o_g
+            last_stage = reference.layers(reference.patch_embed(images))
+            torch.testing.assert_close(global_vector, features.mean(dim=(1, 2)))
+            assert not torch.allclose(global_vector, last_stage.mean(dim=(1, 2)), atol=1e-3)
+        else:
+            torch.testing.assert_close(global_vector, features.mean(dim=(2, 3)))
+
+
+def test_the_paper_probe_uses_plain_cross_entropy_and_balanced_is_a_variant():
+    assert RRL.presets["paper"].model["probe_weighting"] == "none"
+    assert TINY.model["probe_weighting"] == "balanced"
+    assert RRL.variants["balanced-probe"] == {"probe_weighting": "balanced"}
+    batch = {**view_batch(), "label": torch.tensor([[1.0, 0.0, -1.0] * 4] * 4)}
+    known = batch["label"] >= 0
+    for weighting, pos_weight in (("none", None), ("balanced", torch.full((12,), 0.8 / 0.2))):
+        probe = probe_method(TINY, probe_weighting=weighting).train()
+        loss = probe.training_step(batch, TrainState())["loss"]
+        logits = probe.head(probe._probe_input(batch))
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, batch["label"].clamp(min=0), pos_weight=pos_weight, reduction="none")[known].mean()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5), weighting
+
+
 # ----------------------------------------------------------------------- through the engine
 
 import json  # noqa: E402
@@ -296,7 +362,7 @@ def test_evaluate_runs_named_variants_as_their_own_rows(h5, tmp_path):
     paths = evaluate_runs(request)
     result = json.loads(paths[0].read_text())
     assert result["method"] == "rrl:global" and result["preset"]["model"]["losses"] == ["global"]
-    assert result["preset"]["model"]["probe_features"] == "global"   # no trained local network to read
+    assert result["preset"]["model"]["probe_input"] == "global+au"   # a loss ablation keeps the run's probe input
     assert result["protocol"] == "full+linear-probe"   # the leaderboard's section of self-supervised probes
     assert paths[0].name == "rrl:global_fold1_full.json"
     with pytest.raises(UserError, match="method 'rrl' has no variant 'best'; its variants: rrl:global"):

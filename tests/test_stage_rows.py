@@ -428,3 +428,46 @@ def test_bench_measures_the_stage_asked_for_under_its_training_occlusion(tmp_pat
     assert [r["occlusion"] for r in records] == ["patches0.5", "patches0.5", "none"]
     out = capsys.readouterr().out
     assert "rows_test-probe" in out and "rows_test-student" in out
+
+
+# ------------------------------------------------------------------ each row's own training condition
+
+
+class CleanRowMethod(RowsMethod):
+    """Rows of one run trained under different conditions: the probe row trains on clean images
+    (from the clean pre-training), the student under the preset's patches."""
+
+    @classmethod
+    def stages(cls, preset):
+        pretrain, probe, distil = super().stages(preset)
+        return [pretrain, replace(probe, occluded=False), distil]
+
+
+if "clean_row_test" not in _METHODS:
+    register_method("clean_row_test")(CleanRowMethod)
+
+
+def test_each_row_names_its_own_training_condition(h5, tmp_path):
+    """A row trained clean in a run whose other stages train occluded (MAE-FAU's reconstruction
+    baseline beside its teacher) says "none" in its result, its file name and the leaderboard."""
+    from aubench.models.base import trained_under
+    from aubench.models.maefau import MAEFAU
+
+    recon = MAEFAU.presets["tiny"]
+    recon = replace(recon, model={**recon.model, "reconstruction_baseline": True})
+    stages = {s.name: s for s in MAEFAU.stages(recon)}
+    assert trained_under(list(stages.values()), stages["recon2"], "patches0.5") == "none"
+    assert trained_under(list(stages.values()), stages["teacher2"], "patches0.5") == "patches0.5"
+    assert trained_under(list(stages.values()), stages["student"], "patches0.5") == "patches0.5"
+
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--methods", "clean_row_test", "--folds", "1", "--data", str(h5), "--out", str(out),
+                 *FAST]) == 0
+    results = results_in(out)
+    assert sorted(results) == ["clean_row_test-probe_fold1_full.json",
+                               "clean_row_test-student_fold1_full_train-patches0.5.json"]
+    assert results["clean_row_test-probe_fold1_full.json"]["occlusion"]["train"] == "none"
+    assert results["clean_row_test-student_fold1_full_train-patches0.5.json"]["occlusion"]["train"] == "patches0.5"
+    rows = leaderboard.build_rows(leaderboard.find_results([out]), include_reported=False)
+    assert {(r["method"], r["occlusion_train"]) for r in rows if r["kind"] == "ours"} == {
+        ("clean_row_test-probe", "none"), ("clean_row_test-student", "patches0.5")}

@@ -51,11 +51,27 @@ from .transforms import (IMAGENET_MEAN_UINT8, ClipAugment, crop_images, crop_off
 _MEAN_UINT8 = torch.tensor(IMAGENET_MEAN_UINT8, dtype=torch.uint8).view(3, 1, 1)
 
 
+def clip_offsets(length: int, clip_len: int) -> list[int]:
+    """Where the clips that tile a sequence of `length` frames start (test and "all" splits, and
+    aubench predict on a face's frames): every `clip_len` frames, plus one clip ending at the
+    sequence's end when the last would not reach it; one clip for a sequence shorter than a clip."""
+    offsets = list(range(0, max(length - clip_len, 0) + 1, clip_len))
+    if offsets[-1] + clip_len < length:
+        offsets.append(length - clip_len)
+    return offsets
+
+
+def clip_positions(first: int, clip_len: int, length: int) -> np.ndarray:
+    """The positions in its sequence of the frames of a clip starting at `first`: a sequence
+    shorter than the clip repeats its last frame."""
+    return np.minimum(first + np.arange(clip_len), length - 1)
+
+
 class _AUDatasetBase(Dataset):
     """What frame and clip datasets share: the file, fold rows, labels, image pipeline."""
 
     def __init__(self, path, fold, split, image_size, augment, occlusion, label_ratio, seed,
-                 normalize, landmarks=None, crop_fraction=None):
+                 normalize, landmarks=None, crop_fraction=None, subjects=None):
         self.file = path if isinstance(path, AUFile) else AUFile(path)
         if landmarks is None:  # carry them when the file has them
             landmarks = self.file.has_scheme_landmarks
@@ -65,6 +81,8 @@ class _AUDatasetBase(Dataset):
         self.fold = fold
         self.split = split
         self.rows = self.file.rows(fold, split)
+        if subjects is not None:
+            self.rows = self._subject_rows(subjects)
         self.label_ratio = check_label_ratio(label_ratio)
         self.image_size = parse_image_size(image_size) or self.file.image_size
         # the size frames are resized to: image_size, or larger for a crop (crop_fraction)
@@ -86,6 +104,16 @@ class _AUDatasetBase(Dataset):
         # labels the protocol keeps (all of them at label_ratio = 1)
         self.labeled_mask = sparse_label_mask(self.file, self.label_ratio)
 
+    def _subject_rows(self, subjects) -> np.ndarray:
+        """The split's rows of `subjects` (names); ValueError naming a subject the split lacks."""
+        in_split = {self.file.subjects[i] for i in np.unique(self.file.frame_subject[self.rows])}
+        missing = [name for name in subjects if name not in in_split]
+        if missing:
+            raise ValueError(f"{self.file.path}: subject {missing[0]!r} has no frames in the {self.split!r} split"
+                             + (f" of fold {self.fold}" if self.fold is not None else ""))
+        wanted = [self.file.subjects.index(name) for name in subjects]
+        return self.rows[np.isin(self.file.frame_subject[self.rows], wanted)]
+
     @property
     def au_names(self) -> list[str]:
         return self.file.au_names
@@ -102,6 +130,14 @@ class _AUDatasetBase(Dataset):
     def label_report(self) -> dict:
         """The realised label ratio and label coverage of these rows (`sparse_label_report`)."""
         return sparse_label_report(self.file, self.rows, self.labeled_mask, self.label_ratio)
+
+    def item_points(self, points: np.ndarray) -> np.ndarray:
+        """(..., 68, 2) landmarks in stored-frame pixels -> in the pixels of an unaugmented item:
+        resized, and centre-cropped under the crop protocol, as evaluation items are."""
+        points = resize_points(points, self.file.image_size, self.resize_size)
+        if self.resize_size != self.image_size:
+            points = crop_points(points, crop_offset(self.resize_size, self.image_size, random=False))
+        return points
 
     def _generator(self, index: int, view: int = 0) -> torch.Generator | None:
         if self.seed is None:
@@ -195,14 +231,17 @@ class FrameDataset(_AUDatasetBase):
             True: they must (ValueError naming the file otherwise); False: never.
         views: 2 = items also carry "image2" (and "landmarks2", "occlusion2"), a second view of
             the frame with its own draw; `augment` may then be a pair (view 1's, view 2's).
+        subjects: None (every subject of the split), or names of subjects of the split: only
+            their frames (the engine's validation split, and the training subjects beside it).
     """
 
     def __init__(self, path, fold: int | None = 1, split: str = "train", image_size=None,
                  augment=False, occlusion=None, label_ratio: float = 1.0,
                  labeled_only: bool = False, seed: int | None = None, normalize: bool = True,
-                 landmarks: bool | None = None, views: int = 1, crop_fraction: float | None = None):
+                 landmarks: bool | None = None, views: int = 1, crop_fraction: float | None = None,
+                 subjects=None):
         super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
-                         normalize, landmarks, crop_fraction)
+                         normalize, landmarks, crop_fraction, subjects)
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views!r}")
         if self.view_augments is not None and len(self.view_augments) != views:
@@ -265,11 +304,12 @@ class ClipDataset(_AUDatasetBase):
     sequence end, so every frame is predicted (some twice); "key_position" is n // 2.
     Train split with `windows=True` (frame-wise sequence models): the clips tile every training
     sequence as on the test split, and each frame keeps the label the protocol lets it have
-    ("labeled" per frame); a window without any such label is left out, and a frame repeated to
-    fill a sequence shorter than n reads -1 after its first place, so no label counts twice in
-    one window.
+    ("labeled" per frame); each label counts once per epoch (`counted_frames`): a frame repeated
+    to fill a sequence shorter than n reads -1 after its first place, and so do the frames of a
+    sequence's last window (which ends at the sequence's end) that the window before it holds;
+    a window without any label left is left out.
 
-    Args: as `FrameDataset`, plus clip_len (n >= 1), key_view (train split only) and windows. With
+    Args: as `FrameDataset` (subjects too), plus clip_len (n >= 1), key_view (train split only) and windows. With
     normalize=False "image" is uint8 (n,3,H,W) (see `normalize_images`). "occlusion" is bool
     (n,H,W): on the test / "all" split each frame's fixed mask (as in FrameDataset), on the
     train split one random mask repeated over the clip.
@@ -278,11 +318,12 @@ class ClipDataset(_AUDatasetBase):
     def __init__(self, path, fold: int | None = 1, split: str = "train", clip_len: int = 5,
                  label_ratio: float = 1.0, image_size=None, augment=False, occlusion=None,
                  seed: int | None = None, normalize: bool = True, key_view: bool = False,
-                 landmarks: bool | None = None, windows: bool = False, crop_fraction: float | None = None):
+                 landmarks: bool | None = None, windows: bool = False, crop_fraction: float | None = None,
+                 subjects=None):
         if isinstance(clip_len, bool) or int(clip_len) != clip_len or clip_len < 1:
             raise ValueError(f"clip_len must be an int >= 1, got {clip_len!r}")
         super().__init__(path, fold, split, image_size, augment, occlusion, label_ratio, seed,
-                         normalize, landmarks, crop_fraction)
+                         normalize, landmarks, crop_fraction, subjects)
         self.clip_len = int(clip_len)
         if key_view and (split != "train" or windows):
             raise ValueError(f"key_view is for training clips with a key frame, not {split!r} windows")
@@ -300,12 +341,9 @@ class ClipDataset(_AUDatasetBase):
             # tile the sequences that have frames in this split
             wanted = np.unique(frame_seq[self.rows])
             starts, lengths, firsts = [], [], []
-            n = self.clip_len
             for s in wanted:
                 start, length = int(seq["start"][s]), int(seq["length"][s])
-                offsets = list(range(0, max(length - n, 0) + 1, n))
-                if offsets[-1] + n < length:
-                    offsets.append(length - n)
+                offsets = clip_offsets(length, self.clip_len)
                 starts += [start] * len(offsets)
                 lengths += [length] * len(offsets)
                 firsts += offsets
@@ -314,13 +352,23 @@ class ClipDataset(_AUDatasetBase):
             self._clip_seq_length = np.asarray(lengths, dtype=np.int64)
             self._clip_first = np.asarray(firsts, dtype=np.int64)
             if self.windows:  # training windows: those with at least one label the protocol keeps
-                keep = [bool(self.labeled_mask[self.clip_rows(i)[0]].any()) for i in range(len(starts))]
+                rows = [self.clip_rows(i)[0] for i in range(len(starts))]
+                keep = [bool(self.labeled_mask[r][self.counted_frames(i, r)].any()) for i, r in enumerate(rows)]
                 self._clip_seq_start = self._clip_seq_start[keep]
                 self._clip_seq_length = self._clip_seq_length[keep]
                 self._clip_first = self._clip_first[keep]
 
     def __len__(self) -> int:
         return int(self._clip_seq_start.size)
+
+    def counted_frames(self, index: int, rows: np.ndarray) -> np.ndarray:
+        """Which frames of training window `index` (its `rows`) carry their labels, (n,) bool:
+        not a repeat of the frame before (a sequence shorter than n), and not held by an earlier
+        window (the windows start at multiples of n, but the last ends at the sequence's end and
+        overlaps the one before)."""
+        n, first = self.clip_len, int(self._clip_first[index])
+        positions = rows - int(self._clip_seq_start[index])
+        return (positions >= -(-first // n) * n) & np.r_[True, rows[1:] != rows[:-1]]
 
     def clip_rows(self, index: int, key_position: int | None = None) -> tuple[np.ndarray, int]:
         """(frame rows (n,), key position) of clip `index`, key frame asked at `key_position`."""
@@ -340,8 +388,7 @@ class ClipDataset(_AUDatasetBase):
                                  "a key position can only be chosen for the train split")
             first = int(self._clip_first[index])
             key = n // 2
-        offsets = np.minimum(first + np.arange(n), length - 1)
-        return start + offsets, key
+        return start + clip_positions(first, n, length), key
 
     def __getitem__(self, index) -> dict:
         return self.__getitems__([index])[0]
@@ -372,8 +419,8 @@ class ClipDataset(_AUDatasetBase):
                 others = np.arange(n) != key
                 labels[torch.from_numpy(others)] = -1.0
                 labeled[others] = False
-            if self.windows:  # a frame repeated to fill a short sequence counts once
-                repeated = np.r_[False, rows[1:] == rows[:-1]]
+            if self.windows:  # each label counts once per epoch
+                repeated = ~self.counted_frames(index, rows)
                 labels[torch.from_numpy(repeated)] = -1.0
                 labeled[repeated] = False
             item = {

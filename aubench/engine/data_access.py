@@ -1,11 +1,20 @@
 """The engine's view of one dataset file and fold: datasets to train and test on, labels, stats.
 
+The validation split (--validation R, docs/validation.md): a share R of the fold's training
+subjects held out, whole subjects, drawn with the run's seed (`validation_subjects`). The run
+then trains on the training subjects left, and every statistic of the training labels (class
+weights, co-occurrence, AU rates: what methods get from set_training_data) comes from those
+alone; the sparse-label protocol hides labels as it does without a validation split (the same
+kept frames), on the validation subjects too, so a validation score counts the labels the
+protocol keeps. The validation split is predicted as the test split is (every frame, tiled
+clips, each frame's fixed occlusion mask).
+
 Errors from aubench.data (missing file, not an aubench file, fold out of range) become
 UserError so the command line prints them without a traceback.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +25,73 @@ from aubench.errors import UserError
 from aubench.models.base import Preset
 
 
+SPLITS = ("test", "validation")  # the splits a run is scored on
+
+
+def protocol_labels(file: AUFile, label_ratio: float) -> np.ndarray:
+    """The file's labels (N, U) as a run at `label_ratio` holds them: those the sparse-label
+    protocol hides are -1 (unknown). What a validation split is scored against."""
+    labels = file.labels.copy()
+    labels[~sparse_label_mask(file, label_ratio)] = -1
+    return labels
+
+
+def validation_subjects(train_subjects: list[str], ratio: float, seed: int, fold: int) -> list[str]:
+    """The subjects a run holds out of its fold's training subjects as its validation split:
+    round(ratio x their number), at least one and never all of them, drawn without replacement
+    (numpy default_rng seeded with (seed, fold)) from the subjects in name order, so the split
+    depends on the seed, the fold and the subjects only; none for ratio 0. Returned in name order.
+    UserError for a ratio outside [0, 1) or a fold with fewer than two training subjects."""
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"--validation {ratio:g}: must be in [0, 1) (a share of the fold's training subjects)")
+    if ratio == 0.0:
+        return []
+    subjects = sorted(train_subjects)
+    if len(subjects) < 2:
+        raise UserError(f"--validation {ratio:g}: fold {fold} has {len(subjects)} training subject(s); a validation "
+                        f"split needs at least two (one to hold out, one to train on)")
+    count = min(max(round(ratio * len(subjects)), 1), len(subjects) - 1)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, fold]))
+    return sorted(subjects[i] for i in rng.choice(len(subjects), size=count, replace=False))
+
+
 @dataclass
 class RunData:
     path: Path
     fold: int
     file: AUFile
+    validation: float = 0.0   # the share of the fold's training subjects held out (validation_subjects)
+    seed: int = 0             # the run's seed, which draws them
+    # the held-out subjects, drawn when the data are opened (a bad share is refused there); []
+    # without a validation split
+    validation_subjects: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.validation_subjects = validation_subjects(self.file.fold_subjects(self.fold)[0], self.validation,
+                                                       self.seed, self.fold)
+
+    @property
+    def train_subjects(self) -> list[str]:
+        """The fold's training subjects the run trains on: those not held out for validation."""
+        held_out = set(self.validation_subjects)
+        return [name for name in self.file.fold_subjects(self.fold)[0] if name not in held_out]
+
+    def _subjects_option(self, split: str) -> list[str] | None:
+        """The `subjects` of a dataset of `split` ("train", "test", "validation"): None for every
+        subject of the file's split."""
+        if split == "validation":
+            if not self.validation_subjects:
+                raise ValueError("this run has no validation split (--validation)")
+            return self.validation_subjects
+        return self.train_subjects if split == "train" and self.validation_subjects else None
+
+    def train_rows(self) -> np.ndarray:
+        """The rows of the training subjects the run trains on (sorted)."""
+        rows = self.file.rows(self.fold, "train")
+        if not self.validation_subjects:
+            return rows
+        wanted = [self.file.subjects.index(name) for name in self.train_subjects]
+        return rows[np.isin(self.file.frame_subject[rows], wanted)]
 
     @property
     def dataset(self) -> str:
@@ -36,13 +107,14 @@ class RunData:
 
     def train_label_statistics(self, label_ratio: float) -> dict[str, np.ndarray]:
         """AU rates, class weights and co-occurrence of the training labels a run at
-        `label_ratio` may see (the kept labels only; at ratio 1 the file's per-fold statistics)."""
-        rows = self.file.rows(self.fold, "train")
+        `label_ratio` may see (the kept labels only; at ratio 1 and without a validation split the
+        file's per-fold statistics), of the training subjects left beside the validation split."""
+        rows = self.train_rows()
         return visible_label_statistics(self.file, rows, sparse_label_mask(self.file, label_ratio))
 
     def label_report(self, label_ratio: float) -> dict:
         """Realised label ratio and label coverage of the training split (sparse_label_report)."""
-        rows = self.file.rows(self.fold, "train")
+        rows = self.train_rows()
         return sparse_label_report(self.file, rows, sparse_label_mask(self.file, label_ratio), label_ratio)
 
     @property
@@ -57,6 +129,28 @@ class RunData:
     def test_labels(self) -> np.ndarray:
         return self.file.labels[self.test_rows()]
 
+    def split_rows(self, split: str) -> np.ndarray:
+        """The sorted rows of the "test" or "validation" split."""
+        if split == "test":
+            return self.test_rows()
+        wanted = [self.file.subjects.index(name) for name in self._subjects_option(split)]
+        return np.flatnonzero(np.isin(self.file.frame_subject, wanted)).astype(np.int64)
+
+    def scoring_labels(self, split: str, label_ratio: float) -> np.ndarray:
+        """The label array (N, U) a split is scored against, rows as in the file: the file's own
+        for the test split; for the validation split, the labels the sparse-label protocol at
+        `label_ratio` keeps (the others -1, unknown: not scored), as a run holds them."""
+        return self.file.labels if split == "test" else protocol_labels(self.file, label_ratio)
+
+    def validation_record(self, label_ratio: float) -> dict:
+        """What a result records of the validation split: the share, the seed, the held-out and
+        remaining subjects, frames and labeled frames (those whose labels the protocol keeps)."""
+        rows = self.split_rows("validation")
+        known = (self.scoring_labels("validation", label_ratio)[rows] >= 0).any(axis=1)
+        return {"ratio": self.validation, "seed": self.seed, "subjects": list(self.validation_subjects),
+                "train_subjects": len(self.train_subjects), "frames": int(rows.size),
+                "labeled_frames": int(known.sum())}
+
     # Datasets yield uint8 images (normalize=False); the engine normalises each batch on the
     # device (aubench.engine.trainer.move_batch), so workers and host-to-device copies move 4x
     # fewer bytes.
@@ -69,31 +163,38 @@ class RunData:
         tile the training sequences with every label the protocol keeps (ClipDataset).
         `occlusion`: a parsed condition (aubench.data.occlusion), drawn afresh for every item.
         `landmarks`: items carry them (a method that uses them; the file must have them).
-        The preset's crop (Preset.crop_fraction) is random where `augment` is given, else the centre."""
+        The preset's crop (Preset.crop_fraction) is random where `augment` is given, else the centre.
+        Only the training subjects left beside the validation split (train_subjects)."""
+        subjects = self._subjects_option("train")
         try:
             if input_kind == "clip":
                 return ClipDataset(self.file, self.fold, "train", clip_len=preset.clip_len, label_ratio=label_ratio,
                                    image_size=preset.image_size, augment=augment, normalize=False,
                                    key_view=key_view, occlusion=occlusion, landmarks=landmarks, windows=windows,
-                                   crop_fraction=preset.crop_fraction)
+                                   crop_fraction=preset.crop_fraction, subjects=subjects)
             return FrameDataset(self.file, self.fold, "train", image_size=preset.image_size, augment=augment,
                                 label_ratio=label_ratio, labeled_only=labeled_only, normalize=False,
                                 occlusion=occlusion, landmarks=landmarks, views=views,
-                                crop_fraction=preset.crop_fraction)
+                                crop_fraction=preset.crop_fraction, subjects=subjects)
         except ValueError as err:  # no 68-point landmarks in the file
             raise UserError(f"--data {err}") from None
 
-    def test_dataset(self, input_kind: str, preset: Preset, occlusion=None, landmarks: bool = False):
-        """The test split; under `occlusion` every frame gets the same mask in every evaluation,
-        of every method and run (aubench.data.occlusion.frame_occlusion_mask: a function of the
-        frame's row and the condition only). The preset's crop (Preset.crop_fraction) is the centre one."""
+    def test_dataset(self, input_kind: str, preset: Preset, occlusion=None, landmarks: bool = False,
+                     split: str = "test"):
+        """The test split (or with `split` "validation" the validation split, predicted the same
+        way: the file's "all" split restricted to the held-out subjects); under `occlusion` every
+        frame gets the same mask in every evaluation, of every method and run
+        (aubench.data.occlusion.frame_occlusion_mask: a function of the frame's row and the
+        condition only). The preset's crop (Preset.crop_fraction) is the centre one."""
+        file_split, subjects = ("test", None) if split == "test" else ("all", self._subjects_option(split))
         try:
             if input_kind == "clip":
-                return ClipDataset(self.file, self.fold, "test", clip_len=preset.clip_len,
+                return ClipDataset(self.file, self.fold, file_split, clip_len=preset.clip_len,
                                    image_size=preset.image_size, normalize=False, occlusion=occlusion,
-                                   landmarks=landmarks, crop_fraction=preset.crop_fraction)
-            return FrameDataset(self.file, self.fold, "test", image_size=preset.image_size, normalize=False,
-                                occlusion=occlusion, landmarks=landmarks, crop_fraction=preset.crop_fraction)
+                                   landmarks=landmarks, crop_fraction=preset.crop_fraction, subjects=subjects)
+            return FrameDataset(self.file, self.fold, file_split, image_size=preset.image_size, normalize=False,
+                                occlusion=occlusion, landmarks=landmarks, crop_fraction=preset.crop_fraction,
+                                subjects=subjects)
         except ValueError as err:
             raise UserError(f"--data {err}") from None
 
@@ -120,24 +221,27 @@ def open_labeled_file(path: str | Path) -> AUFile:
     return file
 
 
-def open_run_data(path: str | Path, fold: int) -> RunData:
-    """The fold of a labeled file that a run trains on and is scored on."""
+def open_run_data(path: str | Path, fold: int, validation: float = 0.0, seed: int = 0) -> RunData:
+    """The fold of a labeled file that a run trains on and is scored on; with `validation` > 0
+    a share of its training subjects held out (drawn with `seed`: validation_subjects)."""
     file = open_labeled_file(path)
     if not isinstance(fold, int) or not 1 <= fold <= file.num_folds:
         raise UserError(f"--fold {fold} is out of range: {path} has folds 1..{file.num_folds}")
-    return RunData(Path(path), fold, file)
+    return RunData(Path(path), fold, file, validation, seed)
 
 
 @dataclass
 class PretrainData:
     """The frames a pre-training stage (Stage.pretraining) learns from when the run is given
-    --pretrain-data: the fold's training subjects when it is the run's own file, every frame of
-    another file. Test subjects of the fold never reach pre-training."""
+    --pretrain-data: the fold's training subjects when it is the run's own file (without those
+    held out for validation), every frame of another file. Test subjects of the fold never reach
+    pre-training."""
 
     path: Path
     file: AUFile
     fold: int | None
     split: str          # "train" (the run's own file) or "all" (another file)
+    subjects: list[str] | None = None  # the run's own file: its training subjects left beside the validation split
 
     @property
     def fingerprint(self) -> str:
@@ -148,7 +252,8 @@ class PretrainData:
     def dataset(self, preset: Preset, augment, landmarks: bool = False, views: int = 1) -> FrameDataset:
         try:
             return FrameDataset(self.file, self.fold, self.split, image_size=preset.image_size, augment=augment,
-                                normalize=False, landmarks=landmarks, views=views, crop_fraction=preset.crop_fraction)
+                                normalize=False, landmarks=landmarks, views=views, crop_fraction=preset.crop_fraction,
+                                subjects=self.subjects)
         except ValueError as err:
             raise UserError(f"--pretrain-data {err}") from None
 
@@ -164,7 +269,8 @@ def open_pretrain_data(path: str | Path, run: RunData) -> PretrainData:
     except (ValueError, OSError, KeyError) as err:
         raise UserError(f"--pretrain-data {path}: not a usable aubench dataset file: {err}") from None
     if file.fingerprint() == run.fingerprint:
-        return PretrainData(Path(path), file, run.fold, "train")
+        return PretrainData(Path(path), file, run.fold, "train",
+                            run.train_subjects if run.validation_subjects else None)
     test = set(run.file.fold_subjects(run.fold)[1])
     shared = sorted(test & set(file.subjects))
     if file.dataset == run.dataset and shared:

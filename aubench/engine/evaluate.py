@@ -13,8 +13,10 @@ on DISFA where the method has one) and results record the name used. `aubench ev
 Everything is checked before anything trains: the settings of every method, and what OUT
 already holds (refused unless resume or overwrite; see the `evaluate` help).
 Every result JSON has its per-frame predictions beside it (<stem>.predictions.npz,
-aubench.engine.predictions); resuming keeps a result only with its predictions file unchanged
-(the sha256 the result records), and tests again one whose file is missing or altered.
+aubench.engine.predictions; with --validation also <stem>.validation.predictions.npz); resuming
+keeps a result only with its predictions files unchanged (the sha256 the result records), and
+tests again one whose file is missing or altered. --validation, --select and --thresholds
+(docs/validation.md) are part of each run's settings.
 With a smoothing filter (--smooth, aubench.engine.postprocess) every result, kept ones included,
 is also written smoothed beside itself; replacing a result (write_result) removes the smoothed
 ones made from it.
@@ -27,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from aubench.data.occlusion import condition_name
-from aubench.engine.data_access import RunData, open_pretrain_data
+from aubench.engine.data_access import RunData, open_pretrain_data, validation_subjects
 from aubench.engine.identity import (MissingKey, differences_text, identity_differences, need,
                                      result_identity)
-from aubench.engine.trainer import (CHECKPOINT_NAME, RunConfig, check_pretraining, check_stages_build,
-                                    clear_run_files, config_identity, kept_run_files, parse_occlusion_option,
+from aubench.engine.trainer import (CHECKPOINT_NAME, RunConfig, check_pretraining, check_selection,
+                                    check_stages_build, clear_run_files, config_identity, kept_run_files, parse_occlusion_option,
                                     resolve_precision, resolve_preset, result_file_name, run_stages,
                                     train_occlusion)
 from aubench.errors import UserError
@@ -153,11 +155,11 @@ def train_run(config: RunConfig, test_occlusions: list[str] = ("none",), smoothi
     condition_names(list(test_occlusions))
     env = setup_distributed(config.device)
     results = train_and_evaluate(config, test_occlusions=test_occlusions)
-    paths = [Path(config.out) / result_file_name(result["occlusion"]["test"], result_row(result))
-             for result, _ in results]
+    paths = [Path(config.out) / result_file_name(tested.result["occlusion"]["test"], result_row(tested.result))
+             for tested in results]
     if env.is_main:
-        for path, (result, predictions) in zip(paths, results):
-            write_result(path, result, predictions)
+        for path, (result, predictions, validation) in zip(paths, results):
+            write_result(path, result, predictions, validation)
             m = result["metrics"]
             print(f"{result['method']} fold {config.fold} {_run_name(result)}: mean F1 {100 * m['mean_f1']:.1f} "
                   f"(all-positive {100 * m['all_positive_mean_f1']:.1f}); per AU: "
@@ -177,7 +179,7 @@ class _Unit:
     identity: dict                      # config_identity of the request
     results: dict[tuple[str, str], Path]  # (tested stage, test condition name) -> result file
     names: dict[str, str]               # tested stage -> the method name of its results
-    train: str                          # the training occlusion condition name
+    train: dict[str, str]               # tested stage -> its training occlusion condition name (trained_under)
 
 
 def _stored_result(path: Path) -> tuple[dict, str, str, str | None, dict]:
@@ -208,7 +210,7 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     from aubench.engine.predictions import predictions_problem, remove_result, write_result
     from aubench.engine.run import protocol_name, train_and_evaluate
     from aubench.models import method_class
-    from aubench.models.base import check_image_size, row_method_name, tested_stages
+    from aubench.models.base import check_image_size, row_method_name, tested_stages, trained_under
 
     template = request.run
     methods = resolve_methods(request.methods)
@@ -216,6 +218,9 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     folds = file_folds(file, request.folds)
     if template.train_occlusion is not None:
         parse_occlusion_option("--train-occlusion", template.train_occlusion)
+    check_selection(template)
+    for fold in folds:  # a --validation share a fold cannot give: refused before anything trains
+        validation_subjects(file.fold_subjects(fold)[0], template.validation, template.seed, fold)
     tests = dict(zip(condition_names(request.test_occlusions), request.test_occlusions))  # name -> text
     protocols = [protocol_name(r) for r in request.label_ratios]  # a method's train condition suffixes them all
     if len(set(protocols)) != len(protocols):
@@ -249,11 +254,13 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                 check_stages_build(cls, file.num_aus, stages)
                 check_pretraining(name, stages, template.pretrain_data)
                 names = {stage.name: row_method_name(method, stage) for stage in tested_stages(stages)}
-                protocol_of = {test: protocol_name(ratio, train, test) for test in tests}
-                results = {(stage, test): root / "results" / f"{name}_fold{fold}_{protocol_of[test]}.json"
+                # each tested row's own training condition (a row trained clean in an occluded run)
+                trained = {stage.name: trained_under(stages, stage, train) for stage in tested_stages(stages)}
+                results = {(stage, test): root / "results" /
+                           f"{name}_fold{fold}_{protocol_name(ratio, trained[stage], test)}.json"
                            for stage, name in names.items() for test in tests}
                 units.append(_Unit(config, config_identity(config, preset, stages, fingerprint, precision,
-                                                           pretrain_fingerprint), results, names, train))
+                                                           pretrain_fingerprint), results, names, trained))
     paths = [path for u in units for path in u.results.values()]
     clash = next((path for i, path in enumerate(paths) if path in paths[:i]), None)
     if clash is not None:  # a row's name that is another method's ("a-b", and method "a" with row "b")
@@ -309,7 +316,7 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
         if env.is_main and not request.measure_only:
             for (stage, test), path in u.results.items():
                 if path in kept:
-                    protocol = protocol_name(config.label_ratio, u.train, test)
+                    protocol = protocol_name(config.label_ratio, u.train[stage], test)
                     print(f"{u.names[stage]:>10} fold {config.fold} {protocol:>10}: kept {path} (same settings)",
                           flush=True)
         if todo:
@@ -330,9 +337,10 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
             benches = {stage: bench[(config.method, config.variant, stage)] for stage, _ in todo}
             conditions = [tests[test] for test in dict.fromkeys(test for _, test in todo)]
             results = train_and_evaluate(config, benches, test_occlusions=conditions, only=set(todo))
-            for result, predictions in results:
+            for result, predictions, validation in results:
                 if env.is_main:
-                    write_result(todo[(result["tested_stage"], result["occlusion"]["test"])], result, predictions)
+                    write_result(todo[(result["tested_stage"], result["occlusion"]["test"])], result, predictions,
+                                 validation)
                     _print_result(result, f"{result['method']:>10} fold {config.fold} {_run_name(result):>10}")
         written += list(u.results.values())
     if request.measure_only:

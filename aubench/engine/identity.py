@@ -25,8 +25,12 @@ timestamps, versions and throughput.
 
 Settings that arrived after results were first written are left out of the identity while
 they hold their default value (no training occlusion; the one plain stage of a single-stage
-method; a stage that the training occlusion applies to), so results and checkpoints made before
-them keep their identity.
+method; a stage that the training occlusion applies to; the run settings of
+LATER_CONFIG_SETTINGS: the clean frame's landmarks under test occlusion, no validation split,
+the last epoch's checkpoint tested, the fixed 0.5 threshold), so results and checkpoints made
+before them keep their identity. The validation split (its share of the training subjects; the
+seed that draws it is the run's), the checkpoint selection and the thresholds are part of it:
+they change what is trained on or what is tested.
 
 This module imports nothing heavy, so the leaderboard can use it without torch.
 """
@@ -67,6 +71,12 @@ RESOLVED_PRESET_FIELDS = ("name", "train_occlusion")
 DOCUMENTATION_PRESET_FIELDS = ("paper_init", "source")
 # Preset fields that arrived later: left out while they hold their default.
 LATER_PRESET_FIELDS = {"weight_decay_end": None, "crop_fraction": None}
+# Run settings (RunConfig fields) that arrived later: left out while they hold their default.
+# occluded_landmarks: landmarks of occluded test images; validation: the share of the fold's
+# training subjects held out; select: the tested checkpoint; thresholds: the decision thresholds.
+LATER_CONFIG_SETTINGS = {"occluded_landmarks": "clean", "validation": 0.0, "select": "last", "thresholds": "fixed"}
+SELECTIONS = ("last", "best-val", "best-test")  # the values of "select" (RunConfig.select, --select)
+THRESHOLDS = ("fixed", "best-val")              # the values of "thresholds" (--thresholds)
 
 
 def _preset_fields(preset: Mapping) -> dict[str, Any]:
@@ -122,6 +132,9 @@ def run_identity(config: Mapping, preset: Mapping, fingerprint: str, precision: 
         identity["stages"] = stage_settings
     if pretrain_fingerprint is not None:
         identity["pretrain_fingerprint"] = pretrain_fingerprint
+    for key, default in LATER_CONFIG_SETTINGS.items():
+        if config.get(key, default) != default:
+            identity[key] = config[key]
     return _plain(identity)
 
 
@@ -146,6 +159,8 @@ def result_identity(result: Mapping) -> dict[str, Any]:
         return ensemble_identity(result)
     config = {k: need(result, "config", k) for k in _CONFIG_KEYS}
     config["pretrained_weights"] = result["config"].get("pretrained_weights")  # results before it: None
+    for key, default in LATER_CONFIG_SETTINGS.items():  # results before them: the default
+        config[key] = result["config"].get(key, default)
     for key in _PRESET_KEYS:
         need(result, "preset", key)
     if "occlusion" in result:  # results made before occlusion conditions existed were trained without

@@ -21,6 +21,22 @@ the raw one; it records "smoothing" (kind, kernel size, sigma) and "smoothed_fro
 file name and predictions sha256), and is written beside its source as
 "<source stem>_smooth-<name>.json".
 
+How the filter was chosen is recorded (smoothing["choice"], and in the result's
+"chosen_on_test" or "choices", which the leaderboard marks): a filter given by hand is "filter
+not chosen on validation", except the paper's gaussian:51:3.0 on the official Aff-Wild2 split,
+"filter chosen on this test set (as the paper)" (the paper grid-searched it on the ABAW
+validation set, which is that split's test set). With `select_on_validation` (`aubench smooth
+--select-on-validation`) the filter is the one of SMOOTHING_GRID whose smoothed predictions on
+the run's validation split (aubench.engine.predictions: a result of a run with --validation
+keeps them) score the best mean F1; its results are named "smooth-val" (protocol
+"<protocol>+smooth-val", file "<source stem>_smooth-val.json"), whatever filter each fold
+chose, and record the filter, the grid and every candidate's validation mean F1. A result whose
+thresholds were chosen on validation (--thresholds best-val) gets them chosen again on the
+smoothed validation predictions.
+
+Per-AU thresholds (`best_thresholds`): for each AU, the threshold of THRESHOLD_GRID with the
+best F1 on a run's validation predictions (`--thresholds best-val`, aubench.engine.run).
+
 Ensembles follow the paper's Section 3.3: average fusion of the members' prediction scores
 (here a weighted mean of their per-frame probabilities, equal weights by default). Members are
 (run, method) pairs; every (dataset, protocol, test condition) all members have is fused fold by
@@ -35,7 +51,9 @@ Both keep what they made: a smoothed or ensemble result already there, made from
 predictions with the same settings, is kept. Results whose predictions file is missing or altered
 are left out with a warning naming them.
 
-Neither reads a training label: they see test predictions and the test split's labels only.
+Neither reads a training label: they see test predictions and the test split's labels only
+(and a run's validation predictions with the labels the sparse-label protocol keeps on them, to
+choose a filter or thresholds there).
 """
 from __future__ import annotations
 
@@ -43,7 +61,7 @@ import glob
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -52,10 +70,48 @@ import numpy as np
 
 from aubench.engine.identity import result_identity
 from aubench.engine.predictions import (Predictions, TestLabels, predictions_path, predictions_problem,
-                                        read_json_or_none, read_predictions, remove_result, write_result)
+                                        read_json_or_none, read_predictions, remove_result, threshold_record,
+                                        write_result)
 from aubench.errors import UserError
+from aubench.metrics import THRESHOLD, confusion_counts
 
 SMOOTH_PREFIX = "smooth-"
+
+
+# ---- thresholds chosen on a validation split -------------------------------------------------
+
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, ... 0.95
+
+
+def best_thresholds(probabilities: np.ndarray, labels: np.ndarray, grid: tuple[float, ...] = THRESHOLD_GRID
+                    ) -> np.ndarray:
+    """float64 (U,): per AU, the threshold of `grid` whose detections score the best F1 against
+    `labels` (T, U; -1 unknown, not counted) on these frames; of equal scores the one nearest
+    the default 0.5 (then the lower), so an AU without a known positive keeps 0.5."""
+    f1 = []
+    for threshold in grid:
+        c = confusion_counts(labels, probabilities >= threshold)
+        denominator = (2 * c["tp"] + c["fp"] + c["fn"]).astype(np.float64)
+        f1.append(np.divide(2.0 * c["tp"], denominator, out=np.zeros_like(denominator), where=denominator > 0))
+    f1 = np.stack(f1)                                         # (G, U)
+    order = sorted(range(len(grid)), key=lambda g: (abs(grid[g] - THRESHOLD), grid[g]))  # preferred first
+    best = [order[int(np.argmax(f1[order, u]))] for u in range(f1.shape[1])]  # argmax: the first of equals
+    return np.asarray([grid[g] for g in best], dtype=np.float64)
+
+
+def with_best_thresholds(validation: Predictions, labels: np.ndarray) -> Predictions:
+    """`validation` with best_thresholds chosen on it against `labels` (the file's whole array)."""
+    return replace(validation, threshold=best_thresholds(validation.probabilities, labels[validation.rows]))
+
+
+def thresholds_record(threshold, au_names: list[str], kind: str) -> dict[str, Any]:
+    """What a result records of its decision thresholds: {"kind": "fixed" | "best-val",
+    "values": a number, or per AU by name}."""
+    values = threshold_record(threshold)
+    return {"kind": kind, "values": dict(zip(au_names, values)) if isinstance(values, list) else values}
+
+
+THRESHOLDS_CHOICE = "per-AU thresholds chosen on validation"  # the text results and the leaderboard show
 
 
 # ---- smoothing -------------------------------------------------------------------------------
@@ -78,6 +134,23 @@ class Smoothing:
 
 
 SMOOTH_SYNTAX = "gaussian:<kernel size>:<sigma>, e.g. gaussian:51:3.0"
+PAPER_FILTER = Smoothing(51, 3.0)  # the RegNetY + ViViT paper's, grid-searched on the ABAW validation set
+# --select-on-validation: the candidates (the paper's among them), tried in this order
+SMOOTHING_GRID = tuple(Smoothing(k, s) for k in (11, 21, 31, 51, 71) for s in (1.0, 2.0, 3.0, 5.0, 10.0))
+SELECTED_NAME = "val"  # the name (protocol "+smooth-val", files "_smooth-val") of a filter chosen on validation
+# How a filter was chosen, as results record it and the leaderboard shows it
+FILTER_ON_TEST = "filter chosen on this test set (as the paper)"
+FILTER_NOT_ON_VALIDATION = "filter not chosen on validation"
+
+
+def filter_choice(result: dict[str, Any], smoothing: Smoothing) -> str:
+    """How a filter given by hand was chosen for `result` (the source result, or a smoothed one):
+    FILTER_ON_TEST for the paper's filter on the official Aff-Wild2 split (whose test set is the
+    ABAW validation set the paper chose it on), FILTER_NOT_ON_VALIDATION otherwise."""
+    official = result.get("dataset") == "Aff-Wild2" and (result.get("data") or {}).get("split_scheme") == "official"
+    paper = (smoothing.kind, smoothing.kernel_size, smoothing.sigma) == (
+        PAPER_FILTER.kind, PAPER_FILTER.kernel_size, PAPER_FILTER.sigma)
+    return FILTER_ON_TEST if official and paper else FILTER_NOT_ON_VALIDATION
 
 
 def parse_smoothing(text: str) -> Smoothing:
@@ -134,15 +207,47 @@ def smooth_predictions(predictions: Predictions, smoothing: Smoothing) -> Predic
                        predictions.sequence_names, predictions.au_names, predictions.threshold)
 
 
-def smoothed_path(path: str | Path, smoothing: Smoothing) -> Path:
+def smoothed_path(path: str | Path, smoothing: Smoothing | None) -> Path:
+    """Where the smoothed result of the result at `path` goes; `smoothing` None: the filter
+    chosen on validation (SELECTED_NAME)."""
     path = Path(path)
-    return path.with_name(f"{path.stem}_{SMOOTH_PREFIX}{smoothing.name}.json")
+    return path.with_name(f"{path.stem}_{SMOOTH_PREFIX}{SELECTED_NAME if smoothing is None else smoothing.name}.json")
 
 
-def smooth_result(path: str | Path, smoothing: Smoothing, labels: TestLabels) -> tuple[Path, bool, float, float]:
+def select_smoothing(validation: Predictions, labels: np.ndarray, rechoose_thresholds: bool,
+                     grid: tuple[Smoothing, ...] = SMOOTHING_GRID) -> tuple[Smoothing, list[dict[str, Any]]]:
+    """(the filter of `grid` whose smoothed `validation` predictions score the best mean F1 against
+    `labels`, the first of equals in grid order; every candidate's record with its
+    "validation_mean_f1"). With `rechoose_thresholds` each candidate is scored at the per-AU
+    thresholds chosen on its own smoothed predictions."""
+    scores = []
+    for candidate in grid:
+        smoothed = smooth_predictions(validation, candidate)
+        if rechoose_thresholds:
+            smoothed = with_best_thresholds(smoothed, labels)
+        scores.append({**candidate.record(), "validation_mean_f1": smoothed.metrics(labels)["mean_f1"]})
+    best = max(range(len(grid)), key=lambda i: scores[i]["validation_mean_f1"])  # max: the first of equals
+    return grid[best], scores
+
+
+def _same_filter_request(stored: Any, smoothing: Smoothing | None, grid: tuple[Smoothing, ...]) -> bool:
+    """Whether a stored smoothing record answers the same request: the same filter given by
+    hand, or a choice on validation among the same grid."""
+    if not isinstance(stored, dict):
+        return False
+    if smoothing is None:
+        return stored.get("grid") == [candidate.record() for candidate in grid]
+    return "grid" not in stored and {k: stored.get(k) for k in ("kind", "kernel_size", "sigma")} == smoothing.record()
+
+
+def smooth_result(path: str | Path, smoothing: Smoothing | None, labels: TestLabels,
+                  grid: tuple[Smoothing, ...] = SMOOTHING_GRID) -> tuple[Path, bool, float, float]:
     """Write the smoothed result of the result at `path` beside it: (its path, True, its mean F1,
     the source's mean F1), or (its path, False, ...) when it is there already, made from the same
-    predictions with the same filter."""
+    predictions with the same filter (or the same grid). `smoothing` None: the filter of `grid`
+    chosen on the result's validation predictions (select_smoothing; UserError naming the file
+    when it has none). A result with thresholds chosen on validation gets them chosen again on
+    its smoothed validation predictions."""
     path = Path(path)
     result, predictions = read_predictions(path)
     if "smoothing" in result:
@@ -151,17 +256,51 @@ def smooth_result(path: str | Path, smoothing: Smoothing, labels: TestLabels) ->
     source = {"file": path.name, "predictions_sha256": result["predictions"]["sha256"]}
     stored = read_json_or_none(out) if out.is_file() else None
     if (isinstance(stored, dict) and stored.get("smoothed_from") == source
-            and stored.get("smoothing") == smoothing.record() and predictions_problem(out, stored) is None):
+            and _same_filter_request(stored.get("smoothing"), smoothing, grid)
+            and predictions_problem(out, stored) is None):
         return out, False, stored["mean_f1"], result["mean_f1"]
+    rechoose = (result.get("thresholds") or {}).get("kind") == "best-val"
+    validation = validation_labels = None
+    if smoothing is None or rechoose:
+        try:
+            validation = read_predictions(path, validation=True)[1]
+        except UserError as err:
+            raise UserError(f"{err}; choosing a filter on validation needs a result of a run with --validation"
+                            ) from None
+        validation_labels = labels.validation_of(result, path)
+    record = {key: value for key, value in result.items() if key not in ("predictions", "_file")}
+    on_test, choices = list(result.get("chosen_on_test") or []), list(result.get("choices") or [])
     try:
+        if smoothing is None:
+            smoothing, scores = select_smoothing(validation, validation_labels, rechoose, grid)
+            choice = f"filter {smoothing.name} chosen on validation"
+            smoothing_record = {**smoothing.record(), "choice": choice, "grid": [c.record() for c in grid],
+                                "candidates": scores}
+            name = SELECTED_NAME
+        else:
+            choice = filter_choice(result, smoothing)
+            smoothing_record = {**smoothing.record(), "choice": choice}
+            name = smoothing.name
         smoothed = smooth_predictions(predictions, smoothing)
+        if validation is not None:
+            smoothed_validation = smooth_predictions(validation, smoothing)
     except ValueError as err:
         raise UserError(f"{predictions_path(path)}: {err}; it cannot be smoothed") from None
+    (on_test if choice == FILTER_ON_TEST else choices).append(choice)
+    if validation is not None:
+        if rechoose:
+            smoothed_validation = with_best_thresholds(smoothed_validation, validation_labels)
+            smoothed = replace(smoothed, threshold=smoothed_validation.threshold)
+            record["thresholds"] = thresholds_record(smoothed.threshold, smoothed.au_names, "best-val")
+        # the smoothed validation predictions are not kept: the record names none
+        record["validation"] = {**{k: v for k, v in result["validation"].items() if k != "predictions"},
+                                "mean_f1": smoothed_validation.metrics(validation_labels)["mean_f1"]}
+    elif isinstance(record.get("validation"), dict):
+        record["validation"] = {k: v for k, v in record["validation"].items() if k not in ("predictions", "mean_f1")}
     metrics = smoothed.metrics(labels.of(result, path))
-    record = {key: value for key, value in result.items() if key not in ("predictions", "_file")}
-    record.update(protocol=f"{result['protocol']}+{SMOOTH_PREFIX}{smoothing.name}", metrics=metrics,
-                  mean_f1=metrics["mean_f1"], smoothing=smoothing.record(), smoothed_from=source,
-                  created=_now())
+    record.update(protocol=f"{result['protocol']}+{SMOOTH_PREFIX}{name}", metrics=metrics,
+                  mean_f1=metrics["mean_f1"], smoothing=smoothing_record, smoothed_from=source,
+                  chosen_on_test=on_test, choices=choices, created=_now())
     write_result(out, record, smoothed)
     return out, True, metrics["mean_f1"], result["mean_f1"]
 
@@ -202,9 +341,10 @@ def raw_records(paths: Iterable[str | Path], methods: list[str] | None = None) -
     return found
 
 
-def smooth_results(paths: Iterable[str | Path], smoothing: Smoothing, labels: TestLabels | None = None,
+def smooth_results(paths: Iterable[str | Path], smoothing: Smoothing | None, labels: TestLabels | None = None,
                    quiet: bool = False) -> list[Path]:
-    """Smooth every result file in `paths`; the smoothed results' paths."""
+    """Smooth every result file in `paths` (`smoothing` None: each with the filter chosen on its
+    validation predictions, smooth_result); the smoothed results' paths."""
     labels = labels or TestLabels()
     written = []
     for path in paths:
@@ -400,7 +540,7 @@ def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str
             _check_same(members, [r["data"]["fingerprint"] for r in results], "data files (fingerprints)", where)
             _check_same(members, [", ".join(r["au_names"]) for r in results], "AU sets", where)
             _check_same(members, [conditions(r)[0] for r in results], "training occlusion conditions", where)
-            _check_same(members, [p.threshold for _, p in read], "decision thresholds", where)
+            _check_same(members, [threshold_record(p.threshold) for _, p in read], "decision thresholds", where)
             _check_same(members, [f"{p.num_frames} frames, rows digest {hashlib.sha256(p.rows.tobytes()).hexdigest()[:8]}"
                                   for _, p in read], "test rows", where)
             member_records = [{"run": m.run, "method": m.method, "result": str(p.resolve()), "weight": m.weight,
@@ -444,6 +584,9 @@ def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str
             "occlusion": {"train": conditions(first)[0], "test": plan.test}, "au_names": first["au_names"],
             "metrics": metrics, "mean_f1": metrics["mean_f1"],
             "ensemble": {"fusion": "weighted mean of per-frame probabilities", "members": plan.member_records},
+            # what the members chose on the test set, and how they made their other choices
+            "chosen_on_test": list(dict.fromkeys(t for r in results for t in r.get("chosen_on_test") or [])),
+            "choices": list(dict.fromkeys(t for r in results for t in r.get("choices") or [])),
             "bench": _combined_bench(list(distinct.values())),
             "data": {key: first["data"][key] for key in ("path", "fingerprint", "split_scheme")
                      if key in first["data"]} | {"num_test_frames": metrics["num_frames"]},

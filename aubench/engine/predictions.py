@@ -18,9 +18,16 @@ The file is a NumPy .npz archive (compressed, no pickled objects), format "auben
 - `frame_no` int64 (T,): the dataset's own frame number of each frame;
 - `sequence_names` str (S,): the names of the test split's sequences (HDF5 sequences/name);
 - `au_names` str (U,): the AU names (HDF5 au_names, as in the result);
-- `threshold` float64 (0-d): a probability at or above it is a detection (aubench.metrics).
+- `threshold` float64 (0-d), or (U,) per AU (thresholds chosen on a validation split,
+  `--thresholds best-val`): a probability at or above it is a detection (aubench.metrics).
 Labels are not stored: they are the HDF5 file's (`frames/label`, rows `rows`), which the result
 identifies by path and fingerprint.
+
+A run with a validation split (--validation, aubench.engine.data_access) also keeps each
+result's predictions on it, in the same format, in `<result stem>.validation.predictions.npz`
+(rows: the held-out subjects' frames), named with its sha256 in the result's
+"validation": {"predictions": ...}; smoothing filters and per-AU thresholds are chosen on them
+(aubench.engine.postprocess), never on the test predictions.
 
 This module needs NumPy only (no torch), so reading and exporting are light.
 """
@@ -45,6 +52,7 @@ from aubench.metrics import THRESHOLD, au_metrics
 
 FORMAT = "aubench-predictions-1"
 SUFFIX = ".predictions.npz"
+VALIDATION_SUFFIX = ".validation" + SUFFIX  # a result's predictions on its run's validation split
 ARRAYS = ("format", "rows", "probabilities", "sequence", "frame_no", "sequence_names", "au_names", "threshold")
 
 
@@ -58,7 +66,7 @@ class Predictions:
     frame_no: np.ndarray        # int64 (T,)
     sequence_names: list[str]
     au_names: list[str]
-    threshold: float = THRESHOLD
+    threshold: float | np.ndarray = THRESHOLD   # one for every AU, or float64 (U,) per AU
 
     @property
     def num_frames(self) -> int:
@@ -76,7 +84,7 @@ class Predictions:
 
 
 def predictions_of_test_split(file, rows: np.ndarray, probabilities: np.ndarray,
-                              threshold: float = THRESHOLD) -> Predictions:
+                              threshold: float | np.ndarray = THRESHOLD) -> Predictions:
     """The Predictions of an evaluation: `file` the AUFile, `rows` the ascending test rows (T,),
     `probabilities` (T, U), kept as float32. A model's outputs are float32 (or narrower) already;
     a clip method's per-frame mean over clips is rounded, which could move a value lying within
@@ -90,7 +98,17 @@ def predictions_of_test_split(file, rows: np.ndarray, probabilities: np.ndarray,
                        sequence=sequence.reshape(-1).astype(np.uint32),
                        frame_no=file.frame_no[rows].astype(np.int64),
                        sequence_names=[file.sequences["name"][i] for i in used],
-                       au_names=list(file.au_names), threshold=float(threshold))
+                       au_names=list(file.au_names), threshold=threshold_value(threshold))
+
+
+def threshold_value(threshold) -> float | np.ndarray:
+    """A threshold as Predictions holds it: a float, or a float64 array (U,) per AU."""
+    return float(threshold) if np.ndim(threshold) == 0 else np.asarray(threshold, dtype=np.float64)
+
+
+def threshold_record(threshold) -> float | list[float]:
+    """A threshold as JSON holds it (a number, or a list per AU), e.g. to compare two."""
+    return float(threshold) if np.ndim(threshold) == 0 else [float(t) for t in np.asarray(threshold)]
 
 
 def encode(predictions: Predictions) -> bytes:
@@ -102,7 +120,7 @@ def encode(predictions: Predictions) -> bytes:
                         frame_no=predictions.frame_no.astype(np.int64),
                         sequence_names=np.array(predictions.sequence_names, dtype=str),
                         au_names=np.array(predictions.au_names, dtype=str),
-                        threshold=np.array(predictions.threshold, dtype=np.float64))
+                        threshold=np.asarray(predictions.threshold, dtype=np.float64))
     return buffer.getvalue()
 
 
@@ -122,8 +140,11 @@ def decode(data: bytes, where: str) -> Predictions:
     predictions = Predictions(rows=arrays["rows"], probabilities=arrays["probabilities"],
                               sequence=arrays["sequence"], frame_no=arrays["frame_no"],
                               sequence_names=[str(s) for s in arrays["sequence_names"]],
-                              au_names=[str(s) for s in arrays["au_names"]], threshold=float(arrays["threshold"]))
+                              au_names=[str(s) for s in arrays["au_names"]],
+                              threshold=threshold_value(arrays["threshold"]))
     t, u = predictions.num_frames, len(predictions.au_names)
+    if np.ndim(predictions.threshold) and np.shape(predictions.threshold) != (u,):
+        raise ValueError(f"{where}: 'threshold' has shape {np.shape(predictions.threshold)}, expected () or ({u},)")
     shapes = {"rows": (t,), "probabilities": (t, u), "sequence": (t,), "frame_no": (t,)}
     for name, shape in shapes.items():
         if getattr(predictions, name).shape != shape:
@@ -138,6 +159,12 @@ def predictions_path(result_path: str | Path) -> Path:
     """The predictions file of a result JSON: <stem>.predictions.npz beside it."""
     result_path = Path(result_path)
     return result_path.with_name(result_path.stem + SUFFIX)
+
+
+def validation_predictions_path(result_path: str | Path) -> Path:
+    """The validation-split predictions file of a result JSON: <stem>.validation.predictions.npz."""
+    result_path = Path(result_path)
+    return result_path.with_name(result_path.stem + VALIDATION_SUFFIX)
 
 
 def read_json_or_none(path: str | Path) -> Any:
@@ -157,40 +184,58 @@ def remove_derived_results(path: str | Path) -> None:
         stored = read_json_or_none(derived)
         if isinstance(stored, dict) and (stored.get("smoothed_from") or {}).get("file") == path.name:
             predictions_path(derived).unlink(missing_ok=True)
+            validation_predictions_path(derived).unlink(missing_ok=True)
             derived.unlink(missing_ok=True)
 
 
 def remove_result(path: str | Path) -> None:
-    """Remove a result JSON, its predictions file and the results made from them."""
+    """Remove a result JSON, its predictions files (test and validation) and the results made from them."""
     path = Path(path)
     remove_derived_results(path)
     predictions_path(path).unlink(missing_ok=True)
+    validation_predictions_path(path).unlink(missing_ok=True)
     path.unlink(missing_ok=True)
 
 
-def write_result(path: str | Path, result: dict[str, Any], predictions: Predictions) -> dict[str, Any]:
+def _write_predictions(file: Path, predictions: Predictions) -> dict[str, Any]:
+    """Write a predictions file atomically; its record {"file", "sha256", "format", "num_frames"}."""
+    data = encode(predictions)
+    with atomic_file(file, "wb") as f:
+        f.write(data)
+    return {"file": file.name, "sha256": hashlib.sha256(data).hexdigest(), "format": FORMAT,
+            "num_frames": predictions.num_frames}
+
+
+def write_result(path: str | Path, result: dict[str, Any], predictions: Predictions,
+                 validation: Predictions | None = None) -> dict[str, Any]:
     """Write a result JSON and its predictions file, each atomically; the predictions first, so
     a result on disk always has its file (a crash between the two leaves a predictions file
     without a result: a result not made). Results made from the predictions it replaces are
-    removed first (remove_derived_results). Returns the result as written, with its
-    "predictions" field {"file", "sha256", "format", "num_frames"}."""
+    removed first (remove_derived_results). With `validation` (the predictions on the run's
+    validation split; the result must have a "validation" record) those too, in
+    <stem>.validation.predictions.npz, recorded in result["validation"]["predictions"]; without
+    it, a validation predictions file left beside the path is removed. Returns the result as
+    written, with its "predictions" field {"file", "sha256", "format", "num_frames"}."""
     remove_derived_results(path)
-    data = encode(predictions)
-    file = predictions_path(path)
-    with atomic_file(file, "wb") as f:
-        f.write(data)
-    result = {**result, "predictions": {"file": file.name, "sha256": hashlib.sha256(data).hexdigest(),
-                                        "format": FORMAT, "num_frames": predictions.num_frames}}
+    result = dict(result)
+    if validation is not None:
+        result["validation"] = {**result["validation"],
+                                "predictions": _write_predictions(validation_predictions_path(path), validation)}
+    else:
+        validation_predictions_path(path).unlink(missing_ok=True)
+    result["predictions"] = _write_predictions(predictions_path(path), predictions)
     write_json_atomic(path, result)
     return result
 
 
-def _checked_bytes(path: str | Path, result: dict[str, Any]) -> tuple[bytes | None, str | None]:
+def _checked_bytes(path: str | Path, result: dict[str, Any], validation: bool = False
+                   ) -> tuple[bytes | None, str | None]:
     """(the bytes of the result's predictions file, None) when it is there and matches the
-    recorded sha256; else (None, why not)."""
-    record = result.get("predictions")
+    recorded sha256; else (None, why not). `validation`: its validation-split predictions file."""
+    record = ((result.get("validation") or {}) if validation else result).get("predictions")
     if not isinstance(record, dict) or not isinstance(record.get("file"), str) or "sha256" not in record:
-        return None, "it records no per-frame predictions file"
+        return None, ("it records no validation-split predictions (a run without --validation)" if validation
+                      else "it records no per-frame predictions file")
     file = Path(path).parent / record["file"]
     try:
         data = file.read_bytes()
@@ -204,14 +249,19 @@ def _checked_bytes(path: str | Path, result: dict[str, Any]) -> tuple[bytes | No
 
 
 def predictions_problem(path: str | Path, result: dict[str, Any]) -> str | None:
-    """None when the result read from `path` has its predictions file, unchanged; else why not
-    (a result made before per-frame predictions, a missing file, a checksum mismatch)."""
-    return _checked_bytes(path, result)[1]
+    """None when the result read from `path` has its predictions file, unchanged (and its
+    validation predictions file, where it records one); else why not (a result made before
+    per-frame predictions, a missing file, a checksum mismatch)."""
+    problem = _checked_bytes(path, result)[1]
+    if problem is None and isinstance((result.get("validation") or {}).get("predictions"), dict):
+        problem = _checked_bytes(path, result, validation=True)[1]
+    return problem
 
 
-def read_predictions(path: str | Path) -> tuple[dict[str, Any], Predictions]:
-    """(result, predictions) of the result JSON at `path`, its predictions file checked against
-    the result's sha256 and AU names; UserError naming the file otherwise."""
+def read_predictions(path: str | Path, validation: bool = False) -> tuple[dict[str, Any], Predictions]:
+    """(result, predictions) of the result JSON at `path`, its predictions file (with
+    `validation`: its validation-split predictions file) checked against the result's sha256 and
+    AU names; UserError naming the file otherwise."""
     path = Path(path)
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
@@ -219,10 +269,10 @@ def read_predictions(path: str | Path) -> tuple[dict[str, Any], Predictions]:
         raise UserError(f"{path}: not a result JSON ({err})") from None
     if not isinstance(result, dict) or "au_names" not in result:
         raise UserError(f"{path}: not an aubench result JSON")
-    data, problem = _checked_bytes(path, result)
+    data, problem = _checked_bytes(path, result, validation)
     if problem:
         raise UserError(f"{path}: {problem}")
-    file = path.parent / result["predictions"]["file"]
+    file = path.parent / ((result["validation"] if validation else result)["predictions"]["file"])
     try:
         predictions = decode(data, str(file))
     except ValueError as err:
@@ -240,6 +290,7 @@ class TestLabels:
     def __init__(self, data: str | Path | None = None):
         self.data = data            # a path for every result (the file moved), else each result's own
         self.files: dict[str, Any] = {}
+        self.protocol: dict[tuple[str, float], np.ndarray] = {}  # (path, label ratio) -> validation_of's labels
 
     def of(self, result: dict[str, Any], where: str | Path) -> np.ndarray:
         from aubench.data.h5file import AUFile
@@ -258,6 +309,19 @@ class TestLabels:
         if fingerprint != result["data"]["fingerprint"]:
             raise UserError(f"{path}: not the data file {where} was tested on (its fingerprint differs)")
         return file.labels
+
+    def validation_of(self, result: dict[str, Any], where: str | Path) -> np.ndarray:
+        """The labels the result's validation-split predictions are scored against: the data
+        file's, those the sparse-label protocol hides at the result's label ratio set to -1, as
+        the run held them (aubench.engine.data_access.protocol_labels)."""
+        from aubench.engine.data_access import protocol_labels
+
+        self.of(result, where)  # opened and checked
+        path = str(self.data if self.data is not None else result["data"]["path"])
+        key = (path, float(result["label_ratio"]))
+        if key not in self.protocol:
+            self.protocol[key] = protocol_labels(self.files[path][0], key[1])
+        return self.protocol[key]
 
 
 def recompute_metrics(path: str | Path, data: str | Path | None = None) -> dict[str, Any]:

@@ -23,6 +23,20 @@ seen next. The DataLoader draws its worker seeds from its own generator, seeded 
 never from the global RNG, so creating a loader mid-epoch does not shift the random stream.
 With `num_workers=0` a resumed run is bit-identical to an uninterrupted one; with workers the
 data order is the same but augmentation draws come from re-seeded workers.
+
+Validation split and checkpoint selection (docs/validation.md): with `validation` > 0 the run
+trains on the fold's training subjects left after a seeded share is held out
+(aubench.engine.data_access), and its label statistics come from those alone. With `select`
+"best-val" each tested stage (the last stage, or every stage that is a leaderboard row) is
+scored on the validation split after each of its epochs (mean F1, clean images, the labels the
+protocol keeps) and the weights of its best epoch (the earliest of equal scores) are kept in
+`best_<stage>.pt`; that stage is then tested with them, while later stages read the weights
+each stage ended with, as they trained. "best-test" does the same on the test split, only to
+measure how optimistic choosing on the test set is (its results say so); "last" (the default)
+tests the last epoch. The scoring saves and restores every random state around itself, so a run
+trains the same whatever it selects. The checkpoint holds the scores so far ("selection"); it is
+written before the best-epoch file, and a resume finds that file from its epoch or writes it again
+from the checkpoint of that epoch.
 """
 from __future__ import annotations
 
@@ -46,12 +60,12 @@ from aubench.engine.checkpoint import (capture_rng_state, load_checkpoint, read_
 from aubench.data.occlusion import condition_name, parse_condition
 from aubench.engine.data_access import RunData, open_pretrain_data, open_run_data
 from aubench.engine.distributed import DistEnv, setup_distributed
-from aubench.engine.identity import differences_text, identity_differences, run_identity
+from aubench.engine.identity import SELECTIONS, THRESHOLDS, differences_text, identity_differences, run_identity
 from aubench.engine.logging import JsonlLogger, plain
 from aubench.errors import UserError
 from aubench.models.backbones import BackboneError, WeightsError, digest_source, source_name
 from aubench.models.base import (WEIGHTS_SETTING, AUMethod, Preset, Stage, TrainState, check_image_size,
-                                 check_stages, dataset_preset_name, method_class, variant_settings)
+                                 check_stages, dataset_preset_name, method_class, tested_stages, variant_settings)
 
 CHECKPOINT_NAME = "last.pt"
 RESULT_NAME = "result.json"  # written beside the checkpoint by `aubench train` (test condition "none")
@@ -60,8 +74,10 @@ LOG_NAME = "log.jsonl"
 # so a new checkpoint never sits beside an old result, stage file or log. "result_*.json": the
 # results of the other test conditions and of leaderboard rows (result_file_name).
 # "result*.predictions.npz": each result's per-frame predictions (aubench.engine.predictions).
+# (the validation-split predictions, <stem>.validation.predictions.npz, included)
 PREDICTION_FILES = "result*.predictions.npz"
-RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, "result_*.json", "final_*.pt", LOG_NAME, PREDICTION_FILES)
+# "best_*.pt": the weights of a tested stage's selected epoch (--select best-val / best-test)
+RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, "result_*.json", "final_*.pt", "best_*.pt", LOG_NAME, PREDICTION_FILES)
 # Files that make a directory hold a run worth keeping (a log alone is a run that died before
 # its first checkpoint: nothing to resume or to lose; a predictions file belongs to its result,
 # and is nothing without it).
@@ -80,6 +96,11 @@ def result_file_name(test_condition: str, row: str | None = None) -> str:
 def stage_file_name(stage: str) -> str:
     """The file of a finished stage's final weights."""
     return f"final_{stage}.pt"
+
+
+def best_file_name(stage: str) -> str:
+    """The file of the weights of a tested stage's selected epoch (--select best-val / best-test)."""
+    return f"best_{stage}.pt"
 
 
 @dataclass
@@ -117,6 +138,16 @@ class RunConfig:
     channels_last: bool = False        # convolution weights (and so activations) in channels-last layout
     progress: bool = True
     deterministic: bool = True
+    # landmarks of an occluded test image, for methods that read them (AUMethod.test_inputs):
+    # "clean" = the data file's, of the clean frame (privileged: results say so); "detect" =
+    # detected on the occluded image (the faces extra), the training faces' mean shape where no
+    # face is found
+    occluded_landmarks: str = "clean"
+    # --validation: the share of the fold's training subjects held out as a validation split,
+    # drawn with `seed` (aubench.engine.data_access.validation_subjects); 0 = none
+    validation: float = 0.0
+    select: str = "last"               # SELECTIONS: the tested checkpoint of each tested stage
+    thresholds: str = "fixed"          # THRESHOLDS: 0.5, or per AU chosen on the validation split
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's model settings
 
 
@@ -228,6 +259,18 @@ def with_weights(preset: Preset, weights: dict[str, str] | None) -> Preset:
     if not weights:
         return preset
     return Preset(**{**preset.__dict__, "model": {**preset.model, WEIGHTS_SETTING: dict(weights)}})
+
+
+def check_selection(config: RunConfig) -> None:
+    """UserError naming the option for a --select / --thresholds value that is not one, or one
+    that chooses on a validation split the run does not have (--validation)."""
+    for option, value, known in (("--select", config.select, SELECTIONS),
+                                 ("--thresholds", config.thresholds, THRESHOLDS)):
+        if value not in known:
+            raise UserError(f"{option} {value!r} is not one of {', '.join(known)}")
+        if value == "best-val" and not config.validation:
+            raise UserError(f"{option} best-val chooses on a validation split: add --validation R (a share of "
+                            f"the fold's training subjects to hold out, e.g. 0.2)")
 
 
 def check_pretraining(method: str, stages: list[Stage], pretrain_data: str | None) -> None:
@@ -411,7 +454,9 @@ class Trainer:
             self.method_cls = method_class(config.method)
         except KeyError as err:
             raise UserError(err.args[0]) from None
-        self.data: RunData = open_run_data(config.data, config.fold)  # `paper` picks its preset by the dataset
+        check_selection(config)
+        # `paper` picks its preset by the dataset; --validation holds training subjects out
+        self.data: RunData = open_run_data(config.data, config.fold, config.validation, config.seed)
         self.preset = resolve_preset(self.method_cls, config, self.data.dataset)
         if not 0 < config.label_ratio <= 1:
             raise UserError(f"--label-ratio must be in (0, 1], got {config.label_ratio}")
@@ -441,6 +486,14 @@ class Trainer:
         # Trained methods of earlier stages the trainer holds (what later stages read, and after
         # fit() the tested stages it has loaded), by stage name.
         self.trained: dict[str, AUMethod] = {}
+        # --select best-val / best-test: the stages scored after each epoch, their scores so far
+        # (stage name -> {"epochs": [{"epoch", "<split>_mean_f1"...}], "best_epoch", "best_score"}),
+        # and the tested methods with their selected weights, once loaded
+        self.selected_stages = ([] if config.select == "last"
+                                else [stage.name for stage in tested_stages(self.stages)])
+        self.selection: dict[str, dict[str, Any]] = {}
+        self.selected: dict[str, AUMethod] = {}
+        self.test_landmark_counts: dict[str, int] | None = None
         self.stage_index = 0
         self.method = self._build_stage(0, {})
         self.state = TrainState(epochs=self.stage.preset.epochs, stage=self.stage.name)
@@ -614,6 +667,7 @@ class Trainer:
             "config": self.checkpoint_config(),
             "stage": {"index": self.stage_index, "name": self.stage.name},
             "finished_stages": self.records,
+            "selection": self.selection,
             "model": self.method.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -656,6 +710,8 @@ class Trainer:
                          "losses": saved.get("losses", {}), "initialisation": saved.get("initialisation",
                                                                                         self.initialisation)}
         self.logger.write({"event": "resume", "stage": self.stage.name, **ts})
+        if self.stage.name in self.selected_stages:
+            self._check_best_file()
 
     def progress_now(self) -> dict[str, Any]:
         """Time, samples and last losses of the current stage so far (resumed runs included)."""
@@ -699,6 +755,7 @@ class Trainer:
         self.trained = {}
         if payload is not None:
             self.records = list(payload.get("finished_stages", []))
+            self.selection = dict(payload.get("selection", {}))
             needed = self._needed(first, restoring=True)
             self.trained = {self.stages[i].name: self._load_stage_weights(i) for i in range(first)
                             if self.stages[i].name in needed}
@@ -799,7 +856,10 @@ class Trainer:
             self.state.batch_in_epoch = 0
             self.logger.write({"event": "epoch", "stage": stage.name, "epoch": epoch, "step": self.state.step,
                                **{f"mean_{k}": v / max(count, 1) for k, v in sums.items()}})
+            best = self._score_epoch() if stage.name in self.selected_stages else False
             self.save(optimizer, scheduler, scaler)
+            if best:  # after the checkpoint that records it (see _check_best_file)
+                self._save_best()
         progress = self.progress_now()
         losses = progress["losses"]
         record = {"name": stage.name, "epochs": preset.epochs, "steps": self.state.step,
@@ -875,21 +935,123 @@ class Trainer:
         self.trained[name] = method  # kept for the next test condition
         return method
 
+    # -- checkpoint selection (--select) ------------------------------------------------------
+    def _score_epoch(self) -> bool:
+        """Score the current stage's method after its epoch self.state.epoch on the split it is
+        selected on (--select best-val: validation; best-test: test, and validation too when the
+        run has one), clean images, mean F1; add the scores to self.selection. True when this
+        epoch is the best so far (strictly better than every earlier one). Every random state is
+        restored afterwards, so training goes on exactly as without the scoring."""
+        from aubench.engine.evaluator import evaluate_with_predictions
+
+        cfg, stage = self.config, self.stage
+        split = "validation" if cfg.select == "best-val" else "test"
+        splits = ["validation", "test"] if split == "test" and self.data.validation_subjects else [split]
+        rng = capture_rng_state(self.method)
+        scores: dict[str, Any] = {"epoch": self.state.epoch}
+        for name in splits:
+            metrics, _ = evaluate_with_predictions(self.method, self.data, stage.preset, self.env,
+                                                   precision=self.precision, workers=self.workers, split=name,
+                                                   label_ratio=cfg.label_ratio)
+            scores[f"{name}_mean_f1"] = metrics["mean_f1"]
+        restore_rng_state(rng, self.method)
+        record = self.selection.setdefault(stage.name, {"split": split, "epochs": [], "best_epoch": None,
+                                                        "best_score": None})
+        record["epochs"].append(scores)
+        best = record["best_score"] is None or scores[f"{split}_mean_f1"] > record["best_score"]
+        if best:
+            record["best_epoch"], record["best_score"] = self.state.epoch, scores[f"{split}_mean_f1"]
+        self.logger.write({"event": "select", "stage": stage.name, **scores, "best_epoch": record["best_epoch"]})
+        return best
+
+    def _save_best(self) -> None:
+        """The current stage's weights as its selected epoch's (best_<stage>.pt)."""
+        if self.env.is_main:
+            save_checkpoint(self.out / best_file_name(self.stage.name), {
+                "config": self.checkpoint_config(), "stage": {"index": self.stage_index, "name": self.stage.name},
+                "epoch": self.state.epoch, "model": self.method.state_dict()})
+
+    def _check_best_file(self) -> None:
+        """On resume inside a selected stage (after restore): its best-epoch file must hold the
+        epoch the checkpoint's scores name. A run killed after the checkpoint of its best epoch
+        and before that file was written gets the file again from the checkpoint, which holds
+        that epoch's weights; anything else is a UserError."""
+        record = self.selection.get(self.stage.name)
+        if not record or record["best_epoch"] is None or not self.env.is_main:
+            return
+        path = self.out / best_file_name(self.stage.name)
+        saved = load_checkpoint(path, map_location="cpu").get("epoch") if path.is_file() else None
+        if saved == record["best_epoch"]:
+            return
+        if self.state.epoch == record["best_epoch"] and self.state.batch_in_epoch == 0:
+            self._save_best()
+            return
+        raise UserError(f"--resume: {path} does not hold epoch {record['best_epoch']} of stage {self.stage.name!r}, "
+                        f"its best so far; use --overwrite instead of --resume to train the run again")
+
+    def tested_method(self, name: str) -> AUMethod:
+        """The method tested for stage `name`: with --select last, or a stage that is not tested,
+        its trained method (stage_method); else its selected epoch's weights (best_<stage>.pt),
+        with the frozen inputs it trained with (the earlier stages' final weights)."""
+        if name not in self.selected_stages:
+            return self.stage_method(name)
+        if name not in self.selected:
+            stage = self.stages[self._stage_index(name)]
+            path = self.out / best_file_name(name)
+            if not path.is_file():
+                raise UserError(f"{path} (the weights of stage {name!r}'s selected epoch) is missing; use "
+                                f"--overwrite instead of --resume to train the run again")
+            payload = load_checkpoint(path, map_location=self.device)
+            self._check_compatible(payload, path, same_run=True)
+            if payload.get("epoch") != self.selection.get(name, {}).get("best_epoch"):
+                raise UserError(f"{path} holds epoch {payload.get('epoch')}, not stage {name!r}'s selected epoch; "
+                                f"use --overwrite instead of --resume to train the run again")
+            method = self._new_method(stage, self.class_weights if stage.uses_labels else None)
+            method.load_state_dict(payload["model"])
+            method.frozen_inputs = {source: freeze(self.stage_method(source)) for source in stage.frozen_inputs}
+            self.selected[name] = method
+        return self.selected[name]
+
+    def selection_record(self, name: str) -> dict[str, Any]:
+        """What a result of tested stage `name` records of its checkpoint: {"checkpoint": the
+        --select value, "stage", "epoch": the tested epoch, "epochs": the stage's}, and with a
+        selection the split it was made on and every epoch's scores."""
+        stage = self.stages[self._stage_index(name)]
+        if name not in self.selected_stages:
+            return {"checkpoint": "last", "stage": name, "epoch": stage.preset.epochs, "epochs": stage.preset.epochs}
+        record = self.selection[name]
+        return {"checkpoint": self.config.select, "stage": name, "epoch": record["best_epoch"],
+                "epochs": stage.preset.epochs, "split": record["split"], "scores": record["epochs"]}
+
+    # -- testing --------------------------------------------------------------------------------
     def evaluate(self, occlusion: tuple[str, float] | None = None, stage: str | None = None) -> dict[str, Any]:
-        """Metrics of stage `stage`'s trained method (default: the current one, after fit() the
-        last) on the fold's test split, with that stage's preset (image size, batch, clip length),
-        its images occluded by `occlusion` (a parsed condition) when given."""
+        """Metrics of stage `stage`'s tested method (default: the current one, after fit() the
+        last; tested_method: its selected epoch's under --select) on the fold's test split, with
+        that stage's preset (image size, batch, clip length), its images occluded by `occlusion`
+        (a parsed condition) when given."""
         return self.evaluate_with_predictions(occlusion, stage)[0]
 
-    def evaluate_with_predictions(self, occlusion: tuple[str, float] | None = None, stage: str | None = None):
-        """(metrics, per-frame predictions: aubench.engine.predictions.Predictions) of `evaluate`."""
+    def evaluate_with_predictions(self, occlusion: tuple[str, float] | None = None, stage: str | None = None,
+                                  split: str = "test"):
+        """(metrics, per-frame predictions: aubench.engine.predictions.Predictions) of `evaluate`;
+        `split` "validation": on the run's validation split (scored on the labels the protocol
+        keeps), which leaves test_landmark_counts alone."""
         from aubench.engine.evaluator import evaluate_with_predictions
 
         tested = self.stage if stage is None else self.stages[self._stage_index(stage)]
-        method = self.stage_method(tested.name)
+        method = self.tested_method(tested.name)
+        # landmarks re-detected on occluded test images (--occluded-landmarks detect): counted
+        detect = (self.config.occluded_landmarks == "detect" and occlusion is not None
+                  and "landmarks" in method.test_inputs())
+        counts = {"detected": 0, "mean_shape": 0} if detect else None
+        if split == "test":
+            self.test_landmark_counts = counts
         metrics, predictions = evaluate_with_predictions(method, self.data, tested.preset, self.env,
                                                          precision=self.precision, workers=self.workers,
-                                                         progress=self.config.progress, occlusion=occlusion)
-        self.logger.write({"event": "evaluate", "stage": tested.name, "test_occlusion": condition_name(occlusion),
-                           "mean_f1": metrics["mean_f1"], "all_positive_mean_f1": metrics["all_positive_mean_f1"]})
+                                                         progress=self.config.progress, occlusion=occlusion,
+                                                         landmark_counts=counts, split=split,
+                                                         label_ratio=self.config.label_ratio)
+        self.logger.write({"event": "evaluate", "stage": tested.name, "split": split,
+                           "test_occlusion": condition_name(occlusion), "mean_f1": metrics["mean_f1"],
+                           "all_positive_mean_f1": metrics["all_positive_mean_f1"]})
         return metrics, predictions

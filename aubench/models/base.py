@@ -182,6 +182,24 @@ def tested_stages(stages: list[Stage]) -> list[Stage]:
     return rows or [stages[-1]]
 
 
+def trained_under(stages: list[Stage], stage: Stage, condition: str) -> str:
+    """The training occlusion condition of a tested stage's method: the run's `condition` when
+    the stage, or a stage it is built from (init_from, frozen_inputs, recursively), trains
+    under it (Stage.occluded), else "none". MAE-FAU's reconstruction baseline (recon1 -> recon2,
+    from the clean-trained MAE) trains clean in a run whose teacher trains under 50% patches."""
+    by_name = {s.name: s for s in stages}
+    todo, seen = [stage], set()
+    while todo:
+        current = todo.pop()
+        if current.name in seen:
+            continue
+        seen.add(current.name)
+        if current.occluded:
+            return condition
+        todo += [by_name[name] for name in (current.init_from, *current.frozen_inputs) if name in by_name]
+    return "none"
+
+
 VARIANT_MARK = ":"  # "rrl:global" names the variant "global" of method "rrl"
 
 
@@ -237,6 +255,13 @@ class AUMethod(nn.Module):
     # protocol gets "+<evaluation>" ("sparse0.2+linear-probe"), so the leaderboard puts such
     # rows (and the papers' rows of that protocol) in their own section
     evaluation: str | None = None
+
+    def test_inputs(self) -> tuple[str, ...]:
+        """What this method reads at test time besides the image: "landmarks" (the batch's
+        68 points), "occlusion_mask" (which pixels are occluded). Results record them
+        (aubench.engine.run.inputs_read_at_test), and the leaderboard marks rows that read, under
+        an occluded test condition, what a deployed detector would not have."""
+        return ("landmarks",) if self.uses_landmarks else ()
     # named variants (ablations): name -> model settings; `aubench evaluate --methods rrl:global`
     # runs one, and its results are the method "rrl:global"
     variants: dict[str, dict[str, Any]] = {}

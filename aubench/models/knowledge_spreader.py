@@ -15,9 +15,12 @@ Network (one ResNet-18 base shared by both branches, 512 x 7 x 7 at 224 px):
   p_b^t, which are the students' U logits -> D_b = {p_b^t} + frame positions -> Temporal Teacher
   T_b (the same block design over the n frame tokens) -> O_b (U logits per frame).
 - perturbation classifier g: reads D_b itself (the students' outputs, without frame positions,
-  which would give a shuffle away), real order vs one shuffled copy per clip, per frame
-  [d_t, d_t - d_{t-1}] from aubench.ops.temporal_shuffle_features, a per-frame MLP, mean over
-  the clip -> logit of "real order".
+  which would give a shuffle away) of every clip and of one shuffled copy of it, D_pb: per frame
+  [d_t, d_t - d_{t-1}] (d_{-1} := d_0), a per-frame MLP, mean over the clip -> logit of "real
+  order". D_pb shuffles the students' inputs, not their outputs: aubench.ops.
+  temporal_shuffle_features stacks p_a and p_a in a shuffled frame order (one non-identity
+  permutation per clip), and every student runs at its own position on both, so position t of
+  either copy comes from student t (see "Where this departs").
 - token width W: the supplementary sets W = U, which 8 heads cannot divide for U = 12 (BP4D;
   DISFA's 8 AUs work); W is the smallest multiple of 8 >= U (16 for BP4D, overridable with
   model["token_width"]). T_b's tokens are the students' U logits, embedded by a linear map
@@ -36,12 +39,13 @@ Losses of one batch (b clips; "sum" is over AUs, then the mean over clips, as 1/
          clip) and S_a's output on it (O_a^i of Alg. 1).
 - Eq. 7  L_s = L_AU(S_a) + L_AU(S_b^m) + alpha L_skd;  L_t = L_AU(T_b) + L_AU(S_a) + alpha L_tkd
          on the key frame (z = 2 networks each), alpha = 0.5.
-- L_self: BCE of g, real (1) against shuffled (0).
+- L_self: BCE of g, real (1) against shuffled (0), mean over the clips and their copies, less
+  the pairs whose shuffle left the clip as it was (below).
 - Eq. 8  L = L_AU(AU-specific heads) + L_s + lambda w_ramp(epoch) (L_t + L_self + L_semi),
          lambda = 0.5, w_ramp of Eq. 9 (`gaussian_rampup`).
 - Perturbation-aware pseudo-labelling (Sec. 2.1.4, Alg. 1 lines 15-19): g trains from the first
   epoch; L_semi is off before `gate_epoch` (2: the third epoch) and from then on a clip's
-  pseudo-labels count only when g says its real D_b is in real order (P(real) >= 0.5).
+  pseudo-labels count only when g says its real D_b is in real order (P(real) >= 0.5; `gate`).
 Inference (every sub-network but the pseudo-labelling): each frame's probability is the mean of
 S_a's (the frame through branch A) and T_b's (the clip through the students).
 
@@ -53,21 +57,46 @@ Where this departs from, or reads between the lines of, the paper:
 - L_tkd and L_skd act on the key frame of each clip (the printed sums run to n under a 1/b; Alg. 1
   distils between O_b and O_a, S_a's output on the key frame). KL directions follow online
   distillation (the ensemble is the target).
+- Eq. 3 (and Eq. 4) as printed, sum_u w_u [y_u log sigma_u + (1 - y_u) log(1 - sigma_u)], is the
+  weighted log-likelihood (<= 0): minimised as printed it would push every output away from its
+  label. We minimise its negative, the weighted BCE.
 - Pseudo-labels train the inactive students (Eq. 4, "x denotes p_a^n"), not T_b; T_b learns from
   the key-frame label and L_tkd, and sees the pseudo-labelled frames through its inputs.
-- g reads D_b without the frame positions (a shuffle moves them with the tokens); Alg. 1 line
-  15-16 could also be read as g judging T_b's outputs on real and shuffled inputs.
+- What g reads: Sec. 2.1.4 and Fig. 3 feed it D_b and its shuffled copy D_pb; Alg. 1 lines 15-16
+  feed it T_b's outputs on the real and the shuffled tokens (O_b, O_pb = f_sigma(Shuffle(O_bti)),
+  labelled 0 and 1 there; we label real order 1, the same classifier). We follow the text: g
+  reads D_b without the frame positions (a shuffle would move them with the tokens), so L_self
+  trains g, the students and the base, and T_b gets no gradient from L_self.
+- The shuffled copy. The paper shuffles D_b, the students' outputs (Sec. 2.1.4; Alg. 1 line 15).
+  With its one student per position, each student leaves its own offset in its token, so a
+  shuffle of D_b moves the offsets and g can learn to spot them instead of motion. It does: with
+  D_b shuffled, g (tiny preset, synthetic BP4D) called every real-order clip real and
+  caught 91% of the shuffles even of static clips (one frame repeated: no motion at all); the
+  gate kept every clip from the third epoch on, so L_semi was plain ungated pseudo-labelling,
+  and L_self pushed the students to make their offsets more distinct. Here the students' inputs
+  are shuffled instead (p_a in another frame order) and every student runs at its own position
+  on both copies: the offsets stay in place, only the order of the frames' content differs, and
+  a static clip's shuffled copy equals the real one, which no g can tell apart.
 - Eq. 2/6 write q = softmax(z_s / T) for one-of-K classes; AUs are U binary labels, so q, p and
   w are per-AU sigmoids and KL is the sum of U Bernoulli KLs.
 - p_a^t is the pooled 512-d base feature itself; the paper's second group of "project heads"
-  is the students' first linear layer (Fig. 2 draws p_a with the width of p_b, U).
+  is the students' first linear layer. Supplementary 1.1 states that p_a has p_b's width, U (Fig.
+  2 draws it so); a U-wide p_a would leave the students a U -> hidden -> U map.
 - S_a and T_b end with a LayerNorm after their last block (ViT's final norm), not in the text.
 - Dense testing: the evaluator tiles each test sequence into clips with stride n (the last clip
   ending at the sequence end) and a frame seen twice gets the mean; the supplementary's "same
   key-frame position shifting ... in inference" (each frame at every position, averaged) is not
   done, since the test network has no key frame and costs n times more.
 - A training sequence shorter than n repeats its last frame to fill the clip; those copies get
-  pseudo-labels and go to g like any frame (rare in real datasets, documented, not special-cased).
+  pseudo-labels and go to g like any frame. A shuffle that only moves copies of one frame among
+  themselves (the same file row, batch["index"], at every position) leaves the clip as it was
+  while labelled shuffled: that pair (the clip and its copy) is left out of L_self
+  (`shuffle_keeps_clip`).
+- Key positions: the sampler asks for m = batch number mod n for every clip of a batch, but a
+  clip whose key frame lies near a sequence end is shifted to stay inside its sequence, and its
+  key frame then sits at another position (nearer the clip's first or last); over an epoch the
+  positions, and the active students, are not balanced as supplementary 1.2 says they are. The
+  shorter the sequences against n, the larger the imbalance.
 - Numbers the paper leaves open: 2 blocks each in S_a and T_b ("multiple identical blocks"),
   MLP width 4 W, dropout 0.1, student MLPs 512 -> 64 -> U (each smaller than S_a, as the paper
   asks), g's hidden width 64; the paper preset's SGD momentum 0.9, weight decay 5e-4, batch 16,
@@ -249,15 +278,25 @@ class TemporalTeacher(nn.Module):
 
 
 class PerturbationClassifier(nn.Module):
-    """g: real vs temporally shuffled D_b, from per-frame [d_t, d_t - d_{t-1}] inputs (2U)."""
+    """g: real vs temporally shuffled D_b (N, n, U) -> logit of "real order" (N,), from per-frame
+    [d_t, d_t - d_{t-1}] (d_{-1} := d_0), a per-frame MLP and the mean over the clip."""
 
     def __init__(self, num_aus: int, hidden: int):
         super().__init__()
         self.frame_mlp = nn.Sequential(nn.Linear(2 * num_aus, hidden), nn.GELU())
         self.out = nn.Linear(hidden, 1)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        previous = torch.cat([tokens[:, :1], tokens[:, :-1]], dim=1)
+        inputs = torch.cat([tokens, tokens - previous], dim=-1)
         return self.out(self.frame_mlp(inputs).mean(dim=1)).squeeze(-1)
+
+
+def shuffle_keeps_clip(rows: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the shuffle perm (B, n) leaves the clip as it was, every position holding the
+    same file row (rows (B, n), batch["index"]) as before; only copies of a frame repeated to fill
+    a short sequence can make a non-identity permutation do that."""
+    return (rows.gather(1, perm) == rows).all(dim=1)
 
 
 class KSNetwork(nn.Module):
@@ -377,6 +416,15 @@ class KnowledgeSpreader(AUMethod):
             raise ValueError(f"ks expects clip batches image (B,n,3,H,W), got {tuple(images.shape)}")
         return images
 
+    def _frame_rows(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """batch["index"] (B, n): the file row of every frame of every clip."""
+        rows = batch.get("index")
+        shape = tuple(batch["image"].shape[:2])
+        if not isinstance(rows, torch.Tensor) or tuple(rows.shape) != shape:
+            raise ValueError(f"ks: batch['index'] must hold the file row of every frame, shape {shape}, "
+                             f"got {None if rows is None else tuple(torch.as_tensor(rows).shape)}")
+        return rows.to(batch["image"].device)
+
     def active_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The key-frame position m of every clip (B,): the clip's active student.
 
@@ -391,6 +439,26 @@ class KnowledgeSpreader(AUMethod):
         if bool(((key < 0) | (key >= self.clip_len)).any()):
             raise ValueError(f"ks: key_position {key.tolist()} outside the clip of {self.clip_len} frames")
         return key.to(batch["image"].device)
+
+    def order_logits(self, clip_pooled: torch.Tensor, perm: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """g on the clips and their shuffled copies: (logits of "real order" (2B,), labels (2B,),
+        1 = real order, the students' outputs on both (2B, n, U): rows :B are D_b, rows B: D_pb).
+
+        clip_pooled (B, n, C): p_a. perm (B, n): one non-identity permutation per clip, from
+        `make_shuffle_permutations` (not checked again). The copy shuffles p_a, and every
+        student reads its own position of both, so position identity says nothing about order.
+        """
+        both, labels = temporal_shuffle_features(clip_pooled, perm, validate=False)
+        students = self.net.students(both)
+        return self.perturbation(students), labels, students
+
+    def gate(self, real_order_logits: torch.Tensor, epoch: int) -> torch.Tensor:
+        """(B,) bool: the clips whose pseudo-labels L_semi uses (Alg. 1 lines 17-19): none before
+        `gate_epoch`, then those whose real-order D_b g calls real (P(real) >= 0.5)."""
+        if epoch < self.cfg["gate_epoch"]:
+            return torch.zeros_like(real_order_logits, dtype=torch.bool)
+        return real_order_logits.detach() >= 0
 
     def ramp(self, epoch: int) -> float:
         cfg = self.cfg
@@ -411,7 +479,10 @@ class KnowledgeSpreader(AUMethod):
         # One pass of the shared base over the clips (branch B) and the key views (branch A).
         pooled = self.net.pooled(torch.cat([clips.flatten(0, 1), key_image]))
         clip_pooled, key_pooled = pooled[:b * n].view(b, n, -1), pooled[b * n:]
-        students = self.net.students(clip_pooled)                       # D_b (b, n, U)
+        # The students run once on the clips and their shuffled copies (g's inputs, L_self).
+        perm = make_shuffle_permutations(b, n, generator=self._shuffle_generator, device=clips.device)
+        order_logits, order_labels, both = self.order_logits(clip_pooled, perm)
+        students = both[:b]                                             # D_b (b, n, U)
         temporal = self.net.temporal(students)                          # O_b (b, n, U)
         au_logits, spatial = self.net.spatial(key_pooled)               # heads, O_a (b, U)
         key_labels = labels[clip, key]
@@ -425,18 +496,14 @@ class KnowledgeSpreader(AUMethod):
         tkd = mutual_kd_loss(temporal_key, spatial, cfg["temperature"])
         loss_t = weighted_bce(temporal_key, key_labels, weights) + spatial_sup + cfg["alpha"] * tkd
 
-        perm = make_shuffle_permutations(b, n, generator=self._shuffle_generator, device=clips.device)
-        # validate=False: perm comes from make_shuffle_permutations (saves a sort and a sync).
-        inputs, order_labels = temporal_shuffle_features(students, perm, validate=False)
-        order_logits = self.perturbation(inputs)
-        loss_self = F.binary_cross_entropy_with_logits(order_logits, order_labels)
+        # A pair whose shuffle left the clip as it was (repeated frames) says nothing about order.
+        informative = (~shuffle_keeps_clip(self._frame_rows(batch), perm)).repeat(2).float()
+        per_clip = F.binary_cross_entropy_with_logits(order_logits, order_labels, reduction="none")
+        loss_self = (per_clip * informative).sum() / informative.sum().clamp(min=1)
 
         unlabeled = torch.ones(b, n, dtype=torch.bool, device=clips.device)
         unlabeled[clip, key] = False
-        if state.epoch >= cfg["gate_epoch"]:
-            kept = order_logits[:b].detach() >= 0       # g judges the real D_b in real order
-        else:
-            kept = torch.zeros(b, dtype=torch.bool, device=clips.device)   # L_semi off
+        kept = self.gate(order_logits[:b], state.epoch)
         semi = semi_loss(students, unlabeled & kept.unsqueeze(1), weights)
 
         ramp = self.ramp(state.epoch)

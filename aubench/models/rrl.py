@@ -5,11 +5,13 @@ ICASSP 2023. Registered as `rrl`: self-supervised pre-training of an encoder (st
 then a linear probe on the frozen encoder (stage `probe`, the tested one).
 
 Pre-training (Section 2), BYOL-style (`part` "pretrain"):
-- Encoder f (Swin-T in `paper`, from timm): its last two feature maps. The last one, average
-  pooled, is the global vector o_g (online) / t_g (target). The one before (14 x 14 at 224 px
-  for Swin-T, the paper's map size) goes through the local feature network (a 1 x 1 convolution,
-  BatchNorm and ReLU to the global width: the "CNN" of Fig. 1) and is pooled under each AU's
-  attention map (aubench.models.au_attention: EAC-Net's centres on the 68 landmarks, ellipses,
+- Encoder f (Swin-T in `paper`, from timm): the global vector o_g (online) / t_g (target) is
+  timm's own pooled representation of the last stage, `forward_head(pre_logits=True)` on the
+  final features: for Swin its final LayerNorm, then the average over positions; for a ResNet the average (its forward_head
+  has no norm); for VGG-16 its fc6 / fc7 layers (4096 wide). The map of stage `local_stage`
+  (14 x 14 at 224 px for Swin-T's third stage, the paper's map size) goes through the local
+  feature network (a 1 x 1 convolution, BatchNorm and ReLU to the global width: the "CNN" of
+  Fig. 1) and is pooled under each AU's attention map (aubench.models.au_attention: EAC-Net's centres on the 68 landmarks, ellipses,
   Gaussian sigma 3 px at 224 px, resized to the map) into o_1..o_K / t_1..t_K. The maps are
   made from each view's own landmarks, which the data layer moves with the view's flip.
 - Projector g and predictor q: MLPs (Linear, BatchNorm, ReLU, Linear; hidden 4096, output 256 in
@@ -37,22 +39,34 @@ Pre-training (Section 2), BYOL-style (`part` "pretrain"):
 
 Probe (Section 3.1, `part` "probe"): the encoder from pre-training, frozen (kept in eval mode,
 out of the optimiser), its representation through BatchNorm and a bias-free Linear layer, trained
-with per-AU binary cross-entropy on the labeled training frames. The representation is f's two
-outputs, the global vector and the K AU vectors concatenated (model setting
-probe_features="global+local"; "global" reads o_g alone).
+with per-AU binary cross-entropy on the labeled training frames (model setting
+probe_weighting: "none", the paper's plain loss, at `paper`; "balanced" at `tiny`, see below).
+The representation is model setting probe_input: "global+au" (the default), f's two outputs, the
+global vector and the K AU vectors concatenated; "global", o_g alone. The probe input is a
+setting of its own, not part of a loss ablation: every variant of Table 3 can be probed either
+way. Under a variant without the local and relation losses (rrl:global) the local network is
+never trained: its AU vectors are the frozen backbone's map through a random 1 x 1 convolution
+(its BatchNorm statistics do follow pre-training), pooled under the attention maps.
+The probe trains on the engine's default augmentation of single frames (aubench.data.ClipAugment
+at the preset's rotation, 0 here): a horizontal flip with probability 0.5, the landmarks
+mirrored with the face, and brightness, contrast and saturation factors drawn from [0.7, 1.3];
+no rotation, no crop; `--no-augment` turns it off. The paper names no augmentation for its
+probe.
 
 Presets: `paper` = Section 3.1: Swin-T at 224 px, AdamW at lr 0.05 x batch / 256 with cosine
 decay, weight decay 0.04 -> 0.4 on a cosine, m 0.98 -> 1, projector / predictor 4096 -> 256,
-loss weights 0.4 / 0.6 / 1.0. `tiny` = the same for a CPU: the quarter-width ResNet-18 of the
-other tiny presets at 64 px (its 16 x 16 stride-4 map carries the attention maps, as many cells
-across the face as the paper's 14 x 14; its 2 x 2 stride-32 map gives the global vector), projector / predictor 256 -> 64, 3 pre-training epochs at
-batch 32 and AdamW at 2e-3, the probe 20 epochs at 1e-2.
+loss weights 0.4 / 0.6 / 1.0, the probe on plain per-AU cross-entropy. `tiny` = the same for a
+CPU: the quarter-width ResNet-18 of the other tiny presets at 64 px (its 16 x 16 stride-4 map
+carries the attention maps, as many cells across the face as the paper's 14 x 14; its 2 x 2
+stride-32 map gives the global vector), projector / predictor 256 -> 64, 3 pre-training epochs
+at batch 32 and AdamW at 2e-3, the probe 20 epochs at 1e-2 on the balanced loss.
 
-Variants (`aubench evaluate --methods rrl:global,...`): the ablations of Table 3, rrl:global
-(its probe reads o_g alone: the local network is never trained), rrl:global+local,
-rrl:global+relation (rrl itself is all three); the detached plan rrl:detached-plan; Table 4's
-rrl:no-augment (pre-training views left as they are) and rrl:vgg (VGG-16, no augmentation, as
-the table's first column; only meaningful at `paper` size).
+Variants (`aubench evaluate --methods rrl:global,...`): the ablations of Table 3, rrl:global,
+rrl:global+local, rrl:global+relation (rrl itself is all three), each probed with the run's
+probe_input (`--model probe_input=global` probes o_g alone); the detached plan
+rrl:detached-plan; the balanced probe loss rrl:balanced-probe; Table 4's rrl:no-augment
+(pre-training views left as they are) and rrl:vgg (VGG-16, no augmentation, as the table's
+first column; only meaningful at `paper` size).
 
 Where this departs from the paper, and why:
 - The paper gives no epochs, batch size, probe optimiser or probe schedule; `paper` takes 100
@@ -62,11 +76,13 @@ Where this departs from the paper, and why:
 - The paper does not give the ellipses' size, how the local network is built, or which feature
   map carries the maps besides its 14 x 14 size: see au_attention and above for ours.
 - The probe's input: the paper trains "linear classifiers upon the self-supervised
-  representations" without saying which; ours reads the global and the AU vectors, both
-  outputs of f in Fig. 1 (probe_features). Its cross-entropy weighs each AU's positives by
-  (1 - r) / r, r the AU's visible training rate (probe_weighting="balanced"; "none" is the
-  paper's plain loss): AUs are imbalanced and F1 rewards finding the rare class, as the
-  class weights of the supervised methods here do.
+  representations" without saying which; ours reads by default the global and the AU vectors,
+  both outputs of f in Fig. 1 (probe_input="global+au").
+- The probe's loss at `tiny` weighs each AU's positives by (1 - r) / r, r the AU's visible
+  training rate (probe_weighting="balanced", also the variant rrl:balanced-probe): on the demo's
+  tiny models AUs are imbalanced and F1 rewards finding the rare class, as the class weights of
+  the supervised methods here do. `paper` keeps the paper's plain per-AU cross-entropy
+  ("none").
 - The Sinkhorn regularisation and stopping rule are not given: eps 0.1 of a cost in [0, 1].
   The op normalises a and b to sum 1 (balanced OT; Eq. 5 does not say). A sample whose a or b
   is all zero gets an all-zero plan: its L_corr is 0 and gives no gradient (it still counts in
@@ -107,13 +123,15 @@ from aubench.ops import sinkhorn
 
 PARTS = ("pretrain", "probe")
 LOSSES = ("global", "local", "relation")
+PROBE_INPUTS = ("global", "global+au")
+PROBE_WEIGHTINGS = ("none", "balanced")
 NO_AUGMENT = {"flip_p": 0.0, "jitter_p": 0.0, "grey_p": 0.0, "blur_p": 0.0}   # a view left as it is
 
 _DEFAULTS: dict[str, Any] = {
     "part": "probe",                    # which network this stage trains (set by stages())
     "encoder": "swin_tiny_patch4_window7_224", "encoder_kwargs": {},
     "pretrained_path": None,            # retired: --pretrained backbone=SOURCE (kept for stored presets)
-    "local_stage": -2,                  # the encoder stage whose map carries the AU attention maps
+    "local_stage": -2,                  # the encoder stage (timm feature_info index) whose map carries the AU maps
     "hidden": 4096, "projection": 256,  # projector g / predictor q
     "losses": list(LOSSES),             # Table 3's ablations keep a subset ("global" always)
     "loss_weights": {"global": 0.4, "local": 0.6, "relation": 1.0},   # Eq. 7
@@ -121,11 +139,11 @@ _DEFAULTS: dict[str, Any] = {
     "sinkhorn_eps": 0.1, "sinkhorn_iters": 500, "sinkhorn_tol": 1e-4,
     "plan_gradient": True,              # differentiate the OT plan (False: detach it)
     # probe stage: its epochs (--epochs sets pre-training's), lr and weight decay; the
-    # representation it reads ("global": o_g; "global+local": [o_g, o_1 .. o_K], f's global and
-    # local outputs); its BCE's weighting ("balanced": positives weighted (1 - r) / r per AU, r
-    # the AU's visible training rate; "none": plain)
+    # representation it reads ("global": o_g; "global+au": [o_g, o_1 .. o_K], f's global and
+    # AU outputs); its BCE's weighting ("none": plain, the paper's; "balanced": positives
+    # weighted (1 - r) / r per AU, r the AU's visible training rate)
     "probe_epochs": 30, "probe_lr": 1e-3, "probe_weight_decay": 0.0,
-    "probe_features": "global+local", "probe_weighting": "balanced",
+    "probe_input": "global+au", "probe_weighting": "none",
     # the two views' augmentations (aubench.data.ViewAugment fields): BYOL's, blur 1.0 / 0.1
     "views": [{"blur_p": 1.0, "grey_p": 0.2}, {"blur_p": 0.1, "grey_p": 0.2}],
 }
@@ -191,31 +209,31 @@ def mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
 
 
 class RRLEncoder(nn.Module):
-    """f: a timm backbone's last two feature maps -> (global vector (B, C), local map (B, C, h, w)),
-    the local map brought to the global width by the local feature network."""
+    """f: a timm backbone -> (global vector (B, C), local map (B, C, h, w)). The global vector is
+    timm's pooled representation (the model without a classifier: forward_features, whose end
+    holds the final norm of Swin, then forward_head's pooling); the local map is stage
+    `local_stage`'s map (an index of timm's feature_info) brought to the global width by the
+    local feature network."""
 
     def __init__(self, name: str, weights: str | None = None, local_stage: int = -2, **kwargs):
         super().__init__()
-        self.backbone = create_backbone(name, weights, features_only=True, out_indices=(local_stage, -1),
-                                        **kwargs)
-        fmt = getattr(self.backbone, "output_fmt", "NCHW")
-        self.channels_last = getattr(fmt, "value", fmt) == "NHWC"   # timm's Swin gives (B, H, W, C)
-        local_dim, self.dim = self.backbone.feature_info.channels()
+        self.backbone = create_backbone(name, weights, num_classes=0, **kwargs)
+        stages = self.backbone.feature_info
+        if not -len(stages) <= local_stage < len(stages):
+            raise ValueError(f"model setting local_stage {local_stage}: {name} has feature maps "
+                             f"0..{len(stages) - 1} (or -{len(stages)}..-1)")
+        self.local_stage = local_stage % len(stages)
+        self.dim = getattr(self.backbone, "head_hidden_size", self.backbone.num_features)
+        local_dim = stages[self.local_stage]["num_chs"]
         self.local = nn.Sequential(nn.Conv2d(local_dim, self.dim, 1, bias=False), nn.BatchNorm2d(self.dim),
                                    nn.ReLU(inplace=True))
 
-    def maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        local, last = self.backbone(images)
-        if self.channels_last:
-            local, last = local.permute(0, 3, 1, 2), last.permute(0, 3, 1, 2)
-        return local, last
-
     def global_vector(self, images: torch.Tensor) -> torch.Tensor:
-        return self.maps(images)[1].mean(dim=(2, 3))
+        return self.backbone(images)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        local, last = self.maps(images)
-        return last.mean(dim=(2, 3)), self.local(local)
+        final, (local,) = self.backbone.forward_intermediates(images, indices=[self.local_stage])
+        return self.backbone.forward_head(final, pre_logits=True), self.local(local)
 
 
 def attention_pool(local_map: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
@@ -250,7 +268,8 @@ def _paper_preset() -> Preset:
     return Preset(name="paper", image_size=224, epochs=100, batch_size=batch, optimizer="adamw", lr=0.05 * batch / 256,
                   weight_decay=0.04, weight_decay_end=0.4, schedule="cosine", warmup_epochs=0, rotation=0.0,
                   source="RRL Section 3.1 (224 px, AdamW lr 0.05 x batch / 256, cosine, wd 0.04 -> 0.4, m 0.98 -> 1, "
-                         "loss weights 0.4 / 0.6 / 1.0); epochs, batch and probe ours",
+                         "loss weights 0.4 / 0.6 / 1.0, BatchNorm + linear probe on per-AU cross-entropy); epochs, "
+                         "batch and the probe's schedule ours",
                   model=dict(_DEFAULTS))
 
 
@@ -260,9 +279,9 @@ def _tiny_preset() -> Preset:
     # cells across the face like the paper's 14 x 14 at 224 px. Its stride-16 map has 4 x 4 cells,
     # too coarse to tell AU regions apart: on fold 1 of the demo data the probe scored 64.2 after
     # 6 epochs with it, 69.6 after 3 with the stride-4 map. AdamW at 2e-3 and 3 pre-training
-    # epochs (the demo's budget); the probe at 1e-2 for 20 epochs.
+    # epochs (the demo's budget); the probe at 1e-2 for 20 epochs, its positives weighted (1 - r) / r.
     model = dict(_DEFAULTS, encoder="resnet18", encoder_kwargs={"channels": (16, 32, 64, 128), "stem_width": 16},
-                 local_stage=1, hidden=256, projection=64, probe_epochs=20, probe_lr=1e-2)
+                 local_stage=1, hidden=256, projection=64, probe_epochs=20, probe_lr=1e-2, probe_weighting="balanced")
     return Preset(name="tiny", image_size=64, epochs=3, batch_size=32, optimizer="adamw", lr=2e-3,
                   weight_decay=0.04, weight_decay_end=0.4, schedule="cosine", warmup_epochs=0, rotation=0.0,
                   model=model)
@@ -278,12 +297,12 @@ class RRL(AUMethod):
     pretrained_parts = {"backbone": "the encoder's backbone (Swin-T at paper, e.g. "
                                     "timm:swin_tiny_patch4_window7_224.ms_in1k), loaded in the pre-training stage"}
     variants = {
-        # Table 3; without the local and relation losses the local network is never trained, so
-        # the probe reads o_g alone (a "global only" model has no AU vectors)
-        "global": {"losses": ["global"], "probe_features": "global"},
+        # Table 3: the losses only; the probe reads the run's probe_input in every variant
+        "global": {"losses": ["global"]},
         "global+local": {"losses": ["global", "local"]},
         "global+relation": {"losses": ["global", "relation"]},
         "detached-plan": {"plan_gradient": False},
+        "balanced-probe": {"probe_weighting": "balanced"},
         # Table 4: without pre-training augmentation, with Swin-T and with VGG-16
         "no-augment": {"views": [NO_AUGMENT, NO_AUGMENT]},
         "vgg": {"encoder": "vgg16", "encoder_kwargs": {}, "views": [NO_AUGMENT, NO_AUGMENT]},
@@ -304,7 +323,7 @@ class RRL(AUMethod):
         if "global" not in losses or not set(losses) <= set(LOSSES):
             raise ValueError(f"{self.name}: model setting losses must hold 'global' and only {', '.join(LOSSES)}, "
                              f"got {losses}")
-        for key, allowed in (("probe_features", ("global", "global+local")), ("probe_weighting", ("balanced", "none"))):
+        for key, allowed in (("probe_input", PROBE_INPUTS), ("probe_weighting", PROBE_WEIGHTINGS)):
             if cfg[key] not in allowed:
                 raise ValueError(f"{self.name}: model setting {key} must be one of {', '.join(allowed)}, got {cfg[key]!r}")
         self.cfg, self.part, self.losses = cfg, cfg["part"], losses
@@ -323,8 +342,8 @@ class RRL(AUMethod):
                 p.requires_grad_(False)
         else:
             self.encoder = encoder
-            width = encoder.dim * (1 + (num_aus if cfg["probe_features"] == "global+local" else 0))
-            self.uses_landmarks = cfg["probe_features"] == "global+local"
+            width = encoder.dim * (1 + (num_aus if cfg["probe_input"] == "global+au" else 0))
+            self.uses_landmarks = cfg["probe_input"] == "global+au"
             self.head = nn.Sequential(nn.BatchNorm1d(width), nn.Linear(width, num_aus, bias=False))
 
     # -- engine hooks ----------------------------------------------------------------------------
@@ -396,7 +415,7 @@ class RRL(AUMethod):
 
     def training_step(self, batch: dict[str, torch.Tensor], state: TrainState) -> dict[str, torch.Tensor]:
         if self.part == "probe":
-            logits = self.head(self._probe_features(batch))
+            logits = self.head(self._probe_input(batch))
             loss = probe_loss(logits, batch["label"], self.au_rate if self.cfg["probe_weighting"] == "balanced" else None)
             return {"loss": loss, "bce": loss.detach()}
         first = (batch["image"], batch["landmarks"], {})
@@ -411,11 +430,11 @@ class RRL(AUMethod):
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.part != "probe":
             raise ValueError(f"{self.name}: the pre-training stage detects no AUs")
-        return torch.sigmoid(self.head(self._probe_features(batch)).float())
+        return torch.sigmoid(self.head(self._probe_input(batch)).float())
 
-    def _probe_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _probe_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The frozen encoder's representation the probe reads: o_g, or [o_g, o_1 .. o_K]."""
-        if self.cfg["probe_features"] == "global":
+        if self.cfg["probe_input"] == "global":
             return self.encoder.global_vector(batch["image"])
         global_vector, local_map = self.encoder(batch["image"])
         attention = au_attention_maps(batch["landmarks"], self.au_names, tuple(batch["image"].shape[-2:]),

@@ -111,19 +111,17 @@ def sinkhorn(
 
 
 
-# ---- temporal-shuffle classifier features ------------------------------------------------------
+# ---- temporal-shuffle clips --------------------------------------------------------------------
 def temporal_shuffle_features(
     features: torch.Tensor, perm: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs (2B, N, 2C), labels (2B,)): real clips then shuffled clips, each frame
-    [d_t, d_t - d_{t-1}] with d_{-1} := d_0; labels 1 = real order, 0 = shuffled."""
+    """(clips (2B, N, C), labels (2B,)): the clips as they are, then each clip b with its frame t
+    taken from features[b, perm[b, t]]; labels 1 = real order, 0 = shuffled."""
     batch, _, channels = features.shape
     index = perm.long().unsqueeze(-1).expand(-1, -1, channels)
     clips = torch.cat([features, features.gather(1, index)], dim=0)
-    previous = torch.cat([clips[:, :1], clips[:, :-1]], dim=1)
-    inputs = torch.cat([clips, clips - previous], dim=-1)
     labels = torch.cat([features.new_ones(batch), features.new_zeros(batch)])
-    return inputs, labels
+    return clips, labels
 
 
 # ---- masked-token gather / restore (MAE) -------------------------------------------------------

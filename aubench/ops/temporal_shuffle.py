@@ -1,9 +1,9 @@
-"""Temporal-shuffle classifier features (Knowledge-Spreader's perturbation-aware
-pseudo-labelling).
+"""Temporal-shuffle clips (Knowledge-Spreader's perturbation-aware pseudo-labelling).
 
-A small classifier learns whether a clip's frames are in their real order. Its input, built here
-in one fused pass for the real clips and one shuffled copy of each, is per frame the frame
-feature and its temporal difference: [d_t, d_t - d_{t-1}] with d_{-1} := d_0.
+A small classifier learns whether a clip's frames are in their real order. Its training clips,
+built here in one fused pass, are the real clips and one shuffled copy of each, from per-frame
+features: Knowledge-Spreader shuffles the inputs of its per-position students (p_a) and runs
+every student at its own position on both copies (see aubench.models.knowledge_spreader).
 `make_shuffle_permutations` draws the shuffles (never the identity, so every shuffled clip really
 is out of order) from a torch.Generator, outside the kernel.
 """
@@ -17,13 +17,14 @@ from aubench.ops._extension import have_extension
 def temporal_shuffle_features(
     features: torch.Tensor, perm: torch.Tensor, validate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classifier inputs for the real and the shuffled clips, and their labels.
+    """The real clips and their shuffled copies, and their labels.
 
-    features: (B, N, C) float16/bfloat16/float32/float64 clip features. perm: (B, N) int64 (or
-    int32), each row a permutation of 0..N-1 (frame t of shuffled clip b is features[b, perm[b,
-    t]]); use `make_shuffle_permutations`, whose rows are never the identity.
-    Returns inputs (2B, N, 2C) (rows 0..B-1 real clips, B..2B-1 shuffled) and labels (2B,) in
-    features' dtype (1 = real order, 0 = shuffled). Differentiable with respect to features.
+    features: (B, N, C) float16/bfloat16/float32/float64 per-frame clip features. perm: (B, N)
+    int64 (or int32), each row a permutation of 0..N-1; use `make_shuffle_permutations`, whose
+    rows are never the identity.
+    Returns clips (2B, N, C): rows 0..B-1 the features as they are, row B + b clip b shuffled
+    (its frame t is features[b, perm[b, t]]); and labels (2B,) in features' dtype (1 = real
+    order, 0 = shuffled). Differentiable with respect to features.
     validate=True checks that every row of perm is a permutation (one sort and one device
     sync; ValueError naming the row otherwise). validate=False skips that check, for hot loops
     whose perm comes from `make_shuffle_permutations`; shapes, dtypes and devices are always
@@ -40,9 +41,9 @@ def temporal_shuffle_features(
         check_distinct_in_range(perm, "perm", frames)
     if not use_kernels(features):
         return reference.temporal_shuffle_features(features, perm)
-    inputs = torch.ops.aubench.temporal_shuffle_features(features, perm)
+    clips = torch.ops.aubench.temporal_shuffle_features(features, perm)
     labels = torch.cat([features.new_ones(batch), features.new_zeros(batch)])
-    return inputs, labels
+    return clips, labels
 
 
 def make_shuffle_permutations(
@@ -77,12 +78,12 @@ def _register() -> None:
     def _(features, perm):
         torch._check(features.dim() == 3 and perm.shape == features.shape[:2])
         batch, frames, channels = features.shape
-        return features.new_empty(2 * batch, frames, 2 * channels)
+        return features.new_empty(2 * batch, frames, channels)
 
     @torch.library.register_fake("aubench::temporal_shuffle_features_backward")
     def _(grad, perm):
         torch._check(grad.dim() == 3 and grad.shape[0] == 2 * perm.shape[0])
-        return grad.new_empty(grad.shape[0] // 2, grad.shape[1], grad.shape[2] // 2)
+        return grad.new_empty(grad.shape[0] // 2, grad.shape[1], grad.shape[2])
 
     def save_perm(ctx, inputs, output):
         ctx.save_for_backward(inputs[1])

@@ -16,10 +16,10 @@ inline void check_perm(const at::Tensor& perm, int64_t batch, int64_t frames,
               device);
 }
 
-// grad (2B, N, 2C) of the classifier inputs and the permutations (B, N) that made them.
+// grad (2B, N, C) of the real and shuffled clips and the permutations (B, N) that made them.
 inline void check_backward_inputs(const at::Tensor& grad, const at::Tensor& perm) {
-  TORCH_CHECK(grad.dim() == 3 && grad.size(0) % 2 == 0 && grad.size(2) % 2 == 0,
-              "grad must have shape (2B, N, 2C), got ", grad.sizes());
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) % 2 == 0,
+              "grad must have shape (2B, N, C), got ", grad.sizes());
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must be floating, got ",
               grad.scalar_type());
   check_perm(perm, grad.size(0) / 2, grad.size(1), grad.device());

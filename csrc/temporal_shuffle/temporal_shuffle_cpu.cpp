@@ -1,12 +1,11 @@
-// Temporal-shuffle classifier features (Knowledge-Spreader's perturbation-aware
-// pseudo-labelling), CPU.
+// Temporal-shuffle clips (Knowledge-Spreader's perturbation-aware pseudo-labelling), CPU.
 //
-// From clip features D (B, N, C) and one permutation per clip (B, N), one pass writes the
-// classifier input for the real clip (rows 0..B-1) and the shuffled clip (rows B..2B-1):
-// frame t of clip r holds [d_t, d_t - d_{t-1}] with d_{-1} := d_0, where the shuffled clip's
-// frame t is D[b, perm[b, t]]. The backward pass is its exact adjoint, written row by row of
-// the gradient: when perm is a permutation every feature row receives its gradient from
-// exactly one shuffled position; a perm with repeats (validate=False) still gets the exact
+// From per-frame clip features D (B, N, C) and one permutation per clip (B, N), one pass writes
+// the real clips (rows 0..B-1, D as it is) and their shuffled copies (rows B..2B-1), where
+// frame t of shuffled clip b is D[b, perm[b, t]]. The backward pass is its exact adjoint,
+// written row by row of the gradient: frame f of clip b receives the real clip's gradient at
+// position f plus the shuffled clip's at the position holding f; when perm is a permutation
+// that is exactly one position, and a perm with repeats (validate=False) still gets the exact
 // adjoint, every gradient row written once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -29,25 +28,6 @@ int64_t frame_at(const index_t* perm_row, int64_t t, int64_t frames) {
   return f;
 }
 
-// Frame t of one clip of grad (2C wide per frame): the gradient reaching that frame's
-// feature from its own slot, its difference and the next frame's difference.
-template <typename scalar_t>
-struct Position {
-  Position(const scalar_t* clip, int64_t t, int64_t frames, int64_t row)
-      : now(clip + t * row), next(t + 1 < frames ? clip + (t + 1) * row : nullptr),
-        has_previous(t > 0) {}
-  template <typename acc_t>
-  acc_t grad(int64_t c, int64_t channels) const {
-    acc_t value = static_cast<acc_t>(now[c]);
-    if (has_previous) value += static_cast<acc_t>(now[channels + c]);
-    if (next) value -= static_cast<acc_t>(next[channels + c]);
-    return value;
-  }
-  const scalar_t* now;
-  const scalar_t* next;
-  bool has_previous;
-};
-
 }  // namespace
 
 at::Tensor temporal_shuffle_features_cpu(const at::Tensor& features, const at::Tensor& perm) {
@@ -58,10 +38,9 @@ at::Tensor temporal_shuffle_features_cpu(const at::Tensor& features, const at::T
   check_perm(perm, batch, frames, features.device());
   const at::Tensor d = features.contiguous();
   const at::Tensor p = perm.contiguous();
-  at::Tensor out = at::empty({2 * batch, frames, 2 * channels}, d.options());
+  at::Tensor out = at::empty({2 * batch, frames, channels}, d.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(),
                                   "temporal_shuffle_features_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* src = d.data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
     AT_DISPATCH_INDEX_TYPES(p.scalar_type(), "temporal_shuffle_features_cpu", [&] {
@@ -73,19 +52,9 @@ at::Tensor temporal_shuffle_features_cpu(const at::Tensor& features, const at::T
           const int64_t b = shuffled ? r - batch : r;
           const index_t* perm_row = order + b * frames;
           const scalar_t* clip = src + b * frames * channels;
-          int64_t previous = 0;
           for (int64_t t = 0; t < frames; ++t) {
             const int64_t f = shuffled ? frame_at(perm_row, t, frames) : t;
-            if (t == 0) previous = f;
-            const scalar_t* now = clip + f * channels;
-            const scalar_t* before = clip + previous * channels;
-            scalar_t* row = dst + (r * frames + t) * 2 * channels;
-            for (int64_t c = 0; c < channels; ++c) {
-              row[c] = now[c];
-              row[channels + c] =
-                  static_cast<scalar_t>(static_cast<acc_t>(now[c]) - static_cast<acc_t>(before[c]));
-            }
-            previous = f;
+            std::copy_n(clip + f * channels, channels, dst + (r * frames + t) * channels);
           }
         }
       });
@@ -96,7 +65,7 @@ at::Tensor temporal_shuffle_features_cpu(const at::Tensor& features, const at::T
 
 at::Tensor temporal_shuffle_features_backward_cpu(const at::Tensor& grad, const at::Tensor& perm) {
   check_backward_inputs(grad, perm);
-  const int64_t batch = grad.size(0) / 2, frames = grad.size(1), channels = grad.size(2) / 2;
+  const int64_t batch = grad.size(0) / 2, frames = grad.size(1), channels = grad.size(2);
   const at::Tensor g = grad.contiguous();
   const at::Tensor p = perm.contiguous();
   at::Tensor out = at::empty({batch, frames, channels}, g.options());
@@ -107,7 +76,6 @@ at::Tensor temporal_shuffle_features_backward_cpu(const at::Tensor& grad, const 
     scalar_t* dst = out.data_ptr<scalar_t>();
     AT_DISPATCH_INDEX_TYPES(p.scalar_type(), "temporal_shuffle_features_backward_cpu", [&] {
       const index_t* order = p.data_ptr<index_t>();
-      const int64_t row = 2 * channels;  // width of one frame of grad
       at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
         // first[f]: the first position t with perm[t] == f, next_same[t]: the next position
         // holding perm[t] (-1: none). A permutation gives every frame exactly one position;
@@ -116,8 +84,8 @@ at::Tensor temporal_shuffle_features_backward_cpu(const at::Tensor& grad, const 
         std::vector<int64_t> first(frames), next_same(frames);
         std::vector<acc_t> acc(channels);
         for (int64_t b = begin; b < end; ++b) {
-          const scalar_t* real = src + b * frames * row;
-          const scalar_t* shuf = src + (batch + b) * frames * row;
+          const scalar_t* real = src + b * frames * channels;
+          const scalar_t* shuf = src + (batch + b) * frames * channels;
           const index_t* perm_row = order + b * frames;
           std::fill(first.begin(), first.end(), -1);
           for (int64_t t = frames - 1; t >= 0; --t) {
@@ -128,21 +96,13 @@ at::Tensor temporal_shuffle_features_backward_cpu(const at::Tensor& grad, const 
           // Frame f of the real clip sits at position f, frame perm[t] of the shuffled clip
           // at position t.
           for (int64_t f = 0; f < frames; ++f) {
+            const scalar_t* real_f = real + f * channels;
+            for (int64_t c = 0; c < channels; ++c) acc[c] = static_cast<acc_t>(real_f[c]);
+            for (int64_t u = first[f]; u >= 0; u = next_same[u]) {
+              const scalar_t* shuf_u = shuf + u * channels;
+              for (int64_t c = 0; c < channels; ++c) acc[c] += static_cast<acc_t>(shuf_u[c]);
+            }
             scalar_t* target = dst + (b * frames + f) * channels;
-            const Position<scalar_t> real_f(real, f, frames, row);
-            const int64_t t = first[f];
-            if (t >= 0 && next_same[t] < 0) {  // a permutation: exactly one position
-              const Position<scalar_t> shuf_t(shuf, t, frames, row);
-              for (int64_t c = 0; c < channels; ++c)
-                target[c] = static_cast<scalar_t>(real_f.grad<acc_t>(c, channels) +
-                                                  shuf_t.grad<acc_t>(c, channels));
-              continue;
-            }
-            for (int64_t c = 0; c < channels; ++c) acc[c] = real_f.grad<acc_t>(c, channels);
-            for (int64_t u = t; u >= 0; u = next_same[u]) {
-              const Position<scalar_t> shuf_u(shuf, u, frames, row);
-              for (int64_t c = 0; c < channels; ++c) acc[c] += shuf_u.grad<acc_t>(c, channels);
-            }
             for (int64_t c = 0; c < channels; ++c) target[c] = static_cast<scalar_t>(acc[c]);
           }
         }

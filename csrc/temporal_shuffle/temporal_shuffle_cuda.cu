@@ -1,8 +1,7 @@
-// Temporal-shuffle classifier features, CUDA. Same semantics as temporal_shuffle_cpu.cpp:
-// one block per frame row, arithmetic in the op-math type (float for half / bfloat16),
-// and the backward written as the forward's adjoint, row by row of the gradient, so every
-// gradient element is written once (whatever perm holds) and the sums are added in the same
-// order as on the CPU.
+// Temporal-shuffle clips, CUDA. Same semantics as temporal_shuffle_cpu.cpp: one block per
+// frame row, and the backward written as the forward's adjoint, row by row of the gradient,
+// in the op-math type (float for half / bfloat16), so every gradient element is written once
+// (whatever perm holds) and the sums are added in the same order as on the CPU.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -25,8 +24,9 @@ __device__ __forceinline__ int64_t frame_at(const index_t* perm, int64_t b, int6
   return f;
 }
 
-// out (2B, N, 2C): block row (r, t) writes [d, d - d_before] for clip r's frame t.
-template <typename scalar_t, typename acc_t, typename index_t>
+// out (2B, N, C): block row (r, t) copies clip r's frame t (frame perm[b, t] of clip b in a
+// shuffled copy r = B + b).
+template <typename scalar_t, typename index_t>
 __global__ void shuffle_forward_kernel(const scalar_t* __restrict__ features,
                                        const index_t* __restrict__ perm,
                                        scalar_t* __restrict__ out, int64_t batch, int64_t frames,
@@ -37,30 +37,10 @@ __global__ void shuffle_forward_kernel(const scalar_t* __restrict__ features,
     const bool shuffled = r >= batch;
     const int64_t b = shuffled ? r - batch : r;
     const int64_t f = shuffled ? frame_at(perm, b, t, frames) : t;
-    const int64_t before = t == 0 ? f : (shuffled ? frame_at(perm, b, t - 1, frames) : t - 1);
     const scalar_t* now = features + (b * frames + f) * channels;
-    const scalar_t* previous = features + (b * frames + before) * channels;
-    scalar_t* target = out + row * 2 * channels;
-    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
-      const scalar_t value = now[c];
-      target[c] = value;
-      target[channels + c] =
-          static_cast<scalar_t>(static_cast<acc_t>(value) - static_cast<acc_t>(previous[c]));
-    }
+    scalar_t* target = out + row * channels;
+    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) target[c] = now[c];
   }
-}
-
-// Channel c of the gradient reaching the feature at position t of one clip of grad (2C wide
-// per frame): its own slot, its difference and the next position's difference (the adjoint
-// of [d_t, d_t - d_{t-1}]). Same sums, same order, as Position::grad on the CPU.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t from_position(const scalar_t* clip, int64_t t, int64_t frames,
-                                               int64_t channels, int64_t c) {
-  const scalar_t* now = clip + t * 2 * channels;
-  acc_t value = static_cast<acc_t>(now[c]);
-  if (t > 0) value += static_cast<acc_t>(now[channels + c]);
-  if (t + 1 < frames) value -= static_cast<acc_t>(now[3 * channels + c]);
-  return value;
 }
 
 // grad_features (B, N, C): block row (b, f) writes frame f, which the real clip holds at
@@ -91,15 +71,15 @@ __global__ void shuffle_backward_kernel(const scalar_t* __restrict__ grad,
     __syncthreads();
     const int64_t first = static_cast<int64_t>(first_position);
     const int count = positions;
-    const scalar_t* real = grad + b * frames * 2 * channels;
-    const scalar_t* shuffled = grad + (batch + b) * frames * 2 * channels;
+    const scalar_t* real = grad + (b * frames + f) * channels;
+    const scalar_t* shuffled = grad + (batch + b) * frames * channels;
     scalar_t* target = out + (b * frames + f) * channels;
     for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
-      acc_t value = from_position<scalar_t, acc_t>(real, f, frames, channels, c);
-      if (count > 0) value += from_position<scalar_t, acc_t>(shuffled, first, frames, channels, c);
+      acc_t value = static_cast<acc_t>(real[c]);
+      if (count > 0) value += static_cast<acc_t>(shuffled[first * channels + c]);
       for (int64_t t = first + 1; count > 1 && t < frames; ++t)
         if (frame_at(perm, b, t, frames) == f)
-          value += from_position<scalar_t, acc_t>(shuffled, t, frames, channels, c);
+          value += static_cast<acc_t>(shuffled[t * channels + c]);
       target[c] = static_cast<scalar_t>(value);
     }
     __syncthreads();  // everyone has read first_position before the next row resets it
@@ -117,14 +97,13 @@ at::Tensor temporal_shuffle_features_cuda(const at::Tensor& features, const at::
   const c10::cuda::CUDAGuard guard(features.device());
   const at::Tensor d = features.contiguous();
   const at::Tensor p = perm.contiguous();
-  at::Tensor out = at::empty({2 * batch, frames, 2 * channels}, d.options());
+  at::Tensor out = at::empty({2 * batch, frames, channels}, d.options());
   if (out.numel() == 0) return out;
   const int64_t rows = 2 * batch * frames;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(),
                                   "temporal_shuffle_features_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     AT_DISPATCH_INDEX_TYPES(p.scalar_type(), "temporal_shuffle_features_cuda", [&] {
-      shuffle_forward_kernel<scalar_t, acc_t, index_t>
+      shuffle_forward_kernel<scalar_t, index_t>
           <<<blocks_for_rows(rows), threads_for_width(channels), 0,
              c10::cuda::getCurrentCUDAStream()>>>(
               d.data_ptr<scalar_t>(), p.data_ptr<index_t>(), out.data_ptr<scalar_t>(), batch,
@@ -137,7 +116,7 @@ at::Tensor temporal_shuffle_features_cuda(const at::Tensor& features, const at::
 
 at::Tensor temporal_shuffle_features_backward_cuda(const at::Tensor& grad, const at::Tensor& perm) {
   check_backward_inputs(grad, perm);
-  const int64_t batch = grad.size(0) / 2, frames = grad.size(1), channels = grad.size(2) / 2;
+  const int64_t batch = grad.size(0) / 2, frames = grad.size(1), channels = grad.size(2);
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor g = grad.contiguous();
   const at::Tensor p = perm.contiguous();
