@@ -9,8 +9,8 @@ Steps, each timed and written to the JSON as soon as it ends (a run cut short ke
    of the same bytes, with the GB/s each achieves), forward + backward, median of rounds;
 2. methods: every method's `paper` preset, train and inference frames/s at bf16 and the preset's
    batch (aubench.bench.benchmark_method), with the peak GPU memory of each;
-3. torchrun: one `aubench train` epoch of `resnet` tiny under `torchrun --nproc_per_node 1`
-   (NCCL on a GPU), checked to finish;
+3. torchrun: one `aubench train` epoch of `resnet` tiny at the demo's label ratio under
+   `torchrun --nproc_per_node 1` (NCCL on a GPU), checked to finish;
 4. resnet on the demo's data: fold 1 with the demo's settings on the GPU and on the CPU, the two
    mean F1 side by side (float order differs, so they need not be equal).
 
@@ -115,8 +115,12 @@ def check_methods(device: str, dry: bool) -> dict:
 
 
 def check_torchrun(device: str, data: Path, work: Path) -> dict:
+    from aubench.demo import DEMO_LABEL_RATIO
+
+    # the demo's label ratio: a fifth of the frames, so that the dry run stays short on 2 cores
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "aubench", "train",
                "--method", "resnet", "--preset", "tiny", "--epochs", "1", "--data", str(data),
+               "--label-ratio", str(DEMO_LABEL_RATIO),
                "--out", str(work / "torchrun"), "--device", device, "--no-progress"]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
