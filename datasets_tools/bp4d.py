@@ -92,9 +92,11 @@ def read_occurrence_csv(path: Path, sequence: str, au_numbers, report: Report):
         try:
             values = [int(cells[c]) for c in wanted]
         except ValueError:
-            bad = next(cells[c] for c in wanted if not cells[c].lstrip("-").isdigit())
-            report.problem(f"non-numeric value {bad!r}", sequence=sequence, path=str(path), line=line,
-                           kind="bad label row")
+            column = next(c for c in wanted if not cells[c].lstrip("-").isdigit())
+            expected = ("an integer frame number" if column == columns[0] else
+                        f"an integer occurrence code (0, 1 or 9) for AU{header[column]}")
+            report.problem(f"non-numeric value {cells[column]!r}: expected {expected}", sequence=sequence,
+                           path=str(path), line=line, kind="bad label row")
             continue
         frame, codes = values[0], values[1:]
         if any(c not in (0, 1, 9) for c in codes):

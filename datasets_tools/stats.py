@@ -18,6 +18,9 @@ def _strings(values) -> list[str]:
 
 def open_h5(path: Path) -> h5py.File:
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError("is a folder; expected the .h5 file datasets_tools convert writes (a raw dataset folder "
+                           "is converted with: datasets_tools convert LAYOUT FOLDER OUT.h5)", str(path))
     if not path.is_file():
         raise DatasetError("no such file", str(path))
     try:

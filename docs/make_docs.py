@@ -17,6 +17,14 @@ Blocks:
 - `models`: every method's paper preset beside a ResNet-50 (benchmarks/results/cpu-models.json).
 - `bench-paper`: `aubench bench --json` records of the paper presets
   (benchmarks/results/cpu-bench-*-paper.json).
+- `predict`: `aubench predict` on a real video, per stage and end to end, beside the face detector
+  alone (benchmarks/results/cpu-predict.json, benchmarks/bench_predict.py).
+- `rrl-probe-input`: RRL's Table 3 variants under each probe input, beside the paper's means
+  (benchmarks/results/cpu-rrl-probe-input.json, benchmarks/rrl_probe_input.py).
+- `rrl-final-norm`: RRL's o_g with and without the backbone's final norm
+  (benchmarks/results/cpu-rrl-final-norm.json, benchmarks/rrl_probe_input.py --final-norm).
+- `ks-gate`: Knowledge-Spreader's perturbation-aware gate, per epoch, with it and forced open
+  (benchmarks/results/cpu-ks-gate.json, benchmarks/ks_gate.py).
 - `machines`: every file of benchmarks/results with the machine it came from.
 """
 from __future__ import annotations
@@ -302,6 +310,125 @@ def models_block() -> str:
     return "\n".join(lines) + "\n"
 
 
+def predict_block() -> str:
+    """benchmarks/bench_predict.py: `aubench predict` on a real video, per stage and end to end,
+    beside dlib's detector alone (benchmarks/results/cpu-predict.json)."""
+    path = RESULTS / "cpu-predict.json"
+    report = load(path)
+    video, baseline = report["video"], report["baseline_detector_alone"]
+    stages = list(report["records"][0]["ms_per_frame"])
+    load_text = ""
+    if report.get("load_average") is not None:
+        load_text = f", load average {report['load_average']:.1f} on the machine's {report['cpu_count']} cores"
+    lines = [f"Measured on {machine_text(machine(report))}{load_text} (`{path.relative_to(ROOT)}`): "
+             f"{video['name']} ({video['width']} x {video['height']}, {video['frames']} frames, one face), fp32, "
+             f"batch {report['records'][0]['batch_size']}, the median of {report['rounds']} rounds; ms per frame "
+             f"by stage (wall clock), frames per second of wall clock and of the process's CPU time (on a busy "
+             f"machine, about what an idle core gives), and the model alone on prepared faces at that batch:", "",
+             "| method (preset) | size | --detect-every | frames/s end to end | frames per CPU second | "
+             + " | ".join(f"{stage} ms" for stage in stages) + " | other ms | model alone (faces/s) |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(stages) + "---:|---:|"]
+    for record in report["records"]:
+        cells = " | ".join(f"{record['ms_per_frame'][stage]:.1f}" for stage in stages)
+        lines.append(f"| {record['method']} ({record['preset']}) | {record['image_size']} px | "
+                     f"{record['detect_every']} | {record['frames_per_s']:.1f} | {record['frames_per_cpu_s']:.1f} | "
+                     f"{cells} | {record['other_ms_per_frame']:.1f} | {record['model_alone_faces_per_s']:.1f} |")
+    lines += ["", f"Baseline, in the same run: decoding and dlib's face detector alone on every frame, "
+                  f"{baseline['frames_per_s']:.1f} frames/s ({baseline['frames_per_cpu_s']:.1f} per CPU second)."]
+    return "\n".join(lines) + "\n"
+
+
+def rrl_probe_input_block() -> str:
+    """benchmarks/rrl_probe_input.py: each Table 3 variant probed on o_g alone and on o_g with the
+    AU vectors, mean F1 over the folds run, the paper's BP4D means beside them."""
+    path = RESULTS / "cpu-rrl-probe-input.json"
+    report = load(path)
+    scores: dict[tuple[str, str], list[float]] = {}
+    baseline: dict[int, float] = {}
+    for row in report["rows"]:
+        scores.setdefault((row["method"], row["probe_input"]), []).append(row["mean_f1"])
+        baseline[row["fold"]] = row["all_positive_mean_f1"]
+    folds = ", ".join(str(fold) for fold in report["folds"])
+    lines = [f"Measured on {machine_text(machine(report))} (`{path.relative_to(ROOT)}`): `rrl` "
+             f"{report['preset']} on the demo's data, fold{'s' if len(report['folds']) > 1 else ''} {folds}, "
+             f"label ratio {report['label_ratio']:g} for the probe; mean F1 (%), the paper's on real BP4D with "
+             f"all labels (its probe input not given):", "",
+             "| pre-training losses | probe on o_g (`probe_input=global`) | probe on o_g, o_1..o_K "
+             "(`probe_input=global+au`) | paper (BP4D) |", "|---|---:|---:|---:|"]
+    for method, paper in report["paper_bp4d"].items():
+        lines.append(f"| `{method}` | {_f1(scores.get((method, 'global'), []))} | "
+                     f"{_f1(scores.get((method, 'global+au'), []))} | {paper:.1f} |")
+    lines.append(f"| all-positive baseline | {_f1(list(baseline.values()))} | {_f1(list(baseline.values()))} | |")
+    return "\n".join(lines) + "\n"
+
+
+def rrl_final_norm_block() -> str:
+    """benchmarks/rrl_probe_input.py --final-norm: o_g's values with and without the final norm."""
+    path = RESULTS / "cpu-rrl-final-norm.json"
+    report = load(path)
+    lines = [f"Measured on {machine_text(machine(report))} (`{path.relative_to(ROOT)}`), a batch of "
+             f"{report['batch']} ({report['input']}):", "",
+             "| preset | encoder | final norm | o_g with it: min, max, std | without: min, max, std | "
+             "largest difference | cosine |", "|---|---|---|---|---|---:|---:|"]
+    for preset, row in report["encoders"].items():
+        ranges = [f"{row[key]['min']:.2f}, {row[key]['max']:.2f}, {row[key]['std']:.2f}"
+                  for key in ("with_final_norm", "without_final_norm")]
+        norm = "none" if row["final_norm"] == "NoneType" else row["final_norm"]
+        lines.append(f"| {preset} | {row['encoder']} at {row['image_size']} px | {norm} | {ranges[0]} | {ranges[1]} | "
+                     f"{row['max_abs_difference']:.3f} | {row['cosine_with_without']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def ks_gate_block() -> str:
+    """benchmarks/ks_gate.py: what KS's gate rejects per epoch, and the pseudo-label accuracy on the
+    hidden labels with the gate and with it forced open (naive pseudo-labelling)."""
+    path = RESULTS / "cpu-ks-gate.json"
+    report = load(path)
+    gated, naive = report["runs"]["gated"], report["runs"]["naive"]
+    naive_epochs = {row["epoch"]: row for row in naive["epochs"]}
+    lines = [f"Measured on {machine_text(machine(report))} (`{path.relative_to(ROOT)}`): `ks` "
+             f"{report['preset']} on {report['data']}, fold {report['fold']}, label ratio "
+             f"{report['label_ratio']:g}, trained with the gate and with it forced open (naive "
+             f"pseudo-labelling; g still trained). Pseudo-label accuracy (%) is over the AUs of the "
+             f"unlabeled frames, against the labels the protocol hides; the gate acts from epoch "
+             f"{min(row['epoch'] for row in gated['epochs'] if row['gate_active'])}.", "",
+             "| epoch | clips rejected | g right (train) | accuracy: all | kept | rejected | "
+             "naive | positive pseudo-labels | (student, AU) pairs with one pseudo-label all epoch |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in gated["epochs"]:
+        rejected = _percent(row["rejected_share"]) if row["gate_active"] else "(off)"
+        lines.append(f"| {row['epoch']} | {rejected} | {_percent(row['g_train_accuracy'])} | "
+                     f"{_percent(row['pseudo_label_accuracy_all'])} | {_percent(row['pseudo_label_accuracy_kept'])} | "
+                     f"{_percent(row['pseudo_label_accuracy_rejected'])} | "
+                     f"{_percent(naive_epochs[row['epoch']]['pseudo_label_accuracy_all'])} | "
+                     f"{_percent(row['pseudo_label_positive_share'])} | "
+                     f"{_percent(row['constant_pseudo_label_share'])} |")
+    pooled_gated, pooled_naive = gated["from_gate_epoch"], naive["from_gate_epoch"]
+    test = gated["g_on_test_clips"]
+    students = test["students"]
+    lines += ["", f"- From the gate epoch on, the gate rejected {_percent(pooled_gated['rejected_share'])}% of "
+                  f"the clips. The pseudo-labels it kept were right "
+                  f"{_percent(pooled_gated['pseudo_label_accuracy_kept'])}% "
+                  f"of the time, those it rejected {_percent(pooled_gated['pseudo_label_accuracy_rejected'])}%; naive "
+                  f"pseudo-labelling's {_percent(pooled_naive['pseudo_label_accuracy_all'])}% (the paper: "
+                  f"{report['paper']['ppl']:.2f}% with the gate against {report['paper']['naive']:.2f}% naive).",
+              f"- Test mean F1: {100 * gated['mean_f1']:.1f} with the gate, {100 * naive['mean_f1']:.1f} naive.",
+              f"- g of the gated run on the {test['clips']} test clips against a shuffled copy: moving faces ROC AUC "
+              f"{test['moving']['auc']:.3f} (accuracy {_percent(test['moving']['accuracy'])}%); static clips (the "
+              f"middle frame repeated) accuracy {_percent(test['static']['accuracy'])}%, "
+              f"{_percent(test['static']['real_called_real'])}% of them called real.",
+              f"- The students on the real test clips, positions 0-{len(students) - 1}: AUs given one sign on every "
+              f"clip " + ", ".join(f"{_percent(student['constant_au_share'])}%" for student in students)
+              + "; mean |logit| " + ", ".join(f"{student['mean_abs_logit']:.1f}" for student in students)
+              + "; the logit's std over the clips " + ", ".join(f"{student['logit_std_over_clips']:.1f}"
+                                                                 for student in students) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def machines_block() -> str:
     lines = ["| file | machine |", "|---|---|"]
     for path in sorted(RESULTS.glob("*.json")):
@@ -312,7 +439,8 @@ def machines_block() -> str:
 
 
 BLOCKS = {"demo": demo_block, "ops": ops_block, "models": models_block, "bench-paper": bench_paper_block,
-          "machines": machines_block}
+          "predict": predict_block, "rrl-probe-input": rrl_probe_input_block,
+          "rrl-final-norm": rrl_final_norm_block, "ks-gate": ks_gate_block, "machines": machines_block}
 
 
 def render(text: str) -> str:

@@ -107,7 +107,27 @@ def test_non_numeric_csv_value(tree, tmp_path):
     cells[1] = "x"
     lines[2] = ",".join(cells)
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetError, match=rf"{path.name}, line 3: non-numeric value 'x'"):
+    with pytest.raises(DatasetError, match=rf"{path.name}, line 3: non-numeric value 'x': expected an integer "
+                                           rf"occurrence code \(0, 1 or 9\) for AU{lines[0].split(',')[1]}"):
+        run(root, tmp_path)
+    cells[1], cells[0] = "0.5", "1.5"
+    lines[2] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=rf"{path.name}, line 3: non-numeric value '1.5': expected an integer "
+                                           rf"frame number"):
+        run(root, tmp_path)
+
+
+def test_fractional_occurrence_code_says_what_is_expected(tree, tmp_path):
+    root, _ = tree
+    path = label_file(root)
+    lines = path.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[2] = "0.5"
+    lines[2] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"non-numeric value '0.5': expected an integer occurrence code "
+                                           r"\(0, 1 or 9\)"):
         run(root, tmp_path)
 
 

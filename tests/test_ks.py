@@ -27,16 +27,12 @@ def clip_batch(batch=4, size=32, key=2, seed=0):
             "index": torch.arange(batch * N).view(batch, N)}
 
 
-def moving_square_clips(batch, generator, size=32):
-    """(batch, N, 3, size, size): a bright square gliding over noise, up to 2 px a frame each way."""
-    images = 0.3 * torch.randn(batch, N, 3, size, size, generator=generator)
-    start = torch.randint(0, size - 12, (batch, 2), generator=generator)
-    step = torch.randint(-2, 3, (batch, 2), generator=generator)
-    for clip in range(batch):
-        for t in range(N):
-            y, x = (start[clip] + step[clip] * t).clamp(0, size - 8).tolist()
-            images[clip, t, :, y:y + 8, x:x + 8] += 2.0
-    return images
+def moving_features(batch, channels, generator, speed=0.2):
+    """(batch, N, channels): per-frame features of slowly moving clips, each its own content
+    drifting linearly at its own velocity."""
+    content = torch.randn(batch, 1, channels, generator=generator)
+    velocity = speed * torch.randn(batch, 1, channels, generator=generator)
+    return content + torch.arange(N, dtype=torch.float32).view(1, N, 1) * velocity
 
 
 def tiny_ks(**overrides):
@@ -279,29 +275,35 @@ def test_shuffles_that_leave_a_padded_clip_as_it_was_are_left_out_of_l_self():
         model.training_step(batch, TrainState(epoch=3))
 
 
-def test_g_cannot_tell_a_static_clip_from_its_shuffle_after_training():
-    # With D_b itself shuffled, g learned the students' offsets within a few dozen steps and caught
-    # over 90% of the shuffles of clips without any motion. After a short training on moving clips,
-    # g must be at chance on static ones: a static clip's shuffle is the clip itself.
+def test_g_cannot_tell_a_static_clip_from_its_shuffle_after_training(record_property):
+    # With D_b itself shuffled (the paper's construction), this training taught g the students'
+    # offsets: it then told 88% of the static clips and their shuffles apart. A static clip's
+    # shuffle must be the clip itself to g, so g is at chance on static clips, however trained.
+    # The base is not under test: its place is taken by the identity and the clips are p_a
+    # itself (slowly moving features), which keeps the training to a few seconds.
     model = tiny_ks()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.net.backbone = torch.nn.Identity()
+    channels = model.net.students.students[0][0].in_features
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(0)
-    for step in range(40):
-        batch = clip_batch(batch=8, key=step % N, seed=step)
-        batch["image"] = moving_square_clips(8, generator)
+    for step in range(30):
+        batch = clip_batch(batch=16, key=step % N, seed=step)
+        batch["image"] = moving_features(16, channels, generator)[..., None, None]
+        batch["key_image"] = batch["image"][:, step % N]
         out = model.training_step(batch, TrainState(epoch=5, epochs=6))
         optimiser.zero_grad()
         out["loss"].backward()
         optimiser.step()
     model.eval()
-    static = moving_square_clips(32, generator)[:, :1].expand(-1, N, -1, -1, -1)
-    perm = make_shuffle_permutations(32, N, generator=generator)
+    perm = make_shuffle_permutations(64, N, generator=generator)
+    accuracy = {}
     with torch.no_grad():
-        pooled = model.net.pooled(static.flatten(0, 1)).view(32, N, -1)
-        logits, labels, _ = model.order_logits(pooled, perm)
-    correct = ((logits >= 0).float() == labels).float().mean().item()
-    assert 0.35 <= correct <= 0.65, correct
-    torch.testing.assert_close(logits[:32], logits[32:])
+        for name, clips in (("static", moving_features(64, channels, generator)[:, :1].expand(-1, N, -1)),
+                            ("moving", moving_features(64, channels, generator))):
+            logits, labels, _ = model.order_logits(clips, perm)
+            accuracy[name] = ((logits >= 0).float() == labels).float().mean().item()
+    record_property("g_accuracy_moving_clips", accuracy["moving"])   # measured, not asserted
+    assert 0.35 <= accuracy["static"] <= 0.65, accuracy
 
 
 def test_branch_a_reads_the_key_view():

@@ -253,6 +253,23 @@ def test_paper_sizes_beside_table4():
     # the student's alignment and head are half the ViT-B's 768 wide, as ME-GraphAU halves its backbone's width
     student = methods["student"]
     assert student.align.downsample.out_channels == student.head.edge_head.in_features == 768 // 2
+    # the docstring's parts: student = ViT-B encoder + alignment (of it the patch merging) + stage-2 head at 384
+    parts = {name: count_params(getattr(student, name)) / 1e6 for name in ("encoder", "align", "head")}
+    for name, size in {"encoder": 85.65, "align": 1.48, "head": 4.00}.items():
+        assert parts[name] == pytest.approx(size, abs=0.005), name
+    assert count_params(student.align.downsample) / 1e6 == pytest.approx(1.18, abs=0.005)
+    assert sizes["student"] == pytest.approx(91.13, abs=0.005) and sizes["teacher1"] == pytest.approx(202.62, abs=0.005)
+    # the alternatives it rules out: a student at the teacher's width, 512, is 3.9% over Table 4
+    # (its encoder and head alone 1.6% over); one decoder block fewer or two leave the tested teacher 0.7% / 0.9% off
+    preset = student.preset
+    with torch.device("meta"):
+        wide = MAEFAU(NUM_AUS, type(preset)(**{**preset.__dict__, "model": {**preset.model, "student_width": 512}}))
+    assert count_params(wide) / 1e6 == pytest.approx(94.86, abs=0.005)
+    assert (count_params(wide.encoder) + count_params(wide.head)) / 1e6 == pytest.approx(92.76, abs=0.005)
+    decoder_block = count_params(methods["teacher2"].mae.decoder.blocks[0]) / 1e6
+    assert len(methods["teacher2"].mae.decoder.blocks) == 8
+    assert sizes["teacher2"] - decoder_block == pytest.approx(202.88, abs=0.005)
+    assert sizes["teacher2"] - 2 * decoder_block == pytest.approx(199.73, abs=0.005)
 
 
 def test_a_student_narrower_than_its_teacher_starts_its_head_new(chain):

@@ -274,7 +274,12 @@ def altered_copy(a, tmp_path, edit, only=RESULTS):
 
 
 def drop_au(result, p):
-    result = {**result, "au_names": result["au_names"][1:]}
+    kept = result["au_names"][1:]
+    metrics = {**result["metrics"], **{key: {au: result["metrics"][key][au] for au in kept}
+                                       for key in ("f1", "all_positive_f1")}}
+    for mean, key in (("mean_f1", "f1"), ("all_positive_mean_f1", "all_positive_f1")):
+        metrics[mean] = float(np.mean(list(metrics[key].values())))  # a consistent result of the other AUs
+    result = {**result, "au_names": kept, "metrics": metrics}
     return result, Predictions(p.rows, p.probabilities[:, 1:], p.sequence, p.frame_no, p.sequence_names,
                                p.au_names[1:], p.threshold)
 

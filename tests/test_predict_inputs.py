@@ -158,8 +158,10 @@ def test_bad_inputs_are_refused_before_any_work(run, tmp_path, capsys, monkeypat
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
     out = tmp_path / "out"
+    garbage = tmp_path / "garbage.mp4"       # a video in name only: refused before any work
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     for inputs, message in (([empty], "no images"), ([tmp_path / "nope.mp4"], "no such file or folder"),
-                            ([empty / "readme.txt"], "not a video")):
+                            ([empty / "readme.txt"], "not a video"), ([garbage], "cannot be opened as a video")):
         assert main(["predict", "--run", str(run), "--out", str(out), *map(str, inputs)]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()

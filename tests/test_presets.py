@@ -273,3 +273,31 @@ def test_the_plot_shows_reported_rows_only_when_asked(tmp_path, monkeypatch):
     drawn.clear()
     leaderboard.plot(rows, tmp_path / "f1.png", reported=True)
     assert any("(reported)" in label for label in drawn)
+
+
+def test_a_self_supervised_row_names_its_pretraining_data(tmp_path):
+    """A method with a pre-training stage names what it pre-trained on in the init column: the
+    fold's training subjects by default, the file of --pretrain-data otherwise; the random-weights
+    caveat still reads the initialisation itself."""
+    def stage(name, pretraining):
+        return {"name": name, "preset": {"epochs": 1}, "init_from": None, "frozen": [], "uses_labels": not pretraining,
+                "frozen_inputs": [], "occluded": False, "row": None, "pretraining": pretraining}
+
+    stages = [stage("pretrain", True), stage("probe", False)]
+    own = {**fake_result("rrl", 1, [0.5] * len(AUS)), "initialisation": "random (no --pretrained)", "stages": stages}
+    own["preset"]["paper_init"] = "ImageNet"
+    write(tmp_path, "own", own)
+    other = json.loads(json.dumps(own))
+    other["data"]["pretrain_path"] = "/data/emotionet_like.h5"
+    other["config"]["seed"] = 1  # another run, so it gets a row of its own
+    write(tmp_path, "other", other)
+    supervised = {**fake_result("resnet", 1, [0.5] * len(AUS)), "initialisation": "random (no --pretrained)",
+                  "stages": [stage("train", False)]}
+    write(tmp_path, "supervised", supervised)
+    rows = [r for r in leaderboard.build_rows(leaderboard.find_results([tmp_path]), include_reported=False)
+            if r["kind"] == "ours"]
+    inits = sorted(r["init"] for r in rows)
+    assert inits == ["random", "random; self-supervised on file emotionet_like.h5",
+                     "random; self-supervised on the fold's training subjects"]
+    rrl_rows = [r for r in rows if r["method"] == "rrl"]
+    assert all("random initialisation" in r["caveat"] for r in rrl_rows)

@@ -274,6 +274,47 @@ def test_resuming_a_partial_needs_no_overwrite(pristine, reference, tmp_path):
     assert_same_frames(reference, out)
 
 
+# ---- a write the file system refuses (ulimit -f): one line; the rerun starts over -------------
+
+def convert_limited(args, limit: int) -> subprocess.CompletedProcess:
+    """A real conversion whose files may not grow past `limit` bytes (ulimit -f)."""
+    import resource
+
+    return subprocess.run([sys.executable, "-m", "datasets_tools", *map(str, args)], capture_output=True, text=True,
+                          env=env(), timeout=WAIT_S,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+
+
+@pytest.mark.parametrize("limit, rerun", [(4000, ()), (16000, ()), (30000, ("--overwrite",))])
+def test_file_size_limit_is_one_line_and_a_damaged_partial_is_started_over(pristine, reference, tmp_path, limit,
+                                                                           rerun):
+    root, _ = pristine
+    out = tmp_path / "out.h5"
+    partial = tmp_path / "out.h5.partial"
+    failed = convert_limited(convert_args(root, out), limit)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.stderr.strip().splitlines() == [
+        f"datasets_tools convert: error: {partial}: cannot write (File too large: is the disk full, or a file-size "
+        "limit such as ulimit -f reached?); rerun the same command when there is room: it resumes after the last "
+        "finished sequence, or starts over if this file was damaged"]
+    assert partial.exists() and not out.exists()
+    again = cli(*convert_args(root, out, *rerun))
+    assert again.returncode == 0, again.stderr
+    assert f"warning: {partial}: cannot resume from it: it is damaged (" in again.stderr
+    assert "starting over" in again.stderr and "Traceback" not in again.stderr
+    assert_same_frames(reference, out)
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize("command", ["info", "stats", "verify"])
+def test_a_folder_where_the_h5_file_belongs_is_named_as_a_folder(tmp_path, capsys, command):
+    assert main([command, str(tmp_path)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"datasets_tools {command}: error: {tmp_path}: is a folder; expected the .h5 file datasets_tools "
+                     "convert writes (a raw dataset folder is converted with: datasets_tools convert LAYOUT FOLDER "
+                     "OUT.h5)"]
+
+
 # ---- 5. unusable output paths: one line, before any work -----------------------------------
 
 def test_unusable_output_paths_fail_before_any_work(tree, tmp_path, capsys):

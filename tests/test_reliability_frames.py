@@ -16,7 +16,7 @@ import pytest
 
 from convert_helpers import frame_grey, jpeg_bytes, make_disfa_tree, make_occurrence_tree, read_back
 from datasets_tools.cli import main
-from datasets_tools.convert import FrameOptions, _VideoReader, convert, decode
+from datasets_tools.convert import FrameOptions, convert, decode
 from datasets_tools.errors import DatasetError
 
 FRAMES = 30  # per video; frame_grey tells apart any two of them by 5 grey levels at least
@@ -116,6 +116,8 @@ def test_damaged_video_structure_is_an_error_naming_the_video(tree, tmp_path, wh
 
 def test_video_reader_places_frames_read_in_any_order(tree):
     _, video, _ = tree
+    from datasets_tools.convert import _VideoReader
+
     reader = _VideoReader(str(video))
     order = [0, 1, 2, 25, 26, 3, 29, 28, 10, 11, 4]  # forward, far ahead (seek), behind (seek)
     for index in order:
@@ -129,6 +131,8 @@ def test_video_reader_after_a_frame_that_fails_to_decode(tree):
     _, video, chunks = tree
     start, end = chunks[7]
     overwrite(video, start + 8, end - start - 8)  # frame 8's JPEG data: no longer a JPEG
+    from datasets_tools.convert import _VideoReader
+
     reader = _VideoReader(str(video))
     results = [reader.read(k) for k in range(12)]
     assert results[7][0] is None and "cannot decode video frame 7" in results[7][1]
@@ -141,6 +145,8 @@ def test_video_reader_loses_the_position_when_timestamps_cannot_confirm_it(tree,
     _, video, chunks = tree
     start, end = chunks[7]
     overwrite(video, start + 8, end - start - 8)
+    from datasets_tools.convert import _VideoReader
+
     reader = _VideoReader(str(video))
     reader.fps = 0.0  # as for a video whose container gives no frame rate: timestamps confirm nothing
     errors = [reader.read(k)[1] for k in range(12)]

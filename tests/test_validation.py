@@ -132,7 +132,7 @@ def test_identity_leaves_the_defaults_out_and_names_the_rest():
     assert result_identity({**result, "config": config}) == before
 
 
-def test_best_test_tests_the_epoch_best_on_test_and_its_rows_are_marked(h5, best_test):
+def test_best_test_tests_the_epoch_best_on_test_and_its_rows_are_marked(h5, best_test, tmp_path, monkeypatch):
     result, predictions = read_predictions(best_test / "results" / "resnet_fold1_full.json")
     selection = result["selection"]
     scores = selection["scores"]
@@ -153,7 +153,15 @@ def test_best_test_tests_the_epoch_best_on_test_and_its_rows_are_marked(h5, best
     line = next(csv.DictReader(io.StringIO(leaderboard.to_csv(rows))))
     assert line["chosen_on_test"] == ours["chosen_on_test"]
     assert json.loads(leaderboard.to_json(rows))[0]["chosen_on_test"] == ours["chosen_on_test"]
-    assert leaderboard.SELECTED_ON_TEST_MARK in leaderboard._name(ours)  # the plot legend's label
+    legends = []  # the plot's legend, as drawn
+
+    def keep_legend(fig, path):
+        legends.extend(text.get_text() for ax in fig.axes for text in ax.get_legend().get_texts())
+
+    monkeypatch.setattr(leaderboard, "_save", keep_legend)
+    leaderboard.plot(rows, tmp_path / "plot.png")
+    assert f"resnet {leaderboard.SELECTED_ON_TEST_MARK} selected on test" in legends
+    assert all("selected on test" not in text for text in legends if not text.startswith("resnet"))
 
 
 def test_selection_does_not_change_what_is_trained(h5, best_test, tmp_path):
@@ -246,7 +254,7 @@ def test_smoothing_chosen_on_validation(h5, best_val, tmp_path):
 def test_how_a_hand_picked_filter_was_chosen_is_recorded_and_shown():
     official = {"dataset": "Aff-Wild2", "data": {"split_scheme": "official"}}
     assert filter_choice(official, PAPER_FILTER) == FILTER_ON_TEST
-    assert filter_choice(official, Smoothing(31, 3.0)) == FILTER_NOT_ON_VALIDATION
+    assert filter_choice(official, Smoothing(31, 3.0)) == FILTER_ON_TEST  # that split has no other held-out set
     assert filter_choice({"dataset": "Aff-Wild2", "data": {"split_scheme": "kfold"}}, PAPER_FILTER) \
         == FILTER_NOT_ON_VALIDATION
     assert filter_choice({"dataset": "BP4D", "data": {}}, PAPER_FILTER) == FILTER_NOT_ON_VALIDATION
@@ -254,3 +262,18 @@ def test_how_a_hand_picked_filter_was_chosen_is_recorded_and_shown():
     older = {**official, "smoothing": PAPER_FILTER.record()}
     assert leaderboard.result_choices(older) == ([FILTER_ON_TEST], [])
     assert leaderboard.result_choices({**older, "dataset": "BP4D"}) == ([], [FILTER_NOT_ON_VALIDATION])
+
+
+def test_a_marks_footnote_keeps_each_rows_own_text():
+    """Rows of one name in several protocols (a raw row and its smoothed row) each keep what was
+    chosen on the test set for them."""
+    checkpoint, both = "checkpoint on test", "checkpoint on test; filter on test"
+    row = {"kind": "ours", "method": "resnet", "setting": "", "chosen_on_test": checkpoint, "occlusion_test": "none",
+           "occlusion_train": "none", "folds": [1], "f1": {"AU1": {"mean": 50.0, "std": None}},
+           "mean_f1": {"mean": 50.0, "std": None}, "params_m": None, "gflops_per_frame": None,
+           "infer_frames_per_s": None, "train_frames_per_s": None, "dataset": "Aff-Wild2", "protocol": "full"}
+    rows = [row, {**row, "protocol": "full+smooth-gaussian-k51-s3", "chosen_on_test": both}]
+    md = leaderboard.to_markdown(rows)
+    assert f"resnet {leaderboard.SELECTED_ON_TEST_MARK} (full, test none): {checkpoint};" in md
+    assert f"(full+smooth-gaussian-k51-s3, test none): {both}" in md
+    assert f"resnet {leaderboard.SELECTED_ON_TEST_MARK}: {checkpoint}\n" in leaderboard.to_markdown(rows[:1]) + "\n"

@@ -69,12 +69,16 @@ class AUFile:
 
     Raises:
         FileNotFoundError: the file does not exist.
+        IsADirectoryError: the path is a folder.
         ValueError: the file is not an aubench HDF5 file (names the file and the missing key),
             or its schema version is not the one this code reads.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise IsADirectoryError(f"{self.path}: is a folder; expected an aubench HDF5 file (a raw dataset folder "
+                                    f"is converted into one with: datasets_tools convert LAYOUT FOLDER OUT.h5)")
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file")
         self._handle: h5py.File | None = None

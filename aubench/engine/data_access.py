@@ -205,6 +205,8 @@ def open_dataset_file(path: str | Path) -> AUFile:
         return AUFile(path)
     except FileNotFoundError:
         raise UserError(f"--data {path}: no such file (convert a dataset with `datasets_tools convert`)") from None
+    except IsADirectoryError as err:
+        raise UserError(f"--data {err}") from None
     except (ValueError, OSError, KeyError) as err:
         raise UserError(f"--data {path}: not a usable aubench dataset file: {err}") from None
 
@@ -266,6 +268,8 @@ def open_pretrain_data(path: str | Path, run: RunData) -> PretrainData:
         file = AUFile(path)
     except FileNotFoundError:
         raise UserError(f"--pretrain-data {path}: no such file") from None
+    except IsADirectoryError as err:
+        raise UserError(f"--pretrain-data {err}") from None
     except (ValueError, OSError, KeyError) as err:
         raise UserError(f"--pretrain-data {path}: not a usable aubench dataset file: {err}") from None
     if file.fingerprint() == run.fingerprint:

@@ -24,6 +24,7 @@ ones made from it.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from aubench.data.occlusion import condition_name
 from aubench.engine.data_access import RunData, open_pretrain_data, validation_subjects
 from aubench.engine.identity import (MissingKey, differences_text, identity_differences, need,
                                      result_identity)
+from aubench.engine.memory import check_batch_fits, out_of_memory_stops
+from aubench.engine.run_lock import run_folder_lock, run_folder_locks
 from aubench.engine.trainer import (CHECKPOINT_NAME, RunConfig, check_pretraining, check_selection,
                                     check_stages_build, clear_run_files, config_identity, kept_run_files, parse_occlusion_option,
                                     resolve_precision, resolve_preset, result_file_name, run_stages,
@@ -139,6 +142,12 @@ def _print_result(result: dict[str, Any], prefix: str) -> None:
 
 
 def train_run(config: RunConfig, test_occlusions: list[str] = ("none",), smoothing=None) -> list[Path]:
+    """_train_run while holding the lock of config.out (aubench.engine.run_lock; main process)."""
+    with ExitStack() as locks:
+        return _train_run(config, test_occlusions, smoothing, locks)
+
+
+def _train_run(config: RunConfig, test_occlusions, smoothing, locks: ExitStack) -> list[Path]:
     """`aubench train`: train one method on one fold into config.out (the Trainer refuses an OUT
     holding another run unless resume / overwrite), test it under each condition, write
     result.json (no test occlusion) / result_test-<condition>.json beside the checkpoint; for a
@@ -154,6 +163,8 @@ def train_run(config: RunConfig, test_occlusions: list[str] = ("none",), smoothi
     check_data_and_folds(config.data, [config.fold])
     condition_names(list(test_occlusions))
     env = setup_distributed(config.device)
+    if env.is_main:
+        locks.enter_context(run_folder_lock(config.out))
     results = train_and_evaluate(config, test_occlusions=test_occlusions)
     paths = [Path(config.out) / result_file_name(tested.result["occlusion"]["test"], result_row(tested.result))
              for tested in results]
@@ -200,6 +211,12 @@ def _stored_result(path: Path) -> tuple[dict, str, str, str | None, dict]:
 
 
 def evaluate_runs(request: EvaluateRequest) -> list[Path]:
+    """_evaluate_runs while holding the lock of every run unit's folder (aubench.engine.run_lock)."""
+    with ExitStack() as locks:
+        return _evaluate_runs(request, locks)
+
+
+def _evaluate_runs(request: EvaluateRequest, locks: ExitStack) -> list[Path]:
     """Train and test every (method, label ratio, fold) of the request; the result files written
     or kept, in order (method, label ratio, fold, tested stage, test condition). With
     request.measure_only: only measure the size and speed of what is still to do (into
@@ -251,6 +268,9 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                 stages = run_stages(cls, preset)
                 for stage in stages:
                     check_image_size(cls, stage.preset)
+                    for option, batch in (("--batch-size", stage.preset.batch_size),
+                                          ("--bench-batch-size", request.bench_batch_size)):
+                        check_batch_fits(option, batch, stage.preset.image_size, env.device)
                 check_stages_build(cls, file.num_aus, stages)
                 check_pretraining(name, stages, template.pretrain_data)
                 names = {stage.name: row_method_name(method, stage) for stage in tested_stages(stages)}
@@ -266,6 +286,8 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
     if clash is not None:  # a row's name that is another method's ("a-b", and method "a" with row "b")
         raise UserError(f"two results of this evaluation would be written to {clash}; evaluate those methods "
                         f"separately, into different --out directories")
+    if env.is_main and not request.measure_only:  # before looking at what the folders hold
+        locks.enter_context(run_folder_locks(u.config.out for u in units))
 
     def held(u: _Unit) -> list[str]:
         return ([str(p.relative_to(root)) for p in u.results.values() if p.exists()]
@@ -326,12 +348,15 @@ def evaluate_runs(request: EvaluateRequest) -> list[Path]:
                 # size and speed depend on the architecture only: once per (method variant, tested stage)
                 key = (config.method, config.variant, stage)
                 if key not in bench:
-                    bench[key] = benchmark_method(
-                        config.method, file.num_aus, config.preset, env.device, batch_size=request.bench_batch_size,
-                        precision=template.precision, channels_last=template.channels_last, warmup=1, iters=3,
-                        image_size=template.image_size, stage=stage, train_occlusion=template.train_occlusion,
-                        model_overrides={**variant_settings(method_class(config.method), config.variant),
-                                         **template.model}, au_names=file.au_names)
+                    with out_of_memory_stops(f"measuring {config.method}", "--bench-batch-size",
+                                             request.bench_batch_size):
+                        bench[key] = benchmark_method(
+                            config.method, file.num_aus, config.preset, env.device,
+                            batch_size=request.bench_batch_size, precision=template.precision,
+                            channels_last=template.channels_last, warmup=1, iters=3, image_size=template.image_size,
+                            stage=stage, train_occlusion=template.train_occlusion,
+                            model_overrides={**variant_settings(method_class(config.method), config.variant),
+                                             **template.model}, au_names=file.au_names)
             if request.measure_only:
                 continue
             benches = {stage: bench[(config.method, config.variant, stage)] for stage, _ in todo}

@@ -23,9 +23,10 @@ file name and predictions sha256), and is written beside its source as
 
 How the filter was chosen is recorded (smoothing["choice"], and in the result's
 "chosen_on_test" or "choices", which the leaderboard marks): a filter given by hand is "filter
-not chosen on validation", except the paper's gaussian:51:3.0 on the official Aff-Wild2 split,
-"filter chosen on this test set (as the paper)" (the paper grid-searched it on the ABAW
-validation set, which is that split's test set). With `select_on_validation` (`aubench smooth
+not chosen on validation", except on the official Aff-Wild2 split, "filter chosen on this test
+set (as the paper)": the paper grid-searched its gaussian:51:3.0 on the ABAW validation set, which
+is that split's test set, and that split has no other held-out set a filter given by hand could
+have been chosen on. With `select_on_validation` (`aubench smooth
 --select-on-validation`) the filter is the one of SMOOTHING_GRID whose smoothed predictions on
 the run's validation split (aubench.engine.predictions: a result of a run with --validation
 keeps them) score the best mean F1; its results are named "smooth-val" (protocol
@@ -144,13 +145,11 @@ FILTER_NOT_ON_VALIDATION = "filter not chosen on validation"
 
 
 def filter_choice(result: dict[str, Any], smoothing: Smoothing) -> str:
-    """How a filter given by hand was chosen for `result` (the source result, or a smoothed one):
-    FILTER_ON_TEST for the paper's filter on the official Aff-Wild2 split (whose test set is the
-    ABAW validation set the paper chose it on), FILTER_NOT_ON_VALIDATION otherwise."""
+    """How a filter given by hand (`smoothing`, any) was chosen for `result` (the source result, or
+    a smoothed one): FILTER_ON_TEST on the official Aff-Wild2 split (whose test set is the ABAW
+    validation set the paper chose its filter on), FILTER_NOT_ON_VALIDATION otherwise."""
     official = result.get("dataset") == "Aff-Wild2" and (result.get("data") or {}).get("split_scheme") == "official"
-    paper = (smoothing.kind, smoothing.kernel_size, smoothing.sigma) == (
-        PAPER_FILTER.kind, PAPER_FILTER.kernel_size, PAPER_FILTER.sigma)
-    return FILTER_ON_TEST if official and paper else FILTER_NOT_ON_VALIDATION
+    return FILTER_ON_TEST if official else FILTER_NOT_ON_VALIDATION
 
 
 def parse_smoothing(text: str) -> Smoothing:
@@ -374,6 +373,7 @@ class Member:
 
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+MAX_NAME = 64  # an ensemble's name; its result files add the fold, protocol, conditions and suffixes
 
 
 def ensemble_members(runs: list[str], methods: list[str] | None, weights: list[float] | None) -> list[Member]:
@@ -417,8 +417,9 @@ def ensemble_members(runs: list[str], methods: list[str] | None, weights: list[f
         if any(not (math.isfinite(w) and w > 0) for w in weights):
             raise UserError(f"--weights {','.join(map(str, weights))}: every weight must be a positive number")
     weights = weights or [1.0] * len(members)
-    for member, weight in zip(members, weights):
-        member.weight = weight / sum(weights)
+    scaled = [w / max(weights) for w in weights]  # in (0, 1]: their sum cannot overflow (1e308,1e308)
+    for member, weight in zip(members, scaled):
+        member.weight = weight / sum(scaled)
     return members
 
 
@@ -513,6 +514,8 @@ def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str
 
     if not NAME_PATTERN.fullmatch(name):
         raise UserError(f"--name {name!r}: use letters, digits and . _ + - (it names the result files)")
+    if len(name) > MAX_NAME:  # with the fold, protocol and suffixes it must fit a file name (255 bytes)
+        raise UserError(f"--name: {len(name)} characters, at most {MAX_NAME} (it names the result files)")
     members = ensemble_members(runs, methods, weights)
     if name in available_methods() or name in {m.method for m in members}:
         raise UserError(f"--name {name!r} is a method's name; an ensemble needs a name of its own (its leaderboard "

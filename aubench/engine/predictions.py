@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from aubench.errors import UserError
-from aubench.files import atomic_file, why_unwritable, write_json_atomic
+from aubench.files import atomic_file, check_output, why_unwritable, write_json_atomic
 from aubench.metrics import THRESHOLD, au_metrics
 
 FORMAT = "aubench-predictions-1"
@@ -341,8 +341,10 @@ def csv_au_name(name: str) -> str:
 def export_csv(result_path: str | Path, csv_path: str | Path) -> int:
     """`aubench predictions RESULT --csv OUT`: one row per test frame, in row order: sequence, frame
     (the dataset's frame number), then per AU its probability (<AU>_p, float32 written to round-trip)
-    and its 0/1 detection (<AU>_c). Written atomically; returns the number of frames."""
-    _, predictions = read_predictions(result_path)
+    and its 0/1 detection (<AU>_c). Written atomically; returns the number of frames. OUT may not
+    be the result or its predictions file, nor another file of aubench's (files.check_output)."""
+    result, predictions = read_predictions(result_path)
+    check_output("--csv", csv_path, [result_path, Path(result_path).parent / result["predictions"]["file"]])
     header = ["sequence", "frame"]
     for name in map(csv_au_name, predictions.au_names):
         header += [f"{name}_p", f"{name}_c"]

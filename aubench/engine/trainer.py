@@ -55,14 +55,16 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from aubench.data import normalize_images
-from aubench.engine.checkpoint import (capture_rng_state, load_checkpoint, read_weights_file, restore_rng_state,
-                                       save_checkpoint)
+from aubench.engine.checkpoint import (capture_rng_state, kept_checkpoint_text, load_checkpoint,
+                                       load_checkpoint_or_previous, load_model_state, previous_path,
+                                       read_weights_file, restore_rng_state, save_checkpoint)
 from aubench.data.occlusion import condition_name, parse_condition
 from aubench.engine.data_access import RunData, open_pretrain_data, open_run_data
 from aubench.engine.distributed import DistEnv, setup_distributed
 from aubench.engine.identity import SELECTIONS, THRESHOLDS, differences_text, identity_differences, run_identity
 from aubench.engine.logging import JsonlLogger, plain
-from aubench.errors import UserError
+from aubench.engine.memory import out_of_memory_stops
+from aubench.errors import TrainingStopped, UserError
 from aubench.models.backbones import BackboneError, WeightsError, digest_source, source_name
 from aubench.models.base import (WEIGHTS_SETTING, AUMethod, Preset, Stage, TrainState, check_image_size,
                                  check_stages, dataset_preset_name, method_class, tested_stages, variant_settings)
@@ -77,7 +79,9 @@ LOG_NAME = "log.jsonl"
 # (the validation-split predictions, <stem>.validation.predictions.npz, included)
 PREDICTION_FILES = "result*.predictions.npz"
 # "best_*.pt": the weights of a tested stage's selected epoch (--select best-val / best-test)
-RUN_FILES = (CHECKPOINT_NAME, RESULT_NAME, "result_*.json", "final_*.pt", "best_*.pt", LOG_NAME, PREDICTION_FILES)
+# previous_path(last.pt): the checkpoint before it, which --resume falls back to when last.pt is damaged
+RUN_FILES = (CHECKPOINT_NAME, previous_path(CHECKPOINT_NAME).name, RESULT_NAME, "result_*.json", "final_*.pt",
+             "best_*.pt", LOG_NAME, PREDICTION_FILES)
 # Files that make a directory hold a run worth keeping (a log alone is a run that died before
 # its first checkpoint: nothing to resume or to lose; a predictions file belongs to its result,
 # and is nothing without it).
@@ -663,7 +667,7 @@ class Trainer:
         rng = self._gather_rng()
         if not self.env.is_main:
             return
-        save_checkpoint(self.checkpoint_path, {
+        save_checkpoint(self.checkpoint_path, keep_previous=True, payload={
             "config": self.checkpoint_config(),
             "stage": {"index": self.stage_index, "name": self.stage.name},
             "finished_stages": self.records,
@@ -692,13 +696,13 @@ class Trainer:
         """The checkpoint to resume from, once it is known to be this run's."""
         if not self.checkpoint_path.is_file():
             raise UserError(f"--resume: no checkpoint at {self.checkpoint_path} (run without --resume to start)")
-        payload = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        payload = load_checkpoint_or_previous(self.checkpoint_path, map_location=self.device)
         self._check_compatible(payload, self.checkpoint_path, same_run=True)
         return payload
 
     def restore(self, payload: dict[str, Any], optimizer, scheduler, scaler) -> None:
         """The current stage's state from a checkpoint of this stage (read_resume_checkpoint)."""
-        self.method.load_state_dict(payload["model"])
+        load_model_state(self.method, payload["model"], self.checkpoint_path)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
@@ -733,7 +737,7 @@ class Trainer:
         payload = load_checkpoint(path, map_location=self.device)
         self._check_compatible(payload, path, same_run=True)
         method = self._new_method(stage, self.class_weights if stage.uses_labels else None)
-        method.load_state_dict(payload["model"])
+        load_model_state(method, payload["model"], path)
         return method
 
     def _needed(self, first: int, restoring: bool) -> set[str]:
@@ -837,7 +841,10 @@ class Trainer:
             for batch in bar:
                 if not stage.uses_labels:  # a self-supervised stage never sees a label
                     batch = {k: v for k, v in batch.items() if k not in ("label", "labeled")}
-                parts = self._train_step(step_module, move_batch(batch, self.device), optimizer, scheduler, scaler)
+                where = f"training stage {stage.name} (epoch {self.state.epoch}, step {self.state.step})"
+                with out_of_memory_stops(where, "--batch-size", self.per_rank_batch_size(),
+                                         kept_checkpoint_text(self.checkpoint_path)):
+                    parts = self._train_step(step_module, move_batch(batch, self.device), optimizer, scheduler, scaler)
                 self.progress["samples"] += batch["image"].shape[0]
                 self.progress["losses"] = parts
                 count += 1
@@ -886,9 +893,9 @@ class Trainer:
             out = step_module(batch, self.state)
         loss = out["loss"]
         if not torch.isfinite(loss.detach()).all():
-            raise FloatingPointError(f"{self.config.method}: loss is {loss.item()} at step {self.state.step} "
-                                     f"(stage {self.stage.name}, epoch {self.state.epoch}); try a lower learning "
-                                     f"rate or --precision fp32")
+            raise TrainingStopped(f"{self.config.method}: loss is {loss.item()} at step {self.state.step} "
+                                  f"(stage {self.stage.name}, epoch {self.state.epoch}); try a lower learning rate "
+                                  f"or --precision fp32{kept_checkpoint_text(self.checkpoint_path)}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         self._schedule_weight_decay(optimizer)
@@ -1007,7 +1014,7 @@ class Trainer:
                 raise UserError(f"{path} holds epoch {payload.get('epoch')}, not stage {name!r}'s selected epoch; "
                                 f"use --overwrite instead of --resume to train the run again")
             method = self._new_method(stage, self.class_weights if stage.uses_labels else None)
-            method.load_state_dict(payload["model"])
+            load_model_state(method, payload["model"], path)
             method.frozen_inputs = {source: freeze(self.stage_method(source)) for source in stage.frozen_inputs}
             self.selected[name] = method
         return self.selected[name]

@@ -76,13 +76,21 @@ Where this departs from, or reads between the lines of, the paper:
   and L_self pushed the students to make their offsets more distinct. Here the students' inputs
   are shuffled instead (p_a in another frame order) and every student runs at its own position
   on both copies: the offsets stay in place, only the order of the frames' content differs, and
-  a static clip's shuffled copy equals the real one, which no g can tell apart.
+  a static clip's shuffled copy equals the real one, which no g can tell apart. What g and the
+  gate then do on the label-ratio sweep's data is measured by benchmarks/ks_gate.py (README,
+  "Knowledge-Spreader's perturbation-aware gate").
 - Eq. 2/6 write q = softmax(z_s / T) for one-of-K classes; AUs are U binary labels, so q, p and
   w are per-AU sigmoids and KL is the sum of U Bernoulli KLs.
 - p_a^t is the pooled 512-d base feature itself; the paper's second group of "project heads"
   is the students' first linear layer. Supplementary 1.1 states that p_a has p_b's width, U (Fig.
   2 draws it so); a U-wide p_a would leave the students a U -> hidden -> U map.
-- S_a and T_b end with a LayerNorm after their last block (ViT's final norm), not in the text.
+- S_a and T_b end with a LayerNorm after their last block (ViT's final norm), not in the text;
+  their blocks are pre-norm (a LayerNorm before attention and before the feed-forward layer),
+  which the text does not say either. Sec. 2.1.2 prints O_Attention = MultiHead(Q, K, V) V + D_s
+  (V applied twice, read as a typo); ours is the standard MultiHead(LN(x)) + x.
+- Alg. 1 line 21's MeanValue(O_b, O_a) is taken over probabilities (the mean of the two
+  sigmoids); at the 0.5 threshold averaging logits would give the same decisions, not the same
+  scores.
 - Dense testing: the evaluator tiles each test sequence into clips with stride n (the last clip
   ending at the sequence end) and a frame seen twice gets the mean; the supplementary's "same
   key-frame position shifting ... in inference" (each frame at every position, averaged) is not
@@ -95,8 +103,17 @@ Where this departs from, or reads between the lines of, the paper:
 - Key positions: the sampler asks for m = batch number mod n for every clip of a batch, but a
   clip whose key frame lies near a sequence end is shifted to stay inside its sequence, and its
   key frame then sits at another position (nearer the clip's first or last); over an epoch the
-  positions, and the active students, are not balanced as supplementary 1.2 says they are. The
-  shorter the sequences against n, the larger the imbalance.
+  positions, and the active students, are not balanced as supplementary 1.2 says they are.
+  Under a sparse-label protocol the imbalance can be total: the protocol keeps every 1/r-th
+  frame counted across sequences (aubench.data.samplers), so when a sequence's length is a
+  multiple of 1/r every kept label falls on the same frame of its sequence, the first, and its
+  clip is shifted to start there: key position 0 always. On the label-ratio sweep's 20-frame
+  sequences that is 100% of key frames at position 0 at r = 0.05 (60% at 0.02, 40% at 0.2; 60%
+  on the demo's 10-frame sequences at 0.2); students 1..n-1 are then never active, get no label
+  and no L_skd, only their own pseudo-labels (and collapse to one output per AU, as the gate
+  measurement shows). On long sequences (BP4D's) each position gets about 1/n of the key frames.
+  The sampler is shared by every method (which frames are labeled is the protocol's), so it is
+  left as it is here and the measurement says so.
 - Numbers the paper leaves open: 2 blocks each in S_a and T_b ("multiple identical blocks"),
   MLP width 4 W, dropout 0.1, student MLPs 512 -> 64 -> U (each smaller than S_a, as the paper
   asks), g's hidden width 64; the paper preset's SGD momentum 0.9, weight decay 5e-4, batch 16,

@@ -88,7 +88,14 @@ attention products counted, MACs = FLOPs / 2; the teacher under 50% patches), be
 - ME-GraphAU Swin-B: 94.38 M (Table 4's exactly), 18.25 GMACs against 21.28: the megraphau
   module explains the difference (the reference code's repeated GEM projections).
 The paper names neither ViT-B, Swin-B nor the decoder's size; these are the sizes Table 4's
-parameters point to.
+parameters point to. The MACs are not counted as Table 4 counts them, so their percentages
+overstate the agreement: we count attention products and use the megraphau module's cheaper
+edge features, where ME-GraphAU's Table 4 row (21.28 against our 18.25) counts the reference
+code's repeated GEM projections and, by its size, no attention products. Counted on that basis
+(an estimate, not measured) the student would be about 20.4 GMACs (+9% against 18.63) and the
+teacher about 34.9 (+15% against 30.29); Table 4's teacher figure less its ME-GraphAU part
+(30.29 - 21.28 = 9.0) is about the MAE encoder on the visible tokens alone (8.5 without
+attention products), which suggests Table 4 left the decoder (5.1) out.
 
 Where this departs from the paper, and why:
 - The paper does not give m or gamma of Eq. 4-5: we use gamma = 1 (ME-GraphAU's loss, which
@@ -107,7 +114,10 @@ Where this departs from the paper, and why:
   recipe (random masking 0.75, weight decay 0.05, lr 1.5e-4 x batch / 256; AdamW's betas stay
   (0.9, 0.999), the engine's, where MAE uses (0.9, 0.95); the weight decay applies to every
   parameter, biases and norms included, where MAE's code exempts them; no warm-up, where MAE
-  warms up for 40 epochs), for a third of teacher stage 1's epochs, and then keep it frozen
+  warms up for 40 epochs; the engine's augmentation, the 224-of-256 crop, flip and colour jitter
+  0.3, where MAE uses RandomResizedCrop (scale 0.2-1) and flip; its lr evaluated once at the
+  preset's batch 48, not rescaled by `--batch-size`), for a third of teacher stage 1's epochs,
+  and then keep it frozen
   in the teacher stages: Eq. 10 has no reconstruction term, so an MAE trained by the AU loss
   alone would stop being a reconstruction, and the frozen one is also much cheaper.
 - The student's encoder starts from the face-fine-tuned MAE (the `mae` stage's, through
@@ -147,7 +157,9 @@ Where this departs from the paper, and why:
   is half the encoder's (see the sizes above). Average pooling (`--model align_downsample=avg`,
   the parameter-free reading) is kept as a setting: on the demo data a ViT trained from scratch
   carries AU cues in the place of a token within its window, which pooling averages away (see
-  the README's MAE-FAU section for the two measured side by side). At `paper` the merging costs
+  the README's MAE-FAU section for the two measured side by side, on test folds; on validation
+  splits of the training subjects, folds 1-3, benchmarks/validation_defaults.py, merging 60.1
+  against pooling 56.3, so the default stands). At `paper` the merging costs
   1.18 M parameters of the student's 91.1 M.
 - Occluded patches are masked; when the images of a batch have different numbers of occluded
   patches (blocks of slightly different areas), random visible patches are masked too until

@@ -63,7 +63,9 @@ Where this departs from the paper or the reference code:
   off (0 deg), as the reference does not rotate.
 - Backbones are timm's (the reference ships its own ResNet / Swin copies); ImageNet weights come
   from `--pretrained` (loaded in stage 1; stage 2 starts from stage 1), otherwise the backbone
-  starts from random weights.
+  starts from random weights. timm's ResNet zero-initialises the last BatchNorm gamma of each
+  residual block (`zero_init_last`), where the reference's model/resnet.py sets every gamma to 1;
+  this matters only from random weights (loaded weights replace it).
 - GEM computes each cross-attention projection once per face map / node and broadcasts it over
   the pairs; the reference projects U (FAM) and U^2 (ARM) repeated copies. Same values, fewer
   multiply-adds, so aubench's MAC count is lower than one taken on the reference code.

@@ -26,7 +26,10 @@
   and negatives weighted alike), not torchvision's 0.25, which weighs positives a third as much
   as negatives (RetinaNet's choice for detection, where negatives dominate): AUs are frequent,
   and with 0.25 `vivit` tiny on the demo data (fold 1, 8 epochs) scored mean F1 24.8 against
-  54.6 with -1. RHLS already answers the imbalance, as the paper intends.
+  54.6 with -1 (a test fold: how the default was first chosen). Re-checked for `vivit` on
+  validation splits of the training subjects (--validation 0.2, folds 1-3,
+  benchmarks/validation_defaults.py, docs/validation.md): 51.6 with -1 against 32.1 with 0.25;
+  not re-checked for `regnet-tf`. RHLS already answers the imbalance, as the paper intends.
 - `FrameSequenceMethod`: the engine side of both models: windows of `clip_len` consecutive
   frames of one sequence (`window_training`: every frame of a training window with its visible
   label; the test split tiled by windows, a frame in two windows getting the mean), one

@@ -7,12 +7,16 @@ then a linear probe on the frozen encoder (stage `probe`, the tested one).
 Pre-training (Section 2), BYOL-style (`part` "pretrain"):
 - Encoder f (Swin-T in `paper`, from timm): the global vector o_g (online) / t_g (target) is
   timm's own pooled representation of the last stage, `forward_head(pre_logits=True)` on the
-  final features: for Swin its final LayerNorm, then the average over positions; for a ResNet the average (its forward_head
-  has no norm); for VGG-16 its fc6 / fc7 layers (4096 wide). The map of stage `local_stage`
-  (14 x 14 at 224 px for Swin-T's third stage, the paper's map size) goes through the local
-  feature network (a 1 x 1 convolution, BatchNorm and ReLU to the global width: the "CNN" of
-  Fig. 1) and is pooled under each AU's attention map (aubench.models.au_attention: EAC-Net's centres on the 68 landmarks, ellipses,
-  Gaussian sigma 3 px at 224 px, resized to the map) into o_1..o_K / t_1..t_K. The maps are
+  final features: for Swin its final LayerNorm, then the average over positions; for a ResNet
+  the average (it has no final norm, so `tiny` is unchanged by it); for VGG-16 its fc6 / fc7
+  layers (4096 wide). At random weights the norm moves Swin-T's o_g little (largest change 0.07
+  on a random batch, benchmarks/rrl_probe_input.py --final-norm); with trained weights the
+  last stage's residual stream can grow, and the norm is what sets o_g's scale. The map of
+  stage `local_stage` (14 x 14 at 224 px for Swin-T's third stage, the paper's map size) goes
+  through the local feature network (a 1 x 1 convolution, BatchNorm and ReLU to the global
+  width: the "CNN" of Fig. 1) and is pooled under each AU's attention map
+  (aubench.models.au_attention: EAC-Net's centres on the 68 landmarks, ellipses, Gaussian
+  sigma 3 px at 224 px, resized to the map) into o_1..o_K / t_1..t_K. The maps are
   made from each view's own landmarks, which the data layer moves with the view's flip.
 - Projector g and predictor q: MLPs (Linear, BatchNorm, ReLU, Linear; hidden 4096, output 256 in
   `paper`), shared by the global and the local vectors. The target network (encoder, local
@@ -72,7 +76,9 @@ Where this departs from the paper, and why:
 - The paper gives no epochs, batch size, probe optimiser or probe schedule; `paper` takes 100
   pre-training epochs at batch 256 (the reference batch of its lr formula) and a 30-epoch probe
   with AdamW at 1e-3, cosine, no weight decay. Its lr formula, 0.05 x batch / 256, is taken as
-  written, though it is large for AdamW.
+  written, though it is large for AdamW, and evaluated once at the preset's batch, 256:
+  `--batch-size` does not rescale it (a run at another batch trains at 0.05, not at the
+  formula's value; the engine has no per-batch lr rule).
 - The paper does not give the ellipses' size, how the local network is built, or which feature
   map carries the maps besides its 14 x 14 size: see au_attention and above for ours.
 - The probe's input: the paper trains "linear classifiers upon the self-supervised
@@ -101,6 +107,20 @@ Where this departs from the paper, and why:
   frames with their labels unused (test subjects never seen); --pretrain-data FILE takes another
   converted file (e.g. `datasets_tools convert images` of an EmotioNet-like folder). Either way
   M comes from the run's visible training labels (the paper counts it "in the training set").
+- `--no-augment` turns off the pre-training views' augmentation too (both views are then the
+  frame as it is, what rrl:no-augment does), not only the probe's.
+- The target's BatchNorm buffers (running statistics) are copied from the online network at
+  every step, not averaged as its weights are (Eq. 1 speaks of parameters); the target always
+  runs on batch statistics and is never used for inference, so this changes nothing it computes.
+- Choices the paper leaves open, beside those above: the OT plan is differentiated by default
+  (Section 2.3 says only that pi* comes from Sinkhorn; rrl:detached-plan is the other reading);
+  M is the plain conditional rate P(AU_j | AU_i), not thresholded, its diagonal 1 even for an
+  AU never seen positive (so that such an AU costs nothing to itself); the projector and
+  predictor follow BYOL (4096 -> 256) and are shared by the global and the AU vectors, their
+  BatchNorm normalising the B global vectors and the B K AU vectors in separate calls; the
+  momentum rises on BYOL's cosine; the probe's BatchNorm has a learnable scale and shift.
+- The max(., 0) of Eq. 5 never acts at `tiny`: the ResNet's o_g and the local network's AU
+  vectors end in a ReLU, so they are never negative; at `paper` (Swin, final LayerNorm) it does.
 - The paper writes z_2^g = g_theta(t_g) in Eq. 2 (the online projector on the target's vector)
   and g_xi in Eq. 3; we use the target projector g_xi in both, as BYOL does.
 """
@@ -278,7 +298,9 @@ def _tiny_preset() -> Preset:
     # (local_stage=1: timm's layer1, stride 4, 16 x 16) carries the AU attention maps: a grid of
     # cells across the face like the paper's 14 x 14 at 224 px. Its stride-16 map has 4 x 4 cells,
     # too coarse to tell AU regions apart: on fold 1 of the demo data the probe scored 64.2 after
-    # 6 epochs with it, 69.6 after 3 with the stride-4 map. AdamW at 2e-3 and 3 pre-training
+    # 6 epochs with it, 69.6 after 3 with the stride-4 map (a test fold; on validation splits of
+    # the training subjects, folds 1-3, benchmarks/validation_defaults.py: 61.4 with the stride-4
+    # map against 59.4 with stride 16, so the choice stands). AdamW at 2e-3 and 3 pre-training
     # epochs (the demo's budget); the probe at 1e-2 for 20 epochs, its positives weighted (1 - r) / r.
     model = dict(_DEFAULTS, encoder="resnet18", encoder_kwargs={"channels": (16, 32, 64, 128), "stem_width": 16},
                  local_stage=1, hidden=256, projection=64, probe_epochs=20, probe_lr=1e-2, probe_weighting="balanced")

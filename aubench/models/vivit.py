@@ -17,8 +17,11 @@ The network (paper 3.1-3.2, Fig. 1; shared parts in `aubench/models/regnet_video
    of its output patch tokens (`frame_pooling` "mean"), which ViViT names as the alternative to
    the classification token's output ("cls"); the ABAW paper does not say which it used. On the
    demo data (3 folds, tiny, label ratio 0.2) "cls" reached mean F1 61.3 / 63.2 / 60.3 against
-   an all-positive 60.1 / 59.6 / 62.7, "mean" 63.4 / 68.3 / 64.7. Then a temporal transformer
-   over the T frame embeddings with learned positions.
+   an all-positive 60.1 / 59.6 / 62.7, "mean" 63.4 / 68.3 / 64.7 (test folds: how the default
+   was first chosen). Re-checked on validation splits of the training subjects (--validation 0.2,
+   folds 1-3, benchmarks/validation_defaults.py, docs/validation.md): "mean" 51.6 against "cls"
+   46.9, so the default stands on validation too. Then a temporal transformer over the T frame
+   embeddings with learned positions.
    Pre-norm blocks (Eq. 1-2: y = MSA(LN(z)) + z, z' = MLP(LN(y)) + y) from timm, 8 heads,
    width D = 1024, MLP width 4 D (ViT's ratio; the paper gives the width only);
 4. frame-wise classification (3.2): a linear head on each temporal output token, one sigmoid per
@@ -40,9 +43,11 @@ stops with the engine's non-finite-loss error rather than training on. Predictio
 `--smooth gaussian:51:3.0` and `aubench ensemble` (docs/postprocess.md).
 
 Departures, besides the choices named above: training windows tile each training sequence with
-stride T (a fixed tiling, the same as the test split's), and a window of the test split that
-overlaps another averages their predictions per frame (the engine's evaluator); the paper does
-not say how it cut its 256-frame sequences. The `tiny` preset (CPU) is the same architecture
+stride T (a fixed tiling, the same as the test split's; a sequence's last window ends at its
+end and overlaps the one before, and the frames both hold carry their labels in the first only,
+so each label counts once per epoch: aubench.data.ClipDataset's `windows`), and a window of the
+test split that overlaps another averages their predictions per frame (the engine's evaluator);
+the paper does not say how it cut its 256-frame sequences. The `tiny` preset (CPU) is the same architecture
 scaled down (regnet_video.TINY_TRAINING and TINY_REGNET say how and why).
 """
 from __future__ import annotations
