@@ -1,6 +1,9 @@
 """Temporal-shuffle clips, forward + backward, at Knowledge-Spreader's sizes (B=64 clips of N=5
 frames, and long clips of N=64; C=512 ResNet-18 features, the students' inputs p_a), against the
-pure-PyTorch reference (gather + cat, differentiated by autograd)."""
+pure-PyTorch reference (gather + cat, differentiated by autograd). aubench runs as KS's training
+step calls it: validate=False, its permutations coming from make_shuffle_permutations."""
+from functools import partial
+
 import pytest
 import torch
 
@@ -24,7 +27,8 @@ def test_temporal_shuffle_features(benchmark, device, frames, impl):
     perm = make_shuffle_permutations(BATCH, frames, generator=generator)
     features = torch.randn(BATCH, frames, CHANNELS, device=device, requires_grad=True)
     grad = torch.randn(2 * BATCH, frames, CHANNELS, device=device)
-    build = temporal_shuffle_features if impl == "aubench" else reference.temporal_shuffle_features
+    build = (partial(temporal_shuffle_features, validate=False) if impl == "aubench"
+             else reference.temporal_shuffle_features)
     benchmark.group = f"temporal_shuffle fwd+bwd B{BATCH} N{frames} C{CHANNELS} {device}"
     benchmark.extra_info["impl"] = impl
 
