@@ -67,8 +67,8 @@ DEMO_ENSEMBLE = ("vivit+regnet-tf", ("vivit", "regnet-tf"))
 # order the runs (longest first, so the parallel runs end together) and, scaled by the speed the
 # demo has seen so far on this machine, give the estimate of what is left.
 REFERENCE_CPU = "Intel(R) Xeon(R) Processor, AVX512"
-REFERENCE_SECONDS = {"maefau": 161.9, "ks": 101.9, "rrl": 92.5, "vivit": 83.7, "regnet-tf": 80.3,
-                     "megraphau": 59.7, "resnet": 25.5}
+REFERENCE_SECONDS = {"maefau": 133.8, "ks": 87.5, "rrl": 81.5, "vivit": 74.1, "regnet-tf": 70.5,
+                     "megraphau": 50.5, "resnet": 20.7}
 REPORT_NAME = "demo_report.json"
 # The last step: `aubench predict` with this method's run (fold 1) on this real video, the face
 # detector every this many frames (DEMO_PREDICT: method, video of aubench.sample_media, K).
