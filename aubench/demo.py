@@ -269,8 +269,9 @@ class Progress:
 
 
 def result_summary(result: dict, out: Path) -> dict:
-    """What the demo report keeps of a result: its row, fold, conditions and figures, and its
-    file (relative to the demo's folder)."""
+    """What the demo report keeps of a result: its row, fold, conditions and figures, the
+    privileged inputs it read at test time (`reads_at_test`), and its file (relative to the
+    demo's folder)."""
     bench = result.get("bench") or {}
     return {"method": result["method"], "fold": result["fold"], "protocol": result["protocol"],
             "train": result["occlusion"]["train"], "test": result["occlusion"]["test"],
@@ -280,7 +281,10 @@ def result_summary(result: dict, out: Path) -> dict:
             "mean_f1": result["mean_f1"], "all_positive_mean_f1": result["metrics"]["all_positive_mean_f1"],
             "f1": result["metrics"]["f1"], "params_m": bench.get("params_m"),
             "gflops_per_frame": bench.get("gflops_per_frame"), "infer_frames_per_s": bench.get("infer_frames_per_s"),
-            "train_frames_per_s": bench.get("train_frames_per_s"), "file": Path(result["_file"]).relative_to(out).as_posix()}
+            "train_frames_per_s": bench.get("train_frames_per_s"),
+            # what it read at test time beyond the image that a deployed detector would not have
+            "reads_at_test": list(result.get("privileged_test_inputs") or []),
+            "file": Path(result["_file"]).relative_to(out).as_posix()}
 
 
 def baseline_check(summaries: list[dict]) -> list[str]:

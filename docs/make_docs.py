@@ -170,6 +170,8 @@ def demo_reports() -> list[tuple[Path, dict]]:
 
 
 def demo_block() -> str:
+    from aubench.leaderboard import PRIVILEGED_MARK
+
     reports = demo_reports()
     # a demo's runs each have their own threads (the row says so): the parent's count says little
     machines = [{**machine(report), **({"threads": None} if "parallel_runs" in report else {})}
@@ -199,8 +201,9 @@ def demo_block() -> str:
     for index, (_, report) in enumerate(reports):
         for summary in report["results"]:
             key = (_row_name(summary), summary["train"])
-            rows.setdefault(key, {"bench": summary, "f1": {}})
+            rows.setdefault(key, {"bench": summary, "f1": {}, "privileged": {}})
             rows[key]["f1"].setdefault((index, summary["test"]), []).append(summary["mean_f1"])
+            rows[key]["privileged"].setdefault(summary["test"], set()).update(summary.get("reads_at_test") or [])
     baseline = {}
     for index, (_, report) in enumerate(reports):
         by_fold = {s["fold"]: s["all_positive_mean_f1"] for s in report["results"]}
@@ -214,9 +217,12 @@ def demo_block() -> str:
         values = item[1]["f1"].get((0, "none"), [0.0])
         return -statistics.mean(values)
 
+    privileged_texts: set[str] = set()
     for (name, train), row in sorted(rows.items(), key=clean_f1):
-        cells = [_f1(row["f1"].get((index, test_name), [])) for test in tests
-                 for index in range(len(reports)) for test_name in [_condition(test)]]
+        cells = [_f1(row["f1"].get((index, test_name), []))
+                 + (f" {PRIVILEGED_MARK}" if row["privileged"].get(test_name) else "")
+                 for test in tests for index in range(len(reports)) for test_name in [_condition(test)]]
+        privileged_texts.update(*row["privileged"].values())
         bench = row["bench"]
         params = f"{bench['params_m']:.2f}" if bench.get("params_m") is not None else "-"
         gflops = f"{bench['gflops_per_frame']:.3f}" if bench.get("gflops_per_frame") is not None else "-"
@@ -225,6 +231,9 @@ def demo_block() -> str:
     lines.append("| all-positive baseline | | " + " | ".join(
         _f1(baseline[index]) for _ in tests for index in range(len(reports))) + " | - | - |")
     lines.append("")
+    if privileged_texts:
+        lines += [f"{PRIVILEGED_MARK} read at test time what a deployed detector would not have: "
+                  + "; ".join(sorted(privileged_texts)) + ".", ""]
     verdicts = []
     for head, (_, report) in zip(heads, reports):
         failed = report["check"]["failed"]
@@ -429,6 +438,45 @@ def ks_gate_block() -> str:
     return "\n".join(lines) + "\n"
 
 
+# Rows of result files made before results recorded their test inputs, with what they read at
+# test time beyond the image (aubench.models.maefau: the teacher and the reconstruction baseline
+# are told which patches are occluded, MAEFAU.test_inputs).
+PRIVILEGED_ROWS = {"maefau-teacher": "which patches are occluded", "maefau-recon": "which patches are occluded"}
+
+
+def occlusion_maefau_block() -> str:
+    """The MAE-FAU occlusion sweep (benchmarks/results/cpu-occlusion-maefau.json, a leaderboard's
+    JSON rows): mean F1 over the folds per row and test condition, rows that read which patches
+    are occluded marked under an occluded condition."""
+    from aubench.leaderboard import PRIVILEGED_MARK
+
+    path = RESULTS / "cpu-occlusion-maefau.json"
+    rows = load(path)
+    names = {"megraphau": "ME-GraphAU trained clean (`megraphau`)",
+             "maefau-recon": "ME-GraphAU on reconstructed faces (`maefau-recon`)",
+             "maefau-teacher": "teacher (`maefau-teacher`)", "maefau-student": "student (`maefau-student`)",
+             "all-positive": "all-positive baseline"}
+    tests = ["none", "patches0.3", "patches0.5", "patches0.7", "block0.3"]
+    heads = ["clean", "patches 30%", "patches 50%", "patches 70%", "block 30%"]
+    cell = {(r["method"], r["occlusion_test"]): r for r in rows}
+    lines = [f"Mean F1 (%) over folds {', '.join(map(str, rows[0]['folds']))}, mean ± std (`{path.relative_to(ROOT)}`):",
+             "", "| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(tests)]
+    marked = set()
+    for method, name in names.items():
+        cells = []
+        for test in tests:
+            row = cell[(method, test)]
+            reads = row.get("reads_at_test") or (PRIVILEGED_ROWS.get(method, "") if test != "none" else "")
+            marked.update([reads] if reads else [])
+            cells.append(f"{row['mean_f1']['mean']:.1f} ± {row['mean_f1']['std']:.1f}"
+                         + (f" {PRIVILEGED_MARK}" if reads else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if marked:
+        lines += ["", f"{PRIVILEGED_MARK} read at test time what a deployed detector would not have: "
+                  + "; ".join(sorted(marked)) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def machines_block() -> str:
     lines = ["| file | machine |", "|---|---|"]
     for path in sorted(RESULTS.glob("*.json")):
@@ -440,7 +488,8 @@ def machines_block() -> str:
 
 BLOCKS = {"demo": demo_block, "ops": ops_block, "models": models_block, "bench-paper": bench_paper_block,
           "predict": predict_block, "rrl-probe-input": rrl_probe_input_block,
-          "rrl-final-norm": rrl_final_norm_block, "ks-gate": ks_gate_block, "machines": machines_block}
+          "rrl-final-norm": rrl_final_norm_block, "ks-gate": ks_gate_block,
+          "occlusion-maefau": occlusion_maefau_block, "machines": machines_block}
 
 
 def render(text: str) -> str:
