@@ -287,6 +287,8 @@ class TestLabels:
     """The label arrays of the data files results were tested on, opened once each; a file is
     used only when its fingerprint is the one the result records."""
 
+    __test__ = False  # a name pytest would otherwise take for a test class
+
     def __init__(self, data: str | Path | None = None):
         self.data = data            # a path for every result (the file moved), else each result's own
         self.files: dict[str, Any] = {}
