@@ -37,6 +37,7 @@ import json
 import time
 from pathlib import Path
 
+from aubench.engine.logging import minutes
 from aubench.errors import UserError
 
 # Identities matter most: with 12 subjects (8 training identities per fold) the tiny models did
@@ -218,12 +219,6 @@ def demo_predict(out: Path, methods: list[str], device: str | None) -> dict | No
     print(f"[demo] plot of each AU's probability over time: {plot} (a model trained on drawn faces: its "
           f"probabilities on a real face show the pipeline, not a detector)", flush=True)
     return written.record
-
-
-def minutes(seconds: float) -> str:
-    """"2 min 05 s", "45 s"."""
-    seconds = round(seconds)
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 class Progress:

@@ -471,3 +471,14 @@ def test_each_row_names_its_own_training_condition(h5, tmp_path):
     rows = leaderboard.build_rows(leaderboard.find_results([out]), include_reported=False)
     assert {(r["method"], r["occlusion_train"]) for r in rows if r["kind"] == "ours"} == {
         ("clean_row_test-probe", "none"), ("clean_row_test-student", "patches0.5")}
+
+
+def test_epoch_summary_line():
+    """The line a finished epoch leaves on screen names the stage, the epoch, each loss part, lr,
+    time, frames/s and the stage's ETA at the mean epoch time so far."""
+    from aubench.engine.logging import epoch_summary
+
+    line = epoch_summary("ks fold1 stage train", 1, 5, {"loss": 0.5, "l_self": 0.25}, 0.01, 10.0, 200, 30.0)
+    assert line == ("[train] ks fold1 stage train epoch 2/5: loss 0.5 l_self 0.25, lr 0.01, 10 s, 20.0 frames/s, "
+                    "stage done in about 45 s")
+    assert epoch_summary("x", 4, 5, {"loss": 1.0}, 0.0, 2.0, 4, 10.0).endswith("2.0 frames/s, stage done")

@@ -7,6 +7,24 @@ from pathlib import Path
 from typing import Any
 
 
+def minutes(seconds: float) -> str:
+    """"2 min 05 s", "45 s"."""
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def epoch_summary(where: str, epoch: int, epochs: int, losses: dict[str, float], lr: float, seconds: float,
+                  frames: int, stage_seconds: float) -> str:
+    """The line a finished epoch leaves on screen: where, epoch / epochs, each loss part (the
+    epoch's mean), lr, seconds, frames/s, and the stage's ETA at the mean epoch time so far
+    (stage_seconds over the `epoch` + 1 epochs done, from this run or a resumed one)."""
+    parts = " ".join(f"{name} {value:.4g}" for name, value in losses.items())
+    left = (epochs - epoch - 1) * stage_seconds / (epoch + 1)
+    return (f"[train] {where} epoch {epoch + 1}/{epochs}: {parts}, lr {lr:.3g}, {minutes(seconds)}, "
+            f"{frames / seconds if seconds > 0 else float('nan'):.1f} frames/s"
+            + (f", stage done in about {minutes(left)}" if epoch + 1 < epochs else ", stage done"))
+
+
 def plain(value: Any) -> Any:
     """JSON-safe copy: tensors / numpy scalars to numbers, paths to strings."""
     if isinstance(value, dict):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -62,7 +63,7 @@ from aubench.data.occlusion import condition_name, parse_condition
 from aubench.engine.data_access import RunData, open_pretrain_data, open_run_data
 from aubench.engine.distributed import DistEnv, setup_distributed
 from aubench.engine.identity import SELECTIONS, THRESHOLDS, differences_text, identity_differences, run_identity
-from aubench.engine.logging import JsonlLogger, plain
+from aubench.engine.logging import JsonlLogger, epoch_summary, plain
 from aubench.engine.memory import out_of_memory_stops
 from aubench.errors import TrainingStopped, UserError
 from aubench.models.backbones import BackboneError, WeightsError, digest_source, source_name
@@ -835,19 +836,21 @@ class Trainer:
             self._train_mode()
             self.method.on_epoch_start(self.state)
             sums: dict[str, float] = {}
-            count = 0
+            count = frames = 0
+            epoch_started = time.perf_counter()
             bar = tqdm(loader, desc=f"{where} epoch {epoch + 1}/{preset.epochs}",
                        disable=not (cfg.progress and env.is_main), leave=False, dynamic_ncols=True)
             for batch in bar:
                 if not stage.uses_labels:  # a self-supervised stage never sees a label
                     batch = {k: v for k, v in batch.items() if k not in ("label", "labeled")}
-                where = f"training stage {stage.name} (epoch {self.state.epoch}, step {self.state.step})"
-                with out_of_memory_stops(where, "--batch-size", self.per_rank_batch_size(),
+                doing = f"training stage {stage.name} (epoch {self.state.epoch}, step {self.state.step})"
+                with out_of_memory_stops(doing, "--batch-size", self.per_rank_batch_size(),
                                          kept_checkpoint_text(self.checkpoint_path)):
                     parts = self._train_step(step_module, move_batch(batch, self.device), optimizer, scheduler, scaler)
                 self.progress["samples"] += batch["image"].shape[0]
                 self.progress["losses"] = parts
                 count += 1
+                frames += batch["image"].shape[0]
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if env.is_main:
@@ -861,8 +864,13 @@ class Trainer:
                     self.step_callback(self.state, parts)
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
+            means = {k: v / max(count, 1) for k, v in sums.items()}
             self.logger.write({"event": "epoch", "stage": stage.name, "epoch": epoch, "step": self.state.step,
-                               **{f"mean_{k}": v / max(count, 1) for k, v in sums.items()}})
+                               **{f"mean_{k}": v for k, v in means.items()}})
+            if cfg.progress and env.is_main:  # one line per epoch that stays on screen (stderr)
+                tqdm.write(epoch_summary(f"{cfg.method} fold{cfg.fold} stage {stage.name}", epoch, preset.epochs, means,
+                                         scheduler.get_last_lr()[0], time.perf_counter() - epoch_started, frames,
+                                         self.progress_now()["seconds"]), file=sys.stderr)
             best = self._score_epoch() if stage.name in self.selected_stages else False
             self.save(optimizer, scheduler, scaler)
             if best:  # after the checkpoint that records it (see _check_best_file)
