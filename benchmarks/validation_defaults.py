@@ -15,21 +15,19 @@ benchmarks/results/cpu-validation-defaults.json (--json), with the CPU; runs alr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from aubench.bench import cpu_info
-from aubench.data import AUFile
-from aubench.demo import DEMO_LABEL_RATIO, make_demo_dataset
+from aubench.demo import DEMO_LABEL_RATIO
 from aubench.engine.trainer import RunConfig, Trainer
+from aubench.files import write_json_atomic
 from aubench.models.base import tested_stages
 
-VALIDATION = 0.2
+from validation_selection import VALIDATION, open_sweep  # benchmarks/ is the script's folder
 
 
 def setting_value(text: str):
@@ -71,14 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="benchmarks/results/cpu-validation-defaults.json")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data) if args.data else make_demo_dataset(out, seed=args.seed)
-    fingerprint = AUFile(data).fingerprint()
-    path = Path(args.json)
-    stored = json.loads(path.read_text()) if path.is_file() else {}
-    runs = [r for r in stored.get("runs", []) if stored.get("data_fingerprint") == fingerprint]
+    out, data, fingerprint, path, runs = open_sweep(args)
     values = [setting_value(v) for v in args.values.split(",")]
     for fold in map(int, args.folds.split(",")):
         for value in values:
@@ -90,12 +81,12 @@ def main(argv=None) -> int:
             print(f"{args.method} {args.setting}={value} fold {fold}: validation mean F1 "
                   f"{run['validation_mean_f1']:.1f} ({run['seconds']:.0f} s)", flush=True)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({
+            write_json_atomic(path, {
                 "benchmark": "validation_defaults", "cpu": cpu_info(), "data": str(data),
                 "data_fingerprint": fingerprint, "protocol": {
                     "preset": "tiny", "label_ratio": DEMO_LABEL_RATIO, "validation": VALIDATION, "seed": args.seed,
                     "score": "the last epoch's validation mean F1 in points (threshold 0.5); test folds not scored"},
-                "runs": runs}, indent=2) + "\n")
+                "runs": runs})
     mine = [r for r in runs if (r["method"], r["setting"]) == (args.method, args.setting)]
     for value in values:
         scores = [r["validation_mean_f1"] for r in mine if r["value"] == value]

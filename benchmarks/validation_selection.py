@@ -32,6 +32,7 @@ from aubench.bench import cpu_info
 from aubench.data import AUFile
 from aubench.demo import DEMO_LABEL_RATIO, make_demo_dataset
 from aubench.engine.trainer import RunConfig, Trainer
+from aubench.files import write_json_atomic
 from aubench.models.base import tested_stages
 
 VALIDATION = 0.2
@@ -103,6 +104,21 @@ def markdown_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def open_sweep(args) -> tuple[Path, Path, str, Path, list[dict]]:
+    """(out folder, data file, its fingerprint, the result JSON, the runs it already holds for that
+    file) of a validation sweep's arguments (--out, --data, --seed, --json): the demo's dataset
+    made in OUT unless --data names it; runs of another data file are dropped; one torch thread."""
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data) if args.data else make_demo_dataset(out, seed=args.seed)
+    fingerprint = AUFile(data).fingerprint()
+    path = Path(args.json)
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    runs = [r for r in stored.get("runs", []) if stored.get("data_fingerprint") == fingerprint]
+    return out, data, fingerprint, path, runs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/validation_selection")
@@ -113,14 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="benchmarks/results/cpu-validation-selection.json")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data) if args.data else make_demo_dataset(out, seed=args.seed)
-    fingerprint = AUFile(data).fingerprint()
-    path = Path(args.json)
-    stored = json.loads(path.read_text()) if path.is_file() else {}
-    runs = [r for r in stored.get("runs", []) if stored.get("data_fingerprint") == fingerprint]
+    out, data, fingerprint, path, runs = open_sweep(args)
     for fold in map(int, args.folds.split(",")):  # fold by fold: every method's fold 1 first
         for method in args.methods.split(","):
             if any(r["method"] == method and r["fold"] == fold for r in runs):
@@ -137,7 +146,7 @@ def main(argv=None) -> int:
                           "seed": args.seed, "test": "clean faces, threshold 0.5, mean F1 in points"},
                       "runs": runs, "summary": summary(runs)}
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=2) + "\n")
+            write_json_atomic(path, record)
     print(markdown_table(runs))
     return 0
 

@@ -311,6 +311,8 @@ def load_mat_v5(path: Path, names: list[str]) -> dict:
     a MATLAB file."""
     try:
         return scipy.io.loadmat(path, variable_names=names, squeeze_me=False, struct_as_record=True)
+    # scipy raises NotImplementedError for MAT formats it does not read (a v7.3 file, which
+    # mat_version sends to h5py instead, or a v4 file), ValueError / TypeError for damaged ones
     except (ValueError, TypeError, OSError, NotImplementedError) as e:
         raise DatasetError(f"not a readable MATLAB file ({e})", str(path)) from None
 

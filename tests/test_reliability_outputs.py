@@ -47,6 +47,7 @@ def run(evaluated, tmp_path):
 
 
 def one_line_error(capsys, *fragments) -> str:
+    """The one line a refused command printed (no traceback), holding every fragment."""
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("aubench: error: ") and "Traceback" not in err, err

@@ -21,6 +21,7 @@ from aubench.cli import main
 from aubench.engine.checkpoint import load_checkpoint, save_checkpoint
 from aubench.errors import UserError
 from fixtures_h5 import write_au_h5
+from test_reliability_outputs import one_line_error
 
 LOCK_NAME = "run.lock"  # aubench.engine.run_lock.LOCK_NAME
 FAST = ["--preset", "tiny", "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--no-progress"]
@@ -39,15 +40,6 @@ def train(h5, out, *extra, epochs=1):
 def evaluate(h5, out, *extra, epochs=1):
     return ["evaluate", "--methods", "resnet", "--folds", "1", "--data", str(h5), "--out", str(out), "--epochs",
             str(epochs), *FAST, *extra]
-
-
-def one_line_error(capsys, *fragments) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("aubench: error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # ---- 1. one run at a time in a run folder ----------------------------------------------------

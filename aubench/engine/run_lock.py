@@ -8,14 +8,12 @@ over by the next run, as `datasets_tools convert` does with its output.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterable
 
 from aubench.errors import UserError
+from datasets_tools.output import LockFailed, LockHeld, pid_lock
 
 LOCK_NAME = "run.lock"
 
@@ -32,40 +30,23 @@ def run_folder_lock(folder: str | Path, option: str = "--out"):
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{option} {folder}: cannot create the run folder ({err.strerror or err})") from None
-    while True:
+    held = pid_lock(path)
+    try:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            held.__enter__()
         except OSError as err:
             raise UserError(f"{option} {folder}: cannot create {LOCK_NAME} ({err.strerror or err})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = _read_pid(fd)
-            os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UserError(f"{option} {folder}: cannot lock {LOCK_NAME} ({err.strerror})") from None
-            raise UserError(f"{option} {folder}: another run (pid {holder or 'unknown'}) is writing this run "
-                            f"folder (it holds {path}); wait for it to finish, stop it, or use another "
+        except LockFailed as err:
+            raise UserError(f"{option} {folder}: cannot lock {LOCK_NAME} ({err.args[0]})") from None
+        except LockHeld as err:
+            raise UserError(f"{option} {folder}: another run (pid {err.args[0] or 'unknown'}) is writing this "
+                            f"run folder (it holds {path}); wait for it to finish, stop it, or use another "
                             f"{option}") from None
-        # The previous holder removes the file when it finishes; if it did so between our open and
-        # flock, we hold a lock on a removed file: lock the current one instead.
         try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    try:
-        yield
+            yield
+        finally:
+            held.__exit__(None, None, None)
     finally:
-        try:
-            os.unlink(path)  # while still locked, so no other run can hold this file
-        except OSError:
-            pass
-        os.close(fd)
         for made in created:  # a run refused before it wrote anything leaves no folders behind
             try:
                 made.rmdir()
@@ -81,9 +62,3 @@ def run_folder_locks(folders: Iterable[str | Path], option: str = "--out"):
             stack.enter_context(run_folder_lock(folder, option))
         yield
 
-
-def _read_pid(fd: int) -> str:
-    try:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip()
-    except OSError:
-        return ""
