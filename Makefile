@@ -55,8 +55,8 @@ bench: $(STAMP)
 bench-summary: $(STAMP)
 	$(PY) benchmarks/summary.py
 
-# Rebuild the README's generated tables from benchmarks/results/*.json (tests/test_docs.py fails
-# when they differ).
+# Rebuild the generated tables and plots of README.md and docs/ from benchmarks/results/*.json
+# (tests/test_docs.py fails when they differ), and the training-curves picture.
 docs: $(STAMP)
 	$(PY) docs/make_docs.py
 

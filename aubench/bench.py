@@ -34,8 +34,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from aubench.data.occlusion import condition_name, occlusion_mask
-from aubench.engine.trainer import (autocast_context, build_optimizer, condition_text, freeze,
-                                    parse_occlusion_option, resolve_precision)
+from aubench.engine.device import autocast_context, resolve_precision
+from aubench.engine.optim import build_optimizer
+from aubench.engine.planning import condition_text, parse_occlusion_option
+from aubench.engine.stage_methods import freeze
 from aubench.errors import UserError
 from aubench.models.base import (SINGLE_STAGE, AUMethod, Preset, TrainState, check_image_size, check_stages,
                                  create_method, method_class, row_method_name)

@@ -1,28 +1,94 @@
 """`aubench` command line: train, evaluate, predictions, predict, smooth, ensemble, bench, leaderboard, methods,
-demo.
+plot, demo.
 
 User mistakes raise aubench.errors.UserError; main() prints "aubench: error: ..." and exits
 with status 2, without a traceback. Bad argument values are caught while parsing (the type
-functions below) and reported the same way. Run under torchrun for data-parallel training:
-`torchrun --nproc_per_node 2 -m aubench.cli train --method resnet --data D.h5 --device cpu`.
+functions below) and reported the same way. The exit codes, --quiet and --out follow the
+convention both command lines share (datasets_tools.command_line; docs/reliability.md, "Exit
+codes"). Run under torchrun for data-parallel training:
+`torchrun --nproc_per_node 2 -m aubench.cli train --method resnet --data D.h5 --device cpu`; there
+a user error is printed by rank 0 only, and every rank exits with its code.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
 from aubench.errors import UserError
+from datasets_tools.command_line import (EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USER_ERROR, OneLineParser,
+                                         add_out, add_quiet)
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(OneLineParser):
     """argparse with the command line's error format: one line "aubench: error: ...", status 2."""
 
+    def error_prefix(self) -> str:
+        return "aubench"
+
     def error(self, message: str):
-        self.exit(2, f"aubench: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(_print_error(self.error_line(message), EXIT_USER_ERROR))
+
+
+# How long the ranks of a torchrun job wait for each other after a user error (_print_error).
+PEER_ERROR_WAIT_S = 10.0
+
+
+def _other_rank() -> int | None:
+    """This process's rank in a torchrun job when it is not rank 0; None otherwise."""
+    rank = int(os.environ.get("RANK", "0"))
+    return rank if rank != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
+def _error_counter():
+    """A counter of the ranks that met a user error, in the key-value store torchrun's agent
+    serves to its ranks (TORCHELASTIC_USE_AGENT_STORE); None outside torchrun or without it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=5))
+    except (KeyError, ValueError, RuntimeError):  # no store to reach (DistStoreError is a RuntimeError)
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return lambda add: store.add(f"aubench/attempt_{attempt}/ranks_with_a_user_error", add)
+
+
+def _print_error(line: str, code: int) -> int:
+    """Print an error line on stderr, once per torchrun job, and return `code`.
+
+    A single process prints at once. In a torchrun job, where the ranks usually meet the same
+    error, rank 0 prints it, then waits (up to PEER_ERROR_WAIT_S) until every rank has met an
+    error before it exits; torchrun then stops the others (SIGTERM), which are waiting for that
+    and exit with `code` without a word. A rank other than 0 still running after the wait met an
+    error of its own: it prints it, naming its rank."""
+    counter = _error_counter()
+    if counter is not None:
+        counter(1)
+    rank = _other_rank()
+    if rank is None:
+        print(line, file=sys.stderr, flush=True)
+        deadline = time.monotonic() + PEER_ERROR_WAIT_S
+        while counter is not None and counter(0) < int(os.environ["WORLD_SIZE"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(code))
+    time.sleep(PEER_ERROR_WAIT_S)
+    signal.signal(signal.SIGTERM, previous)
+    print(line.replace("aubench: ", f"aubench: rank {rank}: ", 1), file=sys.stderr, flush=True)
+    return code
 
 
 def _int_at_least(low: int | None, why: str = ""):
@@ -233,14 +299,27 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         f"{THRESHOLD_GRID[0]:g}, {THRESHOLD_GRID[1]:g} ... {THRESHOLD_GRID[-1]:g} with the best F1 on "
                         f"the validation predictions; needs --validation); part of the run's settings")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the run's initialisation, data order, augmentation and sparse-label draw; part of "
+                        "the run's settings (default 0)")
     p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16 (auto: bf16/fp16 on GPU, fp32 on CPU)")
     p.add_argument("--workers", type=_non_negative, help="DataLoader workers (default 0 on CPU, 4 on GPU)")
     p.add_argument("--checkpoint-every", type=_non_negative, default=0, help="also checkpoint every N steps")
+    p.add_argument("--accumulate", type=_positive, default=1, metavar="K",
+                   help="gradient accumulation: K micro-batches per optimiser step, so the preset's global batch "
+                        "(per-process batch x processes x K) fits fewer or smaller GPUs; part of the run's settings "
+                        "(default 1)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs, BatchNorm layers normalise with the statistics of every process's "
+                        "batch (SyncBatchNorm); part of the run's settings")
     p.add_argument("--no-augment", action="store_true", help="turn off training augmentation")
     p.add_argument("--channels-last", action="store_true",
                    help="train and test in channels-last memory format (faster convolutions on most CPUs and GPUs)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    add_quiet(p, help="no progress bars and no per-epoch summary lines (the preset line, errors and the final "
+                      "result are still printed)")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also write the training scalars (each loss part, lr) as TensorBoard events into DIR "
+                        "(needs the tensorboard package)")
     p.add_argument("--smooth", type=_smoothing, metavar="SPEC", help=SMOOTH_HELP)
 
 
@@ -259,8 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "an OUT that holds another run's checkpoint or result, train refuses unless "
                                    "--resume (continue it inside the stage it was in; its settings, stages "
                                    "included, must equal these) or --overwrite (replace all of its files) is given.")
-    p.add_argument("--method", required=True)
-    p.add_argument("--fold", type=_integer, default=1)
+    p.add_argument("--method", required=True,
+                   help="the method to train (`aubench methods` lists them; a leaderboard row such as "
+                        "maefau-student trains its method)")
+    p.add_argument("--fold", type=_integer, default=1, help="the fold to test on (default 1); the data file says "
+                                                           "which exist")
     p.add_argument("--label-ratio", type=_label_ratio, default=1.0, help="sparse-label protocol ratio in (0, 1]")
     p.add_argument("--out", help="run directory (default runs/<method>_fold<k>_<protocol>); locked by OUT/run.lock "
                                  "while the run writes it: a second run into it stops at once")
@@ -282,11 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "all) is given.")
     p.add_argument("--methods", required=True, type=_name_list, help="comma-separated, or 'all'")
     p.add_argument("--folds", type=_fold_list, help="comma-separated folds (default: every fold of the data file)")
-    p.add_argument("--label-ratios", type=_ratio_list, default=[1.0])
+    p.add_argument("--label-ratios", type=_ratio_list, default=[1.0],
+                   help="comma-separated sparse-label protocol ratios in (0, 1] (default 1: every label)")
     p.add_argument("--out", required=True, help="run directory; each run unit's folder (OUT/runs/<method>/<protocol>/"
                                                 "fold<k>) is locked by its run.lock while it is written: a second "
                                                 "evaluation of the same unit stops at once")
     p.add_argument("--bench-batch-size", type=_train_batch, default=4, help="batch size of the size/speed measurement")
+    p.add_argument("--bench-figures", action="append", metavar="FILE",
+                   help="records of `aubench bench --out FILE` (repeatable) from which the plan printed before "
+                        "training estimates its time (default: the committed benchmarks/results of a source "
+                        "checkout)")
     p.add_argument("--dry-run", action="store_true",
                    help="train nothing and write nothing: open the data, resolve the presets, load --pretrained, "
                         "build every stage's model and optimiser on the first fold and run one training step on "
@@ -303,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per AU its probability and its 0/1 detection at the result's threshold "
                                    "(AU01_p, AU01_c, ...).")
     p.add_argument("result", help="a result JSON written by `aubench train` or `aubench evaluate`")
-    p.add_argument("--csv", required=True, help="the CSV file to write (missing folders are created)")
+    add_out(p, "the CSV file to write (missing folders are created)", alias="--csv")
 
     p = sub.add_parser("predict", help="run a trained model on videos and photos; one OpenFace-style CSV per input",
                        description="Predict AUs on real videos, image files and folders of images with a trained "
@@ -349,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "gaussian:51:3.0; never across face_ids or gaps")
     p.add_argument("--landmarks-out", action="store_true",
                    help="also write the 68 landmarks, x_0..x_67 and y_0..y_67, in the frame's pixels")
-    p.add_argument("--quiet", action="store_true", help="no line per input")
+    add_quiet(p, help="no line per input")
 
     p = sub.add_parser("smooth", help="smooth existing results along each sequence, without retraining",
                        description="Smooth the per-frame predictions of existing results (every result with "
@@ -403,28 +490,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the data file the members were tested on, when it has moved (its fingerprint "
                                   "must be the one the results record)")
 
-    p = sub.add_parser("bench", help="params, FLOPs and throughput of methods")
-    p.add_argument("--methods", type=_name_list, default=["all"])
-    p.add_argument("--preset", default="paper")
-    p.add_argument("--num-aus", type=_positive, default=12)
+    p = sub.add_parser("bench", help="params, FLOPs and throughput of methods",
+                       description="Measure each method's parameters, GFLOPs per frame and inference and training "
+                                   "frames/s at a preset's model, on random input; one line per method (per "
+                                   "leaderboard row of a method whose stages are rows). `--out FILE` keeps the "
+                                   "records as JSON (benchmarks/results has the committed ones).")
+    p.add_argument("--methods", type=_name_list, default=["all"], help="comma-separated methods (default: all)")
+    p.add_argument("--preset", default="paper", help="the preset whose model is measured (default: paper)")
+    p.add_argument("--num-aus", type=_positive, default=12, help="AUs the model predicts (default 12)")
     p.add_argument("--batch-size", type=_positive, default=8, help="at least 2 unless --no-train")
-    p.add_argument("--image-size", type=_positive)
+    p.add_argument("--image-size", type=_positive, help="override the preset's image size")
     p.add_argument("--model", type=_model_setting, action="append", metavar="KEY=VALUE",
                    help="override one of the preset's model settings (repeatable; VALUE is JSON or text)")
-    p.add_argument("--device", help="cpu | cuda")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--warmup", type=_non_negative, default=3)
-    p.add_argument("--iters", type=_positive, default=10)
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16 (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--channels-last", action="store_true", help="measure in channels-last memory format")
+    p.add_argument("--warmup", type=_non_negative, default=3, help="untimed iterations before measuring (3)")
+    p.add_argument("--iters", type=_positive, default=10, help="timed iterations (10)")
     p.add_argument("--no-train", action="store_true", help="skip the train-step measurement")
-    p.add_argument("--json", help="also write the records to this file")
+    add_out(p, "also write the records as JSON to this file", required=False, alias="--json")
 
     from aubench.leaderboard import GROUPING, PLOT_NAME
 
     p = sub.add_parser("leaderboard", help="one table from evaluate runs", description=GROUPING,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories or result JSON files")
-    p.add_argument("--format", default="md", choices=["md", "csv", "json"])
+    p.add_argument("--format", default="md", choices=["md", "csv", "json"], help="table format (default: md)")
     p.add_argument("--plot", help=f"write the per-AU F1 bar chart to this file (.png added when it has no suffix; "
                                   f"PLOT/{PLOT_NAME} when PLOT is a directory); with several label ratios also "
                                   f"<name>_label_ratio.png beside it; the paths written are printed")
@@ -434,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "all-positive baseline)")
     p.add_argument("--merge", action="store_true",
                    help="average one method's folds even when their settings differ (the row says what was mixed)")
-    p.add_argument("--output", help="write the table to this file instead of stdout (missing folders are created; "
-                                    "never a result, predictions, checkpoint or data file)")
+    add_out(p, "write the table to this file instead of stdout (missing folders are created; never a result, "
+               "predictions, checkpoint or data file)", required=False, alias="--output")
     p.add_argument("--verify", action="store_true",
                    help="compute every result's metrics again from its predictions file and its data file; a "
                         "result that does not match (or cannot be recomputed) is named, left out of the table, "
@@ -443,6 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="--verify: the data file the results were tested on, when it has moved")
 
     sub.add_parser("methods", help="list the registered methods and their presets")
+
+    p = sub.add_parser("plot", help="draw a run's training curves (loss parts and lr over steps) to a PNG",
+                       description="Draw the loss parts and the learning rate of a run over its steps, one row per "
+                                   "stage, from the run's log.jsonl alone (no extra package), to RUN/curves.png or "
+                                   "--out; the path written is printed.")
+    p.add_argument("run", metavar="RUN", help="a run directory written by `aubench train` (or its log.jsonl)")
+    add_out(p, "the image to write (default RUN/curves.png; a directory gets curves.png inside it; .png is added "
+               "when there is no suffix)", required=False, metavar="PNG")
 
     p = sub.add_parser("demo", help="synthesise a small dataset, evaluate every method, print the leaderboard; "
                                     "exit 1 when a method is not above the all-positive baseline")
@@ -454,8 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
+    from aubench.engine.config import RunConfig
     from aubench.engine.evaluate import DEFAULT_PRESET
-    from aubench.engine.trainer import RunConfig
     from aubench.models.base import split_method
 
     name, variant = split_method(method)
@@ -465,10 +564,11 @@ def _run_config(args, method: str, fold: int, label_ratio: float, out: str):
                      image_size=args.image_size, out=out, resume=args.resume, overwrite=args.overwrite,
                      pretrained=_pretrained_sources(args.pretrained), device=args.device, seed=args.seed,
                      precision=args.precision,
-                     workers=args.workers, checkpoint_every=args.checkpoint_every, augment=not args.no_augment,
-                     channels_last=args.channels_last, progress=not args.no_progress,
+                     workers=args.workers, checkpoint_every=args.checkpoint_every, accumulate=args.accumulate,
+                     sync_bn=args.sync_bn, augment=not args.no_augment,
+                     channels_last=args.channels_last, progress=not args.quiet,
                      occluded_landmarks=args.occluded_landmarks, validation=args.validation, select=args.select,
-                     thresholds=args.thresholds, model=_model_overrides(args.model))
+                     thresholds=args.thresholds, model=_model_overrides(args.model), tensorboard=args.tensorboard)
 
 
 def cmd_train(args) -> int:
@@ -477,8 +577,8 @@ def cmd_train(args) -> int:
     from aubench.data.occlusion import condition_name
     from aubench.engine.distributed import setup_distributed
     from aubench.engine.evaluate import check_data_and_folds, preset_line, resolve_methods, train_run
+    from aubench.engine.planning import resolve_preset, train_occlusion
     from aubench.engine.run import protocol_name
-    from aubench.engine.trainer import resolve_preset, train_occlusion
     from aubench.models import method_class
 
     config = _run_config(args, args.method, args.fold, args.label_ratio, args.out or "")
@@ -496,12 +596,14 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from aubench.engine.distributed import setup_distributed
-    from aubench.engine.evaluate import (EvaluateRequest, check_data_and_folds, evaluate_runs, preset_line,
-                                         resolve_methods)
+    from aubench.engine.evaluate import (EvaluateRequest, bench_figures, check_data_and_folds,
+                                         committed_bench_figures, evaluate_runs, preset_line, resolve_methods)
 
+    figures = bench_figures(args.bench_figures) if args.bench_figures else committed_bench_figures()
     request = EvaluateRequest(methods=args.methods, run=_run_config(args, "", 1, 1.0, args.out), out=args.out,
                               folds=args.folds, label_ratios=args.label_ratios, test_occlusions=args.test_occlusion,
-                              bench_batch_size=args.bench_batch_size, smoothing=args.smooth)
+                              bench_batch_size=args.bench_batch_size, smoothing=args.smooth, print_plan=True,
+                              bench_figures=figures)
     is_main = setup_distributed(args.device).is_main
     line = preset_line(resolve_methods(args.methods), args.preset, check_data_and_folds(args.data, args.folds).dataset)
     if line and is_main:
@@ -539,8 +641,8 @@ def _dry_run(request, is_main: bool) -> int:
 def cmd_predictions(args) -> int:
     from aubench.engine.predictions import export_csv
 
-    frames = export_csv(args.result, args.csv)
-    print(f"{frames} frames: {args.csv}", file=sys.stderr)
+    frames = export_csv(args.result, args.out)
+    print(f"{frames} frames: {args.out}", file=sys.stderr)
     return 0
 
 
@@ -595,10 +697,10 @@ def cmd_bench(args) -> int:
     from aubench.models import method_class
     from aubench.models.base import check_stages, tested_stages
 
-    if args.json:
+    if args.out:
         from aubench.files import check_output
 
-        check_output("--json", args.json)  # before any measuring
+        check_output("--out", args.out)  # before any measuring
     device = resolve_device(args.device)
     records = []
     header = f"{'method':>10} {'preset':>6} {'params M':>9} {'GFLOPs/f':>9} {'infer f/s':>10} {'train f/s':>10}  setting"
@@ -625,13 +727,13 @@ def cmd_bench(args) -> int:
                   f"{r['infer_frames_per_s']:10.1f} {train}  batch {r['batch_size']} ({r['frames_per_batch']} "
                   f"frames), {r['image_size']}px, {r['precision']}, channels_last={r['channels_last']}, "
                   f"{r['device']}{occluded}", flush=True)
-    if args.json:
+    if args.out:
         from aubench.files import why_unwritable, write_json_atomic
 
         try:
-            write_json_atomic(args.json, records)
+            write_json_atomic(args.out, records)
         except OSError as err:
-            raise UserError(f"--json {args.json}: cannot write ({why_unwritable(args.json, err)})") from None
+            raise UserError(f"--out {args.out}: cannot write ({why_unwritable(args.out, err)})") from None
     return 0
 
 
@@ -640,8 +742,8 @@ def cmd_leaderboard(args) -> int:
     from aubench.files import check_output, why_unwritable, write_text_atomic
 
     results = leaderboard.find_results(args.runs)
-    if args.output:
-        check_output("--output", args.output, [r["_file"] for r in results])
+    if args.out:
+        check_output("--out", args.out, [r["_file"] for r in results])
     failed = leaderboard.verify_results(results, args.data) if args.verify else {}
     for file, problem in failed.items():
         print(f"aubench: verify: {file}: {problem}", file=sys.stderr)
@@ -653,12 +755,12 @@ def cmd_leaderboard(args) -> int:
     if args.plot:  # first: a plot path that cannot be written stops before any table is out
         for path in leaderboard.plot(rows, args.plot, reported=args.plot_reported):
             print(f"plot: {path}", file=sys.stderr)
-    if args.output:
+    if args.out:
         try:
-            write_text_atomic(args.output, text)  # creates missing folders
+            write_text_atomic(args.out, text)  # creates missing folders
         except OSError as err:
-            raise UserError(f"--output {args.output}: cannot write ({why_unwritable(args.output, err)})") from None
-        print(f"table: {args.output}", file=sys.stderr)
+            raise UserError(f"--out {args.out}: cannot write ({why_unwritable(args.out, err)})") from None
+        print(f"table: {args.out}", file=sys.stderr)
     else:
         print(text)
     if args.verify:
@@ -726,6 +828,13 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from aubench.plot import plot_run
+
+    print(f"curves: {plot_run(Path(args.run), None if args.out is None else Path(args.out))}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from aubench.demo import run_demo
 
@@ -735,7 +844,7 @@ def cmd_demo(args) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predictions": cmd_predictions, "predict": cmd_predict,
             "smooth": cmd_smooth,
             "ensemble": cmd_ensemble, "bench": cmd_bench,
-            "leaderboard": cmd_leaderboard, "methods": cmd_methods, "demo": cmd_demo}
+            "leaderboard": cmd_leaderboard, "methods": cmd_methods, "plot": cmd_plot, "demo": cmd_demo}
 
 
 # Options whose value may start with '-' (a negative number), which argparse takes for an option:
@@ -758,17 +867,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # --help, or a bad argument (_Parser.error has printed it)
-        return stop.code if isinstance(stop.code, int) else 2
+        return stop.code if isinstance(stop.code, int) else EXIT_USER_ERROR
     try:
         import aubench.models  # noqa: F401  (registers the methods)
 
         return COMMANDS[args.command](args)
     except UserError as err:
-        print(f"aubench: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("aubench: interrupted", file=sys.stderr)
-        return 130
+        return _print_error(f"aubench: error: {err}", err.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank of a torchrun job: rank 0 says it
+        if _other_rank() is None:
+            print("aubench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     finally:
         from aubench.engine.distributed import cleanup_distributed
 

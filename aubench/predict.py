@@ -191,8 +191,8 @@ def find_result(run: str | Path, method: str | None = None, fold: int | None = N
     """The result record (with "_file") a prediction runs: `run` is a result JSON, a `train --out`
     folder (`method` names a row of a method with several) or an `evaluate --out` folder (with
     `method` and `fold`). UserError naming what is missing or ambiguous."""
-    from aubench.engine.trainer import CHECKPOINT_NAME
-    from aubench.leaderboard import find_results
+    from aubench.engine.results import find_results
+    from aubench.engine.run_files import CHECKPOINT_NAME
 
     run = Path(run)
     if not run.exists():
@@ -224,7 +224,7 @@ def find_result(run: str | Path, method: str | None = None, fold: int | None = N
 def run_folder(result: dict) -> Path:
     """The folder of a result's checkpoints: beside a `train` result, else its `evaluate` run folder."""
     from aubench.engine.run import protocol_name
-    from aubench.engine.trainer import CHECKPOINT_NAME
+    from aubench.engine.run_files import CHECKPOINT_NAME
     from aubench.models.base import method_label
 
     file = Path(result["_file"])
@@ -272,10 +272,12 @@ def load_run(result: dict, device: str | None = None, precision: str = "auto", d
     from aubench.data.h5file import AUFile
     from aubench.engine.checkpoint import load_checkpoint
     from aubench.engine.data_access import RunData
+    from aubench.engine.device import resolve_precision
     from aubench.engine.distributed import resolve_device
     from aubench.engine.identity import MissingKey, differences_text, identity_differences, result_identity
-    from aubench.engine.trainer import (CHECKPOINT_NAME, freeze, resolve_precision, run_stages,
-                                        stage_file_name)
+    from aubench.engine.planning import run_stages
+    from aubench.engine.run_files import CHECKPOINT_NAME, stage_file_name
+    from aubench.engine.stage_methods import freeze
     from aubench.models.base import Preset, method_class
     from datasets_tools.face_pipeline import preparation_of_file
 
@@ -553,7 +555,7 @@ class _ModelRunner:
     def _run(self, count: int) -> None:
         import torch
 
-        from aubench.engine.trainer import autocast_context, move_batch
+        from aubench.engine.device import autocast_context, move_batch
 
         jobs, self.pending = self.pending[:count], self.pending[count:]
         with self.timer("model"):

@@ -282,7 +282,7 @@ def reported_for(dataset: str, split: str | None, protocol: str, test: str = "no
 
 
 # MAE-FAU Table 4 (BP4D, 224 px): parameters (M) and GMACs per frame as the paper prints them, by
-# the row names of aubench's results, for the size comparison in README (docs/make_docs.py).
+# the row names of aubench's results, for the size comparison in docs/benchmarks.md (docs/make_docs.py).
 MAE_FAU_TABLE4_SIZES = {
     "maefau-teacher": {"params_m": 201.47, "gmacs": 30.29},
     "maefau-student": {"params_m": 91.26, "gmacs": 18.63},

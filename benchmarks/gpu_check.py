@@ -136,8 +136,8 @@ def check_torchrun(device: str, data: Path, work: Path) -> dict:
 
 def check_resnet(device: str, data: Path, work: Path, dry: bool) -> dict:
     from aubench.demo import DEMO_LABEL_RATIO
+    from aubench.engine.config import RunConfig
     from aubench.engine.run import train_and_evaluate
-    from aubench.engine.trainer import RunConfig
 
     out = {}
     for where in dict.fromkeys((device, "cpu")):

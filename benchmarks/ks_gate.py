@@ -32,7 +32,8 @@ from sklearn.metrics import roc_auc_score
 
 from aubench.bench import cpu_info
 from aubench.data import AUFile, ClipDataset
-from aubench.engine.trainer import RunConfig, Trainer
+from aubench.engine.config import RunConfig
+from aubench.engine.trainer import Trainer
 from aubench.models.knowledge_spreader import pseudo_labels
 from aubench.ops import make_shuffle_permutations
 

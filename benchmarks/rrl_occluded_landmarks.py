@@ -19,9 +19,9 @@ from pathlib import Path
 
 from aubench.bench import cpu_info
 from aubench.demo import DEMO_LABEL_RATIO, make_demo_dataset
+from aubench.engine.config import RunConfig
 from aubench.engine.evaluate import EvaluateRequest, evaluate_runs
 from aubench.engine.run import versions
-from aubench.engine.trainer import RunConfig
 from aubench.files import write_json_atomic
 
 RESULT = Path(__file__).resolve().parent / "results" / "cpu-rrl-occluded-landmarks.json"

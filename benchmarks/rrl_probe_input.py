@@ -32,9 +32,9 @@ import torch
 
 from aubench.bench import cpu_info
 from aubench.demo import DEMO_LABEL_RATIO, make_demo_dataset
+from aubench.engine.config import RunConfig
 from aubench.engine.evaluate import EvaluateRequest, evaluate_runs
 from aubench.engine.run import versions
-from aubench.engine.trainer import RunConfig
 from aubench.files import write_json_atomic
 from aubench.models.rrl import PROBE_INPUTS, RRL, RRLEncoder
 from aubench.reported import REPORTED

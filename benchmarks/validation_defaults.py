@@ -23,7 +23,8 @@ import numpy as np
 
 from aubench.bench import cpu_info
 from aubench.demo import DEMO_LABEL_RATIO
-from aubench.engine.trainer import RunConfig, Trainer
+from aubench.engine.config import RunConfig
+from aubench.engine.trainer import Trainer
 from aubench.files import write_json_atomic
 from aubench.models.base import tested_stages
 

@@ -31,7 +31,8 @@ import torch
 from aubench.bench import cpu_info
 from aubench.data import AUFile
 from aubench.demo import DEMO_LABEL_RATIO, make_demo_dataset
-from aubench.engine.trainer import RunConfig, Trainer
+from aubench.engine.config import RunConfig
+from aubench.engine.trainer import Trainer
 from aubench.files import write_json_atomic
 from aubench.models.base import tested_stages
 

@@ -1,7 +1,8 @@
 """``datasets_tools`` command line: convert, synth, verify, stats, info.
 
 User errors (bad arguments, bad input files) print one line naming the file, line or argument
-and exit with status 1 (argparse's own usage errors exit with 2); no traceback.
+and exit with status 2, as argparse's own usage errors do; no traceback. The exit codes and the
+options both command lines share (--quiet, --out) are datasets_tools.command_line's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from .affwild2 import DEFAULT_KFOLDS as AFFWILD2_KFOLDS
 from .affwild2 import SPLITS as AFFWILD2_SPLITS
+from .command_line import (EXIT_BROKEN_PIPE, EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR, OneLineParser,
+                           add_out, add_quiet)
 from .convert import (DEFAULT_CROP, DEFAULT_IMAGE_SIZE, DEFAULT_LANDMARKS, LANDMARK_MODES, LAYOUT_DEFAULTS,
                       NO_FACE_POLICIES, READERS, FrameOptions, convert)
 from .errors import DatasetError
@@ -24,6 +27,7 @@ from .images import DEFAULT_SPLIT as IMAGES_DEFAULT_SPLIT
 from .images import SPLITS as IMAGES_SPLITS
 
 MAX_REPORTED_SKIPS = 20
+FILE_HELP = "an HDF5 file written by `datasets_tools convert`"
 
 
 def _positive_int(text: str) -> int:
@@ -56,8 +60,9 @@ def _add_convert(sub) -> None:
                                                              "unlabeled face images; videos: of unlabeled "
                                                              "videos, one sequence each)")
     p.add_argument("raw_root", type=Path, help="the dataset's root folder, as shipped")
-    p.add_argument("out", type=Path, help="output .h5 file (written as OUT.partial, renamed when complete; "
-                                           "locked by OUT.lock while a run writes it)")
+    add_out(p, "output .h5 file (written as OUT.partial, renamed when complete; locked by OUT.lock while a run "
+               "writes it); a third positional argument is read as OUT too", type=Path, positional="out_positional",
+            metavar="OUT")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help=f"stored square side in pixels ({DEFAULT_IMAGE_SIZE}; affwild2: "
                         f"{LAYOUT_DEFAULTS['affwild2']['image_size']}, the size its faces ship at)")
@@ -111,7 +116,7 @@ def _add_convert(sub) -> None:
                    help="replace an existing OUT together with its side file OUT.skipped.txt (without this flag "
                         "an existing OUT is refused; resuming OUT.partial needs no flag)")
     p.add_argument("--folds-seed", type=int, default=0, help="seed of the balanced split when one is used (0)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
     p.set_defaults(func=_run_convert)
 
 
@@ -190,10 +195,10 @@ def _fail(message: str) -> int:
 
 def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="check a converted file (schema, counts, folds, images, statistics)")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help=FILE_HELP)
     p.add_argument("--workers", type=_positive_int, default=_default_workers(), help="processes decoding images")
     p.add_argument("--no-images", action="store_true", help="skip decoding every image")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p)
     p.set_defaults(func=_run_verify)
 
 
@@ -206,14 +211,14 @@ def _run_verify(args) -> int:
             print(f"  {problem}", file=sys.stderr)
         if len(problems) > 50:
             print(f"  ... {len(problems) - 50} more", file=sys.stderr)
-        return 1
+        return EXIT_CHECK_FAILED
     print(f"{args.file}: OK")
     return 0
 
 
 def _add_stats(sub) -> None:
     p = sub.add_parser("stats", help="per-AU rates, AU combinations, subjects, sequences, frames, per fold")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help=FILE_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_stats)
 
@@ -235,7 +240,7 @@ def _damaged(path: Path, error: Exception) -> DatasetError:
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="attributes, datasets and folds of a converted file")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help=FILE_HELP)
     p.set_defaults(func=_run_info)
 
 
@@ -250,7 +255,7 @@ def _run_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="datasets_tools", description="AU dataset converter and tools")
+    parser = OneLineParser(prog="datasets_tools", description="AU dataset converter and tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_convert(sub)
     _add_synth(sub)
@@ -266,11 +271,11 @@ def main(argv=None) -> int:
         return int(args.func(args))
     except DatasetError as e:
         print(f"datasets_tools {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(f"datasets_tools {args.command}: interrupted" + (
             "; rerun the same command to resume" if args.command == "convert" else ""), file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

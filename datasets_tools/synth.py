@@ -83,6 +83,7 @@ from scipy.signal import lfilter
 from tqdm import tqdm
 
 from . import affwild2
+from .command_line import OneLineParser, add_out, add_quiet
 from .face_render import (AU_INDEX, LANDMARK_NAMES, RENDERED_AUS, FaceRenderer, face_geometry,
                           intensity_to_amount, make_identity)
 from .faces import crop_face
@@ -1174,7 +1175,8 @@ def _write_labels(lay, root, plans, intensity_files) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", required=True, choices=sorted(LAYOUTS), help="raw layout to write")
-    parser.add_argument("out_root", help="folder to write the raw dataset tree into")
+    add_out(parser, "folder to write the raw dataset tree into; a positional argument is read as OUT too",
+            positional="out_root", metavar="OUT")
     parser.add_argument("--subjects", type=int, default=None,
                         help="number of subjects (affwild2: videos; default: all)")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks, e.g. T1,T2 (BP4D/BP4D+/MME)")
@@ -1183,7 +1185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "video, lengths vary down to half of it)")
     parser.add_argument("--frame-size", default=None,
                         help="WxH, e.g. 256x256 (default: the real size; affwild2: the aligned faces, 112x112)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
     parser.add_argument("--labels-from", default=None,
                         help="folder of real label lists (bp4d/, disfa/, disfa_intensity/) to drive the faces")
     parser.add_argument("--no-images", action="store_true",
@@ -1195,11 +1197,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset: the landmark files each dataset ships (default); csv: the old layout "
                              "Landmarks/<sequence>.csv with all 68 points")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> SynthTruth:
-    truth = generate(args.layout, args.out_root, subjects=args.subjects,
+    truth = generate(args.layout, args.out, subjects=args.subjects,
                      tasks=args.tasks.split(",") if args.tasks else None, frames=args.frames,
                      frame_size=args.frame_size, seed=args.seed, labels_from=args.labels_from,
                      images=not args.no_images, workers=args.workers, zip_images=not args.extracted,
@@ -1207,12 +1209,12 @@ def run(args: argparse.Namespace) -> SynthTruth:
                      landmark_files=args.landmark_files)
     n = sum(len(s.frame_no) for s in truth.sequences)
     print(f"wrote {truth.dataset} layout: {len({s.subject for s in truth.sequences})} subjects, "
-          f"{len(truth.sequences)} sequences, {n} coded frames -> {args.out_root}")
+          f"{len(truth.sequences)} sequences, {n} coded frames -> {args.out}")
     return truth
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="datasets_tools.synth", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="datasets_tools.synth", description=__doc__.split("\n")[0])
     add_arguments(parser)
     try:
         run(parser.parse_args(argv))

@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
+import simplejpeg
 from tqdm import tqdm
 
 from .affwild2 import SPLITS as SPLIT_SCHEMES
@@ -51,9 +51,14 @@ def _check_images(path: str, start: int, stop: int, height: int, width: int) -> 
     if images.dtype == np.uint8:  # raw frames: reading them was the check
         return problems
     for row, data in enumerate(images, start=start):
-        image = cv2.imdecode(np.asarray(data, dtype=np.uint8), cv2.IMREAD_COLOR) if len(data) else None
+        # the decoder training uses (aubench.data.decode_jpeg), as strict: a frame verify passes decodes there
+        try:
+            image = simplejpeg.decode_jpeg(np.asarray(data, dtype=np.uint8), strict=True) if len(data) else None
+        except ValueError as err:
+            problems.append(f"frames/image[{row}] does not decode (libjpeg: {err})")
+            continue
         if image is None:
-            problems.append(f"frames/image[{row}] does not decode")
+            problems.append(f"frames/image[{row}] does not decode (no bytes)")
         elif image.shape != (height, width, 3):
             problems.append(f"frames/image[{row}] decodes to {image.shape}, expected {(height, width, 3)}")
     return problems

@@ -261,7 +261,7 @@ def test_cli_error_and_skip_bad(tmp_path, capsys):
     path = annotation(root, "a")
     path.write_text(replace_line(3, "0,1,-2,0,0,0,0,0,0,0,0,0")(path.read_text()))
     out = tmp_path / "out.h5"
-    assert main(["convert", "affwild2", str(root), str(out), "--quiet", "--workers", "1"]) == 1
+    assert main(["convert", "affwild2", str(root), str(out), "--quiet", "--workers", "1"]) == 2
     assert f"{path}, line 3: value '-2' (AU4) is not -1, 0 or 1" in capsys.readouterr().err
     result = convert("affwild2", root, out, OPTIONS, progress=False, skip_bad=True)
     assert [(s.sequence, s.frame_no, s.kind) for s in result.skips] == [("a", 2, "bad label row")]
@@ -362,5 +362,5 @@ def test_cli_synth_convert_verify_stats(tmp_path, capsys):
     assert main(["stats", str(out), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["dataset"] == "Aff-Wild2" and stats["split_scheme"] == "official"
-    assert main(["synth", "--layout", "affwild2", str(tmp_path / "r2"), "--frame-size", "32x48"]) == 1
+    assert main(["synth", "--layout", "affwild2", str(tmp_path / "r2"), "--frame-size", "32x48"]) == 2
     assert "square" in capsys.readouterr().err

@@ -152,3 +152,58 @@ def test_model_settings_from_the_command_line(h5, capsys, tmp_path):
     record = json.loads((tmp_path / "b.json").read_text())[0]
     assert record["model_overrides"] == {"width": 16}
     assert record["params_m"] < 0.74   # a narrower head than the tiny preset's
+
+
+def test_evaluate_prints_its_plan_before_training(h5, capsys, tmp_path):
+    """The plan: runs and results, what --resume keeps or continues, and the training time
+    estimated from bench figures (here one whose frames/s make the fold's epoch two hours)."""
+    from aubench.data.h5file import AUFile
+
+    with AUFile(h5) as file:
+        frames = len(file.rows(1, "train"))
+    figure = {"method": "resnet", "preset": "tiny", "stage": "train", "device": "cpu (a test CPU)", "image_size": 32,
+              "train_frames_per_s": frames / 7200, "model_overrides": {}}
+    figures = tmp_path / "bench.json"
+    figures.write_text(json.dumps([figure, {**figure, "image_size": 64, "train_frames_per_s": 1e9}]))
+    out = tmp_path / "ev"
+    command = ["evaluate", "--methods", "resnet", "--data", str(h5), "--folds", "1", "--out", str(out),
+               "--test-occlusion", "none,patches:0.5", *FAST]
+    code, stdout, _ = run_cli([*command, "--bench-figures", str(figures)], capsys)
+    assert code == 0
+    plan = [line for line in stdout.splitlines() if line.startswith("[aubench] ") and "preset" not in line]
+    assert plan == ["[aubench] plan: 1 method(s) (resnet) x 1 label ratio(s) x 1 fold(s) = 1 run(s); 2 result(s) "
+                    "under 2 test condition(s) (none, patches0.5)",
+                    "[aubench] estimate: about 2 h 00 min of training on one cpu process, from aubench bench figures"]
+    assert stdout.index("[aubench] estimate") < stdout.index("mean F1")  # before training
+    # one result lost: its run continues from its checkpoint; no figure for it: no estimate
+    (out / "results" / "resnet_fold1_full_test-patches0.5.json").unlink()
+    figures.write_text("[]")
+    code, stdout, _ = run_cli([*command, "--resume", "--bench-figures", str(figures)], capsys)
+    assert code == 0
+    assert ("[aubench] --resume: 0 run(s) finished (1 result(s) stay), 1 continue(s) from its checkpoint, "
+            "0 train(s) from the start") in stdout
+    assert "[aubench] no estimate: run aubench bench first (no cpu figures for resnet tiny train" in stdout
+    code, stdout, _ = run_cli([*command, "--resume"], capsys)  # everything done
+    assert code == 0 and "[aubench] --resume: 1 run(s) finished (2 result(s) stay)" in stdout
+    assert "[aubench] nothing to train" in stdout
+
+
+def test_plot_command_line(tmp_path, capsys, monkeypatch):
+    """`aubench plot RUN [--out PNG]` hands both to aubench.plot.plot_run and prints the path it wrote."""
+    import aubench.plot
+
+    expect_user_error(["plot", str(tmp_path / "nowhere")], capsys, "nowhere")
+    calls = []
+    monkeypatch.setattr(aubench.plot, "plot_run", lambda run, out: calls.append((run, out)) or Path("w.png"))
+    for extra, out in (([], None), (["--out", "c.png"], Path("c.png"))):
+        code, _, err = run_cli(["plot", "runs/r", *extra], capsys)
+        assert code == 0 and err == "curves: w.png\n"
+        assert calls.pop() == (Path("runs/r"), out)
+
+
+def test_tensorboard_option_reaches_the_run_config():
+    from aubench.cli import _run_config, build_parser
+
+    args = build_parser().parse_args(["train", "--method", "resnet", "--data", "d.h5", "--tensorboard", "tb"])
+    assert args.tensorboard == "tb"
+    assert _run_config(args, "resnet", 1, 1.0, "o").tensorboard == "tb"

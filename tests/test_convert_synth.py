@@ -84,7 +84,7 @@ def test_synth_subcommand_then_convert(tmp_path, capsys):
     out = tmp_path / "b.h5"
     assert main(["convert", "bp4d", str(raw), str(out), "--image-size", "16", "--workers", "1", "--quiet"]) == 0
     assert "wrote 12 frames (3 sequences, 3 subjects)" in capsys.readouterr().out
-    assert main(["synth", "--layout", "bp4d", str(raw), "--frame-size", "3x3"]) == 1
+    assert main(["synth", "--layout", "bp4d", str(raw), "--frame-size", "3x3"]) == 2
     assert "frame size 3x3" in capsys.readouterr().err
 
 

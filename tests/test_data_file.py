@@ -129,3 +129,37 @@ def test_fold_out_of_range(raw_file):
 def test_unknown_split(raw_file):
     with pytest.raises(ValueError, match="unknown split 'val'.*train, test, all"):
         AUFile(raw_file).rows(1, "val")
+
+
+def test_jpeg_frames_decode_to_opencv_pixels_and_a_corrupt_one_is_named(tmp_path):
+    """The stored JPEGs decode (simplejpeg, strict) to the very pixels OpenCV gives; a frame whose
+    bytes are cut short is a ValueError naming its row and the file, not a made-up image."""
+    import cv2
+
+    p = write_au_h5(tmp_path / "cut.h5", image_format="jpeg", image_size=(48, 40))
+    with h5py.File(p, "a") as h:
+        for r in (0, 7, 30):
+            data = h["frames/image"][r]
+            np.testing.assert_array_equal(decode_jpeg(data), cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR),
+                                                                          cv2.COLOR_BGR2RGB))
+        data = h["frames/image"][7]
+        h["frames/image"][7] = data[: int(len(data) * 0.8)]
+    f = AUFile(p)
+    assert f.read_images([6, 8]).shape == (2, 48, 40, 3)
+    with pytest.raises(ValueError, match=rf"could not decode the JPEG image at row 7 of .*cut\.h5 \(libjpeg: .+\)"):
+        f.read_images([6, 7, 8])
+
+
+def test_verify_refuses_the_frames_training_refuses(tmp_path):
+    """`datasets_tools verify` decodes with training's strict decoder: a JPEG cut short is a
+    problem naming its row and libjpeg's reason."""
+    from datasets_tools.verify import verify
+
+    p = write_au_h5(tmp_path / "cut.h5", image_format="jpeg", image_size=(48, 40))
+    assert [x for x in verify(p, progress=False) if "frames/image" in x] == []
+    with h5py.File(p, "a") as h:
+        data = h["frames/image"][7]
+        h["frames/image"][7] = data[: int(len(data) * 0.8)]
+    problems = verify(p, progress=False)
+    assert any(x.startswith("frames/image[7] does not decode (libjpeg:") for x in problems), problems
+    assert not any("frames/image[6]" in x or "frames/image[8]" in x for x in problems)

@@ -307,20 +307,20 @@ def test_haar_crop_without_cascades_is_a_clear_error(tree, tmp_path):
 def test_cli_errors_exit_nonzero_without_traceback(tree, tmp_path, capsys):
     root, _ = tree
     label_file(root).write_text("0,1,2,foo\n1,0,0,0\n")
-    assert main(["convert", "bp4d", str(root), str(tmp_path / "o.h5"), "--quiet", "--workers", "1"]) == 1
+    assert main(["convert", "bp4d", str(root), str(tmp_path / "o.h5"), "--quiet", "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "F001_T1.csv, line 1: unknown AU column 'foo'" in err and "Traceback" not in err
-    assert main(["convert", "bp4d", str(tmp_path / "nowhere"), str(tmp_path / "o.h5"), "--quiet"]) == 1
+    assert main(["convert", "bp4d", str(tmp_path / "nowhere"), str(tmp_path / "o.h5"), "--quiet"]) == 2
     assert "raw dataset folder not found" in capsys.readouterr().err
-    assert main(["convert", "bp4d", str(root), str(tmp_path / "no" / "o.h5"), "--quiet"]) == 1
+    assert main(["convert", "bp4d", str(root), str(tmp_path / "no" / "o.h5"), "--quiet"]) == 2
     assert "output folder does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["convert", "bp4d", str(root), str(tmp_path / "o.h5"), "--image-size", "0"])
     assert exit_info.value.code == 2 and "--image-size" in capsys.readouterr().err
     (tmp_path / "junk.h5").write_bytes(b"junk")
     for command in ("verify", "stats", "info"):
-        assert main([command, str(tmp_path / "junk.h5")]) == 1
+        assert main([command, str(tmp_path / "junk.h5")]) == 2
         err = capsys.readouterr().err
         assert "junk.h5: not a readable HDF5 file" in err and "Traceback" not in err
-    assert main(["verify", str(tmp_path / "missing.h5")]) == 1
+    assert main(["verify", str(tmp_path / "missing.h5")]) == 2
     assert "missing.h5: no such file" in capsys.readouterr().err

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from aubench.cli import main
+from aubench.engine.config import RunConfig
 from aubench.engine.dry_run import dry_run
 from aubench.engine.evaluate import EvaluateRequest
-from aubench.engine.trainer import RunConfig, resolve_preset, run_stages
+from aubench.engine.planning import resolve_preset, run_stages
 from aubench.errors import UserError
 from aubench.models import method_class
 from aubench.reported import AUS

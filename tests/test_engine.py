@@ -7,7 +7,9 @@ import torch
 
 import aubench.models  # noqa: F401  (registers the methods)
 from aubench.engine.checkpoint import load_checkpoint
-from aubench.engine.trainer import RunConfig, Trainer, lr_factor
+from aubench.engine.config import RunConfig
+from aubench.engine.optim import lr_factor
+from aubench.engine.trainer import Trainer
 from aubench.errors import UserError
 from aubench.models import create_method
 from aubench.models.base import TrainState

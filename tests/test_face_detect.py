@@ -232,6 +232,6 @@ def test_the_command_line_converts_a_collection_and_names_a_bad_landmarks_mode(f
     assert main(["convert", "images", str(face_folders), str(out), "--landmarks", "none", "--image-size", "16",
                  "--quiet", "--workers", "1", "--images-split", "folders"]) == 0
     assert "wrote 9 frames (4 sequences, 3 subjects)" in capsys.readouterr().out
-    assert main(["convert", "images", str(face_folders), str(tmp_path / "x.h5"), "--landmarks", "guess"]) == 1
+    assert main(["convert", "images", str(face_folders), str(tmp_path / "x.h5"), "--landmarks", "guess"]) == 2
     assert "--landmarks 'guess': choose one of file, detect, none (a landmark folder goes to --landmarks-dir)" in \
         capsys.readouterr().err

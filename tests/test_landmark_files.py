@@ -174,7 +174,7 @@ def test_disfa_l0_named_files_take_their_offset(disfa_tree, tmp_path, capsys):
     assert main(["convert", "disfa", str(root), str(cli_out), "--crop", "align", "--image-size", "32",
                  "--landmarks-offset", "SN001=1", "--workers", "1", "--quiet"]) == 0
     assert "note: SN001: landmark files named l0NNNN_lm.mat" in capsys.readouterr().out
-    assert main(["convert", "disfa", str(root), str(tmp_path / "x.h5"), "--landmarks-offset", "SN001=one"]) == 1
+    assert main(["convert", "disfa", str(root), str(tmp_path / "x.h5"), "--landmarks-offset", "SN001=one"]) == 2
     assert "--landmarks-offset 'SN001=one': expected N or NAME=N" in capsys.readouterr().err
     with pytest.raises(DatasetError, match="--landmarks-offset SN099=...: no sequence or subject of that name"):
         convert("disfa", root, tmp_path / "y.h5", ALIGN, landmarks_offset={"SN099": 1}, progress=False)
@@ -291,7 +291,7 @@ def test_a_disfa_file_without_pts_is_named(disfa_tree, tmp_path, capsys):
     root, _ = disfa_tree
     path = lm_file(root, "SN006", 2)
     scipy.io.savemat(path, {"points": np.zeros((66, 2))})
-    assert main(["convert", "disfa", str(root), str(tmp_path / "out.h5"), "--workers", "1", "--quiet"]) == 1
+    assert main(["convert", "disfa", str(root), str(tmp_path / "out.h5"), "--workers", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err == (f"datasets_tools convert: error: {path} (frame 3): no numeric variable 'pts' (the file holds: "
                    f"points) (use --skip-bad to skip such frames)\n")

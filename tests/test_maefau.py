@@ -293,7 +293,8 @@ def test_a_student_narrower_than_its_teacher_starts_its_head_new(chain):
 from pathlib import Path  # noqa: E402
 
 from aubench.engine.checkpoint import load_checkpoint  # noqa: E402
-from aubench.engine.trainer import RunConfig, Trainer  # noqa: E402
+from aubench.engine.config import RunConfig  # noqa: E402
+from aubench.engine.trainer import Trainer  # noqa: E402
 from aubench.models.backbones import tensors_sha256  # noqa: E402
 from fixtures_h5 import write_au_h5  # noqa: E402
 from test_stages import assert_same, kill_inside, resumed_run, trained_once  # noqa: E402

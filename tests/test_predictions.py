@@ -14,7 +14,7 @@ from aubench.cli import main
 from aubench.data import AUFile
 from aubench.engine.predictions import (decode, encode, predictions_of_test_split, predictions_path,
                                         predictions_problem, read_predictions, recompute_metrics)
-from aubench.engine.trainer import clear_run_files, kept_run_files
+from aubench.engine.run_files import clear_run_files, kept_run_files
 from aubench.metrics import au_metrics
 from fixtures_h5 import AU_NAMES, write_au_h5
 

@@ -13,8 +13,9 @@ import pytest
 
 from aubench import leaderboard
 from aubench.cli import main
+from aubench.engine.config import RunConfig
 from aubench.engine.identity import run_identity
-from aubench.engine.trainer import RunConfig, resolve_preset, run_stages
+from aubench.engine.planning import resolve_preset, run_stages
 from aubench.models import available_methods, method_class
 from aubench.models.base import _METHODS, dataset_preset_name, register_method
 from aubench.models.megraphau import stage_preset

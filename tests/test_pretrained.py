@@ -15,8 +15,9 @@ from safetensors.torch import save_file
 import aubench.models  # noqa: F401  (registers the methods)
 from aubench.cli import build_parser, main, _run_config
 from aubench.engine.checkpoint import save_checkpoint
+from aubench.engine.config import RunConfig
 from aubench.engine.identity import result_identity
-from aubench.engine.trainer import RunConfig, Trainer
+from aubench.engine.trainer import Trainer
 from aubench.errors import UserError
 from aubench.models.backbones import WeightsError, _digest, create_backbone, tensors_sha256
 from aubench.models.maefau import MAEFAU
@@ -281,7 +282,7 @@ def test_maefau_takes_its_mae_and_its_backbone_as_parts(tmp_path, tiny_resnet_fi
     assert set(trainer.identity["pretrained"]) == {"mae", "backbone"}
     for key, value in mae.encoder.state_dict().items():          # the mae stage holds the MAE's encoder
         assert torch.equal(trainer.method.mae.encoder.state_dict()[key], value), key
-    teacher1 = trainer._build_stage(1, {"mae": trainer.method})  # teacher stage 1 builds the backbone
+    teacher1 = trainer.build_stage(1, {"mae": trainer.method})  # teacher stage 1 builds the backbone
     assert trainer.stages[1].name == "teacher1"
     assert_holds(teacher1.net.backbone, state)
     full = tmp_path / "resnet18_full.pth"   # a backbone that does not fit: refused before the mae stage trains

@@ -125,7 +125,7 @@ def test_second_conversion_of_the_same_output_stops_at_once(pristine, reference,
         partial = tmp_path / "out.h5.partial"
         inode = partial.stat().st_ino
         second = cli(*convert_args(root, out))
-        assert second.returncode == 1, second.stderr
+        assert second.returncode == 2, second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in second.stderr
         assert str(out) in lines[0] and f"pid {first.pid}" in lines[0] and "another conversion" in lines[0]
@@ -230,7 +230,7 @@ def test_existing_output_is_refused_without_overwrite(tree, tmp_path):
     out = tmp_path / "out.h5"
     out.write_text("my notes, not an HDF5 file")
     refused = cli(*convert_args(root, out))
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines() == [
         f"datasets_tools convert: error: {out}: output already exists; pass --overwrite to replace it "
         "(and its .skipped.txt)"]
@@ -292,7 +292,7 @@ def test_file_size_limit_is_one_line_and_a_damaged_partial_is_started_over(prist
     out = tmp_path / "out.h5"
     partial = tmp_path / "out.h5.partial"
     failed = convert_limited(convert_args(root, out), limit)
-    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
     assert failed.stderr.strip().splitlines() == [
         f"datasets_tools convert: error: {partial}: cannot write (File too large: is the disk full, or a file-size "
         "limit such as ulimit -f reached?); rerun the same command when there is room: it resumes after the last "
@@ -308,7 +308,7 @@ def test_file_size_limit_is_one_line_and_a_damaged_partial_is_started_over(prist
 
 @pytest.mark.parametrize("command", ["info", "stats", "verify"])
 def test_a_folder_where_the_h5_file_belongs_is_named_as_a_folder(tmp_path, capsys, command):
-    assert main([command, str(tmp_path)]) == 1
+    assert main([command, str(tmp_path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"datasets_tools {command}: error: {tmp_path}: is a folder; expected the .h5 file datasets_tools "
                      "convert writes (a raw dataset folder is converted with: datasets_tools convert LAYOUT FOLDER "
@@ -326,7 +326,7 @@ def test_unusable_output_paths_fail_before_any_work(tree, tmp_path, capsys):
              (tmp_path / "notes.txt" / "out.h5", f"{tmp_path / 'notes.txt'}: output folder is a file, not a folder"),
              (tmp_path / "no" / "such" / "out.h5", f"{tmp_path / 'no' / 'such'}: output folder does not exist")]
     for out, message in cases:
-        assert main([str(a) for a in convert_args(root, out)]) == 1  # an exception here would be a traceback
+        assert main([str(a) for a in convert_args(root, out)]) == 2  # an exception here would be a traceback
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder.h5", "notes.txt", "raw"]
@@ -356,7 +356,7 @@ def test_read_only_output_folder_as_a_normal_user(pristine):
         readonly.chmod(0o555)
         result = subprocess.run([sys.executable, "-c", AS_NOBODY, *map(str, convert_args(root, readonly / "out.h5"))],
                                 capture_output=True, text=True, env=env(), timeout=WAIT_S)
-        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.strip().splitlines() == [
             f"datasets_tools convert: error: {readonly}: output folder is not writable (permission denied)"]
         assert list(readonly.iterdir()) == []
@@ -562,6 +562,6 @@ def test_stats_and_info_on_a_damaged_file_are_one_line_errors(reference, tmp_pat
     data = reference.read_bytes()
     damaged = damaged_copy(reference, tmp_path, data.rindex(b"GCOL"))  # the strings' heap: names
     result = cli(command, damaged)
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert f"{damaged}: cannot read" in result.stderr and "datasets_tools verify" in result.stderr

@@ -130,7 +130,8 @@ def test_train_refuses_a_directory_holding_another_run_unless_overwrite(h5, tmp_
 
 
 def test_a_fresh_run_replaces_the_log_of_a_run_killed_before_its_first_checkpoint(h5, tmp_path):
-    from aubench.engine.trainer import RunConfig, Trainer
+    from aubench.engine.config import RunConfig
+    from aubench.engine.trainer import Trainer
 
     small = dict(method="resnet", data=str(h5), out=str(tmp_path / "run"), image_size=32, batch_size=8, epochs=1,
                  progress=False, device="cpu", log_every=1, model={"backbone": "test_resnet"})
@@ -232,8 +233,9 @@ def test_evaluate_refuses_bad_lists_while_parsing(h5, tmp_path, capsys, args, ar
 
 def test_batch_of_one_sample_per_process_is_refused(h5, tmp_path):
     """--batch-size 2 passes the parser, but under two processes each would train on one sample."""
+    from aubench.engine.config import RunConfig
     from aubench.engine.distributed import DistEnv
-    from aubench.engine.trainer import RunConfig, Trainer
+    from aubench.engine.trainer import Trainer
 
     env = DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
     config = RunConfig(method="resnet", data=str(h5), out=str(tmp_path / "never"), image_size=32, batch_size=2,
@@ -415,7 +417,7 @@ def result_dir(tmp_path):
 
 def test_output_into_a_missing_folder_is_created(result_dir, tmp_path, capsys):
     target = tmp_path / "new" / "deeper" / "table.md"
-    code, out, err = run_cli(["leaderboard", result_dir, "--output", target], capsys)
+    code, out, err = run_cli(["leaderboard", result_dir, "--out", target], capsys)
     assert code == 0, err
     code, printed, _ = run_cli(["leaderboard", result_dir], capsys)
     assert printed == target.read_text() + "\n"  # print() adds one newline
@@ -426,8 +428,8 @@ def test_plot_and_output_under_a_regular_file_are_one_line_errors(result_dir, tm
     blocker.write_text("x")  # tests run as root: a path under a regular file is unwritable for anyone
     expect_one_line_error(["leaderboard", result_dir, "--plot", blocker / "f1.png"], capsys,
                           f"--plot {blocker / 'f1.png'}", "not a directory")
-    expect_one_line_error(["leaderboard", result_dir, "--output", blocker / "t.md"], capsys,
-                          f"--output {blocker / 't.md'}", "not a directory")
+    expect_one_line_error(["leaderboard", result_dir, "--out", blocker / "t.md"], capsys,
+                          f"--out {blocker / 't.md'}", "not a directory")
 
 
 def test_plot_reports_the_files_it_wrote(result_dir, tmp_path, capsys):

@@ -62,8 +62,8 @@ def one_line_error(capsys, *fragments) -> str:
 def test_csv_over_its_own_result_or_predictions_is_refused(run, capsys, target):
     result = run / "results" / RESULT
     before = {p.name: p.read_bytes() for p in (run / "results").iterdir()}
-    assert main(["predictions", str(result), "--csv", str(run / "results" / target)]) == 2
-    one_line_error(capsys, f"--csv {run / 'results' / target}", "an input of this command")
+    assert main(["predictions", str(result), "--out", str(run / "results" / target)]) == 2
+    one_line_error(capsys, f"--out {run / 'results' / target}", "an input of this command")
     assert {p.name: p.read_bytes() for p in (run / "results").iterdir()} == before
 
 
@@ -75,8 +75,8 @@ def test_csv_over_another_result_or_a_checkpoint_or_data_file_is_refused(run, h5
     checkpoint.write_bytes(b"PK\x03\x04 a checkpoint")
     for target, kind in [(other, "a result"), (checkpoint, "a checkpoint"), (h5, "a data file")]:
         before = target.read_bytes()
-        assert main(["predictions", str(result), "--csv", str(target)]) == 2
-        one_line_error(capsys, f"--csv {target}", f"is {kind} of aubench")
+        assert main(["predictions", str(result), "--out", str(target)]) == 2
+        one_line_error(capsys, f"--out {target}", f"is {kind} of aubench")
         assert target.read_bytes() == before
 
 
@@ -84,19 +84,19 @@ def test_leaderboard_output_over_a_result_is_refused(run, capsys):
     inside = run / "results" / "x.json"  # another fold's result
     inside.write_text(json.dumps({**json.loads((run / "results" / RESULT).read_text()), "fold": 2}, indent=2))
     before = inside.read_bytes()
-    assert main(["leaderboard", str(run), "--output", str(inside)]) == 2
-    one_line_error(capsys, f"--output {inside}", "an input of this command")
+    assert main(["leaderboard", str(run), "--out", str(inside)]) == 2
+    one_line_error(capsys, f"--out {inside}", "an input of this command")
     assert inside.read_bytes() == before
-    assert main(["leaderboard", str(run / "results" / RESULT), "--output", str(inside)]) == 2  # not an input here
+    assert main(["leaderboard", str(run / "results" / RESULT), "--out", str(inside)]) == 2  # not an input here
     one_line_error(capsys, "is a result of aubench")
-    assert main(["leaderboard", str(run / "results" / RESULT), "--output", str(run / "table.md")]) == 0  # a table
+    assert main(["leaderboard", str(run / "results" / RESULT), "--out", str(run / "table.md")]) == 0  # a table
     assert (run / "table.md").read_text().startswith("#")
 
 
 def test_bench_json_over_a_result_is_refused_before_measuring(run, capsys):
     result = run / "results" / RESULT
     before = result.read_bytes()
-    assert main(["bench", "--methods", "resnet", "--json", str(result)]) == 2
+    assert main(["bench", "--methods", "resnet", "--out", str(result)]) == 2
     assert "is a result of aubench" in one_line_error(capsys)
     assert result.read_bytes() == before and "params M" not in capsys.readouterr().out
 
@@ -107,7 +107,7 @@ def test_csv_through_a_symlink_writes_its_target_and_keeps_the_link(run, tmp_pat
     target.write_text("old\n")
     link = tmp_path / "frames.csv"
     link.symlink_to(target)
-    assert main(["predictions", str(run / "results" / RESULT), "--csv", str(link)]) == 0
+    assert main(["predictions", str(run / "results" / RESULT), "--out", str(link)]) == 0
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert target.read_text().startswith("sequence,frame,")
     assert [p.name for p in target.parent.iterdir()] == ["frames.csv"]  # no temporary file left
@@ -119,7 +119,7 @@ def test_csv_into_a_fifo_is_written_to_its_reader(run, tmp_path):
     received = []
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
     reader.start()
-    assert main(["predictions", str(run / "results" / RESULT), "--csv", str(fifo)]) == 0
+    assert main(["predictions", str(run / "results" / RESULT), "--out", str(fifo)]) == 0
     reader.join(10)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a FIFO, not a file put in its place
     _, predictions = read_predictions(run / "results" / RESULT)
@@ -134,8 +134,8 @@ def test_csv_to_a_full_device_is_one_line_and_leaves_the_device(run, tmp_path, c
     # itself) replaces only the link
     link = tmp_path / "full.csv"
     link.symlink_to("/dev/full")
-    assert main(["predictions", str(run / "results" / RESULT), "--csv", str(link)]) == 2
-    one_line_error(capsys, f"--csv {link}: cannot write (No space left on device)")
+    assert main(["predictions", str(run / "results" / RESULT), "--out", str(link)]) == 2
+    one_line_error(capsys, f"--out {link}: cannot write (No space left on device)")
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode) and link.is_symlink()
 
 

@@ -252,9 +252,11 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from aubench.engine.checkpoint import load_checkpoint  # noqa: E402
+from aubench.engine.config import RunConfig  # noqa: E402
 from aubench.engine.data_access import open_pretrain_data, open_run_data  # noqa: E402
 from aubench.engine.evaluate import EvaluateRequest, evaluate_runs  # noqa: E402
-from aubench.engine.trainer import RunConfig, Trainer  # noqa: E402
+from aubench.engine.optim import schedule_weight_decay  # noqa: E402
+from aubench.engine.trainer import Trainer  # noqa: E402
 from aubench.errors import UserError  # noqa: E402
 from fixtures_h5 import AU_NAMES, write_au_h5  # noqa: E402
 from test_stages import assert_same, kill_inside, resumed_run, trained_once  # noqa: E402
@@ -308,8 +310,7 @@ def test_weight_decay_rises_on_a_cosine_through_pretraining(h5, tmp_path):
     optimizer = torch.optim.AdamW(trainer.method.parameters(), lr=1e-3, weight_decay=0.04)
     decays = []
     for step in (0, 5, 10):
-        trainer.state = TrainState(step=step, total_steps=11)
-        trainer._schedule_weight_decay(optimizer)
+        schedule_weight_decay(optimizer, trainer.stage.preset, step, 11)
         decays.append(optimizer.param_groups[0]["weight_decay"])
     assert decays[0] == pytest.approx(0.04) and decays[2] == pytest.approx(0.4)
     assert decays[1] == pytest.approx(0.04 + (0.4 - 0.04) * (1 - math.cos(math.pi * 0.5)) / 2)

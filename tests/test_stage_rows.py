@@ -20,8 +20,10 @@ from aubench.bench import benchmark_method
 from aubench.cli import main
 from aubench.data import normalize_images
 from aubench.engine.checkpoint import load_checkpoint
+from aubench.engine.config import RunConfig
 from aubench.engine.identity import result_identity, run_identity
-from aubench.engine.trainer import RunConfig, Trainer, clear_run_files, kept_run_files
+from aubench.engine.run_files import clear_run_files, kept_run_files
+from aubench.engine.trainer import Trainer
 from aubench.errors import UserError
 from aubench.models.base import _METHODS, Stage, check_stages, register_method
 from fixtures_h5 import write_au_h5
@@ -482,3 +484,19 @@ def test_epoch_summary_line():
     assert line == ("[train] ks fold1 stage train epoch 2/5: loss 0.5 l_self 0.25, lr 0.01, 10 s, 20.0 frames/s, "
                     "stage done in about 45 s")
     assert epoch_summary("x", 4, 5, {"loss": 1.0}, 0.0, 2.0, 4, 10.0).endswith("2.0 frames/s, stage done")
+
+
+def test_run_eta_of_a_run_of_stages():
+    """A run of several stages also gives the run's ETA: this stage's epochs left at its own mean
+    epoch time, later stages' at the mean epoch time of every epoch trained so far."""
+    from aubench.engine.logging import epoch_summary
+    from aubench.engine.progress import run_seconds_left
+    from aubench.models.base import Preset, Stage
+
+    stages = [Stage(name, Preset(name="tiny", image_size=32, epochs=epochs, batch_size=4)) for name, epochs in (("a", 2), ("b", 4), ("c", 3))]
+    finished = [{"train_seconds": 20.0, "epochs": 2}]  # stage a: 10 s per epoch
+    # stage b, 1 of 4 epochs in 30 s: 3 x 30 s left in b, then c's 3 epochs at (20 + 30) / 3 s
+    assert run_seconds_left(finished, stages, 1, 1, 30.0) == 3 * 30.0 + 3 * 50.0 / 3
+    assert run_seconds_left([], stages[:1], 0, 1, 5.0) is None
+    line = epoch_summary("x", 0, 4, {"loss": 1.0}, 0.1, 30.0, 60, 30.0, 140.0)
+    assert line.endswith("stage done in about 1 min 30 s, run in about 2 min 20 s")

@@ -20,7 +20,9 @@ from torch import nn
 import aubench.models  # noqa: F401  (registers the methods)
 from aubench.cli import main
 from aubench.engine.checkpoint import load_checkpoint
-from aubench.engine.trainer import CHECKPOINT_NAME, RunConfig, Trainer
+from aubench.engine.config import RunConfig
+from aubench.engine.run_files import CHECKPOINT_NAME
+from aubench.engine.trainer import Trainer
 from aubench.errors import UserError
 from aubench.models.base import _METHODS, AUMethod, Preset, Stage, register_method
 from aubench.models.megraphau import MEGraphAU
@@ -225,7 +227,8 @@ def test_megraphau_stage2_starts_from_stage1_and_the_result_records_every_stage(
 KILL_SCRIPT = """
 import json, os, signal, sys
 import aubench.models
-from aubench.engine.trainer import RunConfig, Trainer
+from aubench.engine.config import RunConfig
+from aubench.engine.trainer import Trainer
 stage, step, config = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 
 def kill(state, parts):

@@ -314,7 +314,9 @@ def test_no_images_writes_placeholders(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    parser = __import__("argparse").ArgumentParser()
+    from datasets_tools.command_line import OneLineParser
+
+    parser = OneLineParser()  # it reads a positional OUT as --out
     synth.add_arguments(parser)
     args = parser.parse_args(["--layout", "disfa", str(tmp_path), "--subjects", "1", "--frames", "4",
                               "--frame-size", "64x48", "--seed", "2", "--no-images", "--quiet"])

@@ -11,9 +11,9 @@ import json
 import pytest
 
 from aubench import leaderboard
+from aubench.engine.config import RunConfig
 from aubench.engine.evaluate import EvaluateRequest, evaluate_runs
 from aubench.engine.run import inputs_read_at_test
-from aubench.engine.trainer import RunConfig
 from test_leaderboard import AUS, fake_result
 from test_rrl import landmark_h5
 

@@ -17,12 +17,13 @@ from aubench import leaderboard
 from aubench.cli import main
 from aubench.data import AUFile, sparse_label_mask, visible_label_statistics
 from aubench.engine.checkpoint import load_checkpoint
+from aubench.engine.config import RunConfig
 from aubench.engine.data_access import validation_subjects
 from aubench.engine.identity import result_identity, run_identity
 from aubench.engine.postprocess import (FILTER_NOT_ON_VALIDATION, FILTER_ON_TEST, PAPER_FILTER, SMOOTHING_GRID,
                                         Smoothing, best_thresholds, filter_choice, smooth_predictions, smooth_result)
 from aubench.engine.predictions import TestLabels, read_predictions, recompute_metrics
-from aubench.engine.trainer import RunConfig, Trainer
+from aubench.engine.trainer import Trainer
 from aubench.errors import UserError
 
 from fixtures_h5 import write_au_h5

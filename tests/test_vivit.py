@@ -11,7 +11,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from aubench.cli import main
 from aubench.data import AUFile, ClipDataset
-from aubench.engine.trainer import lr_factor
+from aubench.engine.optim import lr_factor
 from aubench.models import create_method
 from aubench.models.regnet_video import RegNetEmbedding, focal_loss_on_known, robin_hood_targets
 from fixtures_h5 import write_au_h5
@@ -111,7 +111,7 @@ def test_training_windows_tile_the_sequences_with_every_visible_label(h5):
 
 @pytest.mark.parametrize("name", ["vivit", "regnet-tf"])
 def test_first_regnet_stage_stays_frozen_while_the_rest_trains(name):
-    from aubench.engine.trainer import build_optimizer
+    from aubench.engine.optim import build_optimizer
 
     torch.manual_seed(0)
     # frozen as with ImageNet weights (without them "auto" freezes nothing)

@@ -12,9 +12,9 @@ import json
 import os
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
+import simplejpeg
 
 SCHEMA_VERSION = 2
 READ_VERSIONS = (1, 2)   # version 1 files read as before: labeled, landmarks of no known scheme
@@ -35,9 +35,6 @@ REQUIRED_FOLD_KEYS = ("train_subjects", "test_subjects", "au_rate", "class_weigh
 # again (time of conversion, where the raw tree happened to live), not when the data changes.
 FINGERPRINT_SKIPPED_ATTRS = ("created", "source_root")
 
-# OpenCV >= 4.10 decodes straight to RGB; older builds decode BGR and we swap channels.
-_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
-
 
 def _as_str(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -48,17 +45,16 @@ def _str_array(values) -> list[str]:
 
 
 def decode_jpeg(data: np.ndarray, where: str = "") -> np.ndarray:
-    """Decode one JPEG file's bytes (uint8 array) to an RGB uint8 (H, W, 3) array."""
-    buf = np.asarray(data, dtype=np.uint8).reshape(-1)
-    if _IMREAD_RGB is not None:
-        image = cv2.imdecode(buf, _IMREAD_RGB)
-    else:
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        if image is not None:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image is None:
-        raise ValueError(f"could not decode the JPEG image {where}".rstrip())
-    return image
+    """Decode one JPEG file's bytes (uint8 array) to an RGB uint8 (H, W, 3) array.
+
+    libjpeg-turbo through simplejpeg, in strict mode: the fastest decoder of the dependencies
+    (benchmarks/bench_loader.py; the same pixels as OpenCV's build of the library), and like the
+    converter's check, a JPEG whose decoder reports corrupt data is a ValueError naming `where`,
+    not an image with its damaged part made up."""
+    try:
+        return simplejpeg.decode_jpeg(np.asarray(data, dtype=np.uint8).reshape(-1), colorspace="RGB", strict=True)
+    except ValueError as err:
+        raise ValueError(f"could not decode the JPEG image {where}".rstrip() + f" (libjpeg: {err})") from None
 
 
 class AUFile:

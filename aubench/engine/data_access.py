@@ -117,6 +117,17 @@ class RunData:
         rows = self.train_rows()
         return sparse_label_report(self.file, rows, sparse_label_mask(self.file, label_ratio), label_ratio)
 
+    def label_note(self, label_ratio: float) -> str | None:
+        """What a person should know of the labels kept at `label_ratio` (sequences too short to
+        keep one), or None."""
+        labels = self.label_report(label_ratio)
+        if not labels["sequences_without_label"]:
+            return None
+        return (f"[aubench] note: at label ratio {label_ratio:g}, {labels['sequences_without_label']} of "
+                f"{labels['sequences']} training sequences of fold {self.fold} are too short to hold a kept "
+                f"label (shorter than 1/r frames at their place in the spacing); the split as a whole keeps "
+                f"{labels['realised_label_ratio']:.2%} of its labels")
+
     @property
     def fingerprint(self) -> str:
         if not hasattr(self, "_fingerprint"):
@@ -152,7 +163,7 @@ class RunData:
                 "labeled_frames": int(known.sum())}
 
     # Datasets yield uint8 images (normalize=False); the engine normalises each batch on the
-    # device (aubench.engine.trainer.move_batch), so workers and host-to-device copies move 4x
+    # device (aubench.engine.device.move_batch), so workers and host-to-device copies move 4x
     # fewer bytes.
     def train_dataset(self, input_kind: str, preset: Preset, label_ratio: float, augment, key_view: bool = False,
                       labeled_only: bool = True, occlusion=None, landmarks: bool = False, views: int = 1,
@@ -218,8 +229,8 @@ def open_labeled_file(path: str | Path) -> AUFile:
     try:
         file.require_labels("training and testing a method")
     except ValueError as err:
-        raise UserError(f"--data {err}; an unlabeled face collection is pre-training data, which no "
-                        f"method reads yet") from None
+        raise UserError(f"--data {err}; an unlabeled face collection is pre-training data: give it to a "
+                        f"self-supervised method (rrl) as --pretrain-data {path}, beside a labeled --data") from None
     return file
 
 

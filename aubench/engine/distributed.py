@@ -88,3 +88,35 @@ def broadcast_object(obj):
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
     return obj
+
+
+def sync_batchnorm(method: torch.nn.Module) -> torch.nn.Module:
+    """`method` with its BatchNorm layers replaced by SyncBatchNorm (same parameters and buffers,
+    so the same state dict), which normalise training batches with the statistics of every
+    process's batch (--sync-bn); in eval mode they are plain batch norm."""
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)  # the same object: a method is no BatchNorm
+
+
+class StepModule(torch.nn.Module):
+    """Lets DDP wrap a method: forward is the method's training step."""
+
+    def __init__(self, method: torch.nn.Module):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch, state):
+        return self.method.training_step(batch, state)
+
+
+def step_module(method: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    """The module the training loop calls for a step of `method`: wrapped in DistributedDataParallel
+    (gradients all-reduced over ranks) under torchrun, the method's step itself otherwise. DDP looks
+    for parameters without a gradient each step only where the method declares it needs to
+    (AUMethod.unused_parameters)."""
+    module = StepModule(method)
+    if not env.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                   find_unused_parameters=method.unused_parameters)

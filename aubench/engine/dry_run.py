@@ -21,8 +21,8 @@ memory one GPU needs at the preset's (per-GPU) batch and the run's precision:
   temporal attention's, which grow with their square, are a small part). It leaves out the
   allocator's cache, cuDNN workspaces and the temporaries of the backward pass, so it is a lower
   bound; under a GPU's bf16 autocast the saved tensors are about half their fp32 size.
-The stages are built and stepped by the Trainer's own methods (_build_stage, train_dataset,
-train_loader, _train_step), so a dry run builds what a run builds.
+The stages are built and stepped by the Trainer's own methods (build_stage, train_dataset,
+train_loader) and StageSteps, so a dry run builds and steps what a run does.
 """
 from __future__ import annotations
 
@@ -34,11 +34,15 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from aubench.engine.device import move_batch
+from aubench.engine.distributed import StepModule
 from aubench.engine.evaluate import EvaluateRequest, check_data_and_folds, file_folds, resolve_methods
-from aubench.engine.trainer import (Trainer, TrainState, _StepModule, build_optimizer, lr_factor, move_batch,
-                                    stage_seed)
+from aubench.engine.planning import stage_seed
+from aubench.engine.stage_methods import train_mode
+from aubench.engine.step import StageSteps
+from aubench.engine.trainer import Trainer
 from aubench.errors import UserError
-from aubench.models.base import method_label, split_method
+from aubench.models.base import TrainState, method_label, split_method
 
 GIB = 1024 ** 3
 
@@ -108,15 +112,15 @@ def _check_stage(trainer: Trainer, probe_batch: int, probe_frames: int) -> Stage
                         f"ratio {trainer.config.label_ratio}")
     sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=stage_seed(trainer.config.seed, trainer.stage_index), drop_last=False)
-    steps_per_epoch = len(trainer.train_loader(dataset, sampler, 0))
+    steps_per_epoch = -(-len(trainer.train_loader(dataset, sampler, 0)) // trainer.config.accumulate)
     per_gpu = trainer.per_rank_batch_size()
     on_gpu = device.type == "cuda"
     windows = trainer.method.window_training and not on_gpu
     step_batch = per_gpu if on_gpu else min(1 if windows else probe_batch, per_gpu)
     step_frames = min(probe_frames, preset.clip_len) if windows else preset.clip_len
     index = trainer.stage_index
-    trainer.stages[index] = replace(stage, preset=replace(preset, batch_size=step_batch * env.world_size,
-                                                          clip_len=step_frames))
+    trainer.stages[index] = replace(stage, preset=replace(
+        preset, batch_size=step_batch * env.world_size * trainer.config.accumulate, clip_len=step_frames))
     try:  # one batch of the trial step's size, drawn by the run's own dataset and loader
         if windows:  # windows of the trial step's frames: a dataset of their own
             dataset = trainer.train_dataset()
@@ -129,14 +133,9 @@ def _check_stage(trainer: Trainer, probe_batch: int, probe_frames: int) -> Stage
         batch = {k: v for k, v in batch.items() if k not in ("label", "labeled")}
     step_batch = int(batch["image"].shape[0])
     method = trainer.method
-    optimizer = build_optimizer(method, preset)
-    total_steps = steps_per_epoch * preset.epochs
-    warmup = preset.warmup_epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, preset.schedule))
-    scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "fp16")
-    trainer.state = TrainState(epochs=preset.epochs, stage=stage.name, total_steps=total_steps)
-    trainer._train_mode()
+    steps = StageSteps(method, preset, steps_per_epoch, device, trainer.precision, trainer.checkpoints.path)
+    trainer.state = TrainState(epochs=preset.epochs, stage=stage.name, total_steps=steps_per_epoch * preset.epochs)
+    train_mode(trainer.method, trainer.frozen_modules)
     method.on_epoch_start(trainer.state)
     resident = _storages(_resident(method))
     saved, pack, unpack = _saved_tensor_counter(set(resident))
@@ -144,14 +143,14 @@ def _check_stage(trainer: Trainer, probe_batch: int, probe_frames: int) -> Stage
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        trainer._train_step(_StepModule(method), move_batch(batch, device), optimizer, scheduler, scaler)
+        steps.step(StepModule(method), move_batch(batch, device), trainer.state)
     trained = [p for p in method.parameters() if p.requires_grad]
     parts: dict[str, int] = {}
     if on_gpu:
         torch.cuda.synchronize(device)
         memory = torch.cuda.max_memory_allocated(device)
     else:
-        optimiser_state = [t for state in optimizer.state.values() for t in state.values()
+        optimiser_state = [t for state in steps.optimizer.state.values() for t in state.values()
                            if isinstance(t, torch.Tensor)]
         scale = per_gpu * preset.clip_len / (step_batch * step_frames)  # frames of the GPU's batch / the step's
         parts = {"weights": sum(resident.values()), "gradients": sum(_storages(trained).values()),
@@ -177,9 +176,9 @@ def check_run(trainer: Trainer, probe_batch: int = 2, probe_frames: int = 8) -> 
     trained: dict[str, Any] = {}
     for index, stage in enumerate(trainer.stages):
         if index:
-            trainer.method = trainer._build_stage(index, trained)
+            trainer.method = trainer.build_stage(index, trained)
             trainer.stage_index = index
-        needed = trainer._needed(index + 1, restoring=False)
+        needed = trainer.methods.needed(index + 1, restoring=False)
         trained = {name: method for name, method in trained.items() if name in needed}
         checks.append(_check_stage(trainer, probe_batch, probe_frames))
         if stage.name in needed:

@@ -30,15 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from aubench.data.occlusion import condition_name
+from aubench.engine.config import RunConfig
 from aubench.engine.data_access import RunData, open_pretrain_data, validation_subjects
+from aubench.engine.device import resolve_precision
 from aubench.engine.identity import (MissingKey, differences_text, identity_differences, need,
                                      result_identity)
 from aubench.engine.memory import check_batch_fits, out_of_memory_stops
+from aubench.engine.planning import (check_pretraining, check_selection, check_stages_build, config_identity,
+                                     parse_occlusion_option, resolve_preset, run_stages, train_occlusion)
+from aubench.engine.run_files import CHECKPOINT_NAME, clear_run_files, kept_run_files, result_file_name
 from aubench.engine.run_lock import run_folder_lock, run_folder_locks
-from aubench.engine.trainer import (CHECKPOINT_NAME, RunConfig, check_pretraining, check_selection,
-                                    check_stages_build, clear_run_files, config_identity, kept_run_files, parse_occlusion_option,
-                                    resolve_precision, resolve_preset, result_file_name, run_stages,
-                                    train_occlusion)
 from aubench.errors import UserError
 from aubench.models.base import SINGLE_STAGE, split_method, variant_settings
 
@@ -61,6 +62,8 @@ class EvaluateRequest:
     # elsewhere (the demo's parallel runs)
     benches: dict = field(default_factory=dict)
     measure_only: bool = False         # measure the size / speed of every run still to do, train nothing
+    print_plan: bool = False           # print the plan before training (`aubench evaluate`; plan_lines)
+    bench_figures: list[dict] = field(default_factory=list)  # `aubench bench` records the plan estimates from
 
 
 def resolve_methods(names: list[str]) -> list[str]:
@@ -191,6 +194,7 @@ class _Unit:
     results: dict[tuple[str, str], Path]  # (tested stage, test condition name) -> result file
     names: dict[str, str]               # tested stage -> the method name of its results
     train: dict[str, str]               # tested stage -> its training occlusion condition name (trained_under)
+    stages: list = field(default_factory=list)  # the run's stages (aubench.models.base.Stage), for the plan
 
 
 def _stored_result(path: Path) -> tuple[dict, str, str, str | None, dict]:
@@ -208,6 +212,94 @@ def _stored_result(path: Path) -> tuple[dict, str, str, str | None, dict]:
         raise UserError(f"--resume: {path} cannot be read ({err}); remove it or use --overwrite") from None
     except MissingKey as err:
         raise UserError(f"--resume: {path} has no '{err.path}'; remove it or use --overwrite") from None
+
+
+def bench_figures(paths) -> list[dict]:
+    """The `aubench bench` records (each with its method, preset, stage, device, image size and
+    training frames/s) in the JSON files `paths` (`aubench bench --out`; benchmarks/results holds
+    the committed ones); files and entries of other kinds are passed over. UserError naming a
+    file that cannot be read."""
+    keys = {"method", "preset", "stage", "device", "image_size", "train_frames_per_s"}
+    records = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UserError(f"--bench-figures {path}: cannot be read ({err})") from None
+        records += [r for r in data if isinstance(r, dict) and keys <= set(r)] if isinstance(data, list) else []
+    return records
+
+
+def committed_bench_figures() -> list[dict]:
+    """The bench records of benchmarks/results, in a source checkout of aubench; [] elsewhere."""
+    folder = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    return bench_figures(sorted(folder.glob("*.json"))) if folder.is_dir() else []
+
+
+def _training_frames_per_s(figures: list[dict], config: RunConfig, stage, device_type: str) -> float | None:
+    """A bench figure's training frames/s for a stage of a run: the stage's own record, else one of
+    another stage of the same method, preset, model, device kind and image size (bench measures
+    the tested stages); None without one."""
+    from aubench.models import method_class
+
+    model = {**variant_settings(method_class(config.method), config.variant), **config.model}
+    same = [r for r in figures
+            if r["method"] == config.method and r["preset"] == config.preset and r["train_frames_per_s"]
+            and str(r["device"]).split()[0].split(":")[0] == device_type
+            and r["image_size"] == stage.preset.image_size and (r.get("model_overrides") or {}) == model]
+    own = [r for r in same if r["stage"] == stage.name]
+    return (own or same)[0]["train_frames_per_s"] if same else None
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+def plan_lines(request: EvaluateRequest, units: list[_Unit], kept: set[Path], there: list[_Unit], file,
+               device_type: str) -> list[str]:
+    """What `aubench evaluate` is about to do, in three lines: the runs (methods x label ratios x
+    folds) and results (x test conditions); what is resumed (runs finished, runs continuing from
+    their checkpoint) or replaced; and an estimate of the training time from `aubench bench`
+    figures (request.bench_figures) for the runs still to train, frames of the fold's training
+    split x each stage's epochs / its training frames/s on this kind of device (one process),
+    or "no estimate" when no figure matches."""
+    methods = list(dict.fromkeys(u.config.method + (f":{u.config.variant}" if u.config.variant else "")
+                                 for u in units))
+    folds = list(dict.fromkeys(u.config.fold for u in units))
+    results = sum(len(u.results) for u in units)
+    tests = list(dict.fromkeys(test for u in units for _, test in u.results))
+    lines = [f"[aubench] plan: {len(methods)} method(s) ({', '.join(methods)}) x {len(request.label_ratios)} label "
+             f"ratio(s) x {len(folds)} fold(s) = {len(units)} run(s); {results} result(s) under {len(tests)} test "
+             f"condition(s) ({', '.join(tests)})"]
+    todo = [u for u in units if any(path not in kept for path in u.results.values())]
+    if request.run.overwrite and there:
+        lines.append(f"[aubench] --overwrite: {len(there)} run(s) in {request.out} replaced, trained from the start")
+    elif request.run.resume:
+        finished = len(units) - len(todo)
+        continuing = sum((Path(u.config.out) / CHECKPOINT_NAME).is_file() for u in todo)
+        lines.append(f"[aubench] --resume: {finished} run(s) finished ({len(kept)} result(s) stay), {continuing} "
+                     f"continue(s) from its checkpoint, {len(todo) - continuing} train(s) from the start")
+    seconds, missing = 0.0, []
+    for u in todo:
+        frames = len(file.rows(u.config.fold, "train"))
+        for stage in u.stages:
+            rate = _training_frames_per_s(request.bench_figures, u.config, stage, device_type)
+            if rate is None:
+                missing.append(f"{u.config.method} {u.config.preset} {stage.name}")
+                continue
+            seconds += frames * stage.preset.epochs / rate
+    if not todo:
+        lines.append("[aubench] nothing to train")
+    elif missing and not seconds:
+        lines.append(f"[aubench] no estimate: run aubench bench first (no {device_type} figures for "
+                     f"{', '.join(dict.fromkeys(missing))}; `aubench bench --methods M --preset P --out FILE`, then "
+                     f"evaluate --bench-figures FILE)")
+    else:
+        lines.append(f"[aubench] estimate: about {_duration(seconds)} of training on one {device_type} process, "
+                     f"from aubench bench figures" + (f"; not counted, without figures: {', '.join(dict.fromkeys(missing))}"
+                                                      if missing else ""))
+    return lines
 
 
 def evaluate_runs(request: EvaluateRequest) -> list[Path]:
@@ -265,6 +357,8 @@ def _evaluate_runs(request: EvaluateRequest, locks: ExitStack) -> list[Path]:
                 # the method's own training occlusion: --train-occlusion, else its preset's
                 train = condition_name(train_occlusion(preset))
                 config.out = str(root / "runs" / method / protocol_name(ratio, train) / f"fold{fold}")
+                if template.tensorboard is not None:  # one event folder per run, named like its run folder
+                    config.tensorboard = str(Path(template.tensorboard) / Path(config.out).relative_to(root / "runs"))
                 stages = run_stages(cls, preset)
                 for stage in stages:
                     check_image_size(cls, stage.preset)
@@ -280,7 +374,7 @@ def _evaluate_runs(request: EvaluateRequest, locks: ExitStack) -> list[Path]:
                            f"{name}_fold{fold}_{protocol_name(ratio, trained[stage], test)}.json"
                            for stage, name in names.items() for test in tests}
                 units.append(_Unit(config, config_identity(config, preset, stages, fingerprint, precision,
-                                                           pretrain_fingerprint), results, names, trained))
+                                                           pretrain_fingerprint), results, names, trained, stages))
     paths = [path for u in units for path in u.results.values()]
     clash = next((path for i, path in enumerate(paths) if path in paths[:i]), None)
     if clash is not None:  # a row's name that is another method's ("a-b", and method "a" with row "b")
@@ -324,6 +418,9 @@ def _evaluate_runs(request: EvaluateRequest, locks: ExitStack) -> list[Path]:
                         print(f"--resume: {path}: {problem}; testing it again", flush=True)
                     continue
                 kept.add(path)
+    if request.print_plan and env.is_main and not request.measure_only:
+        for line in plan_lines(request, units, kept, there, file, env.device.type):
+            print(line, flush=True)
     if template.overwrite and env.is_main and not request.measure_only:  # all at once: a rerun after a crash then finds only new runs
         for u in there:
             for path in u.results.values():

@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from aubench.engine.data_access import RunData
+from aubench.engine.device import autocast_context, move_batch
 from aubench.engine.distributed import DistEnv, all_reduce_sum
 from aubench.engine.predictions import Predictions, predictions_of_test_split
-from aubench.engine.trainer import autocast_context, move_batch
 from aubench.errors import UserError
 from aubench.models.base import AUMethod, Preset
 

@@ -27,8 +27,8 @@ Settings that arrived after results were first written are left out of the ident
 they hold their default value (no training occlusion; the one plain stage of a single-stage
 method; a stage that the training occlusion applies to; the run settings of
 LATER_CONFIG_SETTINGS: the clean frame's landmarks under test occlusion, no validation split,
-the last epoch's checkpoint tested, the fixed 0.5 threshold), so results and checkpoints made
-before them keep their identity. The validation split (its share of the training subjects; the
+the last epoch's checkpoint tested, the fixed 0.5 threshold, no gradient accumulation, no
+SyncBatchNorm), so results and checkpoints made before them keep their identity. The validation split (its share of the training subjects; the
 seed that draws it is the run's), the checkpoint selection and the thresholds are part of it:
 they change what is trained on or what is tested.
 
@@ -73,8 +73,10 @@ DOCUMENTATION_PRESET_FIELDS = ("paper_init", "source")
 LATER_PRESET_FIELDS = {"weight_decay_end": None, "crop_fraction": None}
 # Run settings (RunConfig fields) that arrived later: left out while they hold their default.
 # occluded_landmarks: landmarks of occluded test images; validation: the share of the fold's
-# training subjects held out; select: the tested checkpoint; thresholds: the decision thresholds.
-LATER_CONFIG_SETTINGS = {"occluded_landmarks": "clean", "validation": 0.0, "select": "last", "thresholds": "fixed"}
+# training subjects held out; select: the tested checkpoint; thresholds: the decision thresholds;
+# accumulate: micro-batches per optimiser step; sync_bn: batch statistics over every process.
+LATER_CONFIG_SETTINGS = {"occluded_landmarks": "clean", "validation": 0.0, "select": "last", "thresholds": "fixed",
+                         "accumulate": 1, "sync_bn": False}
 SELECTIONS = ("last", "best-val", "best-test")  # the values of "select" (RunConfig.select, --select)
 THRESHOLDS = ("fixed", "best-val")              # the values of "thresholds" (--thresholds)
 
@@ -140,7 +142,7 @@ def run_identity(config: Mapping, preset: Mapping, fingerprint: str, precision: 
 
 def pretrained_identity(config: Mapping) -> Any:
     """What a run's --pretrained weights put in its identity: config["pretrained_weights"] (the
-    engine's record, aubench.engine.trainer.resolve_pretrained: part -> {"name": the timm name or
+    engine's record, aubench.engine.planning.resolve_pretrained: part -> {"name": the timm name or
     the file's name, "sha256": of its tensors}), so the same weights at two paths make one run;
     None without weights. Results made before weights were hashed have no record: their absolute
     --pretrained path (config["pretrained"]) stays their identity."""

@@ -71,8 +71,8 @@ import numpy as np
 
 from aubench.engine.identity import result_identity
 from aubench.engine.predictions import (Predictions, TestLabels, predictions_path, predictions_problem,
-                                        read_json_or_none, read_predictions, remove_result, threshold_record,
-                                        write_result)
+                                        read_predictions, remove_result, threshold_record, write_result)
+from aubench.engine.results import RESULT_SCHEMA, conditions, dataset_label, find_results, read_json_or_none, warn
 from aubench.errors import UserError
 from aubench.metrics import THRESHOLD, confusion_counts
 
@@ -313,8 +313,6 @@ def raw_results(paths: Iterable[str | Path], methods: list[str] | None = None) -
 
 def raw_records(paths: Iterable[str | Path], methods: list[str] | None = None) -> dict[Path, dict[str, Any]]:
     """raw_results, each file with its result record as read."""
-    from aubench.leaderboard import find_results, warn
-
     found: dict[Path, dict[str, Any]] = {}
     for path in map(Path, paths):
         for result in find_results([path]):
@@ -380,8 +378,6 @@ def ensemble_members(runs: list[str], methods: list[str] | None, weights: list[f
     """The members of `aubench ensemble RUN ... [--methods ...] [--weights ...]`: for each RUN, each
     of `methods` it holds (every method when not given, which must then be one), in that order;
     weights normalised to sum 1 (equal by default)."""
-    from aubench.leaderboard import conditions, dataset_label
-
     members = []
     for run in runs:
         records = raw_records([run])
@@ -460,28 +456,6 @@ def ensemble_file_name(name: str, fold: int, protocol: str, train: str, test: st
     return stem + ".json"
 
 
-def stale_sources(result: dict[str, Any], path: str | Path) -> str | None:
-    """Why the smoothed or ensemble result read from `path` no longer matches its sources (a source
-    result since replaced: retested, retrained), or None. Sources that are gone are not held
-    against it (results may be copied without them)."""
-    def current_sha(source: Path) -> str | None:
-        stored = read_json_or_none(source)
-        return (stored.get("predictions") or {}).get("sha256") if isinstance(stored, dict) else None
-
-    sources = []
-    if isinstance(result.get("smoothed_from"), dict):
-        record = result["smoothed_from"]
-        sources.append((Path(path).parent / str(record.get("file")), record.get("predictions_sha256")))
-    elif isinstance(result.get("ensemble"), dict):
-        sources += [(Path(str(m.get("result"))), m.get("predictions_sha256"))
-                    for m in result["ensemble"].get("members") or [] if isinstance(m, dict)]
-    for source, sha in sources:
-        now = current_sha(source) if source.is_file() else None
-        if now is not None and now != sha:
-            return f"made from predictions of {source} that have since been replaced"
-    return None
-
-
 def _key_text(key: tuple[str, str, str]) -> str:
     dataset, protocol, test = key
     return f"{dataset} {protocol} (test {test})"
@@ -509,7 +483,6 @@ def make_ensemble(runs: list[str], name: str, out: str | Path, methods: list[str
     check runs before anything is written. The result files written or kept (an ensemble result
     made from the same members' predictions with the same weights is kept; one made otherwise is
     replaced only with `overwrite`, which also removes this name's results that are not made again)."""
-    from aubench.leaderboard import RESULT_SCHEMA, conditions, warn
     from aubench.models import available_methods
 
     if not NAME_PATTERN.fullmatch(name):

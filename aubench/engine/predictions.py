@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from aubench.engine.results import read_json_or_none
 from aubench.errors import UserError
 from aubench.files import atomic_file, check_output, why_unwritable, write_json_atomic
 from aubench.metrics import THRESHOLD, au_metrics
@@ -165,14 +166,6 @@ def validation_predictions_path(result_path: str | Path) -> Path:
     """The validation-split predictions file of a result JSON: <stem>.validation.predictions.npz."""
     result_path = Path(result_path)
     return result_path.with_name(result_path.stem + VALIDATION_SUFFIX)
-
-
-def read_json_or_none(path: str | Path) -> Any:
-    """The JSON in `path`, or None when it cannot be read or parsed (a file to check, not to trust)."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def remove_derived_results(path: str | Path) -> None:
@@ -341,12 +334,12 @@ def csv_au_name(name: str) -> str:
 
 
 def export_csv(result_path: str | Path, csv_path: str | Path) -> int:
-    """`aubench predictions RESULT --csv OUT`: one row per test frame, in row order: sequence, frame
+    """`aubench predictions RESULT --out CSV`: one row per test frame, in row order: sequence, frame
     (the dataset's frame number), then per AU its probability (<AU>_p, float32 written to round-trip)
     and its 0/1 detection (<AU>_c). Written atomically; returns the number of frames. OUT may not
     be the result or its predictions file, nor another file of aubench's (files.check_output)."""
     result, predictions = read_predictions(result_path)
-    check_output("--csv", csv_path, [result_path, Path(result_path).parent / result["predictions"]["file"]])
+    check_output("--out", csv_path, [result_path, Path(result_path).parent / result["predictions"]["file"]])
     header = ["sequence", "frame"]
     for name in map(csv_au_name, predictions.au_names):
         header += [f"{name}_p", f"{name}_c"]
@@ -361,5 +354,5 @@ def export_csv(result_path: str | Path, csv_path: str | Path) -> int:
             for name, frame, values in zip(names, predictions.frame_no.tolist(), columns.tolist()):
                 writer.writerow([name, frame, *values])
     except OSError as err:
-        raise UserError(f"--csv {csv_path}: cannot write ({why_unwritable(csv_path, err)})") from None
+        raise UserError(f"--out {csv_path}: cannot write ({why_unwritable(csv_path, err)})") from None
     return predictions.num_frames

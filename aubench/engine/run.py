@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from aubench.data.occlusion import condition_name
+from aubench.engine.config import RunConfig
+from aubench.engine.planning import parse_occlusion_option
 from aubench.engine.postprocess import THRESHOLDS_CHOICE, thresholds_record, with_best_thresholds
 from aubench.engine.predictions import Predictions
-from aubench.engine.trainer import RunConfig, Trainer, parse_occlusion_option
-from aubench.leaderboard import RESULT_SCHEMA
+from aubench.engine.results import RESULT_SCHEMA
+from aubench.engine.trainer import Trainer
 from aubench.models.base import method_label, row_method_name, tested_stages, trained_under
 
 

@@ -297,7 +297,7 @@ def create_backbone(name: str, weights: str | None = None, **kwargs: Any) -> nn.
     initialised) and tensors of the source the backbone does not take are printed; WeightsError
     (naming the source and the first keys) for a tensor of the wrong shape, or a source that fills
     less than half of the backbone's tensors. On the meta device (a dry build, e.g.
-    aubench.engine.trainer.check_stages_build) the same checks run and nothing is copied.
+    aubench.engine.planning.check_stages_build) the same checks run and nothing is copied.
     """
     if not timm.is_model(name):
         raise BackboneError(f"unknown timm backbone {name!r}{_close_names(name)}")

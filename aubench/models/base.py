@@ -246,6 +246,12 @@ class AUMethod(nn.Module):
     # frame methods: 2 = training batches carry two augmented views of each frame, "image" and
     # "image2", each with its own draw of `train_augment()` (self-supervised pre-training)
     views: int = 1
+    # True when some trainable parameters of a stage's method can get no gradient in a training
+    # step: data-parallel training must then look for them every step (DDP's
+    # find_unused_parameters, which costs a graph walk per step and warns when nothing is unused).
+    # Every method today uses all its trainable parameters in every step; the torchrun test of
+    # every method (tests/test_engine_ddp.py) fails when a declaration is wrong.
+    unused_parameters: bool = False
     presets: dict[str, Preset] = {}
     # where the paper gives settings per dataset: the data file's dataset (AUFile.dataset, e.g.
     # "DISFA") -> the preset holding them ("paper-disfa"); `paper` names that preset on that

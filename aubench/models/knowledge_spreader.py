@@ -77,8 +77,8 @@ Where this departs from, or reads between the lines of, the paper:
   are shuffled instead (p_a in another frame order) and every student runs at its own position
   on both copies: the offsets stay in place, only the order of the frames' content differs, and
   a static clip's shuffled copy equals the real one, which no g can tell apart. What g and the
-  gate then do on the label-ratio sweep's data is measured by benchmarks/ks_gate.py (README,
-  "Knowledge-Spreader's perturbation-aware gate").
+  gate then do on the label-ratio sweep's data is measured by benchmarks/ks_gate.py
+  (docs/methods/ks.md, "Ablation: the perturbation-aware gate").
 - Eq. 2/6 write q = softmax(z_s / T) for one-of-K classes; AUs are U binary labels, so q, p and
   w are per-AU sigmoids and KL is the sum of U Bernoulli KLs.
 - p_a^t is the pooled 512-d base feature itself; the paper's second group of "project heads"

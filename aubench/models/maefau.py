@@ -157,7 +157,7 @@ Where this departs from the paper, and why:
   is half the encoder's (see the sizes above). Average pooling (`--model align_downsample=avg`,
   the parameter-free reading) is kept as a setting: on the demo data a ViT trained from scratch
   carries AU cues in the place of a token within its window, which pooling averages away (see
-  the README's MAE-FAU section for the two measured side by side, on test folds; on validation
+  docs/methods/maefau.md for the two measured side by side, on test folds; on validation
   splits of the training subjects, folds 1-3, benchmarks/validation_defaults.py, merging 60.1
   against pooling 56.3, so the default stands). At `paper` the merging costs
   1.18 M parameters of the student's 91.1 M.
@@ -323,8 +323,8 @@ def _tiny_preset() -> Preset:
     # 56 px = 14 cells of 4 px: one ViT patch per occlusion cell. The detection backbone is
     # ME-GraphAU's tiny one (quarter-width ResNet-18, 2 x 2 tokens at 56 px). Rates as the other
     # tiny presets (2e-3; stage 2 at a quarter); the student at 2e-3 too (on fold 1 of the demo
-    # data no rate from 5e-4 to 5e-3 brought it above the all-positive baseline: see the
-    # README); the MAE from scratch needs far more than MAE's fine-tuning rate.
+    # data no rate from 5e-4 to 5e-3 brought it above the all-positive baseline: see
+    # docs/methods/maefau.md); the MAE from scratch needs far more than MAE's fine-tuning rate.
     # Epochs sized for the CPU demo.
     model = dict(_DEFAULTS, mae="tiny", backbone="resnet18",
                  backbone_kwargs={"channels": (16, 32, 64, 128), "stem_width": 16}, width=32, align_pool=7,
