@@ -75,3 +75,39 @@ def test_plan_run_resolves_the_config_and_its_identity(h5):
         plan_run(RunConfig(**{**config.__dict__, "label_ratio": 0.0}), world_size=1, device=CPU)
     with pytest.raises(UserError, match="unknown method 'nope'"):
         plan_run(RunConfig(**{**config.__dict__, "method": "nope"}), world_size=1, device=CPU)
+
+
+def test_a_run_config_followed_through_a_run_enters_no_module_more_than_six_times(h5, tmp_path):
+    """Following a RunConfig from train_and_evaluate (every aubench function it is handed to, as
+    an argument or inside another object, in call order; consecutive calls in one module are one
+    stop): no module is entered more than 6 times. A method reading its own self.config is not a
+    stop: the config is where it was."""
+    import sys
+    from collections import Counter
+
+    from aubench.engine.run import train_and_evaluate
+
+    config = RunConfig(method="resnet", data=str(h5), out=str(tmp_path / "run"), image_size=32, batch_size=8,
+                       epochs=1, progress=False, device="cpu", model={"backbone": "test_resnet"})
+    stops: list[str] = []
+
+    def handed_the_config(frame) -> bool:
+        own = frame.f_locals.get("self")
+        return any(isinstance(value, RunConfig)
+                   or (value is not own and isinstance(getattr(value, "config", None), RunConfig))
+                   for value in frame.f_locals.values())
+
+    def tracer(frame, event, arg):
+        module = frame.f_globals.get("__name__", "")
+        if event == "call" and module.startswith("aubench.") and handed_the_config(frame):
+            if not stops or stops[-1] != module:
+                stops.append(module)
+
+    sys.settrace(tracer)
+    try:
+        train_and_evaluate(config)
+    finally:
+        sys.settrace(None)
+    entries = Counter(stops)
+    assert entries["aubench.engine.planning"] >= 1 and entries["aubench.engine.trainer"] >= 1  # the trace saw the path
+    assert max(entries.values()) <= 6, (entries, stops)
