@@ -314,6 +314,29 @@ def loader_rates(store: Path, kwargs: dict, workers: int, rounds: int, frames: i
             "round_seconds": run["round_seconds"]}
 
 
+def persistent_epochs(store: Path, kwargs: dict, workers: int, rounds: int, frames: int) -> dict:
+    """What persistent workers save (the engine's loader keeps its workers across a stage's
+    epochs): through one DataLoader of `workers` persistent workers, the seconds to the first
+    batch and of the whole epoch, for its first epoch (the workers start) and its second (they
+    are already up); medians over `rounds` loaders, `frames` frames an epoch."""
+    dataset = Subset(FrameDataset(store, fold=None, split="all", image_size=224, normalize=False, seed=0, **kwargs),
+                     range(frames))
+    epochs: list[list[tuple[float, float]]] = [[], []]
+    for _ in range(rounds):
+        loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0),
+                            num_workers=workers, persistent_workers=True)
+        for epoch in epochs:
+            started = time.perf_counter()
+            first = None
+            for _batch in loader:
+                first = first if first is not None else time.perf_counter() - started
+            epoch.append((first, time.perf_counter() - started))
+        del loader
+    return {"workers": workers, "frames": frames,
+            **{f"epoch{i + 1}_{what}": statistics.median(run[j] for run in epoch)
+               for i, epoch in enumerate(epochs) for j, what in enumerate(("first_batch_s", "seconds"))}}
+
+
 def training_rates(measure_missing: bool) -> list[dict]:
     """Paper-preset training frames/s on this CPU: the `aubench bench` records of
     benchmarks/results (a "method", "preset": "paper", "train_frames_per_s" anywhere in a
@@ -402,6 +425,12 @@ def main(argv=None) -> int:
                     report["loader"].append(record)
                     print(f"{name:14s} {storage:4s} workers {workers}: {record['frames_per_s']:6.0f} frames/s, "
                           f"{record['frames_per_cpu_s']:6.0f} per CPU second", flush=True)
+        # resize+rotate on JPEG, two batches an epoch: the workers' start-up against an epoch's work
+        report["persistent_workers"] = [persistent_epochs(stores["jpeg"], pipelines()["resize+rotate"][1], workers,
+                                                          args.rounds, 2 * BATCH) for workers in (1, 2)]
+        for r in report["persistent_workers"]:
+            print(f"persistent workers {r['workers']}: first batch {r['epoch1_first_batch_s']:.2f} s in epoch 1 "
+                  f"(workers start), {r['epoch2_first_batch_s']:.2f} s in epoch 2", flush=True)
     report["training"] = training_rates(not args.no_measure_missing)
     report["pipeline_of_method"] = PIPELINE_OF
     report["load_average"] = os.getloadavg()[0]

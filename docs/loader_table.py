@@ -85,6 +85,16 @@ def loader_block() -> str:
         cells = [" / ".join(f"{by_workers[w][key]:.0f}" if w in by_workers else "-" for w in (0, 1, 2))
                  for key in ("frames_per_s", "frames_per_cpu_s")]
         lines.append(f"| {pipeline} | {storage} | {cells[0]} | {cells[1]} |")
+    if report.get("persistent_workers"):
+        lines += ["", "**Persistent workers** (the engine's loader keeps its workers for a stage's epochs): one "
+                  "loader, resize+rotate on JPEG, two batches an epoch; seconds to the first batch and of the "
+                  "epoch, in the first epoch (the workers start) and the second (they are up):", "",
+                  "| workers | epoch 1: first batch, epoch | epoch 2: first batch, epoch | saved per epoch |",
+                  "|---:|---:|---:|---:|"]
+        for r in report["persistent_workers"]:
+            lines.append(f"| {r['workers']} | {r['epoch1_first_batch_s']:.2f} s, {r['epoch1_seconds']:.2f} s | "
+                         f"{r['epoch2_first_batch_s']:.2f} s, {r['epoch2_seconds']:.2f} s | "
+                         f"{r['epoch1_seconds'] - r['epoch2_seconds']:.2f} s |")
 
     cores = per_core(report)
     sources = sorted({f"`{r['source']}`" if r["source"].startswith("benchmarks") else r["source"]
