@@ -121,7 +121,7 @@ def check_torchrun(device: str, data: Path, work: Path) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "aubench", "train",
                "--method", "resnet", "--preset", "tiny", "--epochs", "1", "--data", str(data),
                "--label-ratio", str(DEMO_LABEL_RATIO),
-               "--out", str(work / "torchrun"), "--device", device, "--no-progress"]
+               "--out", str(work / "torchrun"), "--device", device, "--quiet"]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     result = {"command": " ".join(command[1:]), "returncode": done.returncode,

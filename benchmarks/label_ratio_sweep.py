@@ -54,9 +54,9 @@ def main(argv=None) -> int:
     aubench = [sys.executable, "-m", "aubench"]
     subprocess.run(aubench + ["evaluate", "--methods", args.methods, "--data", str(data), "--folds", args.folds,
                               "--label-ratios", args.ratios, "--out", str(out / "run"), "--resume",
-                              "--no-progress", "--seed", str(args.seed)], check=True)
+                              "--quiet", "--seed", str(args.seed)], check=True)
     subprocess.run(aubench + ["leaderboard", str(out / "run"), "--format", "md", "--no-reported",
-                              "--plot", str(out / "f1.png"), "--output", str(out / "leaderboard.md")], check=True)
+                              "--plot", str(out / "f1.png"), "--out", str(out / "leaderboard.md")], check=True)
     print((out / "leaderboard.md").read_text())
     print(f"[sweep] finished in {time.perf_counter() - started:.0f} s; plots: {out}/f1*.png")
     return 0
