@@ -28,7 +28,7 @@ from aubench.engine.trainer import Trainer
 from aubench.files import write_json_atomic
 from aubench.models.base import tested_stages
 
-from validation_selection import VALIDATION, open_sweep  # benchmarks/ is the script's folder
+from validation_selection import VALIDATION, add_sweep_arguments, open_sweep  # benchmarks/ is the script's folder
 
 
 def setting_value(text: str):
@@ -63,11 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--method", required=True)
     parser.add_argument("--setting", required=True, help="a model setting of the method's tiny preset")
     parser.add_argument("--values", required=True, help="comma-separated values to compare")
-    parser.add_argument("--out", default="runs/validation_defaults")
-    parser.add_argument("--data", help="the demo's dataset file, made before (default: made in OUT)")
-    parser.add_argument("--folds", default="1,2,3")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default="benchmarks/results/cpu-validation-defaults.json")
+    add_sweep_arguments(parser, "runs/validation_defaults", "benchmarks/results/cpu-validation-defaults.json")
     args = parser.parse_args(argv)
 
     out, data, fingerprint, path, runs = open_sweep(args)

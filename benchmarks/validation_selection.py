@@ -105,6 +105,15 @@ def markdown_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_sweep_arguments(parser: argparse.ArgumentParser, out: str, json_file: str) -> None:
+    """The arguments every validation sweep takes: --out, --data, --folds, --seed, --json."""
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--data", help="the demo's dataset file, made before (default: made in OUT)")
+    parser.add_argument("--folds", default="1,2,3")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=json_file)
+
+
 def open_sweep(args) -> tuple[Path, Path, str, Path, list[dict]]:
     """(out folder, data file, its fingerprint, the result JSON, the runs it already holds for that
     file) of a validation sweep's arguments (--out, --data, --seed, --json): the demo's dataset
@@ -122,12 +131,8 @@ def open_sweep(args) -> tuple[Path, Path, str, Path, list[dict]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/validation_selection")
-    parser.add_argument("--data", help="the demo's dataset file, made before (default: made in OUT)")
+    add_sweep_arguments(parser, "runs/validation_selection", "benchmarks/results/cpu-validation-selection.json")
     parser.add_argument("--methods", default="megraphau,resnet")
-    parser.add_argument("--folds", default="1,2,3")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default="benchmarks/results/cpu-validation-selection.json")
     args = parser.parse_args(argv)
 
     out, data, fingerprint, path, runs = open_sweep(args)

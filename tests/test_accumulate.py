@@ -19,15 +19,7 @@ from aubench.models import create_method, method_class
 from aubench.models.base import AUMethod, Preset, TrainState
 
 from fixtures_h5 import write_au_h5
-
-SMALL = dict(method="resnet", preset="tiny", image_size=32, batch_size=8, epochs=2, progress=False,
-             augment=True, device="cpu", log_every=1, model={"backbone": "test_resnet"})
-
-
-@pytest.fixture(scope="module")
-def h5(tmp_path_factory):
-    return write_au_h5(tmp_path_factory.mktemp("accumulate") / "tiny.h5", num_subjects=6, sequence_lengths=(6, 5),
-                       image_size=(32, 32))
+from test_engine import SMALL, h5  # noqa: F401  (the engine tests' run settings and data file)
 
 
 class Linear(AUMethod):

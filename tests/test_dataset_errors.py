@@ -34,6 +34,14 @@ def label_file(root, name="F001_T1"):
     return root / "AUCoding" / "AU_OCC" / f"{name}.csv"
 
 
+def set_cell(path, line: int, column: int, value: str) -> list[list[str]]:
+    """Rewrite the CSV file `path` with cell (line, column) (0-based) set to `value`; its rows' cells."""
+    rows = [text.split(",") for text in path.read_text().splitlines()]
+    rows[line][column] = value
+    path.write_text("\n".join(",".join(cells) for cells in rows) + "\n")
+    return rows
+
+
 def image_path(root, truth, name="F001/T1", index=2):
     frame = int(truth[name]["frame_no"][index])
     folder = root / "2D+" / name
@@ -102,17 +110,12 @@ def test_truncated_file_mid_row(tree, tmp_path):
 def test_non_numeric_csv_value(tree, tmp_path):
     root, _ = tree
     path = label_file(root)
-    lines = path.read_text().splitlines()
-    cells = lines[2].split(",")
-    cells[1] = "x"
-    lines[2] = ",".join(cells)
-    path.write_text("\n".join(lines) + "\n")
+    rows = set_cell(path, 2, 1, "x")
     with pytest.raises(DatasetError, match=rf"{path.name}, line 3: non-numeric value 'x': expected an integer "
-                                           rf"occurrence code \(0, 1 or 9\) for AU{lines[0].split(',')[1]}"):
+                                           rf"occurrence code \(0, 1 or 9\) for AU{rows[0][1]}"):
         run(root, tmp_path)
-    cells[1], cells[0] = "0.5", "1.5"
-    lines[2] = ",".join(cells)
-    path.write_text("\n".join(lines) + "\n")
+    set_cell(path, 2, 1, "0.5")
+    set_cell(path, 2, 0, "1.5")
     with pytest.raises(DatasetError, match=rf"{path.name}, line 3: non-numeric value '1.5': expected an integer "
                                            rf"frame number"):
         run(root, tmp_path)
@@ -121,11 +124,7 @@ def test_non_numeric_csv_value(tree, tmp_path):
 def test_fractional_occurrence_code_says_what_is_expected(tree, tmp_path):
     root, _ = tree
     path = label_file(root)
-    lines = path.read_text().splitlines()
-    cells = lines[2].split(",")
-    cells[2] = "0.5"
-    lines[2] = ",".join(cells)
-    path.write_text("\n".join(lines) + "\n")
+    set_cell(path, 2, 2, "0.5")
     with pytest.raises(DatasetError, match=r"non-numeric value '0.5': expected an integer occurrence code "
                                            r"\(0, 1 or 9\)"):
         run(root, tmp_path)
@@ -134,12 +133,7 @@ def test_fractional_occurrence_code_says_what_is_expected(tree, tmp_path):
 def test_invalid_occurrence_code(tree, tmp_path):
     root, _ = tree
     path = label_file(root)
-    lines = path.read_text().splitlines()
-    header = lines[0].split(",")
-    cells = lines[1].split(",")
-    cells[header.index("4")] = "7"
-    lines[1] = ",".join(cells)
-    path.write_text("\n".join(lines) + "\n")
+    set_cell(path, 1, path.read_text().splitlines()[0].split(",").index("4"), "7")
     with pytest.raises(DatasetError, match=rf"{path.name}, line 2: occurrence code 7 is not 0, 1 or 9"):
         run(root, tmp_path)
 
@@ -170,11 +164,7 @@ def test_duplicate_image_by_padding(tree, tmp_path):
 def test_unknown_au_column(tree, tmp_path, cell):
     root, _ = tree
     path = label_file(root)
-    lines = path.read_text().splitlines()
-    header = lines[0].split(",")
-    header[3] = cell
-    lines[0] = ",".join(header)
-    path.write_text("\n".join(lines) + "\n")
+    set_cell(path, 0, 3, cell)
     with pytest.raises(DatasetError, match=rf"{path.name}, line 1: unknown AU column '{cell}' \(header cell 4\)"):
         run(root, tmp_path)
 
