@@ -85,13 +85,14 @@ def verify_results(results: list[dict[str, Any]], data: str | Path | None = None
     the labels of its data file (aubench.engine.predictions.recompute_metrics): result file ->
     what is wrong, for each result whose F1 differ or that cannot be recomputed (a missing or
     altered predictions or data file)."""
-    from aubench.engine.predictions import recompute_metrics
+    from aubench.engine.predictions import TestLabels, recompute_metrics
 
     problems = {}
+    labels = TestLabels(data)  # each data file opened and hashed once
     for result in results:
         file = result["_file"]
         try:
-            again = recompute_metrics(file, data)
+            again = recompute_metrics(file, data, labels)
         except UserError as err:
             problems[file] = f"cannot be verified: {err}"
             continue

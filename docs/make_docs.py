@@ -195,11 +195,6 @@ def _f1(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
 def demo_reports() -> list[tuple[Path, dict]]:
     reports = [(path, load(path)) for path in sorted(RESULTS.glob("demo-*.json"))]
     if not reports:
@@ -208,6 +203,7 @@ def demo_reports() -> list[tuple[Path, dict]]:
 
 
 def demo_block() -> str:
+    from aubench.engine.logging import minutes
     from aubench.leaderboard import PRIVILEGED_MARK
 
     reports = demo_reports()
@@ -226,7 +222,7 @@ def demo_block() -> str:
         runs = (f", {report['parallel_runs']} runs side by side, {report['threads_per_run']} thread"
                 f"{'s' if report['threads_per_run'] > 1 else ''} each" if "parallel_runs" in report else "")
         lines.append(f"| {head} | `{path.relative_to(ROOT)}` | {machine_text(m)}{runs} | "
-                     f"{_duration(report['seconds']['total'])} | {report['seconds']['dataset']:.0f} | "
+                     f"{minutes(report['seconds']['total'])} | {report['seconds']['dataset']:.0f} | "
                      + " | ".join(f"{per_method.get(method, float('nan')):.0f}" for method in reports[0][1]["methods"])
                      + " |")
     config = reports[0][1]["config"]

@@ -165,3 +165,19 @@ def test_accumulation_under_torchrun_steps_once_per_group(tmp_path):
     result = json.loads((out / "result.json").read_text())
     # 44 training frames, 22 per process: 5 steps of 2 micro-batches of 2 (the last 2 frames dropped)
     assert (result["world_size"], result["config"]["accumulate"], result["training"]["steps"]) == (2, 2, 5)
+
+
+def test_evaluate_refuses_a_bad_accumulate_before_any_run_trains(h5, tmp_path, capsys):
+    """The checks of each run's plan (planning.check_stage_preset) run for every unit of an
+    evaluation before the first trains: a --accumulate one method's batch cannot take stops it
+    at once, with nothing trained."""
+    from aubench.cli import main
+
+    out = tmp_path / "ev"
+    # the tiny presets' batches: resnet 16 (micro-batches of 2), ks 8 (of 1: refused)
+    code = main(["evaluate", "--methods", "resnet,ks", "--data", str(h5), "--folds", "1", "--out", str(out),
+                 "--preset", "tiny", "--image-size", "32", "--epochs", "1", "--device", "cpu", "--quiet",
+                 "--accumulate", "8"])
+    assert code == 2
+    assert "--accumulate 8: global batch 8 leaves 1 sample per training step" in capsys.readouterr().err
+    assert not list(out.rglob("*.pt"))  # resnet, first in line, did not train either

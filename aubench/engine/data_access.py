@@ -117,13 +117,12 @@ class RunData:
         rows = self.train_rows()
         return sparse_label_report(self.file, rows, sparse_label_mask(self.file, label_ratio), label_ratio)
 
-    def label_note(self, label_ratio: float) -> str | None:
-        """What a person should know of the labels kept at `label_ratio` (sequences too short to
-        keep one), or None."""
-        labels = self.label_report(label_ratio)
+    def label_note(self, labels: dict) -> str | None:
+        """What a person should know of the labels a label_report says are kept (sequences too
+        short to keep one), or None."""
         if not labels["sequences_without_label"]:
             return None
-        return (f"[aubench] note: at label ratio {label_ratio:g}, {labels['sequences_without_label']} of "
+        return (f"[aubench] note: at label ratio {labels['label_ratio']:g}, {labels['sequences_without_label']} of "
                 f"{labels['sequences']} training sequences of fold {self.fold} are too short to hold a kept "
                 f"label (shorter than 1/r frames at their place in the spacing); the split as a whole keeps "
                 f"{labels['realised_label_ratio']:.2%} of its labels")

@@ -36,8 +36,9 @@ from aubench.engine.device import resolve_precision
 from aubench.engine.identity import (MissingKey, differences_text, identity_differences, need,
                                      result_identity)
 from aubench.engine.memory import check_batch_fits, out_of_memory_stops
-from aubench.engine.planning import (check_pretraining, check_selection, check_stages_build, config_identity,
-                                     parse_occlusion_option, resolve_preset, run_stages, train_occlusion)
+from aubench.engine.planning import (check_pretraining, check_selection, check_stage_preset, check_stages_build,
+                                     check_sync_bn, config_identity, parse_occlusion_option, resolve_preset,
+                                     run_stages, train_occlusion)
 from aubench.engine.run_files import CHECKPOINT_NAME, clear_run_files, kept_run_files, result_file_name
 from aubench.engine.run_lock import run_folder_lock, run_folder_locks
 from aubench.errors import UserError
@@ -319,7 +320,7 @@ def _evaluate_runs(request: EvaluateRequest, locks: ExitStack) -> list[Path]:
     from aubench.engine.predictions import predictions_problem, remove_result, write_result
     from aubench.engine.run import protocol_name, train_and_evaluate
     from aubench.models import method_class
-    from aubench.models.base import check_image_size, row_method_name, tested_stages, trained_under
+    from aubench.models.base import row_method_name, tested_stages, trained_under
 
     template = request.run
     methods = resolve_methods(request.methods)
@@ -336,6 +337,7 @@ def _evaluate_runs(request: EvaluateRequest, locks: ExitStack) -> list[Path]:
         raise UserError(f"--label-ratios {','.join(map(str, request.label_ratios))}: two ratios give the same "
                         f"protocol name ({', '.join(protocols)})")
     env = setup_distributed(template.device)
+    check_sync_bn(template, env.world_size, env.device)
     precision = resolve_precision(template.precision, env.device)
     fingerprint = file.fingerprint()
     root = Path(request.out)
@@ -360,8 +362,8 @@ def _evaluate_runs(request: EvaluateRequest, locks: ExitStack) -> list[Path]:
                 if template.tensorboard is not None:  # one event folder per run, named like its run folder
                     config.tensorboard = str(Path(template.tensorboard) / Path(config.out).relative_to(root / "runs"))
                 stages = run_stages(cls, preset)
-                for stage in stages:
-                    check_image_size(cls, stage.preset)
+                for stage in stages:  # the checks each run's plan makes (planning.plan_run), before any run trains
+                    check_stage_preset(cls, stages, stage, env.world_size, template.accumulate)
                     for option, batch in (("--batch-size", stage.preset.batch_size),
                                           ("--bench-batch-size", request.bench_batch_size)):
                         check_batch_fits(option, batch, stage.preset.image_size, env.device)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
+from aubench.engine.checkpoint import kept_checkpoint_text
 from aubench.errors import TrainingStopped, UserError
 
 GB = 1024 ** 3
@@ -46,14 +48,16 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 @contextmanager
-def out_of_memory_stops(what: str, option: str, batch_size: int, checkpoint_text: str = ""):
+def out_of_memory_stops(what: str, option: str, batch_size: int, checkpoint: str | Path | None = None):
     """An out-of-memory error in the block -> TrainingStopped: "out of memory while WHAT at
-    OPTION BATCH_SIZE (...); try a smaller OPTION" (+ `checkpoint_text`)."""
+    OPTION BATCH_SIZE (...); try a smaller OPTION" (+ whether the run's `checkpoint` is kept,
+    when the block trains a run: checkpoint.kept_checkpoint_text, looked at only then)."""
     try:
         yield
     except BaseException as err:
         if not is_out_of_memory(err):
             raise
         said = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        kept = kept_checkpoint_text(checkpoint) if checkpoint is not None else ""
         raise TrainingStopped(f"out of memory while {what} at {option} {batch_size} ({said}); try a smaller "
-                              f"{option}{checkpoint_text}") from None
+                              f"{option}{kept}") from None

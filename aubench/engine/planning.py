@@ -183,6 +183,13 @@ def _processes(count: int) -> str:
     return f"{count} process" if count == 1 else f"{count} processes"
 
 
+def check_sync_bn(config: RunConfig, world_size: int, device: torch.device) -> None:
+    """UserError for --sync-bn with several processes off the GPU: SyncBatchNorm trains on GPUs only."""
+    if config.sync_bn and world_size > 1 and device.type != "cuda":
+        raise UserError(f"--sync-bn synchronises batch statistics across GPUs; these {world_size} processes run "
+                        f"on {device.type} (use --device cuda, or leave --sync-bn out)")
+
+
 def check_stage_preset(method_cls: type[AUMethod], stages: list[Stage], stage: Stage, world_size: int,
                        accumulate: int = 1) -> None:
     """UserError for a stage's preset that cannot train: no epochs; a global batch that `world_size`
@@ -269,9 +276,7 @@ def plan_run(config: RunConfig, world_size: int, device: torch.device) -> RunPla
         raise UserError(f"--epochs must be at least 1, got {preset.epochs}")
     if config.accumulate < 1:
         raise UserError(f"--accumulate must be at least 1, got {config.accumulate}")
-    if config.sync_bn and world_size > 1 and device.type != "cuda":  # SyncBatchNorm trains on GPUs only
-        raise UserError(f"--sync-bn synchronises batch statistics across GPUs; these {world_size} processes run "
-                        f"on {device.type} (use --device cuda, or leave --sync-bn out)")
+    check_sync_bn(config, world_size, device)
     stages = run_stages(method_cls, preset)
     for stage in stages:
         check_stage_preset(method_cls, stages, stage, world_size, config.accumulate)

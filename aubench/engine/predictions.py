@@ -319,12 +319,13 @@ class TestLabels:
         return self.protocol[key]
 
 
-def recompute_metrics(path: str | Path, data: str | Path | None = None) -> dict[str, Any]:
+def recompute_metrics(path: str | Path, data: str | Path | None = None,
+                      labels: TestLabels | None = None) -> dict[str, Any]:
     """The metrics of the result JSON at `path` computed again from its predictions file and the
     labels of its HDF5 file (`data`, default the path the result records; its fingerprint must
-    be the result's)."""
+    be the result's); `labels`: the files already opened, shared by several results."""
     result, predictions = read_predictions(path)
-    return predictions.metrics(TestLabels(data).of(result, path))
+    return predictions.metrics((labels or TestLabels(data)).of(result, path))
 
 
 def csv_au_name(name: str) -> str:

@@ -136,15 +136,7 @@ class StageMethods:
             raise UserError(f"--pretrained {err}") from None
         method = self.new_method(stage, class_weights)
         self.checkpoints.check(payload, path, same_run=False)
-        try:
-            missing, unexpected = method.load_state_dict(payload.get("model", {}), strict=False)
-        except (RuntimeError, TypeError, AttributeError) as err:  # shapes of another preset, or no state dict
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            first = next((line for line in lines if "size mismatch" in line), lines[0] if lines else "")
-            raise UserError(f"--pretrained {path} was saved by a different model ({first[:200]})") from None
-        if missing or unexpected:
-            raise UserError(f"--pretrained {path} was saved by a different model "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        load_model_state(method, payload.get("model", {}), f"--pretrained {path}")
         return method, self.initialisation_text()
 
     def load_final(self, index: int) -> AUMethod:

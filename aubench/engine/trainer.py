@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from aubench.data.occlusion import condition_name
-from aubench.engine.checkpoint import kept_checkpoint_text
 from aubench.engine.config import RunConfig
 from aubench.engine.device import move_batch
 from aubench.engine.distributed import DistEnv, setup_distributed, step_module
@@ -166,7 +165,7 @@ class Trainer:
         if len(dataset) == 0:
             raise UserError(f"{cfg.data} fold {cfg.fold}: no labeled training samples at label ratio {cfg.label_ratio}")
         labels = self.data.label_report(cfg.label_ratio) if stage.uses_labels else None
-        note = labels and self.data.label_note(cfg.label_ratio)
+        note = labels and self.data.label_note(labels)
         if note and env.is_main and stage is next((s for s in self.stages if s.uses_labels), None):
             print(note, flush=True)
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
@@ -206,10 +205,9 @@ class Trainer:
                 position = self.state.batch_in_epoch  # micro-batches of the optimiser step: first .. first + size - 1
                 first = position - position % accumulate
                 size = min(accumulate, micro_batches - first)
-                with out_of_memory_stops(doing, "--batch-size", self.per_rank_batch_size(),
-                                         kept_checkpoint_text(self.checkpoints.path)):
-                    parts = steps.step(module, move_batch(batch, self.device), self.state, size,
-                                       last=position + 1 == first + size)
+                last = position + 1 == first + size  # the step's last micro-batch: the optimiser steps
+                with out_of_memory_stops(doing, "--batch-size", self.per_rank_batch_size(), self.checkpoints.path):
+                    parts = steps.step(module, move_batch(batch, self.device), self.state, size, last=last)
                 self.progress.step(batch["image"].shape[0], parts)
                 count += 1
                 frames += batch["image"].shape[0]
@@ -217,7 +215,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 if env.is_main:
                     bar.set_postfix(loss=f"{parts['loss']:.4f}")
-                if self.state.batch_in_epoch != first + size:
+                if not last:
                     continue  # a micro-batch before its step's last: no optimiser step yet
                 if cfg.log_every and self.state.step % cfg.log_every == 0:
                     self.logger.write({"event": "step", "stage": stage.name, "epoch": epoch, "step": self.state.step,
